@@ -1,0 +1,255 @@
+"""The mirror's HTTP service: `create_app(config)` and `serve(config)`.
+
+Handlers are short: parse the request, call one lookup on the catalog's thread, render. Errors
+become HF-style answers in one middleware (`X-Error-Code`, `X-Error-Message`, JSON body; a
+traceback only ever goes to the log, with the request id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+
+from peer.errors import BadRequest, EntryNotFound, NotFound, WeightswarmError
+from peer.keys import load_or_create, public_key_text
+from peer.paths import is_sha256
+from peer.store import BlobStore
+
+from . import routes
+from .catalog import Catalog
+from .config import Config
+from .hfapi import TREE_PAGE, HubService, Located, resolve_headers
+from .serving import blob_response
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("mirror.access")
+
+CONFIG = web.AppKey("config", Config)
+SERVICE = web.AppKey("service", HubService)
+CATALOG_THREAD = web.AppKey("catalog_thread", ThreadPoolExecutor)
+PUBLIC_KEY = web.AppKey("public_key", str)
+METRICS = web.AppKey("metrics", "Metrics")
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("weightswarm_mirror_requests", "HTTP requests answered",
+                                ["route", "status"], registry=self.registry)
+        self.bytes_served = Counter("weightswarm_mirror_bytes_served",
+                                    "Body bytes sent, by route", ["route"], registry=self.registry)
+        self.store_blobs = Gauge("weightswarm_mirror_store_blobs", "Blobs in the store",
+                                 registry=self.registry)
+
+
+def _true(value: str | None) -> bool:
+    return (value or "").lower() in ("1", "true", "yes")
+
+
+async def _on_catalog(request: web.Request, fn: Callable[..., Any], *args, **kwargs) -> Any:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(request.app[CATALOG_THREAD], lambda: fn(*args, **kwargs))
+
+
+def _base_url(request: web.Request) -> str:
+    return request.app[CONFIG].mirror.public_url or f"{request.scheme}://{request.host}"
+
+
+def _header_safe(text: str) -> str:
+    return text.encode("ascii", "backslashreplace").decode("ascii").replace("\n", " ")[:1000]
+
+
+def error_response(error: WeightswarmError) -> web.Response:
+    headers = {"X-Error-Message": _header_safe(str(error))}
+    if error.error_code:
+        headers["X-Error-Code"] = error.error_code
+    if isinstance(error, EntryNotFound):
+        headers["X-Repo-Commit"] = error.commit
+    return web.json_response({"error": str(error)}, status=error.status, headers=headers)
+
+
+@web.middleware
+async def observe(request: web.Request, handler):
+    """Errors to HF-style answers; one access-log line and metrics per request."""
+    started = time.perf_counter()
+    request["route"] = "other"
+    try:
+        response = await handler(request)
+    except WeightswarmError as e:
+        response = error_response(e)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        response = web.json_response({"error": e.reason}, status=e.status,
+                                     headers={"X-Error-Message": e.reason})
+    except (asyncio.CancelledError, ConnectionResetError):
+        access_log.info("%s %s %s aborted", request.remote, request.method,
+                        _header_safe(request.raw_path))
+        raise
+    except Exception:
+        request_id = secrets.token_hex(6)
+        log.exception("request %s failed: %s %s", request_id, request.method, request.raw_path)
+        response = web.json_response(
+            {"error": f"internal error (request {request_id})"}, status=500,
+            headers={"X-Error-Message": f"internal error (request {request_id})"},
+        )
+    sent = response.body_length if response.prepared else (response.content_length or 0)
+    metrics = request.app[METRICS]
+    metrics.requests.labels(request["route"], str(response.status)).inc()
+    if request.method != "HEAD":
+        metrics.bytes_served.labels(request["route"]).inc(sent)
+    access_log.info(
+        '%s "%s %s" %d %d %.1fms', request.remote, request.method,
+        _header_safe(request.raw_path), response.status, sent,
+        (time.perf_counter() - started) * 1000,
+    )
+    return response
+
+
+# -- handlers ----------------------------------------------------------------------------------
+
+
+async def hub_api(request: web.Request) -> web.StreamResponse:
+    call = routes.parse(request.raw_path)
+    request["route"] = call.kind
+    service = request.app[SERVICE]
+    q = request.query
+    method = request.method
+    if call.kind == "resolve":
+        if method not in ("GET", "HEAD"):
+            raise web.HTTPMethodNotAllowed(method, ["GET", "HEAD"])
+        located: Located = await _on_catalog(request, service.locate, call)
+        headers = resolve_headers(call, located)
+        if not located.pinned:
+            return web.Response(status=307, headers=headers)
+        return blob_response(request, located.blob, located.entry.etag, headers)
+    if call.kind == "paths_info":
+        if method != "POST":
+            raise web.HTTPMethodNotAllowed(method, ["POST"])
+        form = await request.post()
+        paths = [str(p) for p in form.getall("paths", [])]
+        body = await _on_catalog(request, service.paths_info, call, paths,
+                                 expand=_true(str(form.get("expand", ""))))
+        return web.json_response(body)
+    if method not in ("GET", "HEAD"):
+        raise web.HTTPMethodNotAllowed(method, ["GET", "HEAD"])
+    if call.kind == "repo_info":
+        body = await _on_catalog(request, service.repo_info, call, blobs=_true(q.get("blobs")))
+        return web.json_response(body)
+    if call.kind == "tree":
+        entries = await _on_catalog(request, service.tree, call,
+                                    recursive=_true(q.get("recursive")),
+                                    expand=_true(q.get("expand")))
+        return _paginated(request, entries, TREE_PAGE)
+    if call.kind == "refs":
+        body = await _on_catalog(request, service.refs, call,
+                                 include_prs=_true(q.get("include_prs")))
+        return web.json_response(body)
+    if call.kind == "commits":
+        return _paginated(request, await _on_catalog(request, service.commits, call), 50)
+    raise NotFound("listing and search are not served yet")
+
+
+def _paginated(request: web.Request, items: list, page_size: int) -> web.Response:
+    cursor = request.query.get("cursor", "0")
+    if not cursor.isdigit() or int(cursor) > len(items):
+        raise BadRequest(f"bad cursor {cursor!r}")
+    start = int(cursor)
+    page = items[start : start + page_size]
+    headers = {}
+    if start + page_size < len(items):
+        query = {k: v for k, v in request.query.items() if k != "cursor"}
+        query["cursor"] = str(start + page_size)
+        url = request.url.with_query(query)
+        headers["Link"] = f'<{_base_url(request)}{url.raw_path_qs}>; rel="next"'
+    return web.json_response(page, headers=headers)
+
+
+async def blob(request: web.Request) -> web.StreamResponse:
+    request["route"] = "blob"
+    sha256 = request.match_info["sha256"]
+    if not is_sha256(sha256):
+        raise BadRequest("a blob is named by 64 lower-case hex characters")
+    path = await _on_catalog(request, request.app[SERVICE].public_blob, sha256)
+    return blob_response(request, path, sha256, {"Content-Type": "application/octet-stream"})
+
+
+async def public_key(request: web.Request) -> web.Response:
+    request["route"] = "key"
+    return web.json_response({"key": request.app[PUBLIC_KEY]})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    request["route"] = "metrics"
+    m = request.app[METRICS]
+    m.store_blobs.set(await _on_catalog(request, request.app[SERVICE].catalog.blob_count))
+    return web.Response(body=generate_latest(m.registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def index(request: web.Request) -> web.Response:
+    request["route"] = "index"
+    return web.json_response({
+        "service": "weightswarm mirror",
+        "key": request.app[PUBLIC_KEY],
+        "hf_endpoint": _base_url(request),
+    })
+
+
+# -- the application -----------------------------------------------------------------------------
+
+
+async def _resources(app: web.Application):
+    config = app[CONFIG]
+    loop = asyncio.get_running_loop()
+    thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="catalog")
+    catalog = await loop.run_in_executor(thread, Catalog, config.catalog_path)
+    store = BlobStore(config.store_dir)
+    key = load_or_create(config.key_path)
+    app[CATALOG_THREAD] = thread
+    app[SERVICE] = HubService(catalog, store)
+    app[PUBLIC_KEY] = public_key_text(key)
+    log.info("mirror home %s, key %s", config.home, app[PUBLIC_KEY])
+    yield
+    await loop.run_in_executor(thread, catalog.close)
+    thread.shutdown(wait=True)
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(middlewares=[observe])
+    app[CONFIG] = config
+    app[METRICS] = Metrics()
+    app.cleanup_ctx.append(_resources)
+    app.router.add_get("/", index)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/weightswarm/key", public_key)
+    app.router.add_get("/blobs/sha256/{sha256}", blob)
+    app.router.add_route("*", "/{tail:.*}", hub_api)
+    return app
+
+
+async def start(config: Config) -> tuple[web.AppRunner, int]:
+    """Start serving; returns the runner and the port obtained (port 0 picks a free one)."""
+    runner = web.AppRunner(create_app(config), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.mirror.host, config.mirror.port)
+    await site.start()
+    port = runner.addresses[0][1]
+    log.info("mirror listening on http://%s:%d (HF_ENDPOINT=http://%s:%d)",
+             config.mirror.host, port, config.mirror.host, port)
+    return runner, port
+
+
+async def serve(config: Config) -> None:
+    runner, _ = await start(config)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

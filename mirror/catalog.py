@@ -1,0 +1,443 @@
+"""The mirror's catalog: repos, snapshots, files, refs and blob records, in sqlite.
+
+WAL mode with a busy timeout, so the CLI (an import) and a running server can both write.
+Every write that must be seen whole (a snapshot with its files and refs) is one
+`BEGIN IMMEDIATE` transaction: a reader sees the snapshot complete or not at all. The schema
+carries a version (`PRAGMA user_version`) and upgrades itself through `MIGRATIONS`.
+
+A Catalog object is used from one thread at a time (the server gives it its own thread).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import sqlite_utils
+
+from peer.errors import RepoNotFound, RevisionNotFound
+from peer.hashing import Digests
+from peer.hfformat import FileEntry
+from peer.paths import is_commit
+
+ACCESS_LEVELS = ("public", "gated", "private")
+REF_KINDS = ("branch", "tag", "pr", "convert")
+#: The metadata a model card's front matter contributes to a repo (issue 2).
+CARD_FIELDS = ("license", "tags", "pipeline_tag", "library_name", "base_model", "datasets",
+               "language")
+
+
+def _m1(db: sqlite_utils.Database) -> None:
+    db["repos"].create(
+        {
+            "id": int, "hub": str, "type": str, "repo_id": str, "access": str,
+            "created_at": float, "updated_at": float, "downloads": int, "likes": int,
+            "license": str, "pipeline_tag": str, "library_name": str, "tags": str,
+            "base_model": str, "datasets": str, "language": str, "card_data": str,
+        },
+        pk="id",
+        not_null={"hub", "type", "repo_id", "access", "created_at", "updated_at"},
+        defaults={"access": "public", "downloads": 0, "likes": 0},
+    )
+    db["repos"].create_index(["hub", "type", "repo_id"], unique=True)
+    db["snapshots"].create(
+        {
+            "id": int, "repo": int, "commit_id": str, "parent": str, "title": str,
+            "message": str, "created_at": float, "card_data": str, "safetensors": str,
+        },
+        pk="id",
+        foreign_keys=[("repo", "repos", "id")],
+        not_null={"repo", "commit_id", "created_at"},
+    )
+    db["snapshots"].create_index(["repo", "commit_id"], unique=True)
+    db.execute(
+        "CREATE TABLE files (snapshot INTEGER NOT NULL REFERENCES snapshots(id), "
+        "path TEXT NOT NULL, size INTEGER NOT NULL, sha256 TEXT NOT NULL, "
+        "git_sha1 TEXT NOT NULL, lfs INTEGER NOT NULL, PRIMARY KEY (snapshot, path)) WITHOUT ROWID"
+    )
+    db["files"].create_index(["sha256"])
+    db.execute(
+        "CREATE TABLE refs (repo INTEGER NOT NULL REFERENCES repos(id), kind TEXT NOT NULL, "
+        "name TEXT NOT NULL, commit_id TEXT NOT NULL, seq INTEGER NOT NULL, "
+        "updated_at REAL NOT NULL, PRIMARY KEY (repo, kind, name)) WITHOUT ROWID"
+    )
+    db["blobs"].create(
+        {
+            "sha256": str, "size": int, "git_sha1": str, "blake3": str, "piece_length": int,
+            "pieces": bytes, "created_at": float, "verified_at": float,
+        },
+        pk="sha256",
+        not_null={"size", "blake3", "created_at"},
+    )
+    db["state"].create({"key": str, "value": int}, pk="key")
+    db.execute("INSERT INTO state (key, value) VALUES ('seq', 0)")
+
+
+#: MIGRATIONS[i] takes the schema from version i to i + 1.
+MIGRATIONS = [_m1]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass(frozen=True)
+class Repo:
+    id: int
+    hub: str
+    type: str
+    repo_id: str
+    access: str
+    created_at: float
+    updated_at: float
+    downloads: int = 0
+    likes: int = 0
+    card: dict = field(default_factory=dict)
+
+    @property
+    def author(self) -> str | None:
+        return self.repo_id.split("/")[0] if "/" in self.repo_id else None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    id: int
+    repo: int
+    commit: str
+    parent: str | None
+    title: str
+    message: str
+    created_at: float
+    card_data: dict
+    safetensors: dict | None
+
+
+@dataclass(frozen=True)
+class Ref:
+    kind: str
+    name: str
+    commit: str
+    seq: int
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class BlobRecord:
+    sha256: str
+    size: int
+    git_sha1: str | None
+    blake3: str
+    piece_length: int
+    pieces: bytes
+
+
+@dataclass
+class NewSnapshot:
+    """What an importer or a sync hands to `publish`: a whole snapshot and the refs to move."""
+
+    hub: str
+    type: str
+    repo_id: str
+    commit: str
+    files: list[FileEntry]
+    refs: list[tuple[str, str]]  # (kind, name)
+    title: str = ""
+    message: str = ""
+    parent: str | None = None
+    created_at: float | None = None
+    card_data: dict = field(default_factory=dict)
+    safetensors: dict | None = None
+    access: str = "public"
+
+
+class Catalog:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None,
+                               check_same_thread=False)
+        self.db = sqlite_utils.Database(conn)
+        self.conn = conn
+        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        self.db.enable_wal()
+        self._migrate()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _migrate(self) -> None:
+        with self.transaction():
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"catalog {self.path} has schema {version}, newer than this weightswarm "
+                    f"({SCHEMA_VERSION}): upgrade weightswarm"
+                )
+            for step in MIGRATIONS[version:]:
+                step(self.db)
+            if version != SCHEMA_VERSION:
+                self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction that holds the write lock from its start (no upgrade races)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # -- repos, snapshots, refs --------------------------------------------------------------
+
+    def repo(self, hub: str, type: str, repo_id: str) -> Repo:
+        row = self.conn.execute(
+            f"SELECT {_REPO_COLUMNS} FROM repos WHERE hub = ? AND type = ? AND repo_id = ?",
+            (hub, type, repo_id),
+        ).fetchone()
+        if row is None:
+            raise RepoNotFound(repo_id, type)
+        return _repo(row)
+
+    def repos(self, hub: str | None = None) -> list[Repo]:
+        where = " WHERE hub = ?" if hub else ""
+        rows = self.conn.execute(
+            f"SELECT {_REPO_COLUMNS} FROM repos{where} ORDER BY hub, type, repo_id",
+            (hub,) if hub else (),
+        ).fetchall()
+        return [_repo(row) for row in rows]
+
+    def refs(self, repo: Repo) -> list[Ref]:
+        rows = self.conn.execute(
+            "SELECT kind, name, commit_id, seq, updated_at FROM refs WHERE repo = ? "
+            "ORDER BY kind, name", (repo.id,)
+        ).fetchall()
+        return [Ref(*row) for row in rows]
+
+    def resolve(self, repo: Repo, revision: str) -> str:
+        """A branch, tag, `refs/...` name or full commit id → the commit it names."""
+        kinds: tuple[tuple[str, str], ...]
+        if revision.startswith("refs/heads/"):
+            kinds = (("branch", revision[11:]),)
+        elif revision.startswith("refs/tags/"):
+            kinds = (("tag", revision[10:]),)
+        elif revision.startswith("refs/pr/"):
+            kinds = (("pr", revision[8:]),)
+        elif revision.startswith("refs/convert/"):
+            kinds = (("convert", revision[13:]),)
+        else:
+            kinds = (("branch", revision), ("tag", revision))
+        for kind, name in kinds:
+            row = self.conn.execute(
+                "SELECT commit_id FROM refs WHERE repo = ? AND kind = ? AND name = ?",
+                (repo.id, kind, name),
+            ).fetchone()
+            if row:
+                return row[0]
+        if is_commit(revision) and self._snapshot_row(repo, revision):
+            return revision
+        raise RevisionNotFound(repo.repo_id, revision)
+
+    def _snapshot_row(self, repo: Repo, commit: str) -> tuple | None:
+        return self.conn.execute(
+            "SELECT id, repo, commit_id, parent, title, message, created_at, card_data, "
+            "safetensors FROM snapshots WHERE repo = ? AND commit_id = ?", (repo.id, commit)
+        ).fetchone()
+
+    def snapshot(self, repo: Repo, commit: str) -> Snapshot:
+        row = self._snapshot_row(repo, commit)
+        if row is None:
+            raise RevisionNotFound(repo.repo_id, commit)
+        sid, rid, c, parent, title, message, created, card, st = row
+        return Snapshot(sid, rid, c, parent, title or "", message or "", created,
+                        json.loads(card) if card else {}, json.loads(st) if st else None)
+
+    def snapshots(self, repo: Repo) -> list[str]:
+        return [r[0] for r in self.conn.execute(
+            "SELECT commit_id FROM snapshots WHERE repo = ? ORDER BY created_at, id", (repo.id,))]
+
+    def files(self, snapshot: Snapshot) -> list[FileEntry]:
+        rows = self.conn.execute(
+            "SELECT path, size, sha256, git_sha1, lfs FROM files WHERE snapshot = ? ORDER BY path",
+            (snapshot.id,),
+        ).fetchall()
+        return [FileEntry(p, s, h, g, bool(lfs)) for p, s, h, g, lfs in rows]
+
+    def file(self, snapshot: Snapshot, path: str) -> FileEntry | None:
+        row = self.conn.execute(
+            "SELECT path, size, sha256, git_sha1, lfs FROM files WHERE snapshot = ? AND path = ?",
+            (snapshot.id, path),
+        ).fetchone()
+        return FileEntry(row[0], row[1], row[2], row[3], bool(row[4])) if row else None
+
+    def blob_is_public(self, sha256: str) -> bool:
+        """True when a published snapshot of a public repo holds the blob (the web-seed rule)."""
+        row = self.conn.execute(
+            "SELECT 1 FROM files f JOIN snapshots s ON s.id = f.snapshot "
+            "JOIN repos r ON r.id = s.repo WHERE f.sha256 = ? AND r.access = 'public' LIMIT 1",
+            (sha256,),
+        ).fetchone()
+        return row is not None
+
+    def publish(self, new: NewSnapshot, now: float | None = None) -> Snapshot:
+        """Make a snapshot, its files and its refs visible, all at once."""
+        now = time.time() if now is None else now
+        if new.access not in ACCESS_LEVELS:
+            raise ValueError(f"access must be one of {ACCESS_LEVELS}")
+        card = {k: new.card_data.get(k) for k in CARD_FIELDS if new.card_data.get(k) is not None}
+        with self.transaction() as c:
+            row = c.execute(
+                "SELECT id FROM repos WHERE hub = ? AND type = ? AND repo_id = ?",
+                (new.hub, new.type, new.repo_id),
+            ).fetchone()
+            if row:
+                repo_pk = row[0]
+                c.execute("UPDATE repos SET updated_at = ?, access = ? WHERE id = ?",
+                          (now, new.access, repo_pk))
+            else:
+                repo_pk = c.execute(
+                    "INSERT INTO repos (hub, type, repo_id, access, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (new.hub, new.type, new.repo_id, new.access, now, now),
+                ).lastrowid
+            if any(kind == "branch" and name == "main" for kind, name in new.refs) or not row:
+                c.execute(
+                    "UPDATE repos SET license = ?, pipeline_tag = ?, library_name = ?, tags = ?, "
+                    "base_model = ?, datasets = ?, language = ?, card_data = ? WHERE id = ?",
+                    (
+                        _text(card.get("license")), _text(card.get("pipeline_tag")),
+                        _text(card.get("library_name")), json.dumps(_list(card.get("tags"))),
+                        json.dumps(_list(card.get("base_model"))),
+                        json.dumps(_list(card.get("datasets"))),
+                        json.dumps(_list(card.get("language"))),
+                        json.dumps(new.card_data, default=str), repo_pk,
+                    ),
+                )
+            existing = c.execute(
+                "SELECT id FROM snapshots WHERE repo = ? AND commit_id = ?", (repo_pk, new.commit)
+            ).fetchone()
+            if existing:
+                sid = existing[0]
+            else:
+                sid = c.execute(
+                    "INSERT INTO snapshots (repo, commit_id, parent, title, message, created_at, "
+                    "card_data, safetensors) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        repo_pk, new.commit, new.parent, new.title, new.message,
+                        new.created_at or now, json.dumps(new.card_data, default=str),
+                        json.dumps(new.safetensors) if new.safetensors else None,
+                    ),
+                ).lastrowid
+                c.executemany(
+                    "INSERT INTO files (snapshot, path, size, sha256, git_sha1, lfs) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    [(sid, f.path, f.size, f.sha256, f.git_sha1, int(f.lfs)) for f in new.files],
+                )
+            for kind, name in new.refs:
+                if kind not in REF_KINDS:
+                    raise ValueError(f"ref kind must be one of {REF_KINDS}")
+                current = c.execute(
+                    "SELECT commit_id FROM refs WHERE repo = ? AND kind = ? AND name = ?",
+                    (repo_pk, kind, name),
+                ).fetchone()
+                if current and current[0] == new.commit:
+                    continue
+                seq = self._next_seq(c)
+                c.execute(
+                    "INSERT INTO refs (repo, kind, name, commit_id, seq, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (repo, kind, name) DO UPDATE SET "
+                    "commit_id = excluded.commit_id, seq = excluded.seq, "
+                    "updated_at = excluded.updated_at",
+                    (repo_pk, kind, name, new.commit, seq, now),
+                )
+        return self.snapshot(self.repo(new.hub, new.type, new.repo_id), new.commit)
+
+    @staticmethod
+    def _next_seq(c: sqlite3.Connection) -> int:
+        c.execute("UPDATE state SET value = value + 1 WHERE key = 'seq'")
+        return c.execute("SELECT value FROM state WHERE key = 'seq'").fetchone()[0]
+
+    def sequence(self) -> int:
+        return self.conn.execute("SELECT value FROM state WHERE key = 'seq'").fetchone()[0]
+
+    # -- blobs ------------------------------------------------------------------------------
+
+    def put_blob(self, d: Digests, now: float | None = None) -> None:
+        """Record a blob's hashes; an existing record gains what it lacked (a git sha1 when the
+        same bytes arrive as a non-LFS file, piece hashes when they arrive as LFS)."""
+        now = time.time() if now is None else now
+        with self.transaction() as c:
+            c.execute(
+                "INSERT INTO blobs (sha256, size, git_sha1, blake3, piece_length, pieces, "
+                "created_at, verified_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (sha256) DO UPDATE SET "
+                "git_sha1 = coalesce(blobs.git_sha1, excluded.git_sha1), "
+                "piece_length = CASE WHEN blobs.piece_length > 0 THEN blobs.piece_length "
+                "ELSE excluded.piece_length END, "
+                "pieces = CASE WHEN blobs.piece_length > 0 THEN blobs.pieces "
+                "ELSE excluded.pieces END, verified_at = excluded.verified_at",
+                (d.sha256, d.size, d.git_sha1, d.blake3, d.piece_length, d.pieces, now, now),
+            )
+
+    def blob_count(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM blobs").fetchone()[0]
+
+    def blob(self, sha256: str) -> BlobRecord | None:
+        row = self.conn.execute(
+            "SELECT sha256, size, git_sha1, blake3, piece_length, pieces FROM blobs "
+            "WHERE sha256 = ?", (sha256,)
+        ).fetchone()
+        return BlobRecord(*row) if row else None
+
+    def blobs(self, repo: Repo | None = None) -> Iterable[BlobRecord]:
+        if repo is None:
+            sql, args = "SELECT sha256, size, git_sha1, blake3, piece_length, pieces FROM blobs", ()
+        else:
+            sql = (
+                "SELECT DISTINCT b.sha256, b.size, b.git_sha1, b.blake3, b.piece_length, b.pieces "
+                "FROM blobs b JOIN files f ON f.sha256 = b.sha256 "
+                "JOIN snapshots s ON s.id = f.snapshot WHERE s.repo = ?"
+            )
+            args = (repo.id,)
+        for row in self.conn.execute(sql, args).fetchall():
+            yield BlobRecord(*row)
+
+
+def _text(value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return str(value[0]) if value else None
+    return str(value)
+
+
+def _list(value) -> list:
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return [str(v) for v in value]
+    return [str(value)]
+
+
+_REPO_COLUMNS = (
+    "id, hub, type, repo_id, access, created_at, updated_at, downloads, likes, license, "
+    "pipeline_tag, library_name, tags, base_model, datasets, language, card_data"
+)
+
+
+def _repo(row: tuple) -> Repo:
+    (id_, hub, type_, repo_id, access, created, updated, downloads, likes, license_, pipeline,
+     library, tags, base_model, datasets, language, card_data) = row
+    card = {
+        "license": license_, "pipeline_tag": pipeline, "library_name": library,
+        "tags": json.loads(tags or "[]"), "base_model": json.loads(base_model or "[]"),
+        "datasets": json.loads(datasets or "[]"), "language": json.loads(language or "[]"),
+        "card_data": json.loads(card_data or "{}"),
+    }
+    return Repo(id_, hub, type_, repo_id, access, created, updated, downloads or 0, likes or 0,
+                card)

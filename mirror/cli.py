@@ -1,0 +1,220 @@
+"""The `weightswarm` command: the composition root (DESIGN.md section 1).
+
+It builds the one frozen `Config` (file, environment, flags) and calls into the packages; a
+known error becomes one line with a hint and a non-zero exit (`WEIGHTSWARM_DEBUG=1` shows the
+traceback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from peer.errors import WeightswarmError
+from peer.store import BlobStore
+
+from .config import SETTINGS, Config, load_config
+
+log = logging.getLogger(__name__)
+
+
+class State:
+    def __init__(self, config_file: Path | None, home: Path | None):
+        self.config_file = config_file
+        self.home = home
+
+    def config(self, **overrides) -> Config:
+        return load_config(
+            home=self.home,
+            config_file=self.config_file,
+            overrides={("mirror", k): v for k, v in overrides.items()},
+        )
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO
+    logging.basicConfig(
+        level=level, stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if verbose < 2:
+        logging.getLogger("asyncio").setLevel(logging.WARNING)
+
+
+def _settings_help() -> str:
+    lines = ["\b", "Settings (weightswarm.toml section.key, environment variable, default):"]
+    for s in SETTINGS:
+        lines.append(f"  {s.section}.{s.key}  {s.env}  [{s.default}]  {s.help}")
+    return "\n".join(lines)
+
+
+@click.group(epilog=_settings_help())
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="settings file [default: $WEIGHTSWARM_HOME/weightswarm.toml]")
+@click.option("--home", type=click.Path(file_okay=False, path_type=Path),
+              help="state folder [default: $WEIGHTSWARM_HOME or ~/.local/share/weightswarm]")
+@click.option("-v", "--verbose", count=True, help="more logging (-vv for debug)")
+@click.version_option(package_name="weightswarm")
+@click.pass_context
+def cli(ctx: click.Context, config_file: Path | None, home: Path | None, verbose: int) -> None:
+    """weightswarm: a federated mirror and peer-to-peer network for model weights."""
+    _setup_logging(verbose)
+    ctx.obj = State(config_file, home)
+
+
+def _serve(state: State, host: str | None, port: int | None) -> None:
+    from .app import serve
+
+    config = state.config(host=host, port=port)
+    try:
+        asyncio.run(serve(config))
+    except KeyboardInterrupt:
+        pass
+
+
+_host = click.option("--host", help="address to bind [default: mirror.host, 127.0.0.1]")
+_port = click.option("--port", type=int, help="port to bind, 0 for any [default: 8470]")
+
+
+@cli.command()
+@_host
+@_port
+@click.pass_obj
+def serve(state: State, host: str | None, port: int | None) -> None:
+    """Run the all-in-one node (for now: the mirror's HTTP API)."""
+    _serve(state, host, port)
+
+
+@cli.group()
+def mirror() -> None:
+    """Mirror commands: serve, import, list and verify repos."""
+
+
+@mirror.command("serve")
+@_host
+@_port
+@click.pass_obj
+def mirror_serve(state: State, host: str | None, port: int | None) -> None:
+    """Serve the Hugging Face Hub API (and blobs) from this mirror's store."""
+    _serve(state, host, port)
+
+
+def _open(config: Config):
+    from .catalog import Catalog
+
+    return Catalog(config.catalog_path), BlobStore(config.store_dir)
+
+
+@mirror.command("import")
+@click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--repo", "repo_id", help="repo id, e.g. org/name (a cache folder names its own)")
+@click.option("--hub", default="huggingface", show_default=True,
+              type=click.Choice(["huggingface", "modelscope", "kaggle"]))
+@click.option("--type", "repo_type", type=click.Choice(["model", "dataset"]),
+              help="repo type [default: model, or what a cache folder says]")
+@click.option("--revision", help="branch to move [default: main; a cache import: all its refs]")
+@click.option("--tag", "tags", multiple=True, help="also tag the imported commit (repeatable)")
+@click.option("--access", default="public", show_default=True,
+              type=click.Choice(["public", "gated", "private"]))
+@click.option("--if-missing", is_flag=True, help="do nothing if the repo already has the revision")
+@click.option("--progress/--no-progress", default=None, help="progress bar [default: on a tty]")
+@click.pass_obj
+def mirror_import(state: State, path: Path, repo_id, hub, repo_type, revision, tags, access,
+                  if_missing, progress) -> None:
+    """Import a folder, or a repo from a Hugging Face cache (models--org--name), into the store."""
+    from .importer import Importer
+
+    catalog, store = _open(state.config())
+    if if_missing and repo_id:
+        try:
+            repo = catalog.repo(hub, repo_type or "model", repo_id)
+            commit = catalog.resolve(repo, revision or "main")
+            click.echo(f"{repo_id} already has {revision or 'main'} at {commit}")
+            return
+        except LookupError:
+            pass
+    show = sys.stderr.isatty() if progress is None else progress
+    results = Importer(catalog, store, progress=show).import_path(
+        path, repo_id=repo_id, hub=hub, repo_type=repo_type, revision=revision, tags=tags,
+        access=access,
+    )
+    for r in results:
+        refs = ", ".join(f"{k} {n}" for k, n in r.refs) or "no ref"
+        click.echo(f"{r.repo_id}@{r.commit} ({refs}): {r.files} files, "
+                   f"{r.new_blobs} new blobs, {r.bytes_copied} bytes copied")
+
+
+@mirror.command("ls")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_obj
+def mirror_ls(state: State, as_json: bool) -> None:
+    """List the repos this mirror holds, with their refs."""
+    catalog, _ = _open(state.config())
+    rows = []
+    for repo in catalog.repos():
+        refs = catalog.refs(repo)
+        rows.append({
+            "hub": repo.hub, "type": repo.type, "id": repo.repo_id, "access": repo.access,
+            "refs": {f"{r.kind}:{r.name}": r.commit for r in refs},
+        })
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        refs = " ".join(f"{k}={v[:12]}" for k, v in row["refs"].items())
+        click.echo(f"{row['hub']:<12} {row['type']:<8} {row['id']:<48} {row['access']:<8} {refs}")
+
+
+@mirror.command("verify")
+@click.argument("repo_id", required=False)
+@click.option("--hub", default="huggingface", show_default=True)
+@click.option("--type", "repo_type", default="model", show_default=True)
+@click.option("--full", is_flag=True, help="re-hash sha256 instead of the faster blake3 scrub")
+@click.pass_obj
+def mirror_verify(state: State, repo_id, hub, repo_type, full) -> None:
+    """Check that the stored bytes still match their recorded hashes (all blobs, or one repo's)."""
+    catalog, store = _open(state.config())
+    repo = catalog.repo(hub, repo_type, repo_id) if repo_id else None
+    records = list(catalog.blobs(repo))
+    bad = []
+    if full:
+        for r in records:
+            if not store.has(r.sha256) or not store.verify(r.sha256):
+                bad.append((r.sha256, "missing" if not store.has(r.sha256) else "sha256 mismatch"))
+    else:
+        bad = list(store.scrub((r.sha256, r.blake3) for r in records))
+    for sha256, problem in bad:
+        click.echo(f"BAD {sha256}: {problem}")
+    click.echo(f"{len(records) - len(bad)} of {len(records)} blobs intact")
+    if bad:
+        sys.exit(1)
+
+
+def main() -> None:
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except WeightswarmError as e:
+        if os.environ.get("WEIGHTSWARM_DEBUG") == "1":
+            raise
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

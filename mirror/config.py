@@ -1,0 +1,153 @@
+"""Settings, declared once: the file (`weightswarm.toml`), `WEIGHTSWARM_<SECTION>_<KEY>`
+environment variables and command-line flags, in rising priority (DESIGN.md section 8).
+
+The CLI builds one frozen `Config` and passes it down; nothing reads the environment later.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from peer.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Setting:
+    section: str
+    key: str
+    type: type
+    default: Any
+    help: str
+
+    @property
+    def env(self) -> str:
+        return f"WEIGHTSWARM_{self.section.upper()}_{self.key.upper()}"
+
+
+SETTINGS = [
+    Setting("mirror", "host", str, "127.0.0.1", "address the mirror's HTTP API binds to"),
+    Setting("mirror", "port", int, 8470, "port of the mirror's HTTP API (0: any free port)"),
+    Setting("mirror", "public_url", str, None,
+            "base URL clients see; default: the request's own scheme, host and port"),
+    Setting("mirror", "archive", bool, False, "never remove what the upstream removed"),
+]
+_BY_NAME = {(s.section, s.key): s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class MirrorConfig:
+    host: str
+    port: int
+    public_url: str | None
+    archive: bool
+
+
+@dataclass(frozen=True)
+class Config:
+    home: Path
+    mirror: MirrorConfig
+
+    @property
+    def store_dir(self) -> Path:
+        return self.home / "store"
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.home / "catalog.sqlite"
+
+    @property
+    def key_path(self) -> Path:
+        return self.home / "mirror.key"
+
+
+def default_home(env: Mapping[str, str]) -> Path:
+    if env.get("WEIGHTSWARM_HOME"):
+        return Path(env["WEIGHTSWARM_HOME"]).expanduser()
+    base = env.get("XDG_DATA_HOME") or os.path.join(env.get("HOME", "~"), ".local", "share")
+    return Path(base).expanduser() / "weightswarm"
+
+
+def _coerce(setting: Setting, value: Any, origin: str) -> Any:
+    if value is None:
+        return None
+    try:
+        if setting.type is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if setting.type is int and isinstance(value, bool):
+            raise ValueError(value)
+        return setting.type(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{origin}: {setting.section}.{setting.key} must be a {setting.type.__name__}, "
+            f"got {value!r}"
+        ) from None
+
+
+def load_config(
+    *,
+    home: Path | None = None,
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[tuple[str, str], Any] | None = None,
+) -> Config:
+    env = os.environ if env is None else env
+    home = Path(home) if home else default_home(env)
+    values = {name: s.default for name, s in _BY_NAME.items()}
+
+    path = Path(config_file) if config_file else home / "weightswarm.toml"
+    if config_file and not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    if path.is_file():
+        try:
+            data = tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: {e}") from None
+        for section, table in data.items():
+            if not isinstance(table, dict):
+                log.warning("%s: ignoring top-level key %r (settings live in sections)", path, section)
+                continue
+            for key, value in table.items():
+                setting = _BY_NAME.get((section, key))
+                if setting is None:
+                    log.warning("%s: unknown setting %s.%s ignored", path, section, key)
+                    continue
+                values[(section, key)] = _coerce(setting, value, str(path))
+
+    for name, setting in _BY_NAME.items():
+        if setting.env in env:
+            values[name] = _coerce(setting, env[setting.env], setting.env)
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = _coerce(_BY_NAME[name], value, "command line")
+
+    public_url = values[("mirror", "public_url")]
+    if public_url:
+        public_url = public_url.rstrip("/")
+        if not public_url.startswith(("http://", "https://")):
+            raise ConfigError(f"mirror.public_url must start with http:// or https://: {public_url}")
+    port = values[("mirror", "port")]
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"mirror.port must be 0-65535, got {port}")
+    return Config(
+        home=home,
+        mirror=MirrorConfig(
+            host=values[("mirror", "host")],
+            port=port,
+            public_url=public_url,
+            archive=values[("mirror", "archive")],
+        ),
+    )

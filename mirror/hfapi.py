@@ -1,0 +1,278 @@
+"""The Hugging Face Hub API the download clients use (PROTOCOLS.md section 1): the lookups
+behind each call, and the JSON and headers each answer carries, as plain functions.
+
+`HubService` runs on the catalog's thread; everything else here is pure.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import posixpath
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from peer.errors import BlobMissing, EntryNotFound, NotFound, RepoNotFound, WeightswarmError
+from peer.hfformat import (
+    TYPE_URL_PREFIX,
+    FileEntry,
+    directory_oids,
+    file_json,
+    iso_z,
+    sibling_json,
+)
+from peer.paths import is_commit
+from peer.store import BlobStore
+
+from .catalog import Catalog, Ref, Repo, Snapshot
+from .routes import HubCall
+
+TREE_PAGE = 1000
+
+
+class GatedRepo(WeightswarmError):
+    status = 403
+    error_code = "GatedRepo"
+
+    def __init__(self, repo_id: str):
+        super().__init__(f"access to {repo_id!r} is restricted: it is a gated repo")
+        self.repo_id = repo_id
+
+
+@dataclass(frozen=True)
+class Located:
+    """A resolve request answered: the commit, the file, and where its bytes are."""
+
+    commit: str
+    entry: FileEntry
+    blob: Path
+    pinned: bool  # the request named the commit itself
+
+
+def derive_tags(card: dict, has_safetensors: bool) -> list[str]:
+    """The tags HF lists for a repo: the card's own, plus library, pipeline, format, language,
+    datasets, base model and license, each once, in a stable order."""
+    tags: list[str] = []
+
+    def add(tag) -> None:
+        if tag and isinstance(tag, (str, int, float)) and str(tag) not in tags:
+            tags.append(str(tag))
+
+    def many(value) -> list:
+        return value if isinstance(value, list) else [value] if value else []
+
+    for t in many(card.get("tags")):
+        add(t)
+    add(card.get("library_name"))
+    add(card.get("pipeline_tag"))
+    if has_safetensors:
+        add("safetensors")
+    for lang in many(card.get("language")):
+        add(lang)
+    for d in many(card.get("datasets")):
+        add(f"dataset:{d}")
+    for b in many(card.get("base_model")):
+        add(f"base_model:{b}")
+    for lic in many(card.get("license")):
+        add(f"license:{lic}")
+    return tags
+
+
+def repo_info_json(repo: Repo, snapshot: Snapshot, files: list[FileEntry], *, blobs: bool) -> dict:
+    card = snapshot.card_data or {}
+    info = {
+        "id": repo.repo_id,
+        "author": repo.author,
+        "sha": snapshot.commit,
+        "lastModified": iso_z(snapshot.created_at),
+        "createdAt": iso_z(repo.created_at),
+        "private": repo.access == "private",
+        "gated": "manual" if repo.access == "gated" else False,
+        "disabled": False,
+        "downloads": repo.downloads,
+        "likes": repo.likes,
+        "tags": derive_tags(card, snapshot.safetensors is not None),
+        "cardData": card,
+        "siblings": [sibling_json(f, blobs=blobs) for f in files],
+        "usedStorage": sum(f.size for f in files),
+    }
+    if repo.type == "model":
+        info["modelId"] = repo.repo_id
+        info["library_name"] = card.get("library_name")
+        info["pipeline_tag"] = card.get("pipeline_tag")
+        info["spaces"] = []
+        if snapshot.safetensors:
+            info["safetensors"] = snapshot.safetensors
+    return {k: v for k, v in info.items() if v is not None}
+
+
+def last_commit_json(snapshot: Snapshot) -> dict:
+    return {"id": snapshot.commit, "title": snapshot.title, "date": iso_z(snapshot.created_at)}
+
+
+def tree_json(
+    files: list[FileEntry], path: str, *, recursive: bool, last_commit: dict | None = None
+) -> list[dict]:
+    """The entries under `path` ('' for the root), folders included, in path order.
+
+    A path that names a file, or nothing, is EntryNotFound (HfFileSystem relies on that)."""
+    prefix = f"{path}/" if path else ""
+    oids = directory_oids(files)
+    if path and path not in oids:
+        raise LookupError(path)
+    entries: dict[str, dict] = {}
+    for f in files:
+        if not f.path.startswith(prefix):
+            continue
+        rest = f.path[len(prefix):]
+        if "/" in rest and not recursive:
+            folder = prefix + rest.split("/", 1)[0]
+            entries[folder] = {"type": "directory", "path": folder, "oid": oids[folder], "size": 0}
+            continue
+        if recursive:
+            parts = rest.split("/")[:-1]
+            for i in range(1, len(parts) + 1):
+                folder = prefix + "/".join(parts[:i])
+                entries[folder] = {"type": "directory", "path": folder, "oid": oids[folder],
+                                   "size": 0}
+        entries[f.path] = file_json(f, last_commit=last_commit)
+    return [entries[k] for k in sorted(entries)]
+
+
+def refs_json(refs: list[Ref], *, include_prs: bool) -> dict:
+    def item(ref: Ref, full: str) -> dict:
+        return {"name": ref.name, "ref": full, "targetCommit": ref.commit}
+
+    out: dict = {
+        "branches": [item(r, f"refs/heads/{r.name}") for r in refs if r.kind == "branch"],
+        "tags": [item(r, f"refs/tags/{r.name}") for r in refs if r.kind == "tag"],
+        "converts": [item(r, f"refs/convert/{r.name}") for r in refs if r.kind == "convert"],
+    }
+    if include_prs:
+        out["pullRequests"] = [item(r, f"refs/pr/{r.name}") for r in refs if r.kind == "pr"]
+    return out
+
+
+def commit_json(snapshot: Snapshot) -> dict:
+    return {
+        "id": snapshot.commit,
+        "authors": [{"user": "weightswarm"}],
+        "date": iso_z(snapshot.created_at),
+        "title": snapshot.title or "",
+        "message": snapshot.message or "",
+    }
+
+
+def resolve_url(call: HubCall, commit: str, path: str) -> str:
+    """The commit-pinned, site-relative resolve URL, with the hub prefix where one applies."""
+    return (
+        f"{call.prefix}/{TYPE_URL_PREFIX[call.repo_type]}{call.repo_id}/resolve/"
+        f"{commit}/{quote(path)}"
+    )
+
+
+def resolve_headers(call: HubCall, located: Located) -> dict:
+    """Headers every resolve answer carries (PROTOCOLS.md section 6, item 1)."""
+    entry = located.entry
+    name = posixpath.basename(entry.path)
+    content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    headers = {
+        "X-Repo-Commit": located.commit,
+        "Content-Type": content_type,
+        "Content-Disposition": f"inline; filename*=UTF-8''{quote(name)}",
+    }
+    if located.pinned:
+        headers["Cache-Control"] = "public, max-age=31536000, immutable"
+    else:
+        headers["Cache-Control"] = "no-cache"
+        headers["Location"] = resolve_url(call, located.commit, entry.path)
+        headers["ETag"] = f'"{entry.etag}"'
+        headers["X-Linked-Size"] = str(entry.size)
+    return headers
+
+
+class HubService:
+    """The lookups behind the HF API calls. Not thread-safe: one thread (the catalog's)."""
+
+    def __init__(self, catalog: Catalog, store: BlobStore):
+        self.catalog = catalog
+        self.store = store
+
+    def repo(self, call: HubCall) -> Repo:
+        repo = self.catalog.repo(call.hub, call.repo_type, call.repo_id)
+        if repo.access == "private":
+            # Until per-user access rules exist, a private repo does not exist for anyone.
+            raise RepoNotFound(call.repo_id, call.repo_type)
+        return repo
+
+    def snapshot(self, call: HubCall) -> tuple[Repo, Snapshot]:
+        repo = self.repo(call)
+        commit = self.catalog.resolve(repo, call.revision or "main")
+        return repo, self.catalog.snapshot(repo, commit)
+
+    def repo_info(self, call: HubCall, *, blobs: bool) -> dict:
+        repo, snapshot = self.snapshot(call)
+        return repo_info_json(repo, snapshot, self.catalog.files(snapshot), blobs=blobs)
+
+    def tree(self, call: HubCall, *, recursive: bool, expand: bool) -> list[dict]:
+        repo, snapshot = self.snapshot(call)
+        files = self.catalog.files(snapshot)
+        try:
+            return tree_json(files, call.path, recursive=recursive,
+                             last_commit=last_commit_json(snapshot) if expand else None)
+        except LookupError:
+            raise EntryNotFound(call.repo_id, snapshot.commit, call.path) from None
+
+    def paths_info(self, call: HubCall, paths: list[str], *, expand: bool) -> list[dict]:
+        repo, snapshot = self.snapshot(call)
+        files = self.catalog.files(snapshot)
+        by_path = {f.path: f for f in files}
+        oids = directory_oids(files)
+        last = last_commit_json(snapshot) if expand else None
+        out = []
+        for p in dict.fromkeys(p.strip("/") for p in paths):
+            if p in by_path:
+                out.append(file_json(by_path[p], last_commit=last))
+            elif p in oids:
+                out.append({"type": "directory", "path": p, "oid": oids[p], "size": 0})
+        return out
+
+    def refs(self, call: HubCall, *, include_prs: bool) -> dict:
+        return refs_json(self.catalog.refs(self.repo(call)), include_prs=include_prs)
+
+    def commits(self, call: HubCall) -> list[dict]:
+        repo, snapshot = self.snapshot(call)
+        out = []
+        seen = set()
+        while snapshot is not None and snapshot.commit not in seen:
+            seen.add(snapshot.commit)
+            out.append(commit_json(snapshot))
+            if not snapshot.parent:
+                break
+            try:
+                snapshot = self.catalog.snapshot(repo, snapshot.parent)
+            except NotFound:
+                break
+        return out
+
+    def locate(self, call: HubCall) -> Located:
+        repo, snapshot = self.snapshot(call)
+        if repo.access == "gated":
+            raise GatedRepo(call.repo_id)
+        entry = self.catalog.file(snapshot, call.path)
+        if entry is None:
+            raise EntryNotFound(call.repo_id, snapshot.commit, call.path)
+        blob = self.store.path_for(entry.sha256)
+        if not blob.is_file():
+            raise BlobMissing(entry.sha256)
+        pinned = is_commit(call.revision or "") and call.revision == snapshot.commit
+        return Located(snapshot.commit, entry, blob, pinned)
+
+    def public_blob(self, sha256: str) -> Path:
+        """A blob's file, only if a published public snapshot references it."""
+        if not self.catalog.blob_is_public(sha256):
+            raise NotFound(f"no blob {sha256}")
+        path = self.store.path_for(sha256)
+        if not path.is_file():
+            raise BlobMissing(sha256)
+        return path

@@ -1,0 +1,66 @@
+"""ed25519 keys: a mirror's signing key on disk, and the `ed25519:<64 hex>` public form."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from .errors import ConfigError
+
+PREFIX = "ed25519:"
+
+
+def public_key_text(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return PREFIX + raw.hex()
+
+
+def parse_public_key(text: str) -> Ed25519PublicKey:
+    if not text.startswith(PREFIX) or len(text) != len(PREFIX) + 64:
+        raise ValueError(f"not an ed25519 public key: {text[:80]!r}")
+    try:
+        raw = bytes.fromhex(text[len(PREFIX):])
+    except ValueError:
+        raise ValueError(f"not an ed25519 public key: {text[:80]!r}") from None
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def load_or_create(path: Path) -> Ed25519PrivateKey:
+    """The key at `path`, created (mode 0600, atomically) if there is none yet.
+
+    Like ssh, a key file that others can read is refused rather than used."""
+    path = Path(path)
+    if not path.exists():
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, pem)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            # link, not replace: if another process created the key meanwhile, keep theirs.
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise ConfigError(f"{path} is readable by others (mode {mode:o}); chmod 600 it")
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ConfigError(f"{path} does not hold an ed25519 private key")
+    return key

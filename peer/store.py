@@ -1,0 +1,223 @@
+"""The blob store: each blob's bytes once, named by their sha256.
+
+Layout under the root: `blobs/sha256/ab/cd/<hex>` for published blobs, `tmp/` for writes in
+progress. A blob becomes visible only by `os.replace` of a temp file that was written, fsynced
+and verified: a reader never sees half a blob, and a process killed mid-write leaves only a temp
+file, which the next store that opens removes once its writer is dead.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable, Iterator
+
+from .errors import BlobMissing, IntegrityError
+from .hashing import Digests, Hasher, blake3_file, read_chunks, sha256_file
+from .paths import is_sha256
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the source promised: checked before a blob is published."""
+
+    size: int | None = None
+    sha256: str | None = None
+    git_sha1: str | None = None
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class BlobWriter:
+    """A blob being written: bytes go to a unique temp file and through the hasher; `commit`
+    checks them against what was expected and renames them into place."""
+
+    def __init__(self, store: "BlobStore", size: int, *, lfs: bool, expected: Expected | None):
+        self.store = store
+        self.size = size
+        self.expected = expected or Expected()
+        self.hasher = Hasher(size, lfs=lfs)
+        name = f"{os.getpid()}.{secrets.token_hex(8)}.part"
+        self.tmp_path = store.tmp_dir / name
+        fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self.file = os.fdopen(fd, "wb", buffering=0)
+        self.done = False
+        #: after commit: True when these bytes were new to the store, False when deduplicated.
+        self.created = False
+
+    def write(self, data: bytes) -> None:
+        self.hasher.update(data)
+        self.file.write(data)
+
+    def commit(self) -> Digests:
+        try:
+            digests = self.hasher.finish()
+            self._check(digests)
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            self.created = self.store._publish(self.tmp_path, digests.sha256)
+            self.done = True
+            return digests
+        finally:
+            if not self.done:
+                self.abort()
+
+    def _check(self, d: Digests) -> None:
+        e = self.expected
+        if e.size is not None and d.size != e.size:
+            raise IntegrityError("size", str(e.size), str(d.size))
+        if e.sha256 is not None and d.sha256 != e.sha256:
+            raise IntegrityError("sha256", e.sha256, d.sha256)
+        if e.git_sha1 is not None and d.git_sha1 is not None and d.git_sha1 != e.git_sha1:
+            raise IntegrityError("git sha1", e.git_sha1, d.git_sha1)
+
+    def abort(self) -> None:
+        if not self.file.closed:
+            self.file.close()
+        self.tmp_path.unlink(missing_ok=True)
+        self.done = True
+
+    def __enter__(self) -> "BlobWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if not self.done:
+            self.abort()
+
+
+class BlobStore:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.blob_dir = self.root / "blobs" / "sha256"
+        self.tmp_dir = self.root / "tmp"
+        self.blob_dir.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.remove_stale_temps()
+
+    def path_for(self, sha256: str) -> Path:
+        if not is_sha256(sha256):
+            raise ValueError(f"not a sha256: {sha256!r}")
+        return self.blob_dir / sha256[:2] / sha256[2:4] / sha256
+
+    def has(self, sha256: str) -> bool:
+        return self.path_for(sha256).is_file()
+
+    def open(self, sha256: str) -> BinaryIO:
+        try:
+            return open(self.path_for(sha256), "rb")
+        except FileNotFoundError:
+            raise BlobMissing(sha256) from None
+
+    def size_of(self, sha256: str) -> int:
+        try:
+            return self.path_for(sha256).stat().st_size
+        except FileNotFoundError:
+            raise BlobMissing(sha256) from None
+
+    def writer(self, size: int, *, lfs: bool, expected: Expected | None = None) -> BlobWriter:
+        return BlobWriter(self, size, lfs=lfs, expected=expected)
+
+    def ingest_file(
+        self,
+        src: str | os.PathLike,
+        *,
+        lfs: bool,
+        expected: Expected | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> tuple[Digests, bool]:
+        """Copy a local file into the store in one read pass that also hashes it.
+
+        Returns the digests and whether the bytes were new to the store."""
+        with open(src, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            with self.writer(size, lfs=lfs, expected=expected) as w:
+                for chunk in read_chunks(f, size):
+                    w.write(chunk)
+                    if progress:
+                        progress(len(chunk))
+                return w.commit(), w.created
+
+    def _publish(self, tmp_path: Path, sha256: str) -> bool:
+        dest = self.path_for(sha256)
+        if dest.exists():
+            # Deduplicated: the same bytes are already there.
+            tmp_path.unlink(missing_ok=True)
+            return False
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(tmp_path, 0o444)
+        os.replace(tmp_path, dest)
+        _fsync_dir(dest.parent)
+        return True
+
+    def remove(self, sha256: str) -> bool:
+        try:
+            self.path_for(sha256).unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    def verify(self, sha256: str) -> bool:
+        """Re-read one blob and check that its bytes still hash to its name."""
+        try:
+            return sha256_file(self.path_for(sha256)) == sha256
+        except FileNotFoundError:
+            raise BlobMissing(sha256) from None
+
+    def scrub(self, records: Iterable[tuple[str, str]]) -> Iterator[tuple[str, str]]:
+        """For each (sha256, blake3) record, yield (sha256, problem) where the bytes disagree.
+
+        blake3 runs several times faster than sha256, so a periodic scrub of a large store is
+        cheap; `verify` is the slower, authoritative check."""
+        for sha256, expected_blake3 in records:
+            try:
+                actual = blake3_file(self.path_for(sha256))
+            except FileNotFoundError:
+                yield sha256, "missing"
+                continue
+            if actual != expected_blake3:
+                yield sha256, f"blake3 {actual} != recorded {expected_blake3}"
+
+    def iter_blobs(self) -> Iterator[str]:
+        for path in self.blob_dir.glob("??/??/*"):
+            if is_sha256(path.name):
+                yield path.name
+
+    def remove_stale_temps(self) -> int:
+        """Remove temp files whose writing process is gone (killed mid-write)."""
+        removed = 0
+        for path in self.tmp_dir.glob("*.part"):
+            pid_text = path.name.split(".", 1)[0]
+            if pid_text.isdigit() and _pid_alive(int(pid_text)) and int(pid_text) != 0:
+                continue
+            try:
+                path.unlink()
+                removed += 1
+                log.info("removed stale temp file %s", path.name)
+            except OSError as e:
+                if e.errno != errno.ENOENT:
+                    raise
+        return removed
+
