@@ -41,6 +41,8 @@ def mirror(tmp_path_factory):
     importer.import_path(sample_model_dir(), repo_id=SAMPLE_REPO, tags=["v1"])
     tiny = make_tiny_model(tmp_path_factory.mktemp("tiny"))
     importer.import_path(tiny, repo_id=TINY, tags=["v1.0"])
+    importer.import_path(tiny, repo_id="tiny-one")
+    importer.import_path(tiny, repo_id="tests/tiny-data", repo_type="dataset")
     catalog.close()
     running = start_mirror(config)
     running.tiny_dir = tiny
@@ -266,3 +268,21 @@ def test_list_repo_commits_and_paths_info(mirror):
     infos = api.get_paths_info(TINY, ["config.json", "sub", "missing"])
     assert {type(i).__name__ + ":" + i.path for i in infos} == {"RepoFile:config.json",
                                                                 "RepoFolder:sub"}
+
+
+def test_one_segment_repo_ids_work(mirror, cache):
+    path = hf_hub_download("tiny-one", "sub/deeper/data.json", endpoint=mirror.url,
+                           cache_dir=cache)
+    assert Path(path).read_text() == "[1, 2, 3]\n"
+    assert mirror.api.model_info("tiny-one").sha == mirror.api.model_info(TINY).sha
+
+
+def test_a_dataset_repo_is_served_like_a_model(mirror, cache):
+    local = Path(snapshot_download("tests/tiny-data", repo_type="dataset", endpoint=mirror.url,
+                                   cache_dir=cache))
+    assert (local / "config.json").read_bytes() == (mirror.tiny_dir / "config.json").read_bytes()
+    assert "datasets--tests--tiny-data" in str(local)
+    info = mirror.api.dataset_info("tests/tiny-data")
+    assert info.sha and {s.rfilename for s in info.siblings} >= {"big.bin", "sub/notes.txt"}
+    with pytest.raises(RepositoryNotFoundError):
+        mirror.api.model_info("tests/tiny-data")
