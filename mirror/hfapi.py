@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
-from peer.errors import BlobMissing, EntryNotFound, NotFound, RepoNotFound, WeightswarmError
+from peer.errors import (
+    BlobMissing,
+    EntryNotFound,
+    NotFound,
+    RepoNotFound,
+    WeightswarmError,
+)
 from peer.hfformat import (
     TYPE_URL_PREFIX,
     FileEntry,

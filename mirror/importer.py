@@ -15,17 +15,29 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from tqdm import tqdm
 
 from peer.errors import BadRequest, UnsafePath
 from peer.gitattributes import LfsRules
 from peer.hashing import Digests, hash_file
-from peer.hfformat import FileEntry, card_data, derived_commit, is_lfs_by_rule, lfs_pointer_sha1
-from peer.paths import check_repo_id, check_repo_path, check_revision, is_commit, is_sha256
+from peer.hfformat import (
+    FileEntry,
+    card_data,
+    derived_commit,
+    is_lfs_by_rule,
+    lfs_pointer_sha1,
+)
+from peer.paths import (
+    check_repo_id,
+    check_repo_path,
+    check_revision,
+    is_commit,
+    is_sha256,
+)
 from peer.store import BlobStore, Expected
 from peer.weights import parameter_counts, read_header, summarise
 

@@ -3,6 +3,11 @@ to equal bytes. Decoding is strict and bounded, for input from the network."""
 
 from __future__ import annotations
 
+import re
+
+_INT = re.compile(rb"-?(?:0|[1-9][0-9]*)")
+_LENGTH = re.compile(rb"0|[1-9][0-9]{0,11}")
+
 
 class BencodeError(ValueError):
     pass
@@ -31,8 +36,17 @@ def _encode(value, out: list[bytes]) -> None:
         out.append(b"e")
     elif isinstance(value, dict):
         out.append(b"d")
-        items = [(k.encode("utf-8") if isinstance(k, str) else bytes(k), v) for k, v in value.items()]
-        for key, item in sorted(items, key=lambda kv: kv[0]):
+        items = []
+        for k, v in value.items():
+            if isinstance(k, str):
+                k = k.encode("utf-8")
+            elif not isinstance(k, bytes):
+                raise TypeError(f"bencode keys are strings, not {type(k).__name__}")
+            items.append((k, v))
+        items.sort(key=lambda kv: kv[0])
+        if any(a[0] == b[0] for a, b in zip(items, items[1:], strict=False)):
+            raise ValueError("two keys encode to the same bytes")
+        for key, item in items:
             _encode(key, out)
             _encode(item, out)
         out.append(b"e")
@@ -59,12 +73,9 @@ def _decode(data: bytes, i: int, depth: int):
         if end == -1:
             raise BencodeError("unterminated integer")
         text = data[i + 1 : end]
-        if not text or text in (b"-", b"-0") or (text.lstrip(b"-").startswith(b"0") and len(text.lstrip(b"-")) > 1):
-            raise BencodeError(f"bad integer {text!r}")
-        try:
-            return int(text), end + 1
-        except ValueError:
-            raise BencodeError(f"bad integer {text!r}") from None
+        if not _INT.fullmatch(text) or text == b"-0":
+            raise BencodeError(f"bad integer {text[:32]!r}")
+        return int(text), end + 1
     if c == b"l":
         items, i = [], i + 1
         while data[i : i + 1] != b"e":
@@ -83,8 +94,8 @@ def _decode(data: bytes, i: int, depth: int):
             last = key
         return result, i + 1
     if c.isdigit():
-        colon = data.find(b":", i)
-        if colon == -1 or colon - i > 12:
+        colon = data.find(b":", i, i + 13)
+        if colon == -1 or not _LENGTH.fullmatch(data[i:colon]):
             raise BencodeError("bad string length")
         n = int(data[i:colon])
         start = colon + 1

@@ -3,7 +3,7 @@
 Git's wildmatch, the subset that model repos use: a pattern without `/` matches the file name
 at any depth; one with `/` matches the whole path from the repo root; `*` and `?` stay inside a
 folder, `**` crosses folders, `[...]` is a character class. Later lines override earlier ones
-(`-filter` or `!filter` unsets).
+(`-filter`, `!filter` or another `filter=` driver unsets).
 """
 
 from __future__ import annotations
@@ -56,12 +56,10 @@ class LfsRules:
             if not fields or fields[0].startswith("#"):
                 continue
             pattern, attrs = fields[0], fields[1:]
-            if "filter=lfs" in attrs:
-                value = True
-            elif "-filter" in attrs or "!filter" in attrs:
-                value = False
-            else:
+            filters = [a for a in attrs if a in ("-filter", "!filter") or a.startswith("filter=")]
+            if not filters:
                 continue
+            value = filters[-1] == "filter=lfs"
             anchored = "/" in pattern.rstrip("/")
             self._rules.append((_translate(pattern.lstrip("/")), anchored, value))
 

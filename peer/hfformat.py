@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Iterable
+from datetime import UTC, datetime
 
 from .hashing import git_blob_header
 
@@ -74,7 +74,7 @@ def derived_commit(files: Iterable[FileEntry]) -> str:
 
 def iso_z(ts: float) -> str:
     """A date as huggingface_hub's parse_datetime accepts it: milliseconds and a Z suffix."""
-    dt = datetime.fromtimestamp(ts, tz=timezone.utc)
+    dt = datetime.fromtimestamp(ts, tz=UTC)
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
@@ -152,7 +152,9 @@ def card_data(readme: bytes | str) -> dict:
         if line.strip() == "---":
             try:
                 data = yaml.safe_load("\n".join(lines[1:i]))
-            except yaml.YAMLError:
+            except (yaml.YAMLError, ValueError, TypeError, RecursionError):
+                # An upstream's card is untrusted text: an impossible date (2024-13-45) makes
+                # the YAML loader raise ValueError, not YAMLError.
                 return {}
             return data if isinstance(data, dict) else {}
     return {}

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 import stat
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 
 from .errors import ConfigError
 
@@ -21,13 +25,9 @@ def public_key_text(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
 
 
 def parse_public_key(text: str) -> Ed25519PublicKey:
-    if not text.startswith(PREFIX) or len(text) != len(PREFIX) + 64:
-        raise ValueError(f"not an ed25519 public key: {text[:80]!r}")
-    try:
-        raw = bytes.fromhex(text[len(PREFIX):])
-    except ValueError:
-        raise ValueError(f"not an ed25519 public key: {text[:80]!r}") from None
-    return Ed25519PublicKey.from_public_bytes(raw)
+    if not re.fullmatch(r"ed25519:[0-9a-f]{64}", text):
+        raise ValueError(f"not an ed25519 public key (ed25519:<64 lower-case hex>): {text[:80]!r}")
+    return Ed25519PublicKey.from_public_bytes(bytes.fromhex(text[len(PREFIX):]))
 
 
 def load_or_create(path: Path) -> Ed25519PrivateKey:
@@ -60,7 +60,10 @@ def load_or_create(path: Path) -> Ed25519PrivateKey:
     mode = stat.S_IMODE(path.stat().st_mode)
     if mode & 0o077:
         raise ConfigError(f"{path} is readable by others (mode {mode:o}); chmod 600 it")
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{path} is not a readable private key: {e}") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise ConfigError(f"{path} does not hold an ed25519 private key")
     return key

@@ -18,17 +18,17 @@ MAX_REVISION_BYTES = 256
 
 # huggingface_hub's validate_repo_id: an optional namespace and a name of [\w.-], at most one
 # "/", no "--" or "..", no ".git" suffix, 96 characters at most per part. ASCII only: HF ids are.
-_REPO_PART = re.compile(r"^[A-Za-z0-9_.\-]{1,96}$")
-_HEX40 = re.compile(r"^[0-9a-f]{40}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_REPO_PART = re.compile(r"[A-Za-z0-9_.\-]{1,96}")
+_HEX40 = re.compile(r"[0-9a-f]{40}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 def is_commit(value: str) -> bool:
-    return bool(_HEX40.match(value))
+    return isinstance(value, str) and _HEX40.fullmatch(value) is not None
 
 
 def is_sha256(value: str) -> bool:
-    return bool(_HEX64.match(value))
+    return isinstance(value, str) and _HEX64.fullmatch(value) is not None
 
 
 def check_repo_id(repo_id: str) -> str:
@@ -40,7 +40,7 @@ def check_repo_id(repo_id: str) -> str:
     if len(parts) > 2:
         raise InvalidRepoId(repo_id, "at most one '/' is allowed")
     for part in parts:
-        if not _REPO_PART.match(part):
+        if not _REPO_PART.fullmatch(part):
             raise InvalidRepoId(repo_id, "each part is 1-96 characters of A-Z a-z 0-9 _ . -")
         if part[0] in ".-" or part[-1] in ".-":
             raise InvalidRepoId(repo_id, "a part may not start or end with '.' or '-'")
@@ -60,8 +60,8 @@ def check_revision(revision: str) -> str:
     parts = revision.split("/")
     if any(p in ("", ".", "..") or p.startswith(".") or p.endswith(".lock") for p in parts):
         raise UnsafePath(revision, "revision has an empty, '.' or '..' component")
-    if "@{" in revision or revision.endswith("."):
-        raise UnsafePath(revision, "revision holds a sequence git refuses")
+    if "@{" in revision or ".." in revision or revision.endswith(".") or revision == "@":
+        raise UnsafePath(revision, "revision holds a sequence git refuses ('..', '@{', ...)")
     return revision
 
 

@@ -12,9 +12,10 @@ import errno
 import logging
 import os
 import secrets
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import BinaryIO
 
 from .errors import BlobMissing, IntegrityError
 from .hashing import Digests, Hasher, blake3_file, read_chunks, sha256_file
@@ -54,7 +55,7 @@ class BlobWriter:
     """A blob being written: bytes go to a unique temp file and through the hasher; `commit`
     checks them against what was expected and renames them into place."""
 
-    def __init__(self, store: "BlobStore", size: int, *, lfs: bool, expected: Expected | None):
+    def __init__(self, store: BlobStore, size: int, *, lfs: bool, expected: Expected | None):
         self.store = store
         self.size = size
         self.expected = expected or Expected()
@@ -100,7 +101,7 @@ class BlobWriter:
         self.tmp_path.unlink(missing_ok=True)
         self.done = True
 
-    def __enter__(self) -> "BlobWriter":
+    def __enter__(self) -> BlobWriter:
         return self
 
     def __exit__(self, *exc) -> None:

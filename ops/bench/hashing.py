@@ -45,7 +45,6 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=512)
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    size = args.size_mib * 1024 * 1024
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "blob"
         with open(path, "wb") as f:

@@ -6,14 +6,13 @@ import json
 import os
 import re
 import subprocess
-import sys
 import threading
 import urllib.request
 from pathlib import Path
 
 import pytest
-
 from helpers import VENV_BIN, make_tiny_model
+
 from mirror.config import load_config
 from peer.errors import ConfigError
 

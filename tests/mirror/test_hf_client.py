@@ -8,13 +8,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from huggingface_hub import HfApi, hf_hub_download, snapshot_download
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
-
 from helpers import (
     SAMPLE_REPO,
     VENV_BIN,
@@ -24,6 +17,13 @@ from helpers import (
     sample_model_dir,
     start_mirror,
 )
+from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
 from mirror.catalog import Catalog
 from mirror.importer import Importer
 from peer.hfformat import git_blob_sha1

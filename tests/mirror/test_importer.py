@@ -11,9 +11,9 @@ import sys
 import time
 
 import pytest
+from helpers import SAMPLE_REPO, make_config, make_tiny_model, sample_model_dir
 from huggingface_hub import snapshot_download
 
-from helpers import SAMPLE_REPO, make_config, make_tiny_model, sample_model_dir
 from mirror.catalog import Catalog
 from mirror.importer import Importer
 from peer.errors import IntegrityError, InvalidSafetensors, RepoNotFound, UnsafePath

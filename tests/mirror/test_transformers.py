@@ -6,8 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import (
+    SAMPLE_REPO,
+    free_port,
+    hf_env,
+    make_config,
+    run_py,
+    sample_model_dir,
+)
 
-from helpers import SAMPLE_REPO, free_port, hf_env, make_config, run_py, sample_model_dir
 from mirror.catalog import Catalog
 from mirror.importer import Importer
 from peer.store import BlobStore
