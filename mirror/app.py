@@ -25,7 +25,7 @@ from prometheus_client import (
     generate_latest,
 )
 
-from peer.errors import BadRequest, EntryNotFound, NotFound, WeightswarmError
+from peer.errors import BadRequest, EntryNotFound, WeightswarmError
 from peer.keys import load_or_create, public_key_text
 from peer.paths import is_sha256
 from peer.store import BlobStore
@@ -33,7 +33,7 @@ from peer.store import BlobStore
 from . import routes
 from .catalog import Catalog
 from .config import Config
-from .hfapi import TREE_PAGE, HubService, Located, resolve_headers
+from .hfapi import TREE_PAGE, HubService, Located, parse_list_query, resolve_headers
 from .serving import blob_response
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ class Metrics:
         self.bytes_served = Counter("weightswarm_mirror_bytes_served",
                                     "Body bytes sent, by route", ["route"], registry=self.registry)
         self.store_blobs = Gauge("weightswarm_mirror_store_blobs", "Blobs in the store",
+                                 registry=self.registry)
+        self.store_bytes = Gauge("weightswarm_mirror_store_bytes", "Bytes of blobs in the store",
                                  registry=self.registry)
 
 
@@ -135,7 +137,7 @@ async def hub_api(request: web.Request) -> web.StreamResponse:
         if method not in ("GET", "HEAD"):
             raise web.HTTPMethodNotAllowed(method, ["GET", "HEAD"])
         located: Located = await _on_catalog(request, service.locate, call)
-        headers = resolve_headers(call, located)
+        headers = resolve_headers(call, located, _base_url(request))
         if not located.pinned:
             return web.Response(status=307, headers=headers)
         return blob_response(request, located.blob, located.entry.etag, headers)
@@ -163,7 +165,22 @@ async def hub_api(request: web.Request) -> web.StreamResponse:
         return web.json_response(body)
     if call.kind == "commits":
         return _paginated(request, await _on_catalog(request, service.commits, call), 50)
-    raise NotFound("listing and search are not served yet")
+    query = parse_list_query(q)
+    items = await _on_catalog(request, service.listing, call, query)
+    headers = {}
+    if len(items) > query.limit:
+        items = items[: query.limit]
+        headers["Link"] = _next_link(request, query.offset + query.limit)
+    return web.json_response(items, headers=headers)
+
+
+def _next_link(request: web.Request, cursor: int) -> str:
+    """An absolute `Link: rel="next"` (httpx does not resolve relative ones), keeping every
+    query parameter, built from `public_url` or the request's own origin."""
+    query = [(k, v) for k, v in request.query.items() if k != "cursor"]
+    query.append(("cursor", str(cursor)))
+    url = request.url.with_query(query)
+    return f'<{_base_url(request)}{url.raw_path_qs}>; rel="next"'
 
 
 def _paginated(request: web.Request, items: list, page_size: int) -> web.Response:
@@ -174,10 +191,7 @@ def _paginated(request: web.Request, items: list, page_size: int) -> web.Respons
     page = items[start : start + page_size]
     headers = {}
     if start + page_size < len(items):
-        query = {k: v for k, v in request.query.items() if k != "cursor"}
-        query["cursor"] = str(start + page_size)
-        url = request.url.with_query(query)
-        headers["Link"] = f'<{_base_url(request)}{url.raw_path_qs}>; rel="next"'
+        headers["Link"] = _next_link(request, start + page_size)
     return web.json_response(page, headers=headers)
 
 
@@ -198,7 +212,9 @@ async def public_key(request: web.Request) -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     request[ROUTE] = "metrics"
     m = request.app[METRICS]
-    m.store_blobs.set(await _on_catalog(request, request.app[SERVICE].catalog.blob_count))
+    catalog = request.app[SERVICE].catalog
+    m.store_blobs.set(await _on_catalog(request, catalog.blob_count))
+    m.store_bytes.set(await _on_catalog(request, catalog.store_bytes))
     return web.Response(body=generate_latest(m.registry),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -22,7 +22,7 @@ import sqlite_utils
 
 from peer.errors import RepoNotFound, RevisionNotFound
 from peer.hashing import Digests
-from peer.hfformat import FileEntry
+from peer.hfformat import FileEntry, derive_tags
 from peer.paths import is_commit
 
 ACCESS_LEVELS = ("public", "gated", "private")
@@ -78,8 +78,38 @@ def _m1(db: sqlite_utils.Database) -> None:
     db.execute("INSERT INTO state (key, value) VALUES ('seq', 0)")
 
 
+def _m2(db: sqlite_utils.Database) -> None:
+    """Search (FTS5 trigram index over repo ids, kept in step by triggers) and the flag for
+    safetensors files whose header did not validate."""
+    db.execute(
+        "CREATE VIRTUAL TABLE repos_fts USING fts5(repo_id, content='repos', "
+        "content_rowid='id', tokenize='trigram')"
+    )
+    db.execute(
+        "CREATE TRIGGER repos_fts_insert AFTER INSERT ON repos BEGIN "
+        "INSERT INTO repos_fts(rowid, repo_id) VALUES (new.id, new.repo_id); END"
+    )
+    db.execute(
+        "CREATE TRIGGER repos_fts_delete AFTER DELETE ON repos BEGIN "
+        "INSERT INTO repos_fts(repos_fts, rowid, repo_id) VALUES ('delete', old.id, old.repo_id); "
+        "END"
+    )
+    db.execute(
+        "CREATE TRIGGER repos_fts_update AFTER UPDATE OF repo_id ON repos BEGIN "
+        "INSERT INTO repos_fts(repos_fts, rowid, repo_id) VALUES ('delete', old.id, old.repo_id); "
+        "INSERT INTO repos_fts(rowid, repo_id) VALUES (new.id, new.repo_id); END"
+    )
+    db.execute("INSERT INTO repos_fts(repos_fts) VALUES ('rebuild')")
+    db.execute("ALTER TABLE snapshots ADD COLUMN invalid_safetensors TEXT")
+
+
 #: MIGRATIONS[i] takes the schema from version i to i + 1.
-MIGRATIONS = [_m1]
+MIGRATIONS = [_m1, _m2]
+#: sort key of the listing API → column (all sorts are descending unless asked otherwise).
+SORTS = {
+    "downloads": "downloads", "likes": "likes", "lastModified": "updated_at",
+    "createdAt": "created_at", "trendingScore": "downloads", "id": "repo_id",
+}
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -112,6 +142,8 @@ class Snapshot:
     created_at: float
     card_data: dict
     safetensors: dict | None
+    #: safetensors files whose header did not validate: path → reason (served all the same)
+    invalid_safetensors: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -149,6 +181,7 @@ class NewSnapshot:
     created_at: float | None = None
     card_data: dict = field(default_factory=dict)
     safetensors: dict | None = None
+    invalid_safetensors: dict = field(default_factory=dict)
     access: str = "public"
 
 
@@ -246,16 +279,18 @@ class Catalog:
     def _snapshot_row(self, repo: Repo, commit: str) -> tuple | None:
         return self.conn.execute(
             "SELECT id, repo, commit_id, parent, title, message, created_at, card_data, "
-            "safetensors FROM snapshots WHERE repo = ? AND commit_id = ?", (repo.id, commit)
+            "safetensors, invalid_safetensors FROM snapshots WHERE repo = ? AND commit_id = ?",
+            (repo.id, commit),
         ).fetchone()
 
     def snapshot(self, repo: Repo, commit: str) -> Snapshot:
         row = self._snapshot_row(repo, commit)
         if row is None:
             raise RevisionNotFound(repo.repo_id, commit)
-        sid, rid, c, parent, title, message, created, card, st = row
+        sid, rid, c, parent, title, message, created, card, st, invalid = row
         return Snapshot(sid, rid, c, parent, title or "", message or "", created,
-                        json.loads(card) if card else {}, json.loads(st) if st else None)
+                        json.loads(card) if card else {}, json.loads(st) if st else None,
+                        json.loads(invalid) if invalid else {})
 
     def snapshots(self, repo: Repo) -> list[str]:
         return [r[0] for r in self.conn.execute(
@@ -311,7 +346,8 @@ class Catalog:
                     "base_model = ?, datasets = ?, language = ?, card_data = ? WHERE id = ?",
                     (
                         _text(card.get("license")), _text(card.get("pipeline_tag")),
-                        _text(card.get("library_name")), json.dumps(_list(card.get("tags"))),
+                        _text(card.get("library_name")),
+                        json.dumps(derive_tags(card, new.safetensors is not None)),
                         json.dumps(_list(card.get("base_model"))),
                         json.dumps(_list(card.get("datasets"))),
                         json.dumps(_list(card.get("language"))),
@@ -326,11 +362,12 @@ class Catalog:
             else:
                 sid = c.execute(
                     "INSERT INTO snapshots (repo, commit_id, parent, title, message, created_at, "
-                    "card_data, safetensors) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "card_data, safetensors, invalid_safetensors) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         repo_pk, new.commit, new.parent, new.title, new.message,
                         new.created_at or now, json.dumps(new.card_data, default=str),
                         json.dumps(new.safetensors) if new.safetensors else None,
+                        json.dumps(new.invalid_safetensors) if new.invalid_safetensors else None,
                     ),
                 ).lastrowid
                 c.executemany(
@@ -364,6 +401,110 @@ class Catalog:
 
     def sequence(self) -> int:
         return self.conn.execute("SELECT value FROM state WHERE key = 'seq'").fetchone()[0]
+
+    def search(
+        self,
+        hub: str,
+        type: str,
+        *,
+        search: list[str] = (),
+        author: str | None = None,
+        tags: list[str] = (),
+        sort: str | None = None,
+        ascending: bool = False,
+        offset: int = 0,
+        limit: int = 1000,
+    ) -> list[Repo]:
+        """Repos of one hub and type, as HF's listing finds them: `search` terms are
+        case-insensitive substrings of the id (FTS5 trigram; LIKE under three characters),
+        `author` the namespace, every one of `tags` present. Private repos are never listed."""
+        where = ["r.hub = ?", "r.type = ?", "r.access != 'private'"]
+        args: list = [hub, type]
+        for term in search:
+            if len(term) >= 3:
+                # Always one quoted phrase: FTS5 syntax in user input is just text.
+                where.append("r.id IN (SELECT rowid FROM repos_fts WHERE repos_fts MATCH ?)")
+                args.append('"' + term.replace('"', '""') + '"')
+            elif term:
+                where.append("r.repo_id LIKE ? ESCAPE '\\'")
+                args.append("%" + _like_escape(term) + "%")
+        if author:
+            where.append("r.repo_id LIKE ? ESCAPE '\\'")
+            args.append(_like_escape(author) + "/%")
+        for tag in tags:
+            where.append("EXISTS (SELECT 1 FROM json_each(r.tags) WHERE value = ?)")
+            args.append(tag)
+        column = SORTS.get(sort or "id")
+        if column is None:
+            raise ValueError(f"sort must be one of {', '.join(SORTS)}")
+        order = "ASC" if ascending or column == "repo_id" else "DESC"
+        sql = (
+            f"SELECT {_REPO_COLUMNS_R} FROM repos r WHERE {' AND '.join(where)} "
+            f"ORDER BY r.{column} {order}, r.repo_id ASC LIMIT ? OFFSET ?"
+        )
+        rows = self.conn.execute(sql, (*args, limit, offset)).fetchall()
+        return [_repo(row) for row in rows]
+
+    def remove(self, repo: Repo, revision: str | None = None) -> list[str]:
+        """Remove a whole repo, or one revision of it: a commit (with the refs naming it) or
+        a ref (and its snapshot, if no other ref names it). Returns the commits removed.
+        Blobs stay in the store until `gc`."""
+        with self.transaction() as c:
+            if revision is None:
+                commits = [r[0] for r in c.execute(
+                    "SELECT commit_id FROM snapshots WHERE repo = ?", (repo.id,))]
+                c.execute("DELETE FROM refs WHERE repo = ?", (repo.id,))
+            else:
+                commit = self.resolve(repo, revision)
+                if is_commit(revision) and revision == commit:
+                    c.execute("DELETE FROM refs WHERE repo = ? AND commit_id = ?", (repo.id, commit))
+                else:
+                    kind, name = _ref_key(revision, c, repo.id)
+                    c.execute("DELETE FROM refs WHERE repo = ? AND kind = ? AND name = ?",
+                              (repo.id, kind, name))
+                still = c.execute("SELECT 1 FROM refs WHERE repo = ? AND commit_id = ?",
+                                  (repo.id, commit)).fetchone()
+                commits = [] if still else [commit]
+            for commit in commits:
+                sid = c.execute("SELECT id FROM snapshots WHERE repo = ? AND commit_id = ?",
+                                (repo.id, commit)).fetchone()[0]
+                c.execute("DELETE FROM files WHERE snapshot = ?", (sid,))
+                c.execute("UPDATE snapshots SET parent = NULL WHERE repo = ? AND parent = ?",
+                          (repo.id, commit))
+                c.execute("DELETE FROM snapshots WHERE id = ?", (sid,))
+            left = c.execute("SELECT count(*) FROM snapshots WHERE repo = ?", (repo.id,)).fetchone()
+            if revision is None or left[0] == 0:
+                c.execute("DELETE FROM repos WHERE id = ?", (repo.id,))
+        return commits
+
+    def unreferenced_blobs(self, touched_before: float) -> list[str]:
+        """Blobs no snapshot references, last recorded before `touched_before` (an import in
+        progress records its blobs before it publishes: the grace period keeps them)."""
+        rows = self.conn.execute(
+            "SELECT b.sha256 FROM blobs b WHERE NOT EXISTS "
+            "(SELECT 1 FROM files f WHERE f.sha256 = b.sha256) AND b.verified_at < ?",
+            (touched_before,),
+        ).fetchall()
+        return [r[0] for r in rows]
+
+    def forget_blob(self, sha256: str, touched_before: float) -> bool:
+        """Drop a blob's record unless a snapshot references it or an import touched it since
+        `touched_before` (checked in the same transaction, so a concurrent import wins)."""
+        with self.transaction() as c:
+            if c.execute("SELECT 1 FROM files WHERE sha256 = ? LIMIT 1", (sha256,)).fetchone():
+                return False
+            row = c.execute("SELECT verified_at FROM blobs WHERE sha256 = ?", (sha256,)).fetchone()
+            if row and row[0] is not None and row[0] >= touched_before:
+                return False
+            c.execute("DELETE FROM blobs WHERE sha256 = ?", (sha256,))
+            return True
+
+    def referenced(self, sha256: str) -> bool:
+        return self.conn.execute(
+            "SELECT 1 FROM files WHERE sha256 = ? LIMIT 1", (sha256,)).fetchone() is not None
+
+    def store_bytes(self) -> int:
+        return self.conn.execute("SELECT coalesce(sum(size), 0) FROM blobs").fetchone()[0]
 
     # -- blobs ------------------------------------------------------------------------------
 
@@ -428,6 +569,25 @@ _REPO_COLUMNS = (
     "id, hub, type, repo_id, access, created_at, updated_at, downloads, likes, license, "
     "pipeline_tag, library_name, tags, base_model, datasets, language, card_data"
 )
+
+
+_REPO_COLUMNS_R = ", ".join(f"r.{c.strip()}" for c in _REPO_COLUMNS.split(","))
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _ref_key(revision: str, c: sqlite3.Connection, repo_pk: int) -> tuple[str, str]:
+    for prefix, kind in (("refs/heads/", "branch"), ("refs/tags/", "tag"), ("refs/pr/", "pr"),
+                         ("refs/convert/", "convert")):
+        if revision.startswith(prefix):
+            return kind, revision[len(prefix):]
+    for kind in ("branch", "tag"):
+        if c.execute("SELECT 1 FROM refs WHERE repo = ? AND kind = ? AND name = ?",
+                     (repo_pk, kind, revision)).fetchone():
+            return kind, revision
+    return "branch", revision
 
 
 def _repo(row: tuple) -> Repo:

@@ -130,7 +130,8 @@ def mirror_import(state: State, path: Path, repo_id, hub, repo_type, revision, t
     """Import a folder, or a repo from a Hugging Face cache (models--org--name), into the store."""
     from .importer import Importer
 
-    catalog, store = _open(state.config())
+    config = state.config()
+    catalog, store = _open(config)
     if if_missing and repo_id:
         try:
             repo = catalog.repo(hub, repo_type or "model", repo_id)
@@ -140,7 +141,7 @@ def mirror_import(state: State, path: Path, repo_id, hub, repo_type, revision, t
         except LookupError:
             pass
     show = sys.stderr.isatty() if progress is None else progress
-    results = Importer(catalog, store, progress=show).import_path(
+    results = Importer(catalog, store, progress=show, min_free=config.mirror.min_free).import_path(
         path, repo_id=repo_id, hub=hub, repo_type=repo_type, revision=revision, tags=tags,
         access=access,
     )
@@ -169,6 +170,54 @@ def mirror_ls(state: State, as_json: bool) -> None:
     for row in rows:
         refs = " ".join(f"{k}={v[:12]}" for k, v in row["refs"].items())
         click.echo(f"{row['hub']:<12} {row['type']:<8} {row['id']:<48} {row['access']:<8} {refs}")
+
+
+def _split_ref(spec: str) -> tuple[str, str | None]:
+    repo_id, _, revision = spec.partition("@")
+    return repo_id, revision or None
+
+
+@mirror.command("rm")
+@click.argument("spec", metavar="REPO[@REV]")
+@click.option("--hub", default="huggingface", show_default=True)
+@click.option("--type", "repo_type", default="model", show_default=True,
+              type=click.Choice(["model", "dataset"]))
+@click.pass_obj
+def mirror_rm(state: State, spec: str, hub: str, repo_type: str) -> None:
+    """Remove a repo, or one revision of it (a commit, or a ref and the snapshot only it names).
+
+    Blobs stay in the store until `weightswarm mirror gc`."""
+    from .maintenance import refuse_in_archive_mode
+
+    config = state.config()
+    refuse_in_archive_mode(config, "rm")
+    catalog, _ = _open(config)
+    repo_id, revision = _split_ref(spec)
+    repo = catalog.repo(hub, repo_type, repo_id)
+    removed = catalog.remove(repo, revision)
+    what = f"{repo_id}@{revision}" if revision else repo_id
+    click.echo(f"removed {what}: {len(removed)} snapshot(s) "
+               f"{' '.join(c[:12] for c in removed)}".rstrip())
+    click.echo("run `weightswarm mirror gc` to free the space of blobs nothing references")
+
+
+@mirror.command("gc")
+@click.option("--grace", type=float, default=6 * 3600, show_default=True,
+              help="keep unreferenced blobs touched this many seconds ago (imports in progress)")
+@click.option("--dry-run", is_flag=True, help="list what would go, remove nothing")
+@click.pass_obj
+def mirror_gc(state: State, grace: float, dry_run: bool) -> None:
+    """Remove blobs that no snapshot references."""
+    from .maintenance import collect_garbage, refuse_in_archive_mode
+
+    config = state.config()
+    refuse_in_archive_mode(config, "gc")
+    catalog, store = _open(config)
+    collected = collect_garbage(catalog, store, grace=grace, dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for sha256 in collected.blobs:
+        click.echo(f"{verb} {sha256}")
+    click.echo(f"{verb} {len(collected.blobs)} blobs, {collected.bytes} bytes")
 
 
 @mirror.command("verify")

@@ -37,7 +37,10 @@ SETTINGS = [
     Setting("mirror", "port", int, 8470, "port of the mirror's HTTP API (0: any free port)"),
     Setting("mirror", "public_url", str, None,
             "base URL clients see; default: the request's own scheme, host and port"),
-    Setting("mirror", "archive", bool, False, "never remove what the upstream removed"),
+    Setting("mirror", "archive", bool, False,
+            "never remove anything: rm and gc refuse, syncs keep what the upstream removed"),
+    Setting("mirror", "min_free", int, 16 * 1024 * 1024,
+            "bytes an import must leave free on the store's disk"),
 ]
 _BY_NAME = {(s.section, s.key): s for s in SETTINGS}
 
@@ -48,6 +51,7 @@ class MirrorConfig:
     port: int
     public_url: str | None
     archive: bool
+    min_free: int
 
 
 @dataclass(frozen=True)
@@ -150,5 +154,6 @@ def load_config(
             port=port,
             public_url=public_url,
             archive=values[("mirror", "archive")],
+            min_free=values[("mirror", "min_free")],
         ),
     )

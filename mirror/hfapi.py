@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from peer.errors import (
+    BadRequest,
     BlobMissing,
     EntryNotFound,
     NotFound,
@@ -22,6 +23,7 @@ from peer.errors import (
 from peer.hfformat import (
     TYPE_URL_PREFIX,
     FileEntry,
+    derive_tags,
     directory_oids,
     file_json,
     iso_z,
@@ -30,10 +32,11 @@ from peer.hfformat import (
 from peer.paths import is_commit
 from peer.store import BlobStore
 
-from .catalog import Catalog, Ref, Repo, Snapshot
+from .catalog import SORTS, Catalog, Ref, Repo, Snapshot
 from .routes import HubCall
 
 TREE_PAGE = 1000
+LIST_PAGE = 1000
 
 
 class GatedRepo(WeightswarmError):
@@ -46,6 +49,56 @@ class GatedRepo(WeightswarmError):
 
 
 @dataclass(frozen=True)
+class ListQuery:
+    search: list[str]
+    author: str | None
+    tags: list[str]
+    sort: str | None
+    ascending: bool
+    offset: int
+    limit: int
+    full: bool
+    card: bool
+
+
+def parse_list_query(params) -> ListQuery:
+    """The query of /api/models or /api/datasets (a MultiDict: lists are repeated keys)."""
+
+    def flag(name: str) -> bool:
+        return params.get(name, "").lower() in ("1", "true", "yes")
+
+    def number(name: str, default: int, low: int, high: int) -> int:
+        text = params.get(name)
+        if text is None or text == "":
+            return default
+        if not text.isdigit() or len(text) > 12 or int(text) < low:
+            raise BadRequest(f"{name} must be an integer of at least {low}")
+        return min(int(text), high)
+
+    sort = params.get("sort") or None
+    if sort is not None and sort not in SORTS:
+        raise BadRequest(f"sort must be one of {', '.join(SORTS)}")
+    direction = params.get("direction", "-1")
+    if direction not in ("1", "-1", "asc", "desc"):
+        raise BadRequest("direction must be -1 (descending) or 1 (ascending)")
+    search = [t for t in params.getall("search", []) if t]
+    if any(len(t) > 256 for t in search):
+        raise BadRequest("search terms are at most 256 characters")
+    return ListQuery(
+        search=search,
+        author=params.get("author") or None,
+        tags=[t for t in params.getall("filter", []) if t],
+        sort=sort,
+        ascending=direction in ("1", "asc"),
+        offset=number("cursor", 0, 0, 10**12),
+        # A larger limit is served a page at a time: the client follows Link until it has all.
+        limit=number("limit", LIST_PAGE, 1, LIST_PAGE),
+        full=flag("full"),
+        card=flag("cardData") or flag("full"),
+    )
+
+
+@dataclass(frozen=True)
 class Located:
     """A resolve request answered: the commit, the file, and where its bytes are."""
 
@@ -53,35 +106,6 @@ class Located:
     entry: FileEntry
     blob: Path
     pinned: bool  # the request named the commit itself
-
-
-def derive_tags(card: dict, has_safetensors: bool) -> list[str]:
-    """The tags HF lists for a repo: the card's own, plus library, pipeline, format, language,
-    datasets, base model and license, each once, in a stable order."""
-    tags: list[str] = []
-
-    def add(tag) -> None:
-        if tag and isinstance(tag, (str, int, float)) and str(tag) not in tags:
-            tags.append(str(tag))
-
-    def many(value) -> list:
-        return value if isinstance(value, list) else [value] if value else []
-
-    for t in many(card.get("tags")):
-        add(t)
-    add(card.get("library_name"))
-    add(card.get("pipeline_tag"))
-    if has_safetensors:
-        add("safetensors")
-    for lang in many(card.get("language")):
-        add(lang)
-    for d in many(card.get("datasets")):
-        add(f"dataset:{d}")
-    for b in many(card.get("base_model")):
-        add(f"base_model:{b}")
-    for lic in many(card.get("license")):
-        add(f"license:{lic}")
-    return tags
 
 
 def repo_info_json(repo: Repo, snapshot: Snapshot, files: list[FileEntry], *, blobs: bool) -> dict:
@@ -109,7 +133,42 @@ def repo_info_json(repo: Repo, snapshot: Snapshot, files: list[FileEntry], *, bl
         info["spaces"] = []
         if snapshot.safetensors:
             info["safetensors"] = snapshot.safetensors
+    if snapshot.invalid_safetensors:
+        # Ours, not HF's (the client keeps unknown keys): files served as they are, whose
+        # safetensors header did not validate, with the reason.
+        info["invalidSafetensors"] = snapshot.invalid_safetensors
     return {k: v for k, v in info.items() if v is not None}
+
+
+def list_item_json(repo: Repo, *, main: Snapshot | None, files: list[FileEntry] | None,
+                   card: bool) -> dict:
+    """One item of /api/models or /api/datasets; `files` given means `full=true`."""
+    card_data = repo.card.get("card_data") or {}
+    item: dict = {
+        "id": repo.repo_id,
+        "author": repo.author,
+        "likes": repo.likes,
+        "trendingScore": 0,
+        "private": repo.access == "private",
+        "downloads": repo.downloads,
+        "tags": repo.card.get("tags") or [],
+        "createdAt": iso_z(repo.created_at),
+    }
+    if repo.type == "model":
+        item["modelId"] = repo.repo_id
+        item["pipeline_tag"] = repo.card.get("pipeline_tag")
+        item["library_name"] = repo.card.get("library_name")
+    if files is not None:
+        item["lastModified"] = iso_z(repo.updated_at)
+        item["gated"] = "manual" if repo.access == "gated" else False
+        item["disabled"] = False
+        if main is not None:
+            item["sha"] = main.commit
+            item["lastModified"] = iso_z(main.created_at)
+        item["siblings"] = [{"rfilename": f.path} for f in files]
+    if card:
+        item["cardData"] = card_data
+    return {k: v for k, v in item.items() if v is not None}
 
 
 def last_commit_json(snapshot: Snapshot) -> dict:
@@ -169,15 +228,15 @@ def commit_json(snapshot: Snapshot) -> dict:
     }
 
 
-def resolve_url(call: HubCall, commit: str, path: str) -> str:
-    """The commit-pinned, site-relative resolve URL, with the hub prefix where one applies."""
+def resolve_url(base: str, call: HubCall, commit: str, path: str) -> str:
+    """The commit-pinned resolve URL: the base clients see, the hub prefix, the repo."""
     return (
-        f"{call.prefix}/{TYPE_URL_PREFIX[call.repo_type]}{call.repo_id}/resolve/"
+        f"{base}{call.prefix}/{TYPE_URL_PREFIX[call.repo_type]}{call.repo_id}/resolve/"
         f"{commit}/{quote(path)}"
     )
 
 
-def resolve_headers(call: HubCall, located: Located) -> dict:
+def resolve_headers(call: HubCall, located: Located, base: str) -> dict:
     """Headers every resolve answer carries (PROTOCOLS.md section 6, item 1)."""
     entry = located.entry
     name = posixpath.basename(entry.path)
@@ -191,8 +250,11 @@ def resolve_headers(call: HubCall, located: Located) -> dict:
         headers["Cache-Control"] = "public, max-age=31536000, immutable"
     else:
         headers["Cache-Control"] = "no-cache"
-        headers["Location"] = resolve_url(call, located.commit, entry.path)
+        headers["Location"] = resolve_url(base, call, located.commit, entry.path)
         headers["ETag"] = f'"{entry.etag}"'
+        # If `public_url` is another origin than the one the client used, the client takes
+        # this 3xx itself as the file's metadata (PROTOCOLS.md section 1.7): give it all.
+        headers["X-Linked-Etag"] = f'"{entry.etag}"'
         headers["X-Linked-Size"] = str(entry.size)
     return headers
 
@@ -273,6 +335,24 @@ class HubService:
             raise BlobMissing(entry.sha256)
         pinned = is_commit(call.revision or "") and call.revision == snapshot.commit
         return Located(snapshot.commit, entry, blob, pinned)
+
+    def listing(self, call: HubCall, query: ListQuery) -> list[dict]:
+        repos = self.catalog.search(
+            call.hub, call.repo_type, search=query.search, author=query.author,
+            tags=query.tags, sort=query.sort, ascending=query.ascending,
+            offset=query.offset, limit=query.limit + 1,
+        )
+        items = []
+        for repo in repos:
+            main = files = None
+            if query.full:
+                try:
+                    main = self.catalog.snapshot(repo, self.catalog.resolve(repo, "main"))
+                    files = self.catalog.files(main)
+                except NotFound:
+                    files = []
+            items.append(list_item_json(repo, main=main, files=files, card=query.card))
+        return items
 
     def public_blob(self, sha256: str) -> Path:
         """A blob's file, only if a published public snapshot references it."""

@@ -15,21 +15,22 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
-from peer.errors import BadRequest, UnsafePath
+from peer.errors import BadRequest, InsufficientSpace, InvalidSafetensors, UnsafePath
 from peer.gitattributes import LfsRules
 from peer.hashing import Digests, hash_file
 from peer.hfformat import (
     FileEntry,
-    card_data,
     derived_commit,
     is_lfs_by_rule,
     lfs_pointer_sha1,
+    read_card,
 )
 from peer.paths import (
     check_repo_id,
@@ -116,10 +117,12 @@ def is_cache_repo(path: Path) -> bool:
 
 
 class Importer:
-    def __init__(self, catalog: Catalog, store: BlobStore, *, progress: bool = False):
+    def __init__(self, catalog: Catalog, store: BlobStore, *, progress: bool = False,
+                 min_free: int = 0):
         self.catalog = catalog
         self.store = store
         self.progress = progress
+        self.min_free = min_free
 
     def import_path(
         self,
@@ -263,6 +266,7 @@ class Importer:
     def _ingest(self, repo_id: str, sources: list[Source], previous: dict | None = None):
         previous = previous or {}
         total = sum(s.local.stat().st_size for s in sources)
+        self._check_space(sources, previous)
         files: list[FileEntry] = []
         new_blobs = copied = 0
         with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=repo_id,
@@ -284,6 +288,22 @@ class Importer:
                 files.append(FileEntry(s.path, size, digests.sha256, git_sha1, s.lfs))
         return files, (new_blobs, copied)
 
+    def _check_space(self, sources: list[Source], previous: dict) -> None:
+        """Refuse up front an import whose new bytes would not fit (what the store already
+        holds, by promised hash or unchanged path and size, is not counted)."""
+        needed = 0
+        for s in sources:
+            before = previous.get(s.path)
+            size = s.local.stat().st_size
+            if s.expected.sha256 and self.store.has(s.expected.sha256):
+                continue
+            if before is not None and before.size == size and self.store.has(before.sha256):
+                continue
+            needed += size
+        free = shutil.disk_usage(self.store.root).free - self.min_free
+        if needed > free:
+            raise InsufficientSpace(needed, max(free, 0), str(self.store.root))
+
     def _known(self, s: Source, size: int, before: FileEntry | None) -> Digests | None:
         """Digests of a file whose bytes the store already holds, found without copying it."""
         if s.expected.sha256 and self.store.has(s.expected.sha256):
@@ -301,18 +321,27 @@ class Importer:
     def _publish(self, hub, repo_type, repo_id, commit, files, refs, access, *, title, parent=None):
         card = {}
         counts = []
+        invalid = {}
         for f in files:
             if f.path == "README.md":
                 with self.store.open(f.sha256) as fh:
-                    card = card_data(fh.read(1 << 20))
+                    card, problem = read_card(fh.read(1 << 20))
+                if problem:
+                    log.warning("%s: README.md: %s; imported with empty metadata", repo_id, problem)
             if f.path.endswith(".safetensors"):
-                with self.store.open(f.sha256) as fh:
-                    counts.append(parameter_counts(read_header(fh, f.size, f.path)))
+                # A file whose header does not validate is still the upstream's file: it is
+                # served as it is, flagged, and left out of the parameter counts.
+                try:
+                    with self.store.open(f.sha256) as fh:
+                        counts.append(parameter_counts(read_header(fh, f.size, f.path)))
+                except InvalidSafetensors as e:
+                    log.warning("%s: %s", repo_id, e)
+                    invalid[f.path] = e.reason
         snapshot = self.catalog.publish(
             NewSnapshot(
                 hub=hub, type=repo_type, repo_id=repo_id, commit=commit, files=files, refs=refs,
                 title=title, parent=parent if parent != commit else None, card_data=card,
-                safetensors=summarise(counts), access=access,
+                safetensors=summarise(counts), invalid_safetensors=invalid, access=access,
             )
         )
         log.info("published %s %s@%s (%d files), refs %s", hub, repo_id, commit[:12], len(files),

@@ -105,5 +105,23 @@ class RangeNotSatisfiable(WeightswarmError):
         self.size = size
 
 
+class InsufficientSpace(WeightswarmError):
+    status = 507
+
+    def __init__(self, needed: int, free: int, where: str):
+        super().__init__(
+            f"not enough space in {where}: {needed} bytes needed, {free} bytes free "
+            f"(after the reserve mirror.min_free)"
+        )
+        self.needed = needed
+        self.free = free
+
+
+class Refused(WeightswarmError):
+    """An operation that the configuration forbids (archive mode refuses removals)."""
+
+    status = 403
+
+
 class ConfigError(WeightswarmError):
     """A setting is missing, malformed, or contradicts another."""

@@ -137,24 +137,61 @@ def directory_oids(files: Iterable[FileEntry]) -> dict[str, str]:
     return oids
 
 
-def card_data(readme: bytes | str) -> dict:
-    """The YAML front matter of a model card (README.md), as HF's `cardData`; {} if none or bad."""
+def read_card(readme: bytes | str) -> tuple[dict, str | None]:
+    """The YAML front matter of a model card (README.md), as HF's `cardData`, and what was
+    wrong with it if anything: ({}, None) without front matter, ({}, reason) when malformed."""
     import yaml
 
     text = readme.decode("utf-8", "replace") if isinstance(readme, bytes) else readme
     text = text.lstrip("\ufeff")
-    if not text.startswith("---"):
-        return {}
     lines = text.splitlines()
-    if lines[0].strip() != "---":
-        return {}
+    if not lines or lines[0].strip() != "---":
+        return {}, None
     for i, line in enumerate(lines[1:], start=1):
         if line.strip() == "---":
             try:
                 data = yaml.safe_load("\n".join(lines[1:i]))
-            except (yaml.YAMLError, ValueError, TypeError, RecursionError):
+            except (yaml.YAMLError, ValueError, TypeError, RecursionError) as e:
                 # An upstream's card is untrusted text: an impossible date (2024-13-45) makes
                 # the YAML loader raise ValueError, not YAMLError.
-                return {}
-            return data if isinstance(data, dict) else {}
-    return {}
+                return {}, f"front matter is not valid YAML: {str(e).splitlines()[0][:200]}"
+            if data is None:
+                return {}, None
+            if not isinstance(data, dict):
+                return {}, f"front matter is a {type(data).__name__}, not a mapping"
+            return data, None
+    return {}, "front matter has no closing '---'"
+
+
+def card_data(readme: bytes | str) -> dict:
+    """The card's front matter as `cardData`; {} if it has none or it is malformed."""
+    return read_card(readme)[0]
+
+
+def derive_tags(card: dict, has_safetensors: bool) -> list[str]:
+    """The tags HF lists for a repo: the card's own, plus library, pipeline, format, language,
+    datasets, base model and license, each once, in a stable order."""
+    tags: list[str] = []
+
+    def add(tag) -> None:
+        if tag and isinstance(tag, (str, int, float)) and str(tag) not in tags:
+            tags.append(str(tag))
+
+    def many(value) -> list:
+        return value if isinstance(value, list) else [value] if value else []
+
+    for t in many(card.get("tags")):
+        add(t)
+    add(card.get("library_name"))
+    add(card.get("pipeline_tag"))
+    if has_safetensors:
+        add("safetensors")
+    for lang in many(card.get("language")):
+        add(lang)
+    for d in many(card.get("datasets")):
+        add(f"dataset:{d}")
+    for b in many(card.get("base_model")):
+        add(f"base_model:{b}")
+    for lic in many(card.get("license")):
+        add(f"license:{lic}")
+    return tags

@@ -17,8 +17,8 @@ os.environ.update(
 os.environ.pop("WEIGHTSWARM_HOME", None)
 
 import pytest  # noqa: E402
-from helpers import make_config, start_mirror  # noqa: E402
 
+from helpers import make_config, start_mirror  # noqa: E402
 from mirror.catalog import Catalog  # noqa: E402
 from peer.store import BlobStore  # noqa: E402
 

@@ -123,6 +123,13 @@ def hf_env(endpoint: str | None, cache: Path, **extra: str) -> dict:
     return env
 
 
+def hf_cli_path(stdout: str) -> Path:
+    """The folder `hf download` reports on its `path:` line."""
+    paths = [line.split("path:", 1)[1].strip() for line in stdout.splitlines() if "path:" in line]
+    assert paths, f"hf download printed no path: {stdout!r}"
+    return Path(paths[-1])
+
+
 def run_py(code: str, env: dict, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout

@@ -8,9 +8,9 @@ import sys
 import threading
 
 import pytest
-from helpers import make_tiny_model
 from huggingface_hub import HfApi
 
+from helpers import make_tiny_model
 from mirror.catalog import SCHEMA_VERSION, Catalog, NewSnapshot
 from peer.errors import RepoNotFound, RevisionNotFound
 from peer.hfformat import FileEntry

@@ -11,8 +11,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from helpers import VENV_BIN, make_tiny_model
 
+from helpers import VENV_BIN, make_tiny_model
 from mirror.config import load_config
 from peer.errors import ConfigError
 

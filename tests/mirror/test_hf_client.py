@@ -8,15 +8,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import (
-    SAMPLE_REPO,
-    VENV_BIN,
-    hf_env,
-    make_config,
-    make_tiny_model,
-    sample_model_dir,
-    start_mirror,
-)
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
@@ -24,6 +15,16 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
+from helpers import (
+    SAMPLE_REPO,
+    VENV_BIN,
+    hf_cli_path,
+    hf_env,
+    make_config,
+    make_tiny_model,
+    sample_model_dir,
+    start_mirror,
+)
 from mirror.catalog import Catalog
 from mirror.importer import Importer
 from peer.hfformat import git_blob_sha1
@@ -159,10 +160,7 @@ def test_hf_download_cli_works_against_the_mirror(mirror, tmp_path):
         env=hf_env(mirror.url, cache), capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    paths = [line.split("path:", 1)[1].strip() for line in result.stdout.splitlines()
-             if "path:" in line]
-    assert paths, f"hf download printed no path: {result.stdout!r}"
-    local = Path(paths[-1])
+    local = hf_cli_path(result.stdout)
     assert (local / "big.bin").read_bytes() == (mirror.tiny_dir / "big.bin").read_bytes()
     assert (local / "sub" / "deeper" / "data.json").exists()
 
@@ -204,7 +202,7 @@ def test_a_branch_redirects_to_the_commit_pinned_url(mirror):
     for method in ("HEAD", "GET"):
         response, _ = _request(mirror.url, method, f"/{TINY}/resolve/main/sub/notes.txt")
         assert response.status == 307
-        assert response.getheader("Location") == f"/{TINY}/resolve/{sha}/sub/notes.txt"
+        assert response.getheader("Location") == f"{mirror.url}/{TINY}/resolve/{sha}/sub/notes.txt"
         assert response.getheader("X-Repo-Commit") == sha
         assert response.getheader("ETag") == f'"{git_blob_sha1(b"notes" + bytes([10]))}"'
     for header in ("X-Xet-Hash", "X-Xet-Refresh-Route", "Link"):

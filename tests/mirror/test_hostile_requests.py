@@ -7,8 +7,8 @@ import json
 import socket
 
 import pytest
-from helpers import make_config, make_tiny_model
 
+from helpers import make_config, make_tiny_model
 from mirror.catalog import Catalog
 from mirror.importer import Importer
 from peer.store import BlobStore

@@ -6,9 +6,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from helpers import DroppingProxy, make_config, make_tiny_model
 from huggingface_hub import hf_hub_download
 
+from helpers import DroppingProxy, make_config, make_tiny_model
 from mirror.catalog import Catalog
 from mirror.importer import Importer
 from peer.store import BlobStore

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from helpers import (
     SAMPLE_REPO,
     free_port,
@@ -14,7 +15,6 @@ from helpers import (
     run_py,
     sample_model_dir,
 )
-
 from mirror.catalog import Catalog
 from mirror.importer import Importer
 from peer.store import BlobStore
