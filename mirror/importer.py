@@ -171,7 +171,7 @@ class Importer:
             raise BadRequest(f"{root} holds no files")
         files, stats = self._ingest(repo_id, sources, previous=previous)
         commit = derived_commit(files)
-        refs = [("branch", revision)] + [("tag", t) for t in tags]
+        refs = [_ref_kind(revision)] + [("tag", t) for t in tags]
         self._publish(hub, repo_type, repo_id, commit, files, refs, access,
                       title=f"Import from {root.name}", parent=parent)
         return ImportResult(repo_id, commit, refs, len(files), *stats)
