@@ -1,24 +1,18 @@
 import os
 import tempfile
 
-# The stock client reads its settings at import time: set them before anything imports it.
-# Short timeouts keep error-path tests fast (PROTOCOLS.md section 5); no token, no telemetry.
-for _key in [k for k in os.environ if k.startswith("HF_") or k.startswith("TRANSFORMERS_")]:
-    del os.environ[_key]
-os.environ.update(
-    HF_HOME=tempfile.mkdtemp(prefix="weightswarm-hf-home-"),
-    HF_HUB_DISABLE_TELEMETRY="1",
-    HF_HUB_DISABLE_UPDATE_CHECK="1",
-    HF_HUB_DISABLE_IMPLICIT_TOKEN="1",
-    HF_HUB_ETAG_TIMEOUT="5",
-    HF_HUB_DOWNLOAD_TIMEOUT="10",
-    TOKENIZERS_PARALLELISM="false",
-)
+# helpers imports no Hugging Face code, so the settings below are in place before the stock
+# client, which reads them at import time, is first imported.
+from helpers import HF_TEST_SETTINGS, make_config, start_mirror, without_hf_settings
+
+_clean = without_hf_settings(os.environ)
+os.environ.clear()
+os.environ.update(_clean, **HF_TEST_SETTINGS,
+                  HF_HOME=tempfile.mkdtemp(prefix="weightswarm-hf-home-"))
 os.environ.pop("WEIGHTSWARM_HOME", None)
 
 import pytest  # noqa: E402
 
-from helpers import make_config, start_mirror  # noqa: E402
 from mirror.catalog import Catalog  # noqa: E402
 from peer.store import BlobStore  # noqa: E402
 

@@ -104,19 +104,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: The stock client's settings for tests: short timeouts keep error paths fast (PROTOCOLS.md
+#: section 5); no token, no telemetry. It reads them at import time.
+HF_TEST_SETTINGS = {
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+    "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
+    "HF_HUB_ETAG_TIMEOUT": "5",
+    "HF_HUB_DOWNLOAD_TIMEOUT": "10",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def without_hf_settings(environ) -> dict:
+    return {k: v for k, v in environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+
+
 def hf_env(endpoint: str | None, cache: Path, **extra: str) -> dict:
-    """Environment for a stock-client subprocess: short timeouts, no token, no telemetry."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
-    env.update(
-        HF_HOME=str(cache.parent / "hf-home"),
-        HF_HUB_CACHE=str(cache),
-        HF_HUB_DISABLE_TELEMETRY="1",
-        HF_HUB_DISABLE_UPDATE_CHECK="1",
-        HF_HUB_DISABLE_IMPLICIT_TOKEN="1",
-        HF_HUB_ETAG_TIMEOUT="5",
-        HF_HUB_DOWNLOAD_TIMEOUT="10",
-        TOKENIZERS_PARALLELISM="false",
-    )
+    """Environment for a stock-client subprocess."""
+    env = without_hf_settings(os.environ)
+    env.update(HF_TEST_SETTINGS, HF_HOME=str(cache.parent / "hf-home"), HF_HUB_CACHE=str(cache))
     if endpoint:
         env["HF_ENDPOINT"] = endpoint
     env.update(extra)
