@@ -8,6 +8,8 @@ traceback only ever goes to the log, with the request id).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import secrets
 import signal
@@ -31,6 +33,7 @@ from peer.paths import is_sha256
 from peer.store import BlobStore
 
 from . import routes
+from .answers import CatalogAnswers
 from .catalog import Catalog
 from .config import Config
 from .hfapi import TREE_PAGE, HubService, Located, parse_list_query, resolve_headers
@@ -45,6 +48,7 @@ CATALOG_THREAD = web.AppKey("catalog_thread", ThreadPoolExecutor)
 PUBLIC_KEY = web.AppKey("public_key", str)
 METRICS = web.AppKey("metrics", "Metrics")
 ROUTE = web.RequestKey("route", str)
+ANSWERS = web.AppKey("answers", CatalogAnswers)
 
 
 class Metrics:
@@ -58,6 +62,18 @@ class Metrics:
                                  registry=self.registry)
         self.store_bytes = Gauge("weightswarm_mirror_store_bytes", "Bytes of blobs in the store",
                                  registry=self.registry)
+        self._children: dict[tuple[str, str], tuple] = {}
+
+    def count(self, route: str, status: int, sent: int) -> None:
+        # labels() costs a lock and a dict lookup in prometheus_client: keep the children.
+        key = (route, str(status))
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (self.requests.labels(*key),
+                                              self.bytes_served.labels(route))
+        children[0].inc()
+        if sent:
+            children[1].inc(sent)
 
 
 def _true(value: str | None) -> bool:
@@ -67,6 +83,40 @@ def _true(value: str | None) -> bool:
 async def _on_catalog(request: web.Request, fn: Callable[..., Any], *args, **kwargs) -> Any:
     loop = asyncio.get_running_loop()
     return await loop.run_in_executor(request.app[CATALOG_THREAD], lambda: fn(*args, **kwargs))
+
+
+class _Failed:
+    """A cached refusal (a missing file that transformers probes again and again, say)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: WeightswarmError):
+        self.error = error
+
+
+async def _answer(request: web.Request, key, fn: Callable[..., Any], *args, **kwargs) -> Any:
+    """`fn(*args, **kwargs)` on the catalog's thread, or its answer from when the catalog was
+    last as it is now (mirror/answers.py)."""
+    answers = request.app[ANSWERS]
+    value = answers.get(key)
+    if value is None:
+        version = answers.version()
+        try:
+            value = await _on_catalog(request, fn, *args, **kwargs)
+        except WeightswarmError as e:
+            value = _Failed(e)
+        answers.put(key, value, version)
+    if isinstance(value, _Failed):
+        raise value.error.with_traceback(None)
+    return value
+
+
+def _json(body: bytes, headers: dict | None = None) -> web.Response:
+    return web.Response(body=body, content_type="application/json", headers=headers)
+
+
+def _dumps(value) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
 
 
 def _base_url(request: web.Request) -> str:
@@ -111,11 +161,11 @@ async def observe(request: web.Request, handler):
             {"error": f"internal error (request {request_id})"}, status=500,
             headers={"X-Error-Message": f"internal error (request {request_id})"},
         )
-    sent = response.body_length if response.prepared else (response.content_length or 0)
-    metrics = request.app[METRICS]
-    metrics.requests.labels(request[ROUTE], str(response.status)).inc()
-    if request.method != "HEAD":
-        metrics.bytes_served.labels(request[ROUTE]).inc(sent)
+    if request.method == "HEAD":
+        sent = 0
+    else:
+        sent = response.body_length if response.prepared else (response.content_length or 0)
+    request.app[METRICS].count(request[ROUTE], response.status, sent)
     access_log.info(
         '%s "%s %s" %d %d %.1fms', request.remote, request.method,
         _header_safe(request.raw_path), response.status, sent,
@@ -136,11 +186,15 @@ async def hub_api(request: web.Request) -> web.StreamResponse:
     if call.kind == "resolve":
         if method not in ("GET", "HEAD"):
             raise web.HTTPMethodNotAllowed(method, ["GET", "HEAD"])
-        located: Located = await _on_catalog(request, service.locate, call)
-        headers = resolve_headers(call, located, _base_url(request))
+        located: Located = await _answer(request, call, service.locate, call)
+        base = _base_url(request)
+        headers = located.headers.get(base)
+        if headers is None:
+            headers = located.headers[base] = resolve_headers(call, located, base)
         if not located.pinned:
             return web.Response(status=307, headers=headers)
-        return blob_response(request, located.blob, located.entry.etag, headers)
+        return blob_response(request, located.blob, located.entry.size, located.entry.etag,
+                             headers)
     if call.kind == "paths_info":
         if method != "POST":
             raise web.HTTPMethodNotAllowed(method, ["POST"])
@@ -152,17 +206,24 @@ async def hub_api(request: web.Request) -> web.StreamResponse:
     if method not in ("GET", "HEAD"):
         raise web.HTTPMethodNotAllowed(method, ["GET", "HEAD"])
     if call.kind == "repo_info":
-        body = await _on_catalog(request, service.repo_info, call, blobs=_true(q.get("blobs")))
-        return web.json_response(body)
+        blobs = _true(q.get("blobs"))
+
+        def render() -> bytes:
+            return _dumps(service.repo_info(call, blobs=blobs))
+
+        return _json(await _answer(request, (call, blobs), render))
     if call.kind == "tree":
-        entries = await _on_catalog(request, service.tree, call,
-                                    recursive=_true(q.get("recursive")),
-                                    expand=_true(q.get("expand")))
+        recursive, expand = _true(q.get("recursive")), _true(q.get("expand"))
+        entries = await _answer(request, (call, recursive, expand), service.tree, call,
+                                recursive=recursive, expand=expand)
         return _paginated(request, entries, TREE_PAGE)
     if call.kind == "refs":
-        body = await _on_catalog(request, service.refs, call,
-                                 include_prs=_true(q.get("include_prs")))
-        return web.json_response(body)
+        include_prs = _true(q.get("include_prs"))
+
+        def render_refs() -> bytes:
+            return _dumps(service.refs(call, include_prs=include_prs))
+
+        return _json(await _answer(request, (call, include_prs), render_refs))
     if call.kind == "commits":
         return _paginated(request, await _on_catalog(request, service.commits, call), 50)
     query = parse_list_query(q)
@@ -200,8 +261,8 @@ async def blob(request: web.Request) -> web.StreamResponse:
     sha256 = request.match_info["sha256"]
     if not is_sha256(sha256):
         raise BadRequest("a blob is named by 64 lower-case hex characters")
-    path = await _on_catalog(request, request.app[SERVICE].public_blob, sha256)
-    return blob_response(request, path, sha256, {"Content-Type": "application/octet-stream"})
+    path, size = await _answer(request, ("blob", sha256), request.app[SERVICE].public_blob, sha256)
+    return blob_response(request, path, size, sha256, {"Content-Type": "application/octet-stream"})
 
 
 async def public_key(request: web.Request) -> web.Response:
@@ -240,11 +301,30 @@ async def _resources(app: web.Application):
     key = load_or_create(config.key_path)
     app[CATALOG_THREAD] = thread
     app[SERVICE] = HubService(catalog, store)
+    app[ANSWERS] = CatalogAnswers(config.catalog_path)
     app[PUBLIC_KEY] = public_key_text(key)
     log.info("mirror home %s, key %s", config.home, app[PUBLIC_KEY])
+    flusher = asyncio.create_task(_flush_access_log())
     yield
+    flusher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await flusher
+    _flush_handlers(access_log)
+    app[ANSWERS].close()
     await loop.run_in_executor(thread, catalog.close)
     thread.shutdown(wait=True)
+
+
+def _flush_handlers(logger: logging.Logger) -> None:
+    for handler in logger.handlers:
+        handler.flush()
+
+
+async def _flush_access_log() -> None:
+    """The CLI batches access-log lines (mirror/cli.py): they reach the log within a second."""
+    while True:
+        await asyncio.sleep(1)
+        _flush_handlers(access_log)
 
 
 def create_app(config: Config) -> web.Application:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import mimetypes
 import posixpath
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
@@ -106,6 +106,8 @@ class Located:
     entry: FileEntry
     blob: Path
     pinned: bool  # the request named the commit itself
+    #: the answer's headers by base URL, made once (it is cached with this object)
+    headers: dict = field(default_factory=dict, compare=False, hash=False)
 
 
 def repo_info_json(repo: Repo, snapshot: Snapshot, files: list[FileEntry], *, blobs: bool) -> dict:
@@ -354,11 +356,12 @@ class HubService:
             items.append(list_item_json(repo, main=main, files=files, card=query.card))
         return items
 
-    def public_blob(self, sha256: str) -> Path:
-        """A blob's file, only if a published public snapshot references it."""
+    def public_blob(self, sha256: str) -> tuple[Path, int]:
+        """A blob's file and size, only if a published public snapshot references it."""
         if not self.catalog.blob_is_public(sha256):
             raise NotFound(f"no blob {sha256}")
         path = self.store.path_for(sha256)
-        if not path.is_file():
-            raise BlobMissing(sha256)
-        return path
+        try:
+            return path, path.stat().st_size
+        except FileNotFoundError:
+            raise BlobMissing(sha256) from None

@@ -9,6 +9,7 @@ validated: a hostile path fails here, with a precise error, before anything is l
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -47,7 +48,12 @@ def parse(raw_path: str) -> HubCall:
     """Raises NotFound for paths that are no HF API call, BadRequest for hostile ones."""
     if len(raw_path) > MAX_RAW_PATH:
         raise BadRequest(f"request path longer than {MAX_RAW_PATH} bytes")
-    raw_path = raw_path.split("?", 1)[0]
+    return _parse(raw_path.split("?", 1)[0])
+
+
+@functools.lru_cache(maxsize=8192)
+def _parse(raw_path: str) -> HubCall:
+    # Pure, so its answers are kept: a mirror sees the same few thousand paths again and again.
     if not raw_path.startswith("/"):
         raise BadRequest("request path must start with '/'")
     segments = raw_path[1:].split("/")

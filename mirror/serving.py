@@ -10,13 +10,12 @@ blob after it), so we decide the status and headers here, as pure functions, and
 from __future__ import annotations
 
 import asyncio
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
-from peer.errors import RangeNotSatisfiable
+from peer.errors import BlobMissing, RangeNotSatisfiable
 
 _SENDFILE_CHUNK = 1 << 20
 
@@ -88,12 +87,15 @@ class BlobResponse(web.StreamResponse):
         self.content_length = count
 
     async def prepare(self, request: web.BaseRequest):
+        if request.method == "HEAD" or self._count == 0:
+            return await super().prepare(request)
         loop = asyncio.get_running_loop()
-        fobj = await loop.run_in_executor(None, open, self._path, "rb")
+        try:
+            fobj = await loop.run_in_executor(None, open, self._path, "rb")
+        except FileNotFoundError:
+            raise BlobMissing(self._path.name) from None
         try:
             writer = await super().prepare(request)
-            if request.method == "HEAD" or self._count == 0:
-                return writer
             transport = request.transport
             if transport is None:
                 raise ConnectionResetError("client went away")
@@ -118,10 +120,10 @@ class BlobResponse(web.StreamResponse):
 
 
 def blob_response(
-    request: web.BaseRequest, path: Path, etag: str, extra_headers: dict
+    request: web.BaseRequest, path: Path, size: int, etag: str, extra_headers: dict
 ) -> web.StreamResponse:
-    """The whole answer for a blob: 304, 206, 416 (raised) or 200, with our ETag."""
-    size = os.stat(path).st_size
+    """The whole answer for a blob of `size` bytes (as the catalog recorded it: the store
+    verified them): 304, 206, 416 (raised) or 200, with our ETag."""
     headers = {"ETag": quoted(etag), "Accept-Ranges": "bytes", **extra_headers}
     if etag_matches(request.headers.get("If-None-Match"), etag):
         return web.Response(status=304, headers=headers)

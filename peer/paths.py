@@ -21,6 +21,8 @@ MAX_REVISION_BYTES = 256
 _REPO_PART = re.compile(r"[A-Za-z0-9_.\-]{1,96}")
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_GIT_REFUSES = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
 
 
 def is_commit(value: str) -> bool:
@@ -55,7 +57,7 @@ def check_revision(revision: str) -> str:
     """A branch, tag or commit name as git would accept it (refs/pr/1 included)."""
     if not revision or len(revision.encode()) > MAX_REVISION_BYTES:
         raise UnsafePath(revision[:64], "revision is empty or too long")
-    if any(ord(c) < 0x20 or c in "\x7f ~^:?*[\\" for c in revision):
+    if _GIT_REFUSES.search(revision):
         raise UnsafePath(revision, "revision holds a character git refuses")
     parts = revision.split("/")
     if any(p in ("", ".", "..") or p.startswith(".") or p.endswith(".lock") for p in parts):
@@ -72,7 +74,7 @@ def check_repo_path(path: str) -> str:
     encoded = path.encode("utf-8", "surrogateescape")
     if len(encoded) > MAX_PATH_BYTES:
         raise UnsafePath(path[:64] + "...", f"longer than {MAX_PATH_BYTES} bytes")
-    if any(ord(c) < 0x20 or c == "\x7f" for c in path):
+    if _CONTROL.search(path):
         raise UnsafePath(path, "control character or NUL")
     if "\\" in path:
         raise UnsafePath(path, "backslash")

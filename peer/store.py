@@ -8,10 +8,12 @@ file, which the next store that opens removes once its writer is dead.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
 import secrets
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +33,75 @@ class Expected:
     size: int | None = None
     sha256: str | None = None
     git_sha1: str | None = None
+
+
+class _Writeback:
+    """Start writing a blob's pages to disk while it is still being copied, and keep the dirty
+    pages bounded: otherwise the final fsync flushes the whole file at once, and a 1 GiB import
+    spends most of its time there (measured: 480 MB/s with it vs 900 MB/s without, see the
+    README's import row). Linux `sync_file_range`; elsewhere a no-op, the fsync does it all."""
+
+    START_EVERY = 8 * 1024 * 1024
+    WINDOW = 64 * 1024 * 1024
+    _call = None
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.started = 0  # writeback requested for [0, started)
+        self.settled = 0  # on disk for [0, settled)
+
+    @classmethod
+    def _sync_file_range(cls):
+        if cls._call is None:
+            cls._call = False
+            if sys.platform.startswith("linux"):
+                try:
+                    libc = ctypes.CDLL(None, use_errno=True)
+                    fn = libc.sync_file_range
+                    fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong,
+                                   ctypes.c_uint]
+                    fn.restype = ctypes.c_int
+                    cls._call = fn
+                except (OSError, AttributeError):
+                    pass
+        return cls._call
+
+    def advance(self, written: int) -> None:
+        fn = self._sync_file_range()
+        if not fn or written - self.started < self.START_EVERY:
+            return
+        fn(self.fd, self.started, written - self.started, 2)  # SYNC_FILE_RANGE_WRITE
+        self.started = written
+        if self.started - self.settled > self.WINDOW:
+            target = self.started - self.WINDOW
+            # WAIT_BEFORE | WRITE | WAIT_AFTER: the range behind the window is on disk.
+            fn(self.fd, self.settled, target - self.settled, 1 | 2 | 4)
+            self.settled = target
+
+
+_PAGE = 4096
+
+
+def _open_direct(path: Path) -> int | None:
+    """A second descriptor on `path` that writes around the page cache, where supported."""
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag:
+        return None
+    try:
+        return os.open(path, os.O_WRONLY | flag)
+    except OSError:
+        return None  # tmpfs and some others refuse O_DIRECT
+
+
+def _aligned(data, offset: int) -> bool:
+    """O_DIRECT wants the file offset, the length and the memory address page-aligned."""
+    if offset % _PAGE or len(data) % _PAGE or not len(data):
+        return False
+    try:
+        address = ctypes.addressof(ctypes.c_char.from_buffer(data))
+    except TypeError:  # read-only memory (bytes): address not to be had, write it buffered
+        return False
+    return address % _PAGE == 0
 
 
 def _fsync_dir(path: Path) -> None:
@@ -64,19 +135,42 @@ class BlobWriter:
         self.tmp_path = store.tmp_dir / name
         fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self.file = os.fdopen(fd, "wb", buffering=0)
+        self.written = 0
+        self._writeback = _Writeback(fd)
+        self._direct = _open_direct(self.tmp_path)
         self.done = False
         #: after commit: True when these bytes were new to the store, False when deduplicated.
         self.created = False
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
+        """Append `data`. Page-aligned buffers (`read_chunks` gives them) bypass the page cache
+        with O_DIRECT: no copy into the cache and no dirty pages for the final fsync to flush,
+        which doubled import throughput (README, import row). Anything else is written
+        through the cache, with writeback started as it goes."""
         self.hasher.update(data)
-        self.file.write(data)
+        if self._direct is not None and _aligned(data, self.written):
+            try:
+                os.pwrite(self._direct, data, self.written)
+                self.written += len(data)
+                return
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                self._close_direct()  # this file system refuses O_DIRECT after all
+        os.pwrite(self.file.fileno(), data, self.written)
+        self.written += len(data)
+        self._writeback.advance(self.written)
+
+    def _close_direct(self) -> None:
+        if self._direct is not None:
+            os.close(self._direct)
+            self._direct = None
 
     def commit(self) -> Digests:
         try:
             digests = self.hasher.finish()
             self._check(digests)
-            self.file.flush()
+            self._close_direct()
             os.fsync(self.file.fileno())
             self.file.close()
             self.created = self.store._publish(self.tmp_path, digests.sha256)
@@ -96,6 +190,7 @@ class BlobWriter:
             raise IntegrityError("git sha1", e.git_sha1, d.git_sha1)
 
     def abort(self) -> None:
+        self._close_direct()
         if not self.file.closed:
             self.file.close()
         self.tmp_path.unlink(missing_ok=True)
