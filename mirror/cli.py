@@ -79,21 +79,12 @@ def _serve(state: State, host: str | None, port: int | None) -> None:
     from .app import serve
 
     config = state.config(host=host, port=port)
+    # The standard loop, not uvloop: uvloop has no native sendfile, and blob transfers fell to
+    # half (16 concurrent range GETs, ops/bench/serve.py) for no clear gain in request rate.
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            runner.run(serve(config))
+        asyncio.run(serve(config))
     except KeyboardInterrupt:
         pass
-
-
-def _loop_factory():
-    """uvloop where it is installed (it roughly halves aiohttp's per-request cost), else the
-    standard loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 _host = click.option("--host", help="address to bind [default: mirror.host, 127.0.0.1]")
