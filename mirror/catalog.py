@@ -17,13 +17,15 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import sqlite_utils
+from typing import TYPE_CHECKING
 
 from peer.errors import RepoNotFound, RevisionNotFound
 from peer.hashing import Digests
 from peer.hfformat import FileEntry, derive_tags
 from peer.paths import is_commit
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 ACCESS_LEVELS = ("public", "gated", "private")
 REF_KINDS = ("branch", "tag", "pr", "convert")
@@ -191,27 +193,34 @@ class Catalog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None,
                                check_same_thread=False)
-        self.db = sqlite_utils.Database(conn)
         self.conn = conn
         conn.execute("PRAGMA busy_timeout = 30000")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA synchronous = NORMAL")
-        self.db.enable_wal()
+        conn.execute("PRAGMA journal_mode = WAL")
         self._migrate()
 
     def close(self) -> None:
         self.conn.close()
 
+    def _version(self) -> int:
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"catalog {self.path} has schema {version}, newer than this weightswarm "
+                f"({SCHEMA_VERSION}): upgrade weightswarm"
+            )
+        return version
+
     def _migrate(self) -> None:
+        if self._version() == SCHEMA_VERSION:
+            return  # the common case; sqlite-utils (a tenth of a second to import) not needed
+        import sqlite_utils
+
         with self.transaction():
-            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"catalog {self.path} has schema {version}, newer than this weightswarm "
-                    f"({SCHEMA_VERSION}): upgrade weightswarm"
-                )
+            version = self._version()  # again, under the write lock: another may have migrated
             for step in MIGRATIONS[version:]:
-                step(self.db)
+                step(sqlite_utils.Database(self.conn))
             if version != SCHEMA_VERSION:
                 self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
