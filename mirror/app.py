@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
+from multidict import MultiDict
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -74,6 +75,9 @@ class Metrics:
         children[0].inc()
         if sent:
             children[1].inc(sent)
+
+
+_NO_QUERY: MultiDict[str] = MultiDict()
 
 
 def _true(value: str | None) -> bool:
@@ -181,7 +185,8 @@ async def hub_api(request: web.Request) -> web.StreamResponse:
     call = routes.parse(request.raw_path)
     request[ROUTE] = call.kind
     service = request.app[SERVICE]
-    q = request.query
+    # Most requests carry no query: skip parsing one (request.query builds a MultiDict).
+    q = request.query if request.query_string else _NO_QUERY
     method = request.method
     if call.kind == "resolve":
         if method not in ("GET", "HEAD"):
