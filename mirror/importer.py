@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from peer.errors import BadRequest, InsufficientSpace, InvalidSafetensors, UnsafePath
+from peer.errors import BadRequest, InsufficientSpace, UnsafePath
 from peer.gitattributes import LfsRules
 from peer.hashing import Digests, hash_file
 from peer.hfformat import (
@@ -30,7 +30,6 @@ from peer.hfformat import (
     derived_commit,
     is_lfs_by_rule,
     lfs_pointer_sha1,
-    read_card,
 )
 from peer.paths import (
     check_repo_id,
@@ -40,9 +39,9 @@ from peer.paths import (
     is_sha256,
 )
 from peer.store import BlobStore, Expected
-from peer.weights import parameter_counts, read_header, summarise
 
-from .catalog import Catalog, NewSnapshot
+from .catalog import Catalog
+from .snapshots import publish
 
 log = logging.getLogger(__name__)
 
@@ -319,34 +318,9 @@ class Importer:
         return None
 
     def _publish(self, hub, repo_type, repo_id, commit, files, refs, access, *, title, parent=None):
-        card = {}
-        counts = []
-        invalid = {}
-        for f in files:
-            if f.path == "README.md":
-                with self.store.open(f.sha256) as fh:
-                    card, problem = read_card(fh.read(1 << 20))
-                if problem:
-                    log.warning("%s: README.md: %s; imported with empty metadata", repo_id, problem)
-            if f.path.endswith(".safetensors"):
-                # A file whose header does not validate is still the upstream's file: it is
-                # served as it is, flagged, and left out of the parameter counts.
-                try:
-                    with self.store.open(f.sha256) as fh:
-                        counts.append(parameter_counts(read_header(fh, f.size, f.path)))
-                except InvalidSafetensors as e:
-                    log.warning("%s: %s", repo_id, e)
-                    invalid[f.path] = e.reason
-        snapshot = self.catalog.publish(
-            NewSnapshot(
-                hub=hub, type=repo_type, repo_id=repo_id, commit=commit, files=files, refs=refs,
-                title=title, parent=parent if parent != commit else None, card_data=card,
-                safetensors=summarise(counts), invalid_safetensors=invalid, access=access,
-            )
-        )
-        log.info("published %s %s@%s (%d files), refs %s", hub, repo_id, commit[:12], len(files),
-                 ", ".join(f"{k}:{n}" for k, n in refs) or "none")
-        return snapshot
+        return publish(self.catalog, self.store, hub=hub, repo_type=repo_type, repo_id=repo_id,
+                       commit=commit, files=files, refs=refs, access=access, title=title,
+                       parent=parent)
 
 
 def _ref_kind(name: str) -> tuple[str, str]:

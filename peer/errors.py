@@ -117,6 +117,12 @@ class InsufficientSpace(WeightswarmError):
         self.free = free
 
 
+class Busy(WeightswarmError):
+    """Someone else holds the thing right now (another process fetching the same blob)."""
+
+    status = 409
+
+
 class Refused(WeightswarmError):
     """An operation that the configuration forbids (archive mode refuses removals)."""
 

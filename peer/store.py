@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import logging
 import os
+import re
 import secrets
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from .errors import BlobMissing, IntegrityError
+from .errors import BlobMissing, Busy, IntegrityError
 from .hashing import Digests, Hasher, blake3_file, read_chunks, sha256_file
 from .paths import is_sha256
 
@@ -131,16 +133,18 @@ class BlobWriter:
         self.size = size
         self.expected = expected or Expected()
         self.hasher = Hasher(size, lfs=lfs)
-        name = f"{os.getpid()}.{secrets.token_hex(8)}.part"
-        self.tmp_path = store.tmp_dir / name
-        fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        self.file = os.fdopen(fd, "wb", buffering=0)
-        self.written = 0
-        self._writeback = _Writeback(fd)
-        self._direct = _open_direct(self.tmp_path)
         self.done = False
         #: after commit: True when these bytes were new to the store, False when deduplicated.
         self.created = False
+        self.written = 0
+        self.tmp_path, fd = self._open()
+        self.file = os.fdopen(fd, "r+b" if self.written else "wb", buffering=0)
+        self._writeback = _Writeback(fd)
+        self._direct = _open_direct(self.tmp_path)
+
+    def _open(self) -> tuple[Path, int]:
+        path = self.store.tmp_dir / f"{os.getpid()}.{secrets.token_hex(8)}.part"
+        return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
 
     def write(self, data: bytes | memoryview) -> None:
         """Append `data`. Page-aligned buffers (`read_chunks` gives them) bypass the page cache
@@ -204,13 +208,62 @@ class BlobWriter:
             self.abort()
 
 
+class ResumableWriter(BlobWriter):
+    """A blob fetched from the network, written to a temp file named after what it must hash
+    to (`partial/<key>.part`), so that a process killed mid-download leaves bytes the next
+    one continues from: they are re-read through the hasher (local reads are cheap, the
+    network is not) and the download resumes at their end. A lock on the file keeps two
+    fetches of one blob apart; `pause` keeps the bytes for later, `abort` discards them."""
+
+    def __init__(self, store: BlobStore, key: str, size: int, *, lfs: bool, expected: Expected):
+        if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", key):
+            raise ValueError(f"a partial blob is named by its expected hash, not {key!r}")
+        self._key = key
+        super().__init__(store, size, lfs=lfs, expected=expected)
+
+    def _open(self) -> tuple[Path, int]:
+        path = self.store.partial_dir / f"{self._key}.part"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise Busy(f"blob {self._key} is being fetched by another process") from None
+        have = os.fstat(fd).st_size
+        if have > self.size:
+            os.ftruncate(fd, 0)
+            have = 0
+        # Re-hash what an earlier, interrupted fetch left; its bytes are checked with the rest.
+        with open(path, "rb") as f:
+            for chunk in read_chunks(f, have):
+                self.hasher.update(chunk)
+        self.written = have
+        return path, fd
+
+    def pause(self) -> None:
+        """Stop, keeping the bytes written so far for the next attempt."""
+        self._close_direct()
+        if not self.file.closed:
+            self.file.close()
+        self.done = True
+
+    def restart(self) -> None:
+        """Drop what was written and start from zero (after a hash mismatch, say)."""
+        os.ftruncate(self.file.fileno(), 0)
+        self.written = 0
+        self.hasher = Hasher(self.size, lfs=self.hasher.lfs)
+
+
+
 class BlobStore:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.blob_dir = self.root / "blobs" / "sha256"
         self.tmp_dir = self.root / "tmp"
+        self.partial_dir = self.root / "partial"
         self.blob_dir.mkdir(parents=True, exist_ok=True)
         self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        self.partial_dir.mkdir(parents=True, exist_ok=True)
         self.remove_stale_temps()
 
     def path_for(self, sha256: str) -> Path:
@@ -235,6 +288,10 @@ class BlobStore:
 
     def writer(self, size: int, *, lfs: bool, expected: Expected | None = None) -> BlobWriter:
         return BlobWriter(self, size, lfs=lfs, expected=expected)
+
+    def resumable_writer(self, key: str, size: int, *, lfs: bool,
+                         expected: Expected) -> ResumableWriter:
+        return ResumableWriter(self, key, size, lfs=lfs, expected=expected)
 
     def ingest_file(
         self,
