@@ -105,8 +105,13 @@ def _m2(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE snapshots ADD COLUMN invalid_safetensors TEXT")
 
 
+def _m3(db: sqlite_utils.Database) -> None:
+    """Syncs know a small file upstream by its git sha1 only: find its blob by that."""
+    db["blobs"].create_index(["git_sha1"])
+
+
 #: MIGRATIONS[i] takes the schema from version i to i + 1.
-MIGRATIONS = [_m1, _m2]
+MIGRATIONS = [_m1, _m2, _m3]
 #: sort key of the listing API → column (all sorts are descending unless asked otherwise).
 SORTS = {
     "downloads": "downloads", "likes": "likes", "lastModified": "updated_at",
@@ -197,11 +202,24 @@ class Catalog:
         conn.execute("PRAGMA busy_timeout = 30000")
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA journal_mode = WAL")
+        self._use_wal()
         self._migrate()
 
     def close(self) -> None:
         self.conn.close()
+
+    def _use_wal(self) -> None:
+        """WAL mode is persistent: set it once. Switching needs an exclusive lock, for which
+        sqlite does not always wait, so two brand-new catalogs opened at once retry briefly."""
+        for attempt in range(100):
+            if self.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                return
+            try:
+                self.conn.execute("PRAGMA journal_mode = WAL")
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or attempt == 99:
+                    raise
+                time.sleep(0.05)
 
     def _version(self) -> int:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
@@ -536,6 +554,13 @@ class Catalog:
 
     def blob_count(self) -> int:
         return self.conn.execute("SELECT count(*) FROM blobs").fetchone()[0]
+
+    def blob_by_git_sha1(self, git_sha1: str) -> BlobRecord | None:
+        row = self.conn.execute(
+            "SELECT sha256, size, git_sha1, blake3, piece_length, pieces FROM blobs "
+            "WHERE git_sha1 = ? LIMIT 1", (git_sha1,)
+        ).fetchone()
+        return BlobRecord(*row) if row else None
 
     def blob(self, sha256: str) -> BlobRecord | None:
         row = self.conn.execute(
