@@ -167,6 +167,58 @@ def mirror_import(state: State, path: Path, repo_id, hub, repo_type, revision, t
                    f"{r.new_blobs} new blobs, {r.bytes_copied} bytes copied")
 
 
+@mirror.command("sync")
+@click.argument("specs", nargs=-1, required=True, metavar="SPEC...")
+@click.option("--include", multiple=True, help="only paths matching this glob (repeatable)")
+@click.option("--exclude", multiple=True, help="skip paths matching this glob (repeatable)")
+@click.option("--parallel", type=int, default=4, show_default=True, help="files fetched at once")
+@click.option("--progress/--no-progress", default=None, help="progress bar [default: on a tty]")
+@click.pass_obj
+def mirror_sync(state: State, specs, include, exclude, parallel, progress) -> None:
+    """Fetch repos from upstream, verify every byte, publish each snapshot whole.
+
+    \b
+    SPEC is one of:
+      hf:org/name[@rev]        a Hugging Face repo (mirror.upstreams.huggingface.endpoint)
+      hf:org/*                 every model of an author
+      hf-datasets:org/name[@rev]
+      mirror:<base-url>#org/name[@rev]   any HF-compatible endpoint, e.g. another mirror,
+                               its base URL with /hubs/<hub> for another hub's repos
+    """
+    import asyncio
+
+    from .sync import Syncer, parse_spec
+    from .upstreams.huggingface import HuggingFace
+
+    config = state.config()
+    parsed = [parse_spec(s, include, exclude) for s in specs]
+    catalog, store = _open(config)
+    show = sys.stderr.isatty() if progress is None else progress
+    settings = config.mirror.upstreams["huggingface"]
+
+    async def run() -> list:
+        results = []
+        for spec in parsed:
+            if spec.kind == "hf":
+                upstream = HuggingFace(settings["endpoint"], token=settings["token"],
+                                       requests_per_5min=settings["requests_per_5min"],
+                                       bandwidth=settings["bandwidth"])
+            else:
+                upstream = HuggingFace(spec.endpoint, name=spec.endpoint)
+            try:
+                syncer = Syncer(catalog, store, upstream, parallel=parallel,
+                                min_free=config.mirror.min_free, progress=show)
+                results.extend(await syncer.sync(spec))
+            finally:
+                await upstream.close()
+        return results
+
+    for r in asyncio.run(run()):
+        state_text = "up to date" if r.unchanged else (
+            f"{r.files} files, {r.fetched} fetched, {r.bytes_fetched} bytes")
+        click.echo(f"{r.spec}: {r.repo_id}@{r.commit}: {state_text}")
+
+
 @mirror.command("ls")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.pass_obj

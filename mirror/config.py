@@ -29,7 +29,7 @@ class Setting:
 
     @property
     def env(self) -> str:
-        return f"WEIGHTSWARM_{self.section.upper()}_{self.key.upper()}"
+        return f"WEIGHTSWARM_{self.section.upper().replace('.', '_')}_{self.key.upper()}"
 
 
 SETTINGS = [
@@ -41,8 +41,28 @@ SETTINGS = [
             "never remove anything: rm and gc refuse, syncs keep what the upstream removed"),
     Setting("mirror", "min_free", int, 16 * 1024 * 1024,
             "bytes an import must leave free on the store's disk"),
+    Setting("mirror.upstreams.huggingface", "endpoint", str, "https://huggingface.co",
+            "the Hugging Face-compatible endpoint hf: specs sync from"),
+    Setting("mirror.upstreams.huggingface", "token", str, None,
+            "token sent to that endpoint [default: $HF_TOKEN]"),
+    Setting("mirror.upstreams.huggingface", "requests_per_5min", int, 500,
+            "request budget per five minutes (HF's lower published limit)"),
+    Setting("mirror.upstreams.huggingface", "bandwidth", float, None,
+            "bytes/s cap over all downloads from it [default: unlimited]"),
 ]
 _BY_NAME = {(s.section, s.key): s for s in SETTINGS}
+HF_SECTION = "mirror.upstreams.huggingface"
+
+
+def _flatten(table: dict, section: str = ""):
+    """(section, key, value) of a TOML document: [mirror.upstreams.huggingface] nests."""
+    for key, value in table.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{section}.{key}" if section else key)
+        elif section:
+            yield section, key, value
+        else:
+            yield None, key, value
 
 
 @dataclass(frozen=True)
@@ -52,6 +72,7 @@ class MirrorConfig:
     public_url: str | None
     archive: bool
     min_free: int
+    upstreams: dict  # hub → {endpoint, token, requests_per_5min, bandwidth}
 
 
 @dataclass(frozen=True)
@@ -121,16 +142,15 @@ def load_config(
             data = tomllib.loads(path.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: {e}") from None
-        for section, table in data.items():
-            if not isinstance(table, dict):
-                log.warning("%s: ignoring top-level key %r (settings live in sections)", path, section)
+        for section, key, value in _flatten(data):
+            if section is None:
+                log.warning("%s: ignoring top-level key %r (settings live in sections)", path, key)
                 continue
-            for key, value in table.items():
-                setting = _BY_NAME.get((section, key))
-                if setting is None:
-                    log.warning("%s: unknown setting %s.%s ignored", path, section, key)
-                    continue
-                values[(section, key)] = _coerce(setting, value, str(path))
+            setting = _BY_NAME.get((section, key))
+            if setting is None:
+                log.warning("%s: unknown setting %s.%s ignored", path, section, key)
+                continue
+            values[(section, key)] = _coerce(setting, value, str(path))
 
     for name, setting in _BY_NAME.items():
         if setting.env in env:
@@ -155,5 +175,14 @@ def load_config(
             public_url=public_url,
             archive=values[("mirror", "archive")],
             min_free=values[("mirror", "min_free")],
+            upstreams={
+                "huggingface": {
+                    "endpoint": values[(HF_SECTION, "endpoint")].rstrip("/"),
+                    "token": values[(HF_SECTION, "token")]
+                    or env.get("HF_TOKEN") or env.get("HUGGING_FACE_HUB_TOKEN"),
+                    "requests_per_5min": values[(HF_SECTION, "requests_per_5min")],
+                    "bandwidth": values[(HF_SECTION, "bandwidth")],
+                },
+            },
         ),
     )

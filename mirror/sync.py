@@ -1,0 +1,380 @@
+"""`weightswarm mirror sync`: fetch a repo revision from an upstream, verify every byte, and
+publish the snapshot and its ref only when all of it is in the store.
+
+The planner is pure: which files a spec selects, whether their names and hashes are sane, and
+which the store lacks. The executor fetches those with bounded concurrency into resumable
+partial files (store/partial/<hash>.part: a cut connection continues with Range, a killed
+process continues where it stopped), hashing as it writes, and checks each file against the
+upstream's published hash (sha256 for LFS, git sha1 otherwise); a mismatch is retried once
+from zero before the file, and so the sync, fails. Nothing is visible until the publish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import logging
+import re
+import shutil
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from tqdm import tqdm
+
+from peer.errors import BadRequest, InsufficientSpace, IntegrityError, WeightswarmError
+from peer.hashing import Digests
+from peer.hfformat import FileEntry, lfs_pointer_sha1
+from peer.paths import check_repo_id, check_repo_path, check_revision, is_commit, is_sha256
+from peer.store import BlobStore, Expected
+
+from .catalog import BlobRecord, Catalog
+from .snapshots import publish
+from .upstreams import RemoteFile, Upstream, UpstreamError
+
+log = logging.getLogger(__name__)
+
+MAX_FILE_SIZE = 1 << 50
+#: transfer attempts for one file that make no progress before it fails
+STALLS = 5
+WRITE_BATCH = 4 * 1024 * 1024
+
+
+# -- specs ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SyncSpec:
+    """What to keep synced: `hf:org/name@rev`, `hf:org/*`, `hf-datasets:org/name`, or
+    `mirror:<base-url>#org/name@rev` (another HF-compatible endpoint, prefix allowed)."""
+
+    kind: str  # "hf" or "mirror"
+    repo_type: str
+    repo_id: str  # may be "org/*": every repo of that author
+    revision: str = "main"
+    endpoint: str | None = None  # for mirror: specs
+    hub: str = "huggingface"  # the catalog namespace the repos land in
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    @property
+    def is_author(self) -> bool:
+        return self.repo_id.endswith("/*")
+
+    def __str__(self) -> str:
+        where = f"mirror:{self.endpoint}#" if self.kind == "mirror" else (
+            "hf-datasets:" if self.repo_type == "dataset" else "hf:")
+        return f"{where}{self.repo_id}@{self.revision}"
+
+
+def parse_spec(text: str, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> SyncSpec:
+    text = text.strip()
+    kind, sep, rest = text.partition(":")
+    if not sep or kind not in ("hf", "hf-datasets", "mirror"):
+        raise BadRequest(f"{text!r}: a sync spec starts with hf:, hf-datasets: or mirror:")
+    endpoint, hub = None, "huggingface"
+    if kind == "mirror":
+        endpoint, sharp, rest = rest.partition("#")
+        if not sharp or not endpoint.startswith(("http://", "https://")):
+            raise BadRequest(f"{text!r}: mirror specs are mirror:<http(s) base URL>#<repo id>")
+        endpoint = endpoint.rstrip("/")
+        prefix = re.search(r"/hubs/([a-z0-9_-]+)$", endpoint)
+        if prefix:
+            hub = prefix.group(1)
+    repo_id, at, revision = rest.partition("@")
+    revision = check_revision(revision) if at else "main"
+    if repo_id.endswith("/*"):
+        check_repo_id(repo_id[:-2])
+        if at:
+            raise BadRequest(f"{text!r}: an author spec (org/*) follows each repo's main")
+    else:
+        check_repo_id(repo_id)
+    return SyncSpec(
+        kind="hf" if kind == "hf-datasets" else kind,
+        repo_type="dataset" if kind == "hf-datasets" else "model",
+        repo_id=repo_id, revision=revision, endpoint=endpoint, hub=hub,
+        include=tuple(include), exclude=tuple(exclude),
+    )
+
+
+# -- the plan (pure) -----------------------------------------------------------------------------
+
+
+class HostileListing(BadRequest):
+    """The upstream's file list is unusable: a path, size or hash no honest hub would send."""
+
+
+def validate(files: Iterable[RemoteFile]) -> list[RemoteFile]:
+    """Refuse the whole listing if any entry is hostile or malformed: an upstream that lies
+    about one file is not trusted for the others."""
+    seen: set[str] = set()
+    good = []
+    for f in files:
+        if not isinstance(f.path, str):
+            raise HostileListing(f"a file without a path: {f!r}")
+        try:
+            check_repo_path(f.path)
+        except BadRequest as e:
+            raise HostileListing(f"unusable path from upstream: {e}") from None
+        if f.path in seen:
+            raise HostileListing(f"{f.path!r} is listed twice")
+        seen.add(f.path)
+        if not isinstance(f.size, int) or isinstance(f.size, bool) or not 0 <= f.size <= MAX_FILE_SIZE:
+            raise HostileListing(f"{f.path}: size {f.size!r} is not a sane byte count")
+        if f.lfs:
+            if not is_sha256(f.sha256 or ""):
+                raise HostileListing(f"{f.path}: LFS file without a sha256 (lfs.oid)")
+        elif not is_commit(f.git_sha1 or ""):
+            raise HostileListing(f"{f.path}: no git sha1 (oid) to verify it against")
+        good.append(f)
+    return good
+
+
+def select(files: list[RemoteFile], include: Iterable[str], exclude: Iterable[str]
+           ) -> list[RemoteFile]:
+    include, exclude = list(include), list(exclude)
+
+    def matches(path: str, patterns: list[str]) -> bool:
+        name = path.rsplit("/", 1)[-1]
+        return any(fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+    return [f for f in files
+            if (not include or matches(f.path, include)) and not matches(f.path, exclude)]
+
+
+@dataclass
+class Plan:
+    files: list[RemoteFile]
+    #: files whose bytes the store already holds: path → the blob's record
+    present: dict[str, BlobRecord] = field(default_factory=dict)
+    fetch: list[RemoteFile] = field(default_factory=list)
+
+    @property
+    def fetch_bytes(self) -> int:
+        return sum(f.size for f in self.fetch)
+
+
+def plan(files: list[RemoteFile], known: Callable[[RemoteFile], BlobRecord | None]) -> Plan:
+    result = Plan(files)
+    for f in files:
+        record = known(f)
+        if record is not None and record.size == f.size:
+            result.present[f.path] = record
+        else:
+            result.fetch.append(f)
+    return result
+
+
+def entry_for(f: RemoteFile, sha256: str) -> FileEntry:
+    """The catalog's view of a verified file: for LFS files the git sha1 is our own
+    computation of the pointer's, for the rest the upstream's oid (which the bytes matched)."""
+    git_sha1 = lfs_pointer_sha1(sha256, f.size) if f.lfs else f.git_sha1
+    return FileEntry(f.path, f.size, sha256, git_sha1, f.lfs)
+
+
+# -- the executor --------------------------------------------------------------------------------
+
+
+class FileFailed(WeightswarmError):
+    def __init__(self, path: str, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class SyncFailed(WeightswarmError):
+    status = 502
+
+    def __init__(self, repo_id: str, failures: list[FileFailed]):
+        listed = "; ".join(str(f) for f in failures[:5])
+        more = f" (and {len(failures) - 5} more)" if len(failures) > 5 else ""
+        super().__init__(f"{repo_id}: {len(failures)} file(s) failed, nothing published: "
+                         f"{listed}{more}")
+        self.failures = failures
+
+
+@dataclass
+class SyncResult:
+    spec: str
+    repo_id: str
+    commit: str
+    files: int
+    fetched: int
+    bytes_fetched: int
+    unchanged: bool
+
+
+class Syncer:
+    def __init__(self, catalog: Catalog, store: BlobStore, upstream: Upstream, *,
+                 parallel: int = 4, min_free: int = 0, progress: bool = False):
+        self.catalog = catalog
+        self.store = store
+        self.upstream = upstream
+        self.parallel = parallel
+        self.min_free = min_free
+        self.progress = progress
+
+    async def sync(self, spec: SyncSpec) -> list[SyncResult]:
+        if spec.is_author:
+            author = spec.repo_id[:-2]
+            ids = await self.upstream.list_author(spec.repo_type, author)
+            results = []
+            for repo_id in ids:
+                one = SyncSpec(spec.kind, spec.repo_type, check_repo_id(repo_id), "main",
+                               spec.endpoint, spec.hub, spec.include, spec.exclude)
+                results.append(await self.sync_repo(one))
+            return results
+        return [await self.sync_repo(spec)]
+
+    def _current(self, spec: SyncSpec) -> str | None:
+        try:
+            repo = self.catalog.repo(spec.hub, spec.repo_type, spec.repo_id)
+            return self.catalog.resolve(repo, spec.revision)
+        except LookupError:
+            return None
+
+    async def sync_repo(self, spec: SyncSpec) -> SyncResult:
+        commit = await self.upstream.resolve(spec.repo_type, spec.repo_id, spec.revision)
+        refs = [_ref(spec.revision)] if not is_commit(spec.revision) else []
+        if self._current(spec) == commit or (not refs and self._has_snapshot(spec, commit)):
+            log.info("%s: up to date at %s", spec, commit[:12])
+            return SyncResult(str(spec), spec.repo_id, commit, 0, 0, 0, unchanged=True)
+        listed = await self.upstream.list_files(spec.repo_type, spec.repo_id, commit)
+        files = select(validate(listed), spec.include, spec.exclude)
+        the_plan = plan(files, self._known)
+        self._check_space(the_plan)
+        log.info("%s: %s has %d files, %d to fetch (%d bytes)", spec, commit[:12], len(files),
+                 len(the_plan.fetch), the_plan.fetch_bytes)
+        fetched = await self._fetch_all(spec, commit, the_plan)
+        entries = []
+        for f in files:
+            sha256 = fetched[f.path].sha256 if f.path in fetched else the_plan.present[f.path].sha256
+            entries.append(entry_for(f, sha256))
+        parent = self._current(spec)
+        publish(self.catalog, self.store, hub=spec.hub, repo_type=spec.repo_type,
+                repo_id=spec.repo_id, commit=commit, files=entries, refs=refs,
+                access="public", title=f"Synced from {self.upstream.name}", parent=parent)
+        return SyncResult(str(spec), spec.repo_id, commit, len(files), len(fetched),
+                          sum(d.size for d in fetched.values()), unchanged=False)
+
+    def _has_snapshot(self, spec: SyncSpec, commit: str) -> bool:
+        try:
+            self.catalog.snapshot(self.catalog.repo(spec.hub, spec.repo_type, spec.repo_id),
+                                  commit)
+            return True
+        except LookupError:
+            return False
+
+    def _known(self, f: RemoteFile) -> BlobRecord | None:
+        record = (self.catalog.blob(f.sha256) if f.lfs and f.sha256
+                  else self.catalog.blob_by_git_sha1(f.git_sha1))
+        if record is None or not self.store.has(record.sha256):
+            return None
+        if f.lfs and f.size >= 4 * 1024 * 1024 and not record.piece_length:
+            return None  # known only as a plain git blob: fetch again for its piece hashes
+        return record
+
+    def _check_space(self, the_plan: Plan) -> None:
+        free = shutil.disk_usage(self.store.root).free - self.min_free
+        if the_plan.fetch_bytes > free:
+            raise InsufficientSpace(the_plan.fetch_bytes, max(free, 0), str(self.store.root))
+
+    async def _fetch_all(self, spec: SyncSpec, commit: str, the_plan: Plan) -> dict[str, Digests]:
+        gate = asyncio.Semaphore(self.parallel)
+        done: dict[str, Digests] = {}
+        failures: list[FileFailed] = []
+        bar = tqdm(total=the_plan.fetch_bytes, unit="B", unit_scale=True, unit_divisor=1024,
+                   desc=spec.repo_id, disable=not self.progress, leave=False)
+
+        async def one(f: RemoteFile) -> None:
+            async with gate:
+                try:
+                    done[f.path] = digests = await self._fetch(spec, commit, f, bar.update)
+                    self.catalog.put_blob(digests)
+                    log.info("%s: %s verified (%d bytes)", spec.repo_id, f.path, f.size)
+                except FileFailed as e:
+                    log.warning("%s: %s", spec.repo_id, e)
+                    failures.append(e)
+
+        try:
+            async with asyncio.TaskGroup() as group:
+                for f in the_plan.fetch:
+                    group.create_task(one(f))
+        finally:
+            bar.close()
+        if failures:
+            raise SyncFailed(spec.repo_id, sorted(failures, key=lambda e: e.path))
+        return done
+
+    async def _fetch(self, spec: SyncSpec, commit: str, f: RemoteFile,
+                     progress: Callable[[int], None]) -> Digests:
+        key = f.sha256 if f.lfs else f.git_sha1
+        expected = Expected(size=f.size, sha256=f.sha256 if f.lfs else None,
+                            git_sha1=None if f.lfs else f.git_sha1)
+        writer = await asyncio.to_thread(self.store.resumable_writer, key, f.size, lfs=f.lfs,
+                                         expected=expected)
+        progress(writer.written)
+        for attempt in range(2):
+            try:
+                await self._transfer(spec, commit, f, writer, progress)
+                return await asyncio.to_thread(writer.commit)
+            except IntegrityError as e:
+                # The bytes are discarded (commit() already did): one more try from zero.
+                if not writer.done:
+                    writer.abort()
+                if attempt == 1:
+                    raise FileFailed(f.path, f"{e} (expected: the upstream's published value; "
+                                             f"got: what its bytes hash to)") from e
+                log.warning("%s: %s: %s; fetching it again from the start", spec.repo_id,
+                            f.path, e)
+                writer = await asyncio.to_thread(self.store.resumable_writer, key, f.size,
+                                                 lfs=f.lfs, expected=expected)
+            except UpstreamError as e:
+                writer.pause()
+                raise FileFailed(f.path, str(e)) from e
+            except BaseException:
+                writer.pause()  # cancelled or killed: keep the bytes for the next run
+                raise
+        raise AssertionError("unreachable")
+
+    async def _transfer(self, spec: SyncSpec, commit: str, f: RemoteFile, writer,
+                        progress: Callable[[int], None]) -> None:
+        """Fill the writer up to the file's size, resuming with Range after every cut."""
+        stalls = 0
+        while writer.written < f.size or (f.size == 0 and stalls == 0):
+            before = writer.written
+            batch = bytearray()
+            try:
+                async for chunk in self.upstream.open(spec.repo_type, spec.repo_id, commit,
+                                                      f.path, writer.written):
+                    if writer.written + len(batch) + len(chunk) > f.size:
+                        raise IntegrityError("size", str(f.size),
+                                             f"more than {f.size} bytes from upstream")
+                    batch += chunk
+                    if len(batch) >= WRITE_BATCH:
+                        await asyncio.to_thread(writer.write, bytes(batch))
+                        progress(len(batch))
+                        batch = bytearray()
+                if batch:
+                    await asyncio.to_thread(writer.write, bytes(batch))
+                    progress(len(batch))
+                if f.size == 0 or writer.written == f.size:
+                    return
+                raise UpstreamError(f"{f.path}: the upstream ended the file at {writer.written} "
+                                    f"of {f.size} bytes")
+            except UpstreamError:
+                if batch:
+                    await asyncio.to_thread(writer.write, bytes(batch))
+                    progress(len(batch))
+                stalls = 0 if writer.written > before else stalls + 1
+                if stalls >= STALLS:
+                    raise
+                log.info("%s: %s cut at %d of %d bytes; resuming", spec.repo_id, f.path,
+                         writer.written, f.size)
+
+
+def _ref(revision: str) -> tuple[str, str]:
+    for prefix, kind in (("refs/heads/", "branch"), ("refs/tags/", "tag"), ("refs/pr/", "pr"),
+                         ("refs/convert/", "convert")):
+        if revision.startswith(prefix):
+            return kind, revision[len(prefix):]
+    return "branch", revision

@@ -1,0 +1,223 @@
+"""Any Hugging Face-compatible endpoint as an upstream: huggingface.co, hf-mirror, olah, or
+another weightswarm mirror (whose base URL may carry a /hubs/<hub> prefix).
+
+We are the client here (PROTOCOLS.md section 1): repo info for the commit, the recursive tree
+with cursor pagination, and `resolve` for the bytes, following redirects to other hosts
+without our token. Xet is never used: its headers and `xetHash` fields are ignored, and
+`resolve` still serves every file over plain HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from urllib.parse import quote, urljoin, urlsplit
+
+import aiohttp
+
+from peer.hfformat import TYPE_PLURAL, TYPE_URL_PREFIX
+from peer.paths import is_commit
+
+from . import GatedUpstream, GoneUpstream, RemoteFile, UpstreamError, UpstreamRefused
+from .polite import Bandwidth, RequestBudget, backoff, retry_after
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1024 * 1024
+MAX_REDIRECTS = 10
+MAX_PAGES = 100_000
+
+
+class HuggingFace:
+    def __init__(self, endpoint: str, *, token: str | None = None, name: str = "huggingface",
+                 requests_per_5min: int = 500, bandwidth: float | None = None,
+                 connections_per_host: int = 8, timeout: float = 60.0, retries: int = 5):
+        self.endpoint = endpoint.rstrip("/")
+        self.name = name
+        self.token = token
+        self.budget = RequestBudget(requests_per_5min)
+        self.bandwidth = Bandwidth(bandwidth)
+        self.retries = retries
+        self._connections = connections_per_host
+        self._timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
+        self._session: aiohttp.ClientSession | None = None
+        self._host = urlsplit(self.endpoint).netloc
+        #: requests sent, for tests and logs
+        self.requests = 0
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=self._timeout, auto_decompress=False,
+                connector=aiohttp.TCPConnector(limit_per_host=self._connections),
+                headers={"User-Agent": "weightswarm/0.1"},
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _headers(self, url: str, extra: dict | None = None) -> dict:
+        headers = dict(extra or {})
+        # The token goes to the hub's own host only, never to a CDN a redirect names.
+        if self.token and urlsplit(url).netloc == self._host:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return headers
+
+    async def _send(self, method: str, url: str, headers: dict | None = None
+                    ) -> aiohttp.ClientResponse:
+        """One request with the upstream's manners: the budget first, then 429s waited out as
+        asked, 5xx and network failures retried with backoff; a refusal raised by its
+        `X-Error-Code` (HF answers 401 for a private repo and for a missing one alike)."""
+        attempt = 0
+        while True:
+            await self.budget.acquire()
+            self.requests += 1
+            try:
+                response = await self._client().request(
+                    method, url, headers=self._headers(url, headers), allow_redirects=False)
+            except (TimeoutError, aiohttp.ClientError) as e:
+                if attempt >= self.retries:
+                    raise UpstreamError(f"{self.name}: {method} {url}: {e!r}") from e
+                await asyncio.sleep(backoff(attempt))
+                attempt += 1
+                continue
+            if response.status < 400:
+                return response
+            body = await response.text(errors="replace")
+            response.release()
+            if response.status in (429, 503) or response.status >= 500:
+                if attempt >= self.retries:
+                    raise UpstreamError(f"{self.name}: {method} {url}: HTTP {response.status}")
+                wait = retry_after(response.headers)
+                if wait is None:
+                    wait = backoff(attempt)
+                log.info("%s answered %d; waiting %.1fs", self.name, response.status, wait)
+                await asyncio.sleep(wait)
+                attempt += 1
+                continue
+            raise _refusal(self.name, response, body)
+
+    async def _json(self, url: str):
+        for _ in range(MAX_REDIRECTS):  # a renamed repo answers with a redirect
+            response = await self._send("GET", url)
+            if response.status not in (301, 302, 303, 307, 308):
+                break
+            location = response.headers.get("Location")
+            response.release()
+            if not location:
+                raise UpstreamError(f"{self.name}: a redirect without Location at {url}")
+            url = urljoin(url, location)
+        else:
+            raise UpstreamError(f"{self.name}: more than {MAX_REDIRECTS} redirects at {url}")
+        try:
+            return await response.json(content_type=None), response.headers.get("Link")
+        except ValueError as e:
+            raise UpstreamError(f"{self.name}: {url} answered something that is not JSON") from e
+        finally:
+            response.release()
+
+    def _api(self, repo_type: str, repo_id: str) -> str:
+        return f"{self.endpoint}/api/{TYPE_PLURAL[repo_type]}/{repo_id}"
+
+    async def resolve(self, repo_type: str, repo_id: str, revision: str) -> str:
+        url = f"{self._api(repo_type, repo_id)}/revision/{quote(revision, safe='')}"
+        info, _ = await self._json(url)
+        sha = info.get("sha") if isinstance(info, dict) else None
+        if not isinstance(sha, str) or not is_commit(sha):
+            raise UpstreamError(f"{self.name}: {repo_id}@{revision}: no commit sha in repo info")
+        return sha
+
+    async def _pages(self, url: str) -> AsyncIterator[list]:
+        for _ in range(MAX_PAGES):
+            page, link = await self._json(url)
+            if not isinstance(page, list):
+                raise UpstreamError(f"{self.name}: {url} answered no list")
+            yield page
+            next_url = _next_link(link)
+            if not next_url:
+                return
+            url = urljoin(url, next_url)
+        raise UpstreamError(f"{self.name}: more than {MAX_PAGES} pages at {url}")
+
+    async def list_files(self, repo_type: str, repo_id: str, commit: str) -> list[RemoteFile]:
+        url = f"{self._api(repo_type, repo_id)}/tree/{commit}?recursive=true&expand=false"
+        files = []
+        async for page in self._pages(url):
+            for entry in page:
+                if not isinstance(entry, dict) or entry.get("type") != "file":
+                    continue
+                lfs = entry.get("lfs")
+                files.append(RemoteFile(
+                    path=entry.get("path"), size=entry.get("size"), git_sha1=entry.get("oid"),
+                    sha256=lfs.get("oid") if isinstance(lfs, dict) else None,
+                    lfs=isinstance(lfs, dict),
+                ))
+        return files
+
+    async def list_author(self, repo_type: str, author: str) -> list[str]:
+        url = f"{self.endpoint}/api/{TYPE_PLURAL[repo_type]}?author={quote(author, safe='')}"
+        ids = []
+        async for page in self._pages(url):
+            ids.extend(item["id"] for item in page if isinstance(item, dict) and "id" in item)
+        return ids
+
+    async def open(self, repo_type: str, repo_id: str, commit: str, path: str,
+                   offset: int = 0) -> AsyncIterator[bytes]:
+        """The file's bytes from `offset`, following redirects (to a CDN: without our token)."""
+        url = (f"{self.endpoint}/{TYPE_URL_PREFIX[repo_type]}{repo_id}/resolve/{commit}/"
+               f"{quote(path)}")
+        headers = {"Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        for _ in range(MAX_REDIRECTS):
+            response = await self._send("GET", url, headers)
+            if response.status in (301, 302, 303, 307, 308):
+                location = response.headers.get("Location")
+                response.release()
+                if not location:
+                    raise UpstreamError(f"{self.name}: a redirect without Location at {url}")
+                url = urljoin(url, location)
+                continue
+            break
+        else:
+            raise UpstreamError(f"{self.name}: more than {MAX_REDIRECTS} redirects for {path}")
+        try:
+            skip = offset if (offset and response.status == 200) else 0  # Range ignored
+            async for chunk in response.content.iter_chunked(CHUNK):
+                if skip:
+                    dropped = min(skip, len(chunk))
+                    chunk, skip = chunk[dropped:], skip - dropped
+                    if not chunk:
+                        continue
+                await self.bandwidth.consume(len(chunk))
+                yield chunk
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise UpstreamError(f"{self.name}: {path}: transfer cut: {e!r}") from e
+        finally:
+            response.release()
+
+
+def _next_link(header: str | None) -> str | None:
+    if not header:
+        return None
+    for part in header.split(","):
+        if 'rel="next"' in part or "rel=next" in part:
+            start, end = part.find("<"), part.find(">")
+            if 0 <= start < end:
+                return part[start + 1 : end]
+    return None
+
+
+def _refusal(name: str, response: aiohttp.ClientResponse, body: str) -> UpstreamRefused:
+    code = response.headers.get("X-Error-Code")
+    message = response.headers.get("X-Error-Message") or body[:300] or f"HTTP {response.status}"
+    text = f"{name}: {message} (HTTP {response.status}{', ' + code if code else ''})"
+    if code == "GatedRepo":
+        return GatedUpstream(text, code)
+    if code in ("RepoNotFound", "RevisionNotFound", "EntryNotFound"):
+        return GoneUpstream(text, code)
+    return UpstreamRefused(text, code)
