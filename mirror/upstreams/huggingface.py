@@ -126,6 +126,9 @@ class HuggingFace:
     async def resolve(self, repo_type: str, repo_id: str, revision: str) -> str:
         url = f"{self._api(repo_type, repo_id)}/revision/{quote(revision, safe='')}"
         info, _ = await self._json(url)
+        if isinstance(info, dict) and info.get("gated") and not self.token:
+            raise GatedUpstream(f"{self.name}: {repo_id} is gated (GatedRepo): mirroring it "
+                                f"needs a token whose user accepted its terms", "GatedRepo")
         sha = info.get("sha") if isinstance(info, dict) else None
         if not isinstance(sha, str) or not is_commit(sha):
             raise UpstreamError(f"{self.name}: {repo_id}@{revision}: no commit sha in repo info")
