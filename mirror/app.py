@@ -309,15 +309,29 @@ async def _resources(app: web.Application):
     app[ANSWERS] = CatalogAnswers(config.catalog_path)
     app[PUBLIC_KEY] = public_key_text(key)
     log.info("mirror home %s, key %s", config.home, app[PUBLIC_KEY])
-    flusher = asyncio.create_task(_flush_access_log())
+    tasks = [asyncio.create_task(_flush_access_log())]
+    if config.mirror.syncs:
+        tasks.append(asyncio.create_task(_scheduler(config).run()))
     yield
-    flusher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await flusher
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
     _flush_handlers(access_log)
     app[ANSWERS].close()
     await loop.run_in_executor(thread, catalog.close)
     thread.shutdown(wait=True)
+
+
+def _scheduler(config: Config):
+    from .sync import parse_spec
+    from .syncjobs import Scheduler, SyncJob
+
+    jobs = [SyncJob(parse_spec(j["spec"], j["include"], j["exclude"]), j["interval"])
+            for j in config.mirror.syncs]
+    log.info("scheduled syncs: %s", ", ".join(f"{j.spec} every {j.interval:.0f}s" for j in jobs))
+    return Scheduler(config, jobs)
 
 
 def _flush_handlers(logger: logging.Logger) -> None:

@@ -110,8 +110,20 @@ def _m3(db: sqlite_utils.Database) -> None:
     db["blobs"].create_index(["git_sha1"])
 
 
+def _m4(db: sqlite_utils.Database) -> None:
+    """Sync runs (for `mirror status`), and repos an archive keeps after the upstream lost them."""
+    db["sync_runs"].create(
+        {"id": int, "spec": str, "pid": int, "started_at": float, "finished_at": float,
+         "status": str, "repo_id": str, "commit_id": str, "files": int, "fetched": int,
+         "bytes": int, "error": str},
+        pk="id", not_null={"spec", "started_at", "status"},
+    )
+    db["sync_runs"].create_index(["started_at"])
+    db.execute("ALTER TABLE repos ADD COLUMN gone_upstream_at REAL")
+
+
 #: MIGRATIONS[i] takes the schema from version i to i + 1.
-MIGRATIONS = [_m1, _m2, _m3]
+MIGRATIONS = [_m1, _m2, _m3, _m4]
 #: sort key of the listing API → column (all sorts are descending unless asked otherwise).
 SORTS = {
     "downloads": "downloads", "likes": "likes", "lastModified": "updated_at",
@@ -132,6 +144,8 @@ class Repo:
     downloads: int = 0
     likes: int = 0
     card: dict = field(default_factory=dict)
+    #: when a sync found the repo deleted upstream (an archive keeps serving it)
+    gone_upstream_at: float | None = None
 
     @property
     def author(self) -> str | None:
@@ -530,6 +544,37 @@ class Catalog:
         return self.conn.execute(
             "SELECT 1 FROM files WHERE sha256 = ? LIMIT 1", (sha256,)).fetchone() is not None
 
+    def mark_gone_upstream(self, repo: Repo, when: float | None) -> None:
+        """Record (or clear, with None) that the upstream no longer has this repo."""
+        with self.transaction() as c:
+            c.execute("UPDATE repos SET gone_upstream_at = ? WHERE id = ?", (when, repo.id))
+
+    def start_run(self, spec: str, pid: int, now: float) -> int:
+        with self.transaction() as c:
+            return c.execute(
+                "INSERT INTO sync_runs (spec, pid, started_at, status) VALUES (?, ?, ?, 'running')",
+                (spec, pid, now),
+            ).lastrowid
+
+    def finish_run(self, run_id: int, now: float, *, status: str, repo_id: str | None = None,
+                   commit: str | None = None, files: int = 0, fetched: int = 0,
+                   nbytes: int = 0, error: str | None = None) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE sync_runs SET finished_at = ?, status = ?, repo_id = ?, commit_id = ?, "
+                "files = ?, fetched = ?, bytes = ?, error = ? WHERE id = ?",
+                (now, status, repo_id, commit, files, fetched, nbytes, error, run_id),
+            )
+
+    def runs(self, limit: int = 50) -> list[dict]:
+        cursor = self.conn.execute(
+            "SELECT id, spec, pid, started_at, finished_at, status, repo_id, commit_id, files, "
+            "fetched, bytes, error FROM sync_runs ORDER BY started_at DESC, id DESC LIMIT ?",
+            (limit,),
+        )
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
     def store_bytes(self) -> int:
         return self.conn.execute("SELECT coalesce(sum(size), 0) FROM blobs").fetchone()[0]
 
@@ -601,7 +646,8 @@ def _list(value) -> list:
 
 _REPO_COLUMNS = (
     "id, hub, type, repo_id, access, created_at, updated_at, downloads, likes, license, "
-    "pipeline_tag, library_name, tags, base_model, datasets, language, card_data"
+    "pipeline_tag, library_name, tags, base_model, datasets, language, card_data, "
+    "gone_upstream_at"
 )
 
 
@@ -626,7 +672,7 @@ def _ref_key(revision: str, c: sqlite3.Connection, repo_pk: int) -> tuple[str, s
 
 def _repo(row: tuple) -> Repo:
     (id_, hub, type_, repo_id, access, created, updated, downloads, likes, license_, pipeline,
-     library, tags, base_model, datasets, language, card_data) = row
+     library, tags, base_model, datasets, language, card_data, gone) = row
     card = {
         "license": license_, "pipeline_tag": pipeline, "library_name": library,
         "tags": json.loads(tags or "[]"), "base_model": json.loads(base_model or "[]"),
@@ -634,4 +680,4 @@ def _repo(row: tuple) -> Repo:
         "card_data": json.loads(card_data or "{}"),
     }
     return Repo(id_, hub, type_, repo_id, access, created, updated, downloads or 0, likes or 0,
-                card)
+                card, gone)

@@ -187,36 +187,53 @@ def mirror_sync(state: State, specs, include, exclude, parallel, progress) -> No
     """
     import asyncio
 
-    from .sync import Syncer, parse_spec
-    from .upstreams.huggingface import HuggingFace
+    from .sync import parse_spec
+    from .syncjobs import run_specs
 
     config = state.config()
     parsed = [parse_spec(s, include, exclude) for s in specs]
-    catalog, store = _open(config)
     show = sys.stderr.isatty() if progress is None else progress
-    settings = config.mirror.upstreams["huggingface"]
+    outcome = asyncio.run(run_specs(config, parsed, parallel=parallel, progress=show))
+    for r in outcome.results:
+        if r.gone:
+            text = "gone upstream, kept (archive)"
+        elif r.unchanged:
+            text = "up to date"
+        else:
+            text = f"{r.files} files, {r.fetched} fetched, {r.bytes_fetched} bytes"
+        click.echo(f"{r.spec}: {r.repo_id}@{r.commit}: {text}")
+    for spec, error in outcome.failures:
+        click.echo(f"error: {spec}: {error}", err=True)
+    if outcome.failures:
+        sys.exit(1)
 
-    async def run() -> list:
-        results = []
-        for spec in parsed:
-            if spec.kind == "hf":
-                upstream = HuggingFace(settings["endpoint"], token=settings["token"],
-                                       requests_per_5min=settings["requests_per_5min"],
-                                       bandwidth=settings["bandwidth"])
-            else:
-                upstream = HuggingFace(spec.endpoint, name=spec.endpoint)
-            try:
-                syncer = Syncer(catalog, store, upstream, parallel=parallel,
-                                min_free=config.mirror.min_free, progress=show)
-                results.extend(await syncer.sync(spec))
-            finally:
-                await upstream.close()
-        return results
 
-    for r in asyncio.run(run()):
-        state_text = "up to date" if r.unchanged else (
-            f"{r.files} files, {r.fetched} fetched, {r.bytes_fetched} bytes")
-        click.echo(f"{r.spec}: {r.repo_id}@{r.commit}: {state_text}")
+@mirror.command("status")
+@click.option("--limit", type=int, default=20, show_default=True)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_obj
+def mirror_status(state: State, limit: int, as_json: bool) -> None:
+    """Syncs that are running, finished or failed, newest first, with the reasons."""
+    import datetime
+
+    from peer.store import _pid_alive
+
+    catalog, _ = _open(state.config())
+    runs = catalog.runs(limit)
+    for run in runs:
+        if run["status"] == "running" and not _pid_alive(run["pid"] or 0):
+            run["status"] = "interrupted"
+    if as_json:
+        click.echo(json.dumps(runs, indent=2))
+        return
+    for run in runs:
+        when = datetime.datetime.fromtimestamp(run["started_at"]).strftime("%Y-%m-%d %H:%M:%S")
+        took = (f" in {run['finished_at'] - run['started_at']:.1f}s"
+                if run["finished_at"] else "")
+        detail = run["error"] or (
+            f"{run['repo_id'] or ''} {(run['commit_id'] or '')[:12]} {run['files'] or 0} files, "
+            f"{run['fetched'] or 0} fetched, {run['bytes'] or 0} bytes")
+        click.echo(f"{when} {run['status']:<11} {run['spec']}{took}: {detail}")
 
 
 @mirror.command("ls")

@@ -73,6 +73,8 @@ class MirrorConfig:
     archive: bool
     min_free: int
     upstreams: dict  # hub → {endpoint, token, requests_per_5min, bandwidth}
+    #: [[mirror.sync]] jobs: {spec, include, exclude, interval (seconds)}
+    syncs: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,45 @@ class Config:
     @property
     def key_path(self) -> Path:
         return self.home / "mirror.key"
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(value: Any, origin: str) -> float:
+    """Seconds from 3600, "3600", "90m", "6h" or "1d"."""
+    text = str(value).strip().lower()
+    try:
+        if text and text[-1] in _UNITS:
+            seconds = float(text[:-1]) * _UNITS[text[-1]]
+        else:
+            seconds = float(text)
+    except ValueError:
+        raise ConfigError(f"{origin}: {value!r} is not a duration (e.g. 3600, 90m, 6h)") from None
+    if seconds < 60:
+        raise ConfigError(f"{origin}: a sync interval under a minute ({value!r}) is impolite")
+    return seconds
+
+
+def _sync_jobs(raw: Any, origin: Path) -> tuple:
+    if not isinstance(raw, list) or not all(isinstance(job, dict) for job in raw):
+        raise ConfigError(f"{origin}: [[mirror.sync]] must be a list of tables")
+    jobs = []
+    for job in raw:
+        unknown = set(job) - {"spec", "include", "exclude", "interval"}
+        if unknown or not isinstance(job.get("spec"), str):
+            raise ConfigError(f"{origin}: a [[mirror.sync]] table needs spec (text) and takes "
+                              f"include, exclude, interval; got {sorted(job)}")
+        patterns = {}
+        for key in ("include", "exclude"):
+            value = job.get(key, [])
+            value = [value] if isinstance(value, str) else value
+            if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+                raise ConfigError(f"{origin}: mirror.sync {key} is a glob or a list of globs")
+            patterns[key] = tuple(value)
+        jobs.append({"spec": job["spec"], **patterns,
+                     "interval": parse_duration(job.get("interval", "6h"), str(origin))})
+    return tuple(jobs)
 
 
 def default_home(env: Mapping[str, str]) -> Path:
@@ -133,6 +174,7 @@ def load_config(
     env = os.environ if env is None else env
     home = Path(home) if home else default_home(env)
     values = {name: s.default for name, s in _BY_NAME.items()}
+    syncs: tuple = ()
 
     path = Path(config_file) if config_file else home / "weightswarm.toml"
     if config_file and not path.is_file():
@@ -142,6 +184,9 @@ def load_config(
             data = tomllib.loads(path.read_text())
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
             raise ConfigError(f"{path}: {e}") from None
+        mirror_table = data.get("mirror")
+        if isinstance(mirror_table, dict):
+            syncs = _sync_jobs(mirror_table.pop("sync", []), path)
         for section, key, value in _flatten(data):
             if section is None:
                 log.warning("%s: ignoring top-level key %r (settings live in sections)", path, key)
@@ -175,6 +220,7 @@ def load_config(
             public_url=public_url,
             archive=values[("mirror", "archive")],
             min_free=values[("mirror", "min_free")],
+            syncs=syncs,
             upstreams={
                 "huggingface": {
                     "endpoint": values[(HF_SECTION, "endpoint")].rstrip("/"),

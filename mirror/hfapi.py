@@ -135,6 +135,9 @@ def repo_info_json(repo: Repo, snapshot: Snapshot, files: list[FileEntry], *, bl
         info["spaces"] = []
         if snapshot.safetensors:
             info["safetensors"] = snapshot.safetensors
+    if repo.gone_upstream_at is not None:
+        # Ours (the client keeps unknown keys): an archive serves what its upstream lost.
+        info["weightswarm"] = {"goneUpstream": True, "goneUpstreamAt": iso_z(repo.gone_upstream_at)}
     if snapshot.invalid_safetensors:
         # Ours, not HF's (the client keeps unknown keys): files served as they are, whose
         # safetensors header did not validate, with the reason.

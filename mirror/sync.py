@@ -16,6 +16,7 @@ import fnmatch
 import logging
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -29,7 +30,14 @@ from peer.store import BlobStore, Expected
 
 from .catalog import BlobRecord, Catalog
 from .snapshots import publish
-from .upstreams import GatedUpstream, RemoteFile, Upstream, UpstreamError, UpstreamRefused
+from .upstreams import (
+    GatedUpstream,
+    GoneUpstream,
+    RemoteFile,
+    Upstream,
+    UpstreamError,
+    UpstreamRefused,
+)
 
 log = logging.getLogger(__name__)
 
@@ -202,17 +210,21 @@ class SyncResult:
     fetched: int
     bytes_fetched: int
     unchanged: bool
+    #: the upstream no longer has it; an archive keeps serving what it holds
+    gone: bool = False
 
 
 class Syncer:
     def __init__(self, catalog: Catalog, store: BlobStore, upstream: Upstream, *,
-                 parallel: int = 4, min_free: int = 0, progress: bool = False):
+                 parallel: int = 4, min_free: int = 0, progress: bool = False,
+                 archive: bool = False):
         self.catalog = catalog
         self.store = store
         self.upstream = upstream
         self.parallel = parallel
         self.min_free = min_free
         self.progress = progress
+        self.archive = archive
 
     async def sync(self, spec: SyncSpec) -> list[SyncResult]:
         if spec.is_author:
@@ -237,8 +249,28 @@ class Syncer:
         except LookupError:
             return None
 
+    def _repo(self, spec: SyncSpec):
+        try:
+            return self.catalog.repo(spec.hub, spec.repo_type, spec.repo_id)
+        except LookupError:
+            return None
+
     async def sync_repo(self, spec: SyncSpec) -> SyncResult:
-        commit = await self.upstream.resolve(spec.repo_type, spec.repo_id, spec.revision)
+        try:
+            commit = await self.upstream.resolve(spec.repo_type, spec.repo_id, spec.revision)
+        except GoneUpstream as e:
+            repo = self._repo(spec)
+            if not (self.archive and repo is not None):
+                raise
+            # An archive loses nothing: keep serving, and say since when upstream lacks it.
+            if repo.gone_upstream_at is None:
+                self.catalog.mark_gone_upstream(repo, time.time())
+            log.warning("%s: gone upstream (%s); kept, as this mirror is an archive", spec, e)
+            return SyncResult(str(spec), spec.repo_id, self._current(spec) or "", 0, 0, 0,
+                              unchanged=True, gone=True)
+        repo = self._repo(spec)
+        if repo is not None and repo.gone_upstream_at is not None:
+            self.catalog.mark_gone_upstream(repo, None)  # back upstream
         refs = [_ref(spec.revision)] if not is_commit(spec.revision) else []
         if self._current(spec) == commit or (not refs and self._has_snapshot(spec, commit)):
             log.info("%s: up to date at %s", spec, commit[:12])

@@ -1,0 +1,105 @@
+"""Running syncs: from the CLI, or on the mirror's schedule while it serves. Each run is
+recorded in the catalog (`weightswarm mirror status` lists them), with the reason when it
+failed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+from peer.errors import WeightswarmError
+from peer.store import BlobStore
+
+from .catalog import Catalog
+from .config import Config
+from .sync import Syncer, SyncResult, SyncSpec
+from .upstreams.huggingface import HuggingFace
+
+log = logging.getLogger(__name__)
+
+
+def upstream_for(config: Config, spec: SyncSpec) -> HuggingFace:
+    if spec.kind == "mirror":
+        return HuggingFace(spec.endpoint, name=spec.endpoint)
+    settings = config.mirror.upstreams["huggingface"]
+    return HuggingFace(settings["endpoint"], token=settings["token"],
+                       requests_per_5min=settings["requests_per_5min"],
+                       bandwidth=settings["bandwidth"])
+
+
+@dataclass
+class Outcome:
+    results: list[SyncResult]
+    failures: list[tuple[SyncSpec, WeightswarmError]]
+
+
+async def run_specs(config: Config, specs: list[SyncSpec], *, parallel: int = 4,
+                    progress: bool = False) -> Outcome:
+    catalog, store = Catalog(config.catalog_path), BlobStore(config.store_dir)
+    outcome = Outcome([], [])
+    try:
+        for spec in specs:
+            run_id = catalog.start_run(str(spec), os.getpid(), time.time())
+            upstream = upstream_for(config, spec)
+            try:
+                syncer = Syncer(catalog, store, upstream, parallel=parallel,
+                                min_free=config.mirror.min_free, progress=progress,
+                                archive=config.mirror.archive)
+                results = await syncer.sync(spec)
+            except WeightswarmError as e:
+                catalog.finish_run(run_id, time.time(), status="failed", error=str(e))
+                outcome.failures.append((spec, e))
+                log.error("sync %s failed: %s", spec, e)
+                continue
+            except BaseException:
+                catalog.finish_run(run_id, time.time(), status="failed", error="interrupted")
+                raise
+            finally:
+                await upstream.close()
+            last = results[-1] if results else None
+            catalog.finish_run(
+                run_id, time.time(), status="ok",
+                repo_id=", ".join(r.repo_id for r in results)[:1000] or None,
+                commit=last.commit if last and len(results) == 1 else None,
+                files=sum(r.files for r in results), fetched=sum(r.fetched for r in results),
+                nbytes=sum(r.bytes_fetched for r in results),
+            )
+            outcome.results.extend(results)
+    finally:
+        catalog.close()
+    return outcome
+
+
+@dataclass(frozen=True)
+class SyncJob:
+    spec: SyncSpec
+    interval: float
+
+
+class Scheduler:
+    """Runs each `[[mirror.sync]]` job at start and then every `interval` seconds, one at a
+    time, each in a thread with its own event loop and catalog connection: a sync's hashing
+    and sqlite work never stall the HTTP server's loop."""
+
+    def __init__(self, config: Config, jobs: list[SyncJob]):
+        self.config = config
+        self.jobs = jobs
+
+    async def run(self) -> None:
+        due = {i: 0.0 for i in range(len(self.jobs))}
+        while True:
+            now = time.monotonic()
+            for i, job in enumerate(self.jobs):
+                if due[i] <= now:
+                    await asyncio.to_thread(self._run_one, job)
+                    due[i] = time.monotonic() + job.interval
+            await asyncio.sleep(max(1.0, min(due.values()) - time.monotonic()))
+
+    def _run_one(self, job: SyncJob) -> None:
+        outcome = asyncio.run(run_specs(self.config, [job.spec]))
+        for r in outcome.results:
+            log.info("scheduled sync %s: %s@%s%s", job.spec, r.repo_id, r.commit[:12],
+                     " (up to date)" if r.unchanged else f", {r.fetched} files fetched")

@@ -1,0 +1,115 @@
+"""Sync runs from the CLI and the scheduler: recorded for `mirror status`, archive mode
+keeping what the upstream lost, and [[mirror.sync]] jobs run while the mirror serves."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from fakehub import FakeHub, tiny_repo_files
+from huggingface_hub import HfApi
+from huggingface_hub.errors import RepositoryNotFoundError
+
+from helpers import make_config
+
+
+@pytest.fixture
+def hub():
+    with FakeHub(page_size=5) as running:
+        yield running
+
+
+def ws(home, hub, *args):
+    env = dict(os.environ, WEIGHTSWARM_MIRROR_UPSTREAMS_HUGGINGFACE_ENDPOINT=hub.url)
+    return subprocess.run([sys.executable, "-m", "mirror.cli", "--home", str(home), *args],
+                          env=env, capture_output=True, text=True, timeout=180)
+
+
+def test_status_lists_finished_and_failed_syncs_with_reasons(tmp_path, hub):
+    home = tmp_path / "home"
+    hub.add_repo("org/model", tiny_repo_files(seed=1))
+    done = ws(home, hub, "mirror", "sync", "hf:org/model", "hf:org/missing", "--no-progress")
+    assert done.returncode == 1, "one spec failed"
+    assert "org/model@" in done.stdout and "RepoNotFound" in done.stderr
+    runs = json.loads(ws(home, hub, "mirror", "status", "--json").stdout)
+    by_spec = {r["spec"]: r for r in runs}
+    assert by_spec["hf:org/model@main"]["status"] == "ok"
+    assert by_spec["hf:org/model@main"]["fetched"] == len(tiny_repo_files(seed=1))
+    failed = by_spec["hf:org/missing@main"]
+    assert failed["status"] == "failed" and "RepoNotFound" in failed["error"]
+    text = ws(home, hub, "mirror", "status").stdout
+    assert "failed" in text and "ok" in text
+
+
+def test_an_archive_keeps_serving_a_repo_gone_upstream_and_says_so(tmp_path, hub, serve):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "weightswarm.toml").write_text("[mirror]\narchive = true\n")
+    files = tiny_repo_files(seed=2)
+    commit = hub.add_repo("org/model", files)
+    assert ws(home, hub, "mirror", "sync", "hf:org/model").returncode == 0
+    hub.add_repo("org/model", files, private=True)  # gone for us: RepoNotFound upstream
+    done = ws(home, hub, "mirror", "sync", "hf:org/model")
+    assert done.returncode == 0, done.stderr
+    assert "gone upstream, kept" in done.stdout
+    mirror = serve(make_config(home))
+    info = HfApi(endpoint=mirror.url).model_info("org/model")
+    assert info.sha == commit
+    assert info.weightswarm["goneUpstream"] is True and info.weightswarm["goneUpstreamAt"]
+
+
+def test_without_archive_a_repo_gone_upstream_is_reported(tmp_path, hub):
+    home = tmp_path / "home"
+    files = tiny_repo_files(seed=3)
+    hub.add_repo("org/model", files)
+    assert ws(home, hub, "mirror", "sync", "hf:org/model").returncode == 0
+    hub.add_repo("org/model", files, private=True)
+    done = ws(home, hub, "mirror", "sync", "hf:org/model")
+    assert done.returncode == 1 and "RepoNotFound" in done.stderr
+
+
+def test_the_scheduler_syncs_configured_repos_while_serving(tmp_path, hub, serve):
+    home = tmp_path / "home"
+    home.mkdir()
+    commit = hub.add_repo("org/scheduled", tiny_repo_files(seed=4))
+    (home / "weightswarm.toml").write_text(
+        f'[mirror.upstreams.huggingface]\nendpoint = "{hub.url}"\n\n'
+        '[[mirror.sync]]\nspec = "hf:org/scheduled"\ninterval = "1h"\n'
+        'exclude = ["*.md"]\n'
+    )
+    from mirror.config import load_config
+
+    config = load_config(home=home, env={}, overrides={("mirror", "port"): 0})
+    assert config.mirror.syncs[0]["interval"] == 3600
+    mirror = serve(config)
+    api = HfApi(endpoint=mirror.url)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            info = api.model_info("org/scheduled")
+            break
+        except RepositoryNotFoundError:
+            time.sleep(0.1)
+    else:
+        pytest.fail("the scheduled sync never published the repo")
+    assert info.sha == commit
+    assert "README.md" not in {s.rfilename for s in info.siblings}, "exclude applied"
+
+
+@pytest.mark.parametrize("table, message", [
+    ('[[mirror.sync]]\ninterval = "1h"\n', "needs spec"),
+    ('[[mirror.sync]]\nspec = "hf:a/b"\ninterval = "5s"\n', "under a minute"),
+    ('[[mirror.sync]]\nspec = "hf:a/b"\ninterval = "often"\n', "not a duration"),
+    ('[[mirror.sync]]\nspec = "hf:a/b"\ninclude = 3\n', "glob"),
+])
+def test_bad_sync_jobs_are_refused(tmp_path, table, message):
+    from mirror.config import load_config
+    from peer.errors import ConfigError
+
+    (tmp_path / "weightswarm.toml").write_text(table)
+    with pytest.raises(ConfigError, match=message):
+        load_config(home=tmp_path, env={})
