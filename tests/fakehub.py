@@ -202,13 +202,16 @@ class FakeHub:
 
     def __init__(self, *, page_size: int = 3, rate_limit_every: int = 0, retry_after: float = 0,
                  cut_large_files: bool = False, large_file: int = 8 * 1024 * 1024,
-                 xet: bool = True):
+                 xet: bool = True, send_rate: float | None = None):
         self.page_size = max(1, page_size)
         self.rate_limit_every = rate_limit_every
         self.retry_after = retry_after
         self.cut_large_files = cut_large_files
         self.large_file = large_file
         self.xet = xet
+        #: bytes/s at which large bodies leave (None: as fast as the socket takes them): a slow
+        #: upstream, whose client has little in flight when it is killed
+        self.send_rate = send_rate
         self.url = ""
         self.cdn_url = ""
         self.requests: list[tuple[str, str]] = []
@@ -525,6 +528,8 @@ class FakeHub:
                 chunk = view[start : start + STREAM_CHUNK]
                 await response.write(chunk)
                 self.bytes_served += len(chunk)
+                if self.send_rate:
+                    await asyncio.sleep(len(chunk) / self.send_rate)
             await response.write_eof()
             return response
         response.content_length = len(body)

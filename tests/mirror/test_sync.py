@@ -188,13 +188,12 @@ def test_include_and_exclude_select_files(hub, config):
 
 def test_kill_9_mid_sync_resumes_without_refetching_and_never_shows_a_partial(tmp_path):
     size = 64 * MiB
-    with FakeHub(page_size=50) as hub:
+    with FakeHub(page_size=50, send_rate=24 * MiB) as hub:
         big = os.urandom(size)
         hub.add_repo("org/big", {"model.safetensors": b"", "weights.bin": big,
                                  "config.json": b"{}"}, lfs={"weights.bin"})
         home = tmp_path / "home"
-        env = dict(os.environ, WEIGHTSWARM_MIRROR_UPSTREAMS_HUGGINGFACE_ENDPOINT=hub.url,
-                   WEIGHTSWARM_MIRROR_UPSTREAMS_HUGGINGFACE_BANDWIDTH=str(24 * MiB))
+        env = dict(os.environ, WEIGHTSWARM_MIRROR_UPSTREAMS_HUGGINGFACE_ENDPOINT=hub.url)
         command = [sys.executable, "-m", "mirror.cli", "--home", str(home), "mirror", "sync",
                    "hf:org/big", "--no-progress"]
         process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
@@ -216,7 +215,7 @@ def test_kill_9_mid_sync_resumes_without_refetching_and_never_shows_a_partial(tm
         sha = hashlib.sha256(big).hexdigest()
         assert not BlobStore(home / "store").has(sha), "no partial blob is ever visible"
 
-        env.pop("WEIGHTSWARM_MIRROR_UPSTREAMS_HUGGINGFACE_BANDWIDTH")
+        hub.send_rate = None
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert hub.bytes_served <= size + 8 * MiB + 1024, (
