@@ -202,7 +202,7 @@ class FakeHub:
 
     def __init__(self, *, page_size: int = 3, rate_limit_every: int = 0, retry_after: float = 0,
                  cut_large_files: bool = False, large_file: int = 8 * 1024 * 1024,
-                 xet: bool = True, send_rate: float | None = None):
+                 xet: bool = True, send_rate: float | None = None, redirect_lfs: bool = True):
         self.page_size = max(1, page_size)
         self.rate_limit_every = rate_limit_every
         self.retry_after = retry_after
@@ -212,6 +212,8 @@ class FakeHub:
         #: bytes/s at which large bodies leave (None: as fast as the socket takes them): a slow
         #: upstream, whose client has little in flight when it is killed
         self.send_rate = send_rate
+        #: False: LFS files are served by the hub itself, no 302 to the CDN (for benchmarks)
+        self.redirect_lfs = redirect_lfs
         self.url = ""
         self.cdn_url = ""
         self.requests: list[tuple[str, str]] = []
@@ -458,6 +460,9 @@ class FakeHub:
         headers = {"X-Repo-Commit": commit.sha}
         if not entry.lfs:
             headers["ETag"] = f'"{entry.git_sha1}"'
+            return await self._send(request, self._bytes(entry.sha256), headers, cut=False)
+        if not self.redirect_lfs:
+            headers.update({"ETag": f'"{entry.sha256}"', "X-Linked-Size": str(entry.size)})
             return await self._send(request, self._bytes(entry.sha256), headers, cut=False)
         sig = hashlib.sha256(b"cdn-key:" + entry.sha256.encode()).hexdigest()[:32]
         headers.update({

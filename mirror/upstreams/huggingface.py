@@ -89,6 +89,10 @@ class HuggingFace:
                 return response
             body = await response.text(errors="replace")
             response.release()
+            if response.status == 416:
+                # Asked from an offset at or past the end: the file is shorter than listed.
+                raise UpstreamError(f"{self.name}: {url}: HTTP 416, the file ends before "
+                                    f"{(headers or {}).get('Range', 'the range asked')}")
             if response.status in (429, 503) or response.status >= 500:
                 if attempt >= self.retries:
                     raise UpstreamError(f"{self.name}: {method} {url}: HTTP {response.status}")
