@@ -185,6 +185,7 @@ def mirror_sync(state: State, specs, include, exclude, parallel, progress) -> No
       hf-datasets:org/name[@rev]
       mirror:<base-url>#org/name[@rev]   any HF-compatible endpoint, e.g. another mirror,
                                its base URL with /hubs/<hub> for another hub's repos
+      local:/abs/folder#org/name[@branch]   a folder, as `mirror import` reads it
     """
     import asyncio
 

@@ -57,11 +57,11 @@ class SyncSpec:
     """What to keep synced: `hf:org/name@rev`, `hf:org/*`, `hf-datasets:org/name`, or
     `mirror:<base-url>#org/name@rev` (another HF-compatible endpoint, prefix allowed)."""
 
-    kind: str  # "hf" or "mirror"
+    kind: str  # "hf", "mirror" or "local"
     repo_type: str
     repo_id: str  # may be "org/*": every repo of that author
     revision: str = "main"
-    endpoint: str | None = None  # for mirror: specs
+    endpoint: str | None = None  # the base URL of mirror: specs, the folder of local: ones
     hub: str = "huggingface"  # the catalog namespace the repos land in
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
@@ -71,17 +71,25 @@ class SyncSpec:
         return self.repo_id.endswith("/*")
 
     def __str__(self) -> str:
-        where = f"mirror:{self.endpoint}#" if self.kind == "mirror" else (
-            "hf-datasets:" if self.repo_type == "dataset" else "hf:")
+        if self.kind in ("mirror", "local"):
+            where = f"{self.kind}:{self.endpoint}#"
+        else:
+            where = "hf-datasets:" if self.repo_type == "dataset" else "hf:"
         return f"{where}{self.repo_id}@{self.revision}"
 
 
 def parse_spec(text: str, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> SyncSpec:
     text = text.strip()
     kind, sep, rest = text.partition(":")
-    if not sep or kind not in ("hf", "hf-datasets", "mirror"):
-        raise BadRequest(f"{text!r}: a sync spec starts with hf:, hf-datasets: or mirror:")
+    if not sep or kind not in ("hf", "hf-datasets", "mirror", "local"):
+        raise BadRequest(f"{text!r}: a sync spec starts with hf:, hf-datasets:, mirror: or local:")
     endpoint, hub = None, "huggingface"
+    if kind == "local":
+        endpoint, sharp, rest = rest.partition("#")
+        if not sharp or not endpoint.startswith("/"):
+            raise BadRequest(f"{text!r}: local specs are local:<absolute folder>#<repo id>")
+        if rest.endswith("/*"):
+            raise BadRequest(f"{text!r}: a folder is one repo")
     if kind == "mirror":
         endpoint, sharp, rest = rest.partition("#")
         if not sharp or not endpoint.startswith(("http://", "https://")):

@@ -9,6 +9,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from peer.errors import WeightswarmError
 from peer.store import BlobStore
@@ -16,12 +17,16 @@ from peer.store import BlobStore
 from .catalog import Catalog
 from .config import Config
 from .sync import Syncer, SyncResult, SyncSpec
+from .upstreams import Upstream
 from .upstreams.huggingface import HuggingFace
+from .upstreams.local import LocalFolder
 
 log = logging.getLogger(__name__)
 
 
-def upstream_for(config: Config, spec: SyncSpec) -> HuggingFace:
+def upstream_for(config: Config, spec: SyncSpec) -> Upstream:
+    if spec.kind == "local":
+        return LocalFolder(Path(spec.endpoint))
     if spec.kind == "mirror":
         return HuggingFace(spec.endpoint, name=spec.endpoint)
     settings = config.mirror.upstreams["huggingface"]

@@ -113,3 +113,20 @@ def test_bad_sync_jobs_are_refused(tmp_path, table, message):
     (tmp_path / "weightswarm.toml").write_text(table)
     with pytest.raises(ConfigError, match=message):
         load_config(home=tmp_path, env={})
+
+
+def test_a_folder_synced_with_local_gets_the_same_commit_as_its_import(tmp_path, hub):
+    from helpers import make_tiny_model
+
+    tiny = make_tiny_model(tmp_path / "tiny")
+    imported = ws(tmp_path / "a", hub, "mirror", "import", str(tiny), "--repo", "org/tiny",
+                  "--no-progress")
+    synced = ws(tmp_path / "b", hub, "mirror", "sync", f"local:{tiny}#org/tiny")
+    assert imported.returncode == 0 and synced.returncode == 0, synced.stderr
+    commit = imported.stdout.split("@", 1)[1].split()[0]
+    assert f"org/tiny@{commit}" in synced.stdout
+    again = ws(tmp_path / "b", hub, "mirror", "sync", f"local:{tiny}#org/tiny")
+    assert "up to date" in again.stdout
+    (tiny / "vocab.txt").write_text("changed\n")
+    changed = ws(tmp_path / "b", hub, "mirror", "sync", f"local:{tiny}#org/tiny")
+    assert "1 fetched" in changed.stdout, changed.stdout

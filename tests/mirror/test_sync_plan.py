@@ -100,3 +100,13 @@ def test_the_request_budget_waits_for_the_window():
     assert budget.delay(200.0) == pytest.approx(200.0), "the first of two expires at 400"
     assert budget.delay(401.0) == 0.0, "one fell out of the window"
     assert RequestBudget(0).delay(0.0) == 0.0, "0 means unlimited"
+
+
+def test_local_specs_parse_and_refuse_relative_folders():
+    spec = parse_spec("local:/data/models/tiny#org/tiny@dev")
+    assert (spec.kind, spec.endpoint, spec.repo_id, spec.revision) == (
+        "local", "/data/models/tiny", "org/tiny", "dev")
+    assert str(spec) == "local:/data/models/tiny#org/tiny@dev"
+    for bad in ("local:relative#org/x", "local:/abs", "local:/abs#org/*"):
+        with pytest.raises(BadRequest):
+            parse_spec(bad)
