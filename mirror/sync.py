@@ -412,7 +412,7 @@ class Syncer:
 
             try:
                 async for chunk in self.upstream.open(spec.repo_type, spec.repo_id, commit,
-                                                      f.path, writer.written):
+                                                      f.path, writer.written, expect=f):
                     if writer.written + fill + len(chunk) > f.size:
                         raise IntegrityError("size", str(f.size),
                                              f"more than {f.size} bytes from upstream")

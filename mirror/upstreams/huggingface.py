@@ -16,6 +16,7 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import aiohttp
 
+from peer.errors import IntegrityError
 from peer.hfformat import TYPE_PLURAL, TYPE_URL_PREFIX
 from peer.paths import is_commit
 
@@ -173,8 +174,11 @@ class HuggingFace:
         return ids
 
     async def open(self, repo_type: str, repo_id: str, commit: str, path: str,
-                   offset: int = 0) -> AsyncIterator[bytes]:
-        """The file's bytes from `offset`, following redirects (to a CDN: without our token)."""
+                   offset: int = 0, *, expect: RemoteFile | None = None) -> AsyncIterator[bytes]:
+        """The file's bytes from `offset`, following redirects (to a CDN: without our token).
+
+        A redirect's `X-Linked-Size` and `X-Linked-Etag` say what the hub will send: when they
+        contradict the listing (`expect`), the file is refused before a byte is fetched."""
         url = (f"{self.endpoint}/{TYPE_URL_PREFIX[repo_type]}{repo_id}/resolve/{commit}/"
                f"{quote(path)}")
         headers = {"Accept-Encoding": "identity"}
@@ -184,7 +188,11 @@ class HuggingFace:
             response = await self._send("GET", url, headers)
             if response.status in (301, 302, 303, 307, 308):
                 location = response.headers.get("Location")
+                linked = (response.headers.get("X-Linked-Size"),
+                          response.headers.get("X-Linked-Etag"))
                 response.release()
+                if expect is not None:
+                    _check_linked(path, expect, *linked)
                 if not location:
                     raise UpstreamError(f"{self.name}: a redirect without Location at {url}")
                 url = urljoin(url, location)
@@ -206,6 +214,16 @@ class HuggingFace:
             raise UpstreamError(f"{self.name}: {path}: transfer cut: {e!r}") from e
         finally:
             response.release()
+
+
+def _check_linked(path: str, expect: RemoteFile, size: str | None, etag: str | None) -> None:
+    if size is not None and size.strip().isdigit() and int(size) != expect.size:
+        raise IntegrityError(f"{path}: X-Linked-Size", str(expect.size), size.strip())
+    if etag:
+        value = etag.strip().removeprefix("W/").strip('"')
+        wanted = expect.sha256 if expect.lfs else expect.git_sha1
+        if len(value) in (40, 64) and value != wanted:
+            raise IntegrityError(f"{path}: X-Linked-Etag", str(wanted), value)
 
 
 def _next_link(header: str | None) -> str | None:

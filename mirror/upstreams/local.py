@@ -66,7 +66,7 @@ class LocalFolder:
         return []
 
     async def open(self, repo_type: str, repo_id: str, commit: str, path: str,
-                   offset: int = 0) -> AsyncIterator[bytes]:
+                   offset: int = 0, *, expect: RemoteFile | None = None) -> AsyncIterator[bytes]:
         target = resolve_inside(self.root, path)
         f = await asyncio.to_thread(open, target, "rb")
         try:

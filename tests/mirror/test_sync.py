@@ -224,3 +224,18 @@ def test_kill_9_mid_sync_resumes_without_refetching_and_never_shows_a_partial(tm
         assert catalog.resolve(repo, "main")
         assert BlobStore(home / "store").verify(sha)
         catalog.close()
+
+
+def test_a_redirect_whose_linked_etag_contradicts_the_listing_is_refused_before_fetching(hub,
+                                                                                      config):
+    files = tiny_repo_files(seed=11)
+    hub.add_repo("org/model", files)
+    shard = next(p for p in files if p.endswith(".safetensors"))
+    true_sha = hashlib.sha256(files[shard]).hexdigest()
+    raw = [{"type": "file", "path": shard, "size": len(files[shard]), "oid": "c" * 40,
+            "lfs": {"oid": "d" * 64, "size": len(files[shard]), "pointerSize": 134}}]
+    hub.set_raw_tree("org/model", raw)
+    with pytest.raises(SyncFailed, match="X-Linked-Etag") as failed:
+        sync(config, hub, "hf:org/model")
+    assert true_sha in str(failed.value) and "d" * 64 in str(failed.value)
+    assert hub.cdn_requests == [], "refused on the redirect, before the CDN was asked"
