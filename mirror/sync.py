@@ -46,7 +46,7 @@ MAX_FILE_SIZE = 1 << 50
 #: transfer attempts for one file that make no progress before it fails
 STALLS = 5
 #: bytes gathered before a write (in a thread); also what a kill can lose of a transfer
-WRITE_BATCH = 1024 * 1024
+WRITE_BATCH = 4 * 1024 * 1024
 
 
 # -- specs ---------------------------------------------------------------------------------------
