@@ -284,6 +284,11 @@ class Syncer:
         if self._current(spec) == commit or (not refs and self._has_snapshot(spec, commit)):
             log.info("%s: up to date at %s", spec, commit[:12])
             return SyncResult(str(spec), spec.repo_id, commit, 0, 0, 0, unchanged=True)
+        if refs and refs[0] == ("branch", spec.revision):
+            # A plain name may be a branch or a tag upstream: ask (only when something changed,
+            # so an unchanged repo still costs one request).
+            kind = await self.upstream.ref_kind(spec.repo_type, spec.repo_id, spec.revision)
+            refs = [(kind, spec.revision)]
         listed = await self.upstream.list_files(spec.repo_type, spec.repo_id, commit)
         files = select(validate(listed), spec.include, spec.exclude)
         the_plan = plan(files, self._known)

@@ -139,6 +139,15 @@ class HuggingFace:
             raise UpstreamError(f"{self.name}: {repo_id}@{revision}: no commit sha in repo info")
         return sha
 
+    async def ref_kind(self, repo_type: str, repo_id: str, revision: str) -> str:
+        """'tag' when the upstream's refs list `revision` among its tags, else 'branch'."""
+        refs, _ = await self._json(f"{self._api(repo_type, repo_id)}/refs")
+        tags = refs.get("tags") if isinstance(refs, dict) else None
+        if isinstance(tags, list) and any(isinstance(t, dict) and t.get("name") == revision
+                                          for t in tags):
+            return "tag"
+        return "branch"
+
     async def _pages(self, url: str) -> AsyncIterator[list]:
         for _ in range(MAX_PAGES):
             page, link = await self._json(url)

@@ -65,6 +65,9 @@ class LocalFolder:
     async def list_author(self, repo_type: str, author: str) -> list[str]:
         return []
 
+    async def ref_kind(self, repo_type: str, repo_id: str, revision: str) -> str:
+        return "branch"  # a folder import moves a branch
+
     async def open(self, repo_type: str, repo_id: str, commit: str, path: str,
                    offset: int = 0, *, expect: RemoteFile | None = None) -> AsyncIterator[bytes]:
         target = resolve_inside(self.root, path)

@@ -38,9 +38,9 @@ def test_mirror_b_syncs_from_mirror_a_at_the_root_and_under_a_hub_prefix(tmp_pat
     b = serve(make_config(home_b))
     a_api, b_api = HfApi(endpoint=a.url), HfApi(endpoint=b.url)
     assert b_api.model_info("org/plain").sha == a_api.model_info("org/plain").sha
-    assert [t.name for t in b_api.list_repo_refs("org/plain").branches] == ["main", "v1"], (
-        "a revision synced by name becomes a ref of that name (tags land as branches: the "
-        "resolve call does not say which it is)")
+    refs = b_api.list_repo_refs("org/plain")
+    assert [r.name for r in refs.branches] == ["main"] and [r.name for r in refs.tags] == ["v1"], (
+        "a revision synced by name becomes the same kind of ref it is upstream")
     for endpoint, repo in ((b.url, "org/plain"), (f"{b.url}/hubs/modelscope", "org/ms")):
         local = Path(snapshot_download(repo, endpoint=endpoint, cache_dir=tmp_path / "cache"))
         for f in tiny.rglob("*"):

@@ -239,3 +239,17 @@ def test_a_redirect_whose_linked_etag_contradicts_the_listing_is_refused_before_
         sync(config, hub, "hf:org/model")
     assert true_sha in str(failed.value) and "d" * 64 in str(failed.value)
     assert hub.cdn_requests == [], "refused on the redirect, before the CDN was asked"
+
+
+def test_a_tag_upstream_lands_as_a_tag_and_a_pinned_commit_as_a_snapshot(hub, config, serve):
+    files = tiny_repo_files(seed=12)
+    first = hub.add_repo("org/model", files, tags=("v1.0",))
+    second = hub.add_repo("org/model", dict(files, **{"config.json": b"{}"}))
+    sync(config, hub, "hf:org/model@v1.0")
+    sync(config, hub, "hf:org/model")
+    sync(config, hub, f"hf:org/model@{first}")
+    api = HfApi(endpoint=serve(config).url)
+    refs = api.list_repo_refs("org/model")
+    assert {(r.name, r.target_commit) for r in refs.tags} == {("v1.0", first)}
+    assert {(r.name, r.target_commit) for r in refs.branches} == {("main", second)}
+    assert api.model_info("org/model", revision=first).sha == first
