@@ -372,9 +372,15 @@ async def start(config: Config) -> tuple[web.AppRunner, int]:
     return runner, port
 
 
-async def serve(config: Config) -> None:
-    """Serve until SIGINT or SIGTERM, then close connections and the catalog cleanly."""
+async def serve(config: Config, *, with_tracker: bool = False) -> None:
+    """Serve until SIGINT or SIGTERM, then close connections and the catalog cleanly. The
+    all-in-one node runs the tracker in the same process and loop."""
     runner, _ = await start(config)
+    tracker = None
+    if with_tracker:
+        from tracker import app as tracker_app
+
+        tracker = await tracker_app.start(config.tracker)
     # Everything alive now lives as long as the server: keep it out of the collector's scans,
     # and collect the young generation less often; full collections otherwise show as the
     # tail of request latency.
@@ -389,4 +395,8 @@ async def serve(config: Config) -> None:
         await stop.wait()
         log.info("mirror stopping")
     finally:
+        if tracker is not None:
+            tracker_runner, udp, _ = tracker
+            udp.close()
+            await tracker_runner.cleanup()
         await runner.cleanup()

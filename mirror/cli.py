@@ -18,6 +18,7 @@ import click
 
 from peer.errors import WeightswarmError
 from peer.store import BlobStore
+from tracker.cli import tracker as tracker_group
 
 from .config import SETTINGS, Config, load_config
 
@@ -30,11 +31,10 @@ class State:
         self.home = home
 
     def config(self, **overrides) -> Config:
-        return load_config(
-            home=self.home,
-            config_file=self.config_file,
-            overrides={("mirror", k): v for k, v in overrides.items()},
-        )
+        return self.load({("mirror", k): v for k, v in overrides.items()})
+
+    def load(self, overrides: dict) -> Config:
+        return load_config(home=self.home, config_file=self.config_file, overrides=overrides)
 
 
 def _setup_logging(verbose: int) -> None:
@@ -81,16 +81,18 @@ def cli(ctx: click.Context, config_file: Path | None, home: Path | None, verbose
     ctx.obj = State(config_file, home)
 
 
-def _serve(state: State, host: str | None, port: int | None) -> None:
+def _serve(state: State, host: str | None, port: int | None,
+           tracker_port: int | None = None, *, with_tracker: bool = False) -> None:
     import asyncio
 
     from .app import serve
 
-    config = state.config(host=host, port=port)
+    config = state.load({("mirror", "host"): host, ("mirror", "port"): port,
+                         ("tracker", "host"): host, ("tracker", "port"): tracker_port})
     # The standard loop, not uvloop: uvloop has no native sendfile, and blob transfers fell to
     # half (16 concurrent range GETs, ops/bench/serve.py) for no clear gain in request rate.
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, with_tracker=with_tracker))
     except KeyboardInterrupt:
         pass
 
@@ -102,10 +104,15 @@ _port = click.option("--port", type=int, help="port to bind, 0 for any [default:
 @cli.command()
 @_host
 @_port
+@click.option("--tracker-port", type=int,
+              help="tracker port, HTTP and UDP, 0 for any [default: 6969]")
 @click.pass_obj
-def serve(state: State, host: str | None, port: int | None) -> None:
-    """Run the all-in-one node (for now: the mirror's HTTP API)."""
-    _serve(state, host, port)
+def serve(state: State, host: str | None, port: int | None, tracker_port: int | None) -> None:
+    """Run the all-in-one node: the mirror's HTTP API and the tracker, in one process."""
+    _serve(state, host, port, tracker_port, with_tracker=True)
+
+
+cli.add_command(tracker_group)
 
 
 @cli.group()

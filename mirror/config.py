@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from peer.errors import ConfigError
+from tracker.config import TrackerConfig, parse_sites
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,16 @@ SETTINGS = [
             "never remove anything: rm and gc refuse, syncs keep what the upstream removed"),
     Setting("mirror", "min_free", int, 16 * 1024 * 1024,
             "bytes an import must leave free on the store's disk"),
+    Setting("tracker", "host", str, "127.0.0.1", "address the tracker binds (HTTP and UDP)"),
+    Setting("tracker", "port", int, 6969, "tracker port, HTTP and UDP (0: any free port)"),
+    Setting("tracker", "interval", int, 1800, "seconds between a peer's announces"),
+    Setting("tracker", "min_interval", int, 60, "the least a peer may wait between announces"),
+    Setting("tracker", "mirrors", list, [], "mirrors' BitTorrent endpoints, ip:port"),
+    Setting("tracker", "keys_file", str, None, "private-swarm keys, one per line"),
+    Setting("tracker", "trusted_proxies", list, ["127.0.0.0/8", "::1/128"],
+            "addresses whose ip= is believed"),
+    Setting("tracker", "max_swarms", int, 1_000_000, "swarms held in memory at most"),
+    Setting("tracker", "max_peers", int, 5_000_000, "peers held in memory at most"),
     Setting("mirror.upstreams.huggingface", "endpoint", str, "https://huggingface.co",
             "the Hugging Face-compatible endpoint hf: specs sync from"),
     Setting("mirror.upstreams.huggingface", "token", str, None,
@@ -81,6 +92,7 @@ class MirrorConfig:
 class Config:
     home: Path
     mirror: MirrorConfig
+    tracker: TrackerConfig = TrackerConfig()
 
     @property
     def store_dir(self) -> Path:
@@ -156,6 +168,12 @@ def _coerce(setting: Setting, value: Any, origin: str) -> Any:
             raise ValueError(value)
         if setting.type is int and isinstance(value, bool):
             raise ValueError(value)
+        if setting.type is list:
+            if isinstance(value, str):  # from the environment: comma-separated
+                return [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(value)
+            return list(value)
         return setting.type(value)
     except (TypeError, ValueError):
         raise ConfigError(
@@ -175,6 +193,7 @@ def load_config(
     home = Path(home) if home else default_home(env)
     values = {name: s.default for name, s in _BY_NAME.items()}
     syncs: tuple = ()
+    sites: tuple = ()
 
     path = Path(config_file) if config_file else home / "weightswarm.toml"
     if config_file and not path.is_file():
@@ -187,6 +206,12 @@ def load_config(
         mirror_table = data.get("mirror")
         if isinstance(mirror_table, dict):
             syncs = _sync_jobs(mirror_table.pop("sync", []), path)
+        tracker_table = data.get("tracker")
+        if isinstance(tracker_table, dict):
+            try:
+                sites = parse_sites(tracker_table.pop("sites", []))
+            except ValueError as e:
+                raise ConfigError(f"{path}: {e}") from None
         for section, key, value in _flatten(data):
             if section is None:
                 log.warning("%s: ignoring top-level key %r (settings live in sections)", path, key)
@@ -212,8 +237,18 @@ def load_config(
     port = values[("mirror", "port")]
     if not 0 <= port <= 65535:
         raise ConfigError(f"mirror.port must be 0-65535, got {port}")
+    t = {key: values[("tracker", key)] for (section, key) in _BY_NAME if section == "tracker"}
+    if not 0 <= t["port"] <= 65535:
+        raise ConfigError(f"tracker.port must be 0-65535, got {t['port']}")
+    tracker = TrackerConfig(
+        host=t["host"], port=t["port"], interval=t["interval"], min_interval=t["min_interval"],
+        peer_ttl=2 * t["interval"] + 300, sites=sites, mirrors=frozenset(t["mirrors"]),
+        keys_file=t["keys_file"], trusted_proxies=tuple(t["trusted_proxies"]),
+        max_swarms=t["max_swarms"], max_peers=t["max_peers"],
+    )
     return Config(
         home=home,
+        tracker=tracker,
         mirror=MirrorConfig(
             host=values[("mirror", "host")],
             port=port,

@@ -1,0 +1,281 @@
+"""The tracker service: HTTP (`/announce`, `/scrape`) and BEP 15 UDP on the same port number,
+around the pure swarm table and wire formats.
+
+Every refusal is a bencoded `failure reason` with status 200 on HTTP and an error packet on
+UDP; garbage UDP is ignored or answered with an error, never a crash. UDP connection ids are
+an HMAC of the client's address and the current minute: valid for about two minutes, nothing
+stored per client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import logging
+import random
+import secrets
+import struct
+import time
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
+
+from .config import Locality, TrackerConfig
+from .swarm import Peer, Refused, SwarmTable, select_peers
+from .wire import (
+    ANNOUNCE,
+    CONNECT,
+    PROTOCOL_ID,
+    SCRAPE,
+    Announce,
+    announce_body,
+    failure_body,
+    parse_announce,
+    parse_scrape,
+    parse_udp,
+    parse_udp_announce,
+    parse_udp_scrape,
+    scrape_body,
+    udp_announce_answer,
+    udp_connect_answer,
+    udp_error,
+    udp_scrape_answer,
+)
+
+log = logging.getLogger(__name__)
+
+TRACKER = web.AppKey("tracker", "Tracker")
+CONNECTION_WINDOW = 60  # seconds; an id is accepted in its minute and the next
+
+
+class Tracker:
+    """The tracker's state and decisions, shared by the HTTP and UDP front ends."""
+
+    def __init__(self, config: TrackerConfig, *, rng: random.Random | None = None):
+        self.config = config
+        self.table = SwarmTable(ttl=config.peer_ttl, max_swarms=config.max_swarms,
+                                max_peers=config.max_peers)
+        self.locality = Locality(config.sites)
+        self.rng = rng or random.Random()
+        self.secret = secrets.token_bytes(32)
+        self.trusted = [ipaddress.ip_network(n, strict=False) for n in config.trusted_proxies]
+        self.registry = CollectorRegistry()
+        self.requests = Counter("weightswarm_tracker_requests", "Announces and scrapes",
+                                ["protocol", "kind", "result"], registry=self.registry)
+        self.swarms_gauge = Gauge("weightswarm_tracker_swarms", "Swarms held",
+                                  registry=self.registry)
+        self.peers_gauge = Gauge("weightswarm_tracker_peers", "Peers held", registry=self.registry)
+        self.seeders_gauge = Gauge("weightswarm_tracker_seeders", "Complete peers held",
+                                   registry=self.registry)
+        self._refusals_logged: dict[str, float] = {}
+
+    def ip_trusted(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(address.version == n.version and address in n for n in self.trusted)
+
+    def announce(self, a: Announce, now: float) -> tuple[list[Peer], int, int]:
+        site, region = self.locality.where(a.ip)
+        peer = Peer(a.peer_id, a.ip, a.port, a.left, now,
+                    mirror=f"{a.ip}:{a.port}" in self.config.mirrors, site=site, region=region)
+        swarm = self.table.announce(a.info_hash, peer, a.event, now)
+        complete, incomplete = swarm.counts()
+        if a.event == "stopped":
+            return [], complete, incomplete
+        peers = select_peers(swarm, peer, a.numwant, now, self.config.peer_ttl,
+                             tiered=bool(self.config.sites), rng=self.rng)
+        return peers, complete, incomplete
+
+    def scrape(self, hashes: list[bytes]) -> dict[bytes, tuple[int, int, int]]:
+        return {h: self.table.scrape(h) for h in hashes}
+
+    def connection_id(self, addr: tuple, minute: int) -> int:
+        message = f"{addr[0]}|{addr[1]}|{minute}".encode()
+        return int.from_bytes(hmac.new(self.secret, message, hashlib.sha256).digest()[:8], "big")
+
+    def connection_ok(self, connection_id: int, addr: tuple, now: float) -> bool:
+        minute = int(now // CONNECTION_WINDOW)
+        return connection_id in (self.connection_id(addr, minute),
+                                 self.connection_id(addr, minute - 1))
+
+    def refused(self, protocol: str, kind: str, reason: str) -> None:
+        self.requests.labels(protocol, kind, "refused").inc()
+        now = time.monotonic()
+        key = f"{protocol} {kind}: {reason}"
+        if now - self._refusals_logged.get(key, -60.0) >= 60:  # one line a minute per class
+            self._refusals_logged[key] = now
+            log.info("refused %s", key)
+
+
+# -- HTTP -------------------------------------------------------------------------------------------
+
+
+def _bencoded(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="text/plain")
+
+
+async def http_announce(request: web.Request) -> web.Response:
+    tracker = request.app[TRACKER]
+    remote = request.remote or ""
+    try:
+        a = parse_announce(request.query_string, remote, ip_trusted=tracker.ip_trusted(remote))
+        peers, complete, incomplete = tracker.announce(a, time.time())
+    except Refused as e:
+        tracker.refused("http", "announce", str(e))
+        return _bencoded(failure_body(str(e)))
+    tracker.requests.labels("http", "announce", "ok").inc()
+    return _bencoded(announce_body(peers, complete, incomplete,
+                                   interval=tracker.config.interval,
+                                   min_interval=tracker.config.min_interval,
+                                   compact=a.compact, no_peer_id=a.no_peer_id))
+
+
+async def http_scrape(request: web.Request) -> web.Response:
+    tracker = request.app[TRACKER]
+    try:
+        hashes = parse_scrape(request.query_string)
+    except Refused as e:
+        tracker.refused("http", "scrape", str(e))
+        return _bencoded(failure_body(str(e)))
+    tracker.requests.labels("http", "scrape", "ok").inc()
+    return _bencoded(scrape_body(tracker.scrape(hashes)))
+
+
+async def stats(request: web.Request) -> web.Response:
+    table = request.app[TRACKER].table
+    seeders = sum(s.counts()[0] for s in table.swarms.values())
+    return web.json_response({"swarms": len(table.swarms), "peers": table.peer_count,
+                              "seeders": seeders})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    tracker = request.app[TRACKER]
+    table = tracker.table
+    tracker.swarms_gauge.set(len(table.swarms))
+    tracker.peers_gauge.set(table.peer_count)
+    tracker.seeders_gauge.set(sum(s.counts()[0] for s in table.swarms.values()))
+    return web.Response(body=generate_latest(tracker.registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+# -- UDP ----------------------------------------------------------------------------------------------
+
+
+class UdpTracker(asyncio.DatagramProtocol):
+    def __init__(self, tracker: Tracker):
+        self.tracker = tracker
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        try:
+            answer = self.answer(data, addr, time.time())
+        except Exception:  # a bug must not take the tracker down; the packet gets no answer
+            log.exception("UDP packet from %s failed", addr[0])
+            return
+        if answer is not None and self.transport is not None:
+            self.transport.sendto(answer, addr)
+
+    def answer(self, data: bytes, addr, now: float) -> bytes | None:
+        req = parse_udp(data)
+        if req is None:
+            return None  # too short to carry a transaction id: ignored
+        tracker = self.tracker
+        if req.action == CONNECT:
+            if req.connection_id != PROTOCOL_ID:
+                tracker.refused("udp", "connect", "bad protocol id")
+                return udp_error(req.transaction_id, "bad protocol id")
+            tracker.requests.labels("udp", "connect", "ok").inc()
+            minute = int(now // CONNECTION_WINDOW)
+            return udp_connect_answer(req.transaction_id, tracker.connection_id(addr, minute))
+        if not tracker.connection_ok(req.connection_id, addr, now):
+            tracker.refused("udp", "request", "unknown or expired connection id")
+            return udp_error(req.transaction_id, "unknown or expired connection id")
+        try:
+            if req.action == ANNOUNCE:
+                a = parse_udp_announce(req, addr[0])
+                peers, complete, incomplete = tracker.announce(a, now)
+                tracker.requests.labels("udp", "announce", "ok").inc()
+                return udp_announce_answer(req.transaction_id, tracker.config.interval,
+                                           incomplete, complete, peers, v6=":" in addr[0])
+            if req.action == SCRAPE:
+                stats = tracker.scrape(parse_udp_scrape(req))
+                tracker.requests.labels("udp", "scrape", "ok").inc()
+                return udp_scrape_answer(req.transaction_id, [stats[h] for h in stats])
+            raise Refused("unknown action")
+        except (Refused, struct.error) as e:
+            tracker.refused("udp", str(req.action), str(e))
+            return udp_error(req.transaction_id, str(e))
+
+
+# -- the service ----------------------------------------------------------------------------------
+
+
+async def _expire(tracker: Tracker) -> None:
+    while True:
+        await asyncio.sleep(min(60, tracker.config.peer_ttl))
+        dropped = tracker.table.expire(time.time())
+        if dropped:
+            log.info("expired %d peers", dropped)
+
+
+def create_app(config: TrackerConfig, tracker: Tracker | None = None) -> web.Application:
+    # A long request line gets our bencoded refusal instead of aiohttp's plain 400.
+    app = web.Application(handler_args={"max_line_size": 131072})
+    app[TRACKER] = tracker or Tracker(config)
+
+    async def background(app: web.Application):
+        task = asyncio.create_task(_expire(app[TRACKER]))
+        yield
+        task.cancel()
+
+    app.cleanup_ctx.append(background)
+    app.router.add_get("/announce", http_announce)
+    app.router.add_get("/scrape", http_scrape)
+    app.router.add_get("/api/weightswarm/stats", stats)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+async def start(config: TrackerConfig):
+    """Start HTTP and UDP on the configured port (0: any free port, the same for both when
+    it can be had); returns (runner, udp transport, port)."""
+    tracker = Tracker(config)
+    runner = web.AppRunner(create_app(config, tracker), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    port = runner.addresses[0][1]
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(lambda: UdpTracker(tracker),
+                                                       local_addr=(config.host, port))
+    log.info("tracker listening on http://%s:%d/announce and udp://%s:%d", config.host, port,
+             config.host, port)
+    return runner, transport, port
+
+
+async def serve(config: TrackerConfig) -> None:
+    import signal
+
+    runner, transport, _ = await start(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        transport.close()
+        await runner.cleanup()

@@ -1,0 +1,162 @@
+"""Swarm state and peer selection, as plain data and functions that take `now`.
+
+A swarm is keyed by the 20-byte info-hash any client announces (v1 SHA-1, or a v2 SHA-256
+truncated). Announcing is O(1): a dict of swarms, each a dict of peers by peer id. Selection
+follows BITTORRENT.md section 2: tiers by site and region from the CIDR map (none without a
+map), complete peers first within a tier, a few slots reserved for random farther peers so the
+swarm stays connected, and a leecher always gets the nearest mirror (every mirror while no
+peer is complete).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+MAX_NUMWANT = 50
+DEFAULT_NUMWANT = 50
+#: a complete peer needs no seeds; it gets at most this many leechers to serve
+COMPLETE_NUMWANT = 5
+
+
+class Refused(Exception):
+    """A refusal the tracker answers with a `failure reason`."""
+
+
+@dataclass
+class Peer:
+    peer_id: bytes
+    ip: str
+    port: int
+    left: int
+    last_seen: float
+    mirror: bool = False
+    site: str | None = None
+    region: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.left == 0
+
+    @property
+    def endpoint(self) -> tuple[str, int]:
+        return self.ip, self.port
+
+
+@dataclass
+class Swarm:
+    peers: dict[bytes, Peer] = field(default_factory=dict)
+    downloaded: int = 0  # completed events seen
+    private: bool = False
+
+    def counts(self) -> tuple[int, int]:
+        """(complete, incomplete)."""
+        complete = sum(1 for p in self.peers.values() if p.left == 0)
+        return complete, len(self.peers) - complete
+
+
+class SwarmTable:
+    def __init__(self, *, ttl: float, max_swarms: int = 1_000_000, max_peers: int = 5_000_000):
+        self.ttl = ttl
+        self.max_swarms = max_swarms
+        self.max_peers = max_peers
+        self.swarms: dict[bytes, Swarm] = {}
+        self.peer_count = 0
+
+    def announce(self, info_hash: bytes, peer: Peer, event: str, now: float) -> Swarm:
+        swarm = self.swarms.get(info_hash)
+        if swarm is None:
+            if event == "stopped":
+                return Swarm()
+            if len(self.swarms) >= self.max_swarms:
+                raise Refused("tracker is full: too many swarms")
+            swarm = self.swarms[info_hash] = Swarm()
+        old = swarm.peers.pop(peer.peer_id, None)
+        if old is None:
+            # The same peer from another id but the same endpoint is the same peer restarted.
+            for pid, other in list(swarm.peers.items()):
+                if other.endpoint == peer.endpoint:
+                    del swarm.peers[pid]
+                    self.peer_count -= 1
+        else:
+            self.peer_count -= 1
+        if event == "stopped":
+            if not swarm.peers:
+                del self.swarms[info_hash]
+            return swarm
+        if self.peer_count >= self.max_peers:
+            raise Refused("tracker is full: too many peers")
+        if event == "completed" and (old is None or old.left > 0):
+            swarm.downloaded += 1
+        peer.last_seen = now
+        swarm.peers[peer.peer_id] = peer
+        self.peer_count += 1
+        return swarm
+
+    def expire(self, now: float) -> int:
+        """Drop peers not heard from within the ttl, and swarms left empty."""
+        dropped = 0
+        for info_hash in list(self.swarms):
+            swarm = self.swarms[info_hash]
+            stale = [pid for pid, p in swarm.peers.items() if now - p.last_seen > self.ttl]
+            for pid in stale:
+                del swarm.peers[pid]
+            dropped += len(stale)
+            if not swarm.peers:
+                del self.swarms[info_hash]
+        self.peer_count -= dropped
+        return dropped
+
+    def scrape(self, info_hash: bytes) -> tuple[int, int, int]:
+        """(complete, downloaded, incomplete) of one swarm; zeros for an unknown one."""
+        swarm = self.swarms.get(info_hash)
+        if swarm is None:
+            return 0, 0, 0
+        complete, incomplete = swarm.counts()
+        return complete, swarm.downloaded, incomplete
+
+
+def _tier(requester: Peer, other: Peer, tiered: bool) -> int:
+    if not tiered:
+        return 2
+    if requester.site is not None and other.site == requester.site:
+        return 0
+    if requester.region is not None and other.region == requester.region:
+        return 1
+    return 2
+
+
+def select_peers(swarm: Swarm, requester: Peer, numwant: int | None, now: float, ttl: float,
+                 *, tiered: bool, rng: random.Random) -> list[Peer]:
+    """Which peers an announce returns (BITTORRENT.md section 2)."""
+    want = DEFAULT_NUMWANT if numwant is None or numwant < 0 else min(numwant, MAX_NUMWANT)
+    if requester.complete:
+        want = min(want, COMPLETE_NUMWANT)
+    candidates = [
+        p for p in swarm.peers.values()
+        if p.peer_id != requester.peer_id and p.endpoint != requester.endpoint
+        and now - p.last_seen <= ttl and not (requester.complete and p.complete)
+    ]
+    if want == 0 or not candidates:
+        return []
+    rng.shuffle(candidates)
+    # Nearest tier first; within a tier mirrors and complete peers first, then random.
+    candidates.sort(key=lambda p: (_tier(requester, p, tiered), not p.mirror, not p.complete))
+    if len(candidates) <= want:
+        return candidates
+    chosen: list[Peer] = []
+    if not requester.complete:
+        mirrors = [p for p in candidates if p.mirror]
+        if not any(p.complete and not p.mirror for p in candidates):
+            chosen.extend(mirrors[:want])  # no complete peer yet: every mirror
+        elif mirrors:
+            chosen.append(mirrors[0])  # the nearest mirror
+    reserved = max(1, want * 15 // 100) if tiered else 0
+    taken = {id(p) for p in chosen}
+    near = [p for p in candidates if id(p) not in taken]
+    chosen.extend(near[: max(0, want - len(chosen) - reserved)])
+    taken = {id(p) for p in chosen}
+    farther = [p for p in candidates if id(p) not in taken]
+    rng.shuffle(farther)
+    chosen.extend(farther[: want - len(chosen)])
+    return chosen
