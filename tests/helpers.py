@@ -201,3 +201,38 @@ class DroppingProxy:
     def close(self) -> None:
         self._closed = True
         self._listener.close()
+
+
+@dataclass
+class RunningTracker:
+    port: int
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+    runner: object
+    udp: object
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        async def close():
+            self.udp.close()
+            await self.runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(30)
+        self.loop.close()
+
+
+def start_tracker(config) -> RunningTracker:
+    """The real tracker (HTTP and UDP on one port) in its own loop in a daemon thread."""
+    from tracker import app as tracker_app
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="tracker", daemon=True)
+    thread.start()
+    runner, udp, port = asyncio.run_coroutine_threadsafe(
+        tracker_app.start(config), loop).result(30)
+    return RunningTracker(port, loop, thread, runner, udp)

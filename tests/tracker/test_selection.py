@@ -1,0 +1,116 @@
+"""Peer selection and swarm state: pure functions over data and `now`."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from tracker.config import Locality, parse_sites
+from tracker.swarm import MAX_NUMWANT, Peer, Refused, SwarmTable, select_peers
+
+SITES = parse_sites([
+    {"cidr": "127.1.0.0/16", "site": "s1", "region": "eu"},
+    {"cidr": "127.2.0.0/16", "site": "s2", "region": "eu"},
+    {"cidr": "127.3.0.0/16", "site": "s3", "region": "us"},
+])
+LOCALITY = Locality(SITES)
+
+
+def peer(n: int, ip: str, *, left: int = 100, mirror: bool = False) -> Peer:
+    site, region = LOCALITY.where(ip)
+    return Peer(b"%020d" % n, ip, 6000 + n % 1000, left, 0.0, mirror, site, region)
+
+
+def swarm_of(peers: list[Peer], now: float = 0.0):
+    table = SwarmTable(ttl=100)
+    for p in peers:
+        table.announce(b"h" * 20, p, "started", now)
+    return table, table.swarms[b"h" * 20]
+
+
+def test_the_locality_map_picks_the_longest_prefix():
+    sites = parse_sites([{"cidr": "10.0.0.0/8", "site": "big"},
+                         {"cidr": "10.1.0.0/16", "site": "small", "region": "r"}])
+    where = Locality(sites).where
+    assert where("10.1.2.3") == ("small", "r") and where("10.9.9.9") == ("big", None)
+    assert where("192.0.2.1") == (None, None) and where("not an ip") == (None, None)
+    with pytest.raises(ValueError):
+        parse_sites([{"cidr": "10.0.0.0/33", "site": "x"}])
+
+
+def test_a_leecher_gets_its_site_first_the_reserved_far_slots_and_the_mirror():
+    rng = random.Random(7)
+    near = [peer(i, f"127.1.0.{i}") for i in range(1, 60)]
+    region = [peer(100 + i, f"127.2.0.{i}") for i in range(1, 30)]
+    far = [peer(200 + i, f"127.3.0.{i}") for i in range(1, 30)]
+    mirror = peer(300, "127.2.9.9", left=0, mirror=True)
+    seed = peer(301, "127.3.9.9", left=0)
+    _, swarm = swarm_of([*near, *region, *far, mirror, seed])
+    me = peer(999, "127.1.9.9")
+    tiers = Counter()
+    for _ in range(200):  # over many announces, not one
+        chosen = select_peers(swarm, me, 50, 0.0, 100, tiered=True, rng=rng)
+        assert len(chosen) == 50 and me not in chosen
+        assert mirror in chosen, "a leecher always gets the nearest mirror"
+        tiers.update(p.site for p in chosen)
+    share_near = tiers["s1"] / sum(tiers.values())
+    assert 0.75 <= share_near <= 0.90, f"same-site share {share_near:.2f}"
+    assert tiers["s2"] + tiers["s3"] > 200 * 2, "reserved slots go to farther peers"
+
+
+def test_every_mirror_while_no_peer_is_complete():
+    mirrors = [peer(i, f"127.3.0.{i}", left=0, mirror=True) for i in range(1, 4)]
+    leechers = [peer(10 + i, f"127.1.0.{i}") for i in range(1, 80)]
+    _, swarm = swarm_of([*mirrors, *leechers])
+    chosen = select_peers(swarm, peer(999, "127.1.9.9"), 50, 0.0, 100, tiered=True,
+                          rng=random.Random(1))
+    assert all(m in chosen for m in mirrors)
+
+
+def test_without_a_map_the_choice_is_random_and_numwant_is_clamped():
+    _, swarm = swarm_of([peer(i, f"10.0.{i // 250}.{i % 250}") for i in range(300)])
+    me = peer(999, "10.9.9.9")
+    assert len(select_peers(swarm, me, 10**9, 0.0, 100, tiered=False,
+                            rng=random.Random(2))) == MAX_NUMWANT
+    assert len(select_peers(swarm, me, 7, 0.0, 100, tiered=False, rng=random.Random(2))) == 7
+    assert select_peers(swarm, me, 0, 0.0, 100, tiered=False, rng=random.Random(2)) == []
+
+
+def test_a_complete_peer_gets_few_leechers_and_no_seeds():
+    seeds = [peer(i, f"10.0.0.{i}", left=0) for i in range(1, 20)]
+    leechers = [peer(50 + i, f"10.0.1.{i}") for i in range(1, 20)]
+    _, swarm = swarm_of([*seeds, *leechers])
+    chosen = select_peers(swarm, peer(999, "10.9.9.9", left=0), 50, 0.0, 100, tiered=False,
+                          rng=random.Random(3))
+    assert 0 < len(chosen) <= 5 and not any(p.complete for p in chosen)
+
+
+def test_table_replaces_by_peer_id_and_endpoint_counts_completed_and_expires():
+    table = SwarmTable(ttl=100)
+    h = b"x" * 20
+    table.announce(h, Peer(b"a" * 20, "10.0.0.1", 1, 10, 0), "started", 0)
+    table.announce(h, Peer(b"a" * 20, "10.0.0.1", 2, 10, 0), "", 1)  # new port, same id
+    assert [p.port for p in table.swarms[h].peers.values()] == [2]
+    table.announce(h, Peer(b"b" * 20, "10.0.0.1", 2, 10, 0), "", 2)  # new id, same endpoint
+    assert list(table.swarms[h].peers) == [b"b" * 20] and table.peer_count == 1
+    table.announce(h, Peer(b"b" * 20, "10.0.0.1", 2, 0, 0), "completed", 3)
+    table.announce(h, Peer(b"b" * 20, "10.0.0.1", 2, 0, 0), "completed", 4)
+    assert table.scrape(h) == (1, 1, 0), "completed counts once per download"
+    table.announce(h, Peer(b"c" * 20, "10.0.0.2", 3, 5, 0), "started", 50)
+    assert table.expire(now=120) == 1 and table.scrape(h) == (0, 1, 1)
+    table.announce(h, Peer(b"c" * 20, "10.0.0.2", 3, 5, 0), "stopped", 121)
+    assert h not in table.swarms and table.peer_count == 0
+
+
+def test_the_table_refuses_beyond_its_bounds():
+    table = SwarmTable(ttl=100, max_swarms=2, max_peers=3)
+    for i in range(2):
+        table.announce(bytes([i]) * 20, Peer(bytes([i]) * 20, "10.0.0.1", 1 + i, 1, 0),
+                       "started", 0)
+    with pytest.raises(Refused, match="swarms"):
+        table.announce(b"z" * 20, Peer(b"z" * 20, "10.0.0.9", 9, 1, 0), "started", 0)
+    table.announce(b"\0" * 20, Peer(b"p" * 20, "10.0.0.5", 5, 1, 0), "started", 0)
+    with pytest.raises(Refused, match="peers"):
+        table.announce(b"\0" * 20, Peer(b"q" * 20, "10.0.0.6", 6, 1, 0), "started", 0)
