@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import ipaddress
 import logging
+import os
 import random
 import secrets
 import struct
@@ -76,6 +77,55 @@ class Tracker:
         self.seeders_gauge = Gauge("weightswarm_tracker_seeders", "Complete peers held",
                                    registry=self.registry)
         self._refusals_logged: dict[str, float] = {}
+        #: info-hashes of private swarms: from the config, and learned from private announces
+        self.private: set[bytes] = set(config.private_hashes)
+        self._keys: frozenset[str] = frozenset()
+        self._keys_stamp: tuple | None = None
+        self._keys_checked = 0.0
+        #: seconds between looks at the keys file (a revocation takes effect within this)
+        self.keys_check_every = 1.0
+
+    def keys(self) -> frozenset[str]:
+        """The keys file, re-read when it changes (checked at most once a second): removing a
+        line revokes that key at once."""
+        path = self.config.keys_file
+        if not path:
+            return frozenset()
+        now = time.monotonic()
+        if now - self._keys_checked >= self.keys_check_every:
+            self._keys_checked = now
+            try:
+                st = os.stat(path)
+                stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            except OSError:
+                stamp = None
+            if stamp != self._keys_stamp:
+                self._keys_stamp = stamp
+                try:
+                    with open(path, encoding="utf-8") as f:
+                        self._keys = frozenset(
+                            line.strip() for line in f
+                            if line.strip() and not line.lstrip().startswith("#"))
+                except OSError:
+                    self._keys = frozenset()
+        return self._keys
+
+    def check_access(self, info_hash: bytes, key: str | None) -> None:
+        """Open announces may not touch a private swarm; private ones need a listed key."""
+        if key is None:
+            if info_hash in self.private:
+                raise Refused("private torrent: announce with your key (/announce/<key>)")
+            return
+        if key not in self.keys():
+            raise Refused("unknown or revoked key")
+        self.private.add(info_hash)
+
+    def scrape_visible(self, hashes: list[bytes], key: str | None) -> dict:
+        """Scrape; a private swarm shows zeros unless the key is valid."""
+        if key is not None and key not in self.keys():
+            raise Refused("unknown or revoked key")
+        return {h: (0, 0, 0) if (h in self.private and key is None) else self.table.scrape(h)
+                for h in hashes}
 
     def ip_trusted(self, ip: str) -> bool:
         try:
@@ -129,6 +179,7 @@ async def http_announce(request: web.Request) -> web.Response:
     remote = request.remote or ""
     try:
         a = parse_announce(request.query_string, remote, ip_trusted=tracker.ip_trusted(remote))
+        tracker.check_access(a.info_hash, request.match_info.get("key"))
         peers, complete, incomplete = tracker.announce(a, time.time())
     except Refused as e:
         tracker.refused("http", "announce", str(e))
@@ -144,11 +195,12 @@ async def http_scrape(request: web.Request) -> web.Response:
     tracker = request.app[TRACKER]
     try:
         hashes = parse_scrape(request.query_string)
+        stats = tracker.scrape_visible(hashes, request.match_info.get("key"))
     except Refused as e:
         tracker.refused("http", "scrape", str(e))
         return _bencoded(failure_body(str(e)))
     tracker.requests.labels("http", "scrape", "ok").inc()
-    return _bencoded(scrape_body(tracker.scrape(hashes)))
+    return _bencoded(scrape_body(stats))
 
 
 async def stats(request: web.Request) -> web.Response:
@@ -206,12 +258,13 @@ class UdpTracker(asyncio.DatagramProtocol):
         try:
             if req.action == ANNOUNCE:
                 a = parse_udp_announce(req, addr[0])
+                tracker.check_access(a.info_hash, None)  # BEP 15 carries no key
                 peers, complete, incomplete = tracker.announce(a, now)
                 tracker.requests.labels("udp", "announce", "ok").inc()
                 return udp_announce_answer(req.transaction_id, tracker.config.interval,
                                            incomplete, complete, peers, v6=":" in addr[0])
             if req.action == SCRAPE:
-                stats = tracker.scrape(parse_udp_scrape(req))
+                stats = tracker.scrape_visible(parse_udp_scrape(req), None)
                 tracker.requests.labels("udp", "scrape", "ok").inc()
                 return udp_scrape_answer(req.transaction_id, [stats[h] for h in stats])
             raise Refused("unknown action")
@@ -244,6 +297,8 @@ def create_app(config: TrackerConfig, tracker: Tracker | None = None) -> web.App
     app.cleanup_ctx.append(background)
     app.router.add_get("/announce", http_announce)
     app.router.add_get("/scrape", http_scrape)
+    app.router.add_get("/announce/{key}", http_announce)
+    app.router.add_get("/scrape/{key}", http_scrape)
     app.router.add_get("/api/weightswarm/stats", stats)
     app.router.add_get("/metrics", metrics)
     return app

@@ -1,0 +1,61 @@
+"""Private swarms (BEP 27): a per-user key in the path, revocable by removing its line."""
+
+from __future__ import annotations
+
+from urllib.parse import quote_from_bytes
+
+import pytest
+from test_contract import compact, get, pid
+
+from helpers import start_tracker
+from tracker.app import TRACKER
+from tracker.config import TrackerConfig
+
+PRIVATE = b"\x30" * 20
+
+
+@pytest.fixture
+def tracker(tmp_path):
+    keys = tmp_path / "keys"
+    keys.write_text("# one key per line\nalice-key\nbob-key\n")
+    running = start_tracker(TrackerConfig(port=0, keys_file=str(keys)))
+    running.keys = keys
+    running.runner.app[TRACKER].keys_check_every = 0  # look at the file on every announce
+    yield running
+    running.stop()
+
+
+def announce(port, key, peer_id, peer_port, info_hash=PRIVATE, left=10):
+    path = f"/announce/{key}" if key else "/announce"
+    query = (f"info_hash={quote_from_bytes(info_hash)}&peer_id={quote_from_bytes(peer_id)}"
+             f"&port={peer_port}&left={left}&compact=1")
+    return get(port, f"{path}?{query}")[1]
+
+
+def scrape(port, key, info_hash=PRIVATE):
+    path = f"/scrape/{key}" if key else "/scrape"
+    return get(port, f"{path}?info_hash={quote_from_bytes(info_hash)}")[1]
+
+
+def test_good_unknown_and_revoked_keys(tracker):
+    assert b"failure reason" not in announce(tracker.port, "alice-key", pid(1), 7001, left=0)
+    second = announce(tracker.port, "bob-key", pid(2), 7002)
+    assert compact(second[b"peers"]) == [("127.0.0.1", 7001)]
+    assert b"unknown or revoked" in announce(tracker.port, "mallory", pid(3), 7003)[
+        b"failure reason"]
+    tracker.keys.write_text("alice-key\n")  # bob's line removed: revoked
+    assert b"unknown or revoked" in announce(tracker.port, "bob-key", pid(2), 7002)[
+        b"failure reason"]
+
+
+def test_a_private_hash_never_answers_on_the_open_path(tracker):
+    announce(tracker.port, "alice-key", pid(1), 7001, left=0)
+    refused = announce(tracker.port, None, pid(9), 7009)
+    assert b"private torrent" in refused[b"failure reason"]
+    assert scrape(tracker.port, None)[b"files"][PRIVATE] == {
+        b"complete": 0, b"downloaded": 0, b"incomplete": 0}, "zeros without a key"
+    assert scrape(tracker.port, "alice-key")[b"files"][PRIVATE][b"complete"] == 1
+    assert b"unknown or revoked" in scrape(tracker.port, "nobody")[b"failure reason"]
+    open_hash = b"\x31" * 20
+    assert b"failure reason" not in announce(tracker.port, None, pid(5), 7005,
+                                             info_hash=open_hash)
