@@ -1,0 +1,118 @@
+"""Real BitTorrent clients find each other only through our tracker and complete a transfer:
+two libtorrent sessions (settings of BITTORRENT.md section 1), and a libtorrent seeder with
+aria2c, a client nobody here wrote, on a v1 torrent of our deterministic kind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import start_tracker
+from peer.bencode import bencode
+from peer.hashing import Hasher
+from peer.torrent import info_dict, info_hash
+from tracker.config import TrackerConfig
+
+lt = pytest.importorskip("libtorrent")
+pytestmark = pytest.mark.slow
+
+SIZE = 9 * 1024 * 1024 + 4321
+
+
+def session(ip: str = "127.0.0.1"):
+    return lt.session({
+        "listen_interfaces": f"{ip}:0",
+        "enable_dht": False, "enable_lsd": False, "enable_upnp": False,
+        "enable_natpmp": False, "dht_bootstrap_nodes": "",
+        "enable_outgoing_utp": False, "enable_incoming_utp": False,
+        "allow_multiple_connections_per_ip": True,
+        "min_announce_interval": 1, "min_reconnect_time": 1, "stop_tracker_timeout": 1,
+        "alert_mask": lt.alert_category.status | lt.alert_category.error,
+    })
+
+
+@pytest.fixture
+def tracker():
+    running = start_tracker(TrackerConfig(port=0, interval=2, min_interval=1, peer_ttl=60))
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def blob(tmp_path):
+    data = os.urandom(SIZE)
+    hasher = Hasher(SIZE, lfs=True)
+    hasher.update(data)
+    d = hasher.finish()
+    info = info_dict(d.sha256, d.size, d.piece_length, d.pieces)
+    seed_dir = tmp_path / "seed"
+    seed_dir.mkdir()
+    (seed_dir / d.sha256).write_bytes(data)
+    return data, d.sha256, info, seed_dir
+
+
+def add(ses, torrent: bytes, save_path: Path):
+    params = lt.add_torrent_params()
+    params.ti = lt.torrent_info(lt.bdecode(torrent))
+    params.save_path = str(save_path)
+    params.flags &= ~lt.torrent_flags.auto_managed
+    params.flags &= ~lt.torrent_flags.paused
+    return ses.add_torrent(params)
+
+
+def wait_seeding(ses, handle, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if handle.status().is_seeding:
+            return
+        ses.wait_for_alert(200)  # wakes on the next alert: progress, tracker replies, errors
+        ses.pop_alerts()
+    raise AssertionError(f"not complete after {timeout}s: {handle.status().progress:.0%}")
+
+
+def test_two_libtorrent_sessions_meet_through_the_tracker(tracker, blob, tmp_path):
+    data, sha256, info, seed_dir = blob
+    torrent = bencode({"announce": f"{tracker.url}/announce", "info": info})
+    assert lt.torrent_info(lt.bdecode(torrent)).info_hash().to_string().hex() == info_hash(info)
+    seeder, leecher = session(), session()
+    try:
+        seed = add(seeder, torrent, seed_dir)
+        wait_seeding(seeder, seed)
+        leech_dir = tmp_path / "leech"
+        leech_dir.mkdir()
+        got = add(leecher, torrent, leech_dir)
+        wait_seeding(leecher, got)
+        got.flush_cache()
+        leecher.wait_for_alert(2000)
+        assert (leech_dir / sha256).read_bytes() == data
+    finally:
+        del seeder, leecher
+
+
+@pytest.mark.skipif(shutil.which("aria2c") is None, reason="aria2c (Debian aria2) not installed")
+def test_aria2c_downloads_from_a_libtorrent_seeder_through_the_tracker(tracker, blob, tmp_path):
+    data, sha256, info, seed_dir = blob
+    torrent = bencode({"announce": f"{tracker.url}/announce", "info": info})
+    torrent_file = tmp_path / "blob.torrent"
+    torrent_file.write_bytes(torrent)
+    seeder = session()
+    try:
+        seed = add(seeder, torrent, seed_dir)
+        wait_seeding(seeder, seed)
+        out = tmp_path / "aria2"
+        done = subprocess.run(
+            ["aria2c", "--dir", str(out), "--seed-time=0", "--enable-dht=false",
+             "--enable-dht6=false", "--bt-enable-lpd=false", "--enable-peer-exchange=false",
+             "--listen-port=6991-6999", "--bt-stop-timeout=60", "--summary-interval=0",
+             "--console-log-level=warn", "--file-allocation=none", str(torrent_file)],
+            capture_output=True, text=True, timeout=120,
+        )
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+        assert (out / sha256).read_bytes() == data
+    finally:
+        del seeder
