@@ -156,7 +156,15 @@ def select_peers(swarm: Swarm, requester: Peer, numwant: int | None, now: float,
     near = [p for p in candidates if id(p) not in taken]
     chosen.extend(near[: max(0, want - len(chosen) - reserved)])
     taken = {id(p) for p in chosen}
-    farther = [p for p in candidates if id(p) not in taken]
+    rest = [p for p in candidates if id(p) not in taken]
+    # The reserved slots go to peers of farther tiers than the nearest one, so that sites stay
+    # connected to each other; only if there are none do they go to whoever is left.
+    nearest = _tier(requester, candidates[0], tiered)
+    farther = [p for p in rest if _tier(requester, p, tiered) > nearest] or rest
     rng.shuffle(farther)
     chosen.extend(farther[: want - len(chosen)])
+    if len(chosen) < want:
+        taken = {id(p) for p in chosen}
+        chosen.extend(p for p in rest if id(p) not in taken)
+        del chosen[want:]
     return chosen

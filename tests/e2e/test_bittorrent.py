@@ -116,3 +116,77 @@ def test_aria2c_downloads_from_a_libtorrent_seeder_through_the_tracker(tracker, 
         assert (out / sha256).read_bytes() == data
     finally:
         del seeder
+
+
+def _announce_from(source_ip: str, port: int, info_hash_: bytes, numwant: int) -> list[str]:
+    """One HTTP announce sent from `source_ip`, as a peer of that site would: the peers'
+    addresses the tracker hands back."""
+    import http.client
+    import socket
+    from urllib.parse import quote_from_bytes
+
+    from peer.bencode import bdecode
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10,
+                                      source_address=(source_ip, 0))
+    peer_id = b"-PROBE-0000000000000"  # one probe peer, replaced by each announce
+    query = (f"info_hash={quote_from_bytes(info_hash_)}&peer_id={quote_from_bytes(peer_id)}"
+             f"&port=7777&left=100&compact=1&numwant={numwant}")
+    conn.request("GET", f"/announce?{query}")
+    body = bdecode(conn.getresponse().read())
+    conn.close()
+    peers = body[b"peers"]
+    return [socket.inet_ntoa(peers[i : i + 4]) for i in range(0, len(peers), 6)]
+
+
+def test_locality_a_site_1_leecher_gets_site_1_first_farther_slots_and_its_mirror(blob,
+                                                                                tmp_path):
+    from tracker.config import parse_sites
+
+    data, sha256, info, seed_dir = blob
+    site1 = [f"127.1.0.{i}" for i in range(2, 6)]
+    site2 = [f"127.2.0.{i}" for i in range(2, 6)]
+    mirror1, mirror2 = "127.1.0.9", "127.2.0.9"
+    sessions = {ip: session(ip) for ip in (*site1, *site2, mirror1, mirror2)}
+    ports = {ip: s.listen_port() for ip, s in sessions.items()}
+    config = TrackerConfig(
+        port=0, interval=2, min_interval=1, peer_ttl=60,
+        sites=parse_sites([{"cidr": "127.1.0.0/16", "site": "s1", "region": "eu"},
+                           {"cidr": "127.2.0.0/16", "site": "s2", "region": "us"}]),
+        mirrors=frozenset({f"{mirror1}:{ports[mirror1]}", f"{mirror2}:{ports[mirror2]}"}),
+    )
+    tracker = start_tracker(config)
+    try:
+        torrent = bencode({"announce": f"{tracker.url}/announce", "info": info})
+        for ip, ses in sessions.items():
+            folder = tmp_path / ip
+            if ip in (mirror1, mirror2):
+                shutil.copytree(seed_dir, folder)
+            else:
+                folder.mkdir()
+            add(ses, torrent, folder)
+        ih = bytes.fromhex(info_hash(info))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # every session has announced from its address
+            seen = set(_announce_from("127.1.0.200", tracker.port, ih, 50))
+            if seen >= {*site1, *site2, mirror1, mirror2}:
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"sessions not all announced from their addresses: {seen}")
+        counts = {"s1": 0, "s2": 0}
+        mirror_seen = 0
+        runs = 200
+        for n in range(runs):  # measured over many announces
+            got = _announce_from(f"127.1.1.{n % 200 + 1}", tracker.port, ih, 5)
+            assert len(got) == 5
+            mirror_seen += mirror1 in got
+            for ip in got:
+                counts["s1" if ip.startswith("127.1.") else "s2"] += 1
+        assert mirror_seen == runs, "a site-1 leecher always gets its site's mirror"
+        share = counts["s1"] / (counts["s1"] + counts["s2"])
+        assert 0.75 <= share <= 0.9, f"same-site share {share:.2f}: site first, a slot far"
+        assert counts["s2"] >= runs * 0.9, "the reserved slot goes to farther peers"
+    finally:
+        tracker.stop()
+        sessions.clear()
