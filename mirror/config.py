@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ SETTINGS = [
     Setting("tracker", "min_interval", int, 60, "the least a peer may wait between announces"),
     Setting("tracker", "mirrors", list, [], "mirrors' BitTorrent endpoints, ip:port"),
     Setting("tracker", "keys_file", str, None, "private-swarm keys, one per line"),
+    Setting("tracker", "private_hashes", list, [],
+            "info-hashes (40 hex) of private swarms, besides those announced privately"),
     Setting("tracker", "trusted_proxies", list, ["127.0.0.0/8", "::1/128"],
             "addresses whose ip= is believed"),
     Setting("tracker", "max_swarms", int, 1_000_000, "swarms held in memory at most"),
@@ -240,11 +243,16 @@ def load_config(
     t = {key: values[("tracker", key)] for (section, key) in _BY_NAME if section == "tracker"}
     if not 0 <= t["port"] <= 65535:
         raise ConfigError(f"tracker.port must be 0-65535, got {t['port']}")
+    private = []
+    for text in t["private_hashes"]:
+        if not re.fullmatch(r"[0-9a-fA-F]{40}", text):
+            raise ConfigError(f"tracker.private_hashes: {text!r} is not 40 hex characters")
+        private.append(bytes.fromhex(text))
     tracker = TrackerConfig(
         host=t["host"], port=t["port"], interval=t["interval"], min_interval=t["min_interval"],
         peer_ttl=2 * t["interval"] + 300, sites=sites, mirrors=frozenset(t["mirrors"]),
         keys_file=t["keys_file"], trusted_proxies=tuple(t["trusted_proxies"]),
-        max_swarms=t["max_swarms"], max_peers=t["max_peers"],
+        max_swarms=t["max_swarms"], max_peers=t["max_peers"], private_hashes=frozenset(private),
     )
     return Config(
         home=home,

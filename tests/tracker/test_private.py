@@ -59,3 +59,32 @@ def test_a_private_hash_never_answers_on_the_open_path(tracker):
     open_hash = b"\x31" * 20
     assert b"failure reason" not in announce(tracker.port, None, pid(5), 7005,
                                              info_hash=open_hash)
+
+
+def test_private_hashes_from_the_config_are_private_from_the_start(tmp_path):
+    from mirror.config import load_config
+
+    (tmp_path / "weightswarm.toml").write_text(
+        f'[tracker]\nprivate_hashes = ["{PRIVATE.hex()}"]\nkeys_file = "{tmp_path}/keys"\n'
+        '[[tracker.sites]]\ncidr = "127.1.0.0/16"\nsite = "s1"\n')
+    (tmp_path / "keys").write_text("k\n")
+    config = load_config(home=tmp_path, env={}, overrides={("tracker", "port"): 0})
+    assert config.tracker.sites[0].site == "s1"
+    running = start_tracker(config.tracker)
+    try:
+        assert b"private torrent" in announce(running.port, None, pid(1), 7001)[b"failure reason"]
+        assert b"failure reason" not in announce(running.port, "k", pid(1), 7001)
+    finally:
+        running.stop()
+
+
+def test_bad_tracker_settings_are_refused(tmp_path):
+    from mirror.config import load_config
+    from peer.errors import ConfigError
+
+    for text in ('[tracker]\nprivate_hashes = ["nothex"]\n',
+                 '[[tracker.sites]]\ncidr = "300.0.0.0/8"\nsite = "x"\n',
+                 '[[tracker.sites]]\nsite = "x"\n'):
+        (tmp_path / "weightswarm.toml").write_text(text)
+        with pytest.raises(ConfigError):
+            load_config(home=tmp_path, env={})
