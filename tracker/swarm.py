@@ -46,13 +46,29 @@ class Peer:
 @dataclass
 class Swarm:
     peers: dict[bytes, Peer] = field(default_factory=dict)
+    #: which peer id holds each endpoint, so a restarted client (new id, same address) replaces
+    #: its old entry in O(1)
+    endpoints: dict[tuple[str, int], bytes] = field(default_factory=dict)
     downloaded: int = 0  # completed events seen
     private: bool = False
+    complete: int = 0  # peers with nothing left, kept as they come and go
+
+    def add(self, peer: Peer) -> None:
+        self.peers[peer.peer_id] = peer
+        self.endpoints[peer.endpoint] = peer.peer_id
+        self.complete += peer.left == 0
+
+    def remove(self, peer_id: bytes) -> Peer | None:
+        peer = self.peers.pop(peer_id, None)
+        if peer is not None:
+            self.complete -= peer.left == 0
+            if self.endpoints.get(peer.endpoint) == peer_id:
+                del self.endpoints[peer.endpoint]
+        return peer
 
     def counts(self) -> tuple[int, int]:
-        """(complete, incomplete)."""
-        complete = sum(1 for p in self.peers.values() if p.left == 0)
-        return complete, len(self.peers) - complete
+        """(complete, incomplete), in O(1)."""
+        return self.complete, len(self.peers) - self.complete
 
 
 class SwarmTable:
@@ -71,14 +87,12 @@ class SwarmTable:
             if len(self.swarms) >= self.max_swarms:
                 raise Refused("tracker is full: too many swarms")
             swarm = self.swarms[info_hash] = Swarm()
-        old = swarm.peers.pop(peer.peer_id, None)
-        if old is None:
-            # The same peer from another id but the same endpoint is the same peer restarted.
-            for pid, other in list(swarm.peers.items()):
-                if other.endpoint == peer.endpoint:
-                    del swarm.peers[pid]
-                    self.peer_count -= 1
-        else:
+        old = swarm.remove(peer.peer_id)
+        if old is not None:
+            self.peer_count -= 1
+        holder = swarm.endpoints.get(peer.endpoint)
+        if holder is not None and swarm.remove(holder) is not None:
+            # Another id on the same endpoint: the same client restarted.
             self.peer_count -= 1
         if event == "stopped":
             if not swarm.peers:
@@ -89,7 +103,7 @@ class SwarmTable:
         if event == "completed" and (old is None or old.left > 0):
             swarm.downloaded += 1
         peer.last_seen = now
-        swarm.peers[peer.peer_id] = peer
+        swarm.add(peer)
         self.peer_count += 1
         return swarm
 
@@ -100,7 +114,7 @@ class SwarmTable:
             swarm = self.swarms[info_hash]
             stale = [pid for pid, p in swarm.peers.items() if now - p.last_seen > self.ttl]
             for pid in stale:
-                del swarm.peers[pid]
+                swarm.remove(pid)
             dropped += len(stale)
             if not swarm.peers:
                 del self.swarms[info_hash]
