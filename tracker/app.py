@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import ipaddress
 import logging
 import os
@@ -150,8 +149,10 @@ class Tracker:
         return {h: self.table.scrape(h) for h in hashes}
 
     def connection_id(self, addr: tuple, minute: int) -> int:
+        # Keyed BLAKE2b is a MAC in one call, several times cheaper than HMAC-SHA256.
         message = f"{addr[0]}|{addr[1]}|{minute}".encode()
-        return int.from_bytes(hmac.new(self.secret, message, hashlib.sha256).digest()[:8], "big")
+        return int.from_bytes(hashlib.blake2b(message, digest_size=8, key=self.secret).digest(),
+                              "big")
 
     def connection_ok(self, connection_id: int, addr: tuple, now: float) -> bool:
         minute = int(now // CONNECTION_WINDOW)

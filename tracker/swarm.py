@@ -17,6 +17,8 @@ MAX_NUMWANT = 50
 DEFAULT_NUMWANT = 50
 #: a complete peer needs no seeds; it gets at most this many leechers to serve
 COMPLETE_NUMWANT = 5
+#: in a swarm bigger than this many times numwant, selection ranks a random sample of that size
+SAMPLE_FACTOR = 8
 
 
 class Refused(Exception):
@@ -146,8 +148,16 @@ def select_peers(swarm: Swarm, requester: Peer, numwant: int | None, now: float,
     want = DEFAULT_NUMWANT if numwant is None or numwant < 0 else min(numwant, MAX_NUMWANT)
     if requester.complete:
         want = min(want, COMPLETE_NUMWANT)
+    pool = list(swarm.peers.values())
+    if len(pool) > SAMPLE_FACTOR * max(want, 1) + 2:
+        # A big swarm: rank a random sample, not every peer (a sorted scan of thousands per
+        # announce would be the tracker's whole cost); a sample this size still holds the
+        # requester's site in proportion, and mirrors are added back below.
+        sample = rng.sample(pool, SAMPLE_FACTOR * max(want, 1))
+        mirrors = [p for p in pool if p.mirror] if not requester.complete else []
+        pool = sample + [m for m in mirrors if m not in sample]
     candidates = [
-        p for p in swarm.peers.values()
+        p for p in pool
         if p.peer_id != requester.peer_id and p.endpoint != requester.endpoint
         and now - p.last_seen <= ttl and not (requester.complete and p.complete)
     ]

@@ -114,3 +114,14 @@ def test_the_table_refuses_beyond_its_bounds():
     table.announce(b"\0" * 20, Peer(b"p" * 20, "10.0.0.5", 5, 1, 0), "started", 0)
     with pytest.raises(Refused, match="peers"):
         table.announce(b"\0" * 20, Peer(b"q" * 20, "10.0.0.6", 6, 1, 0), "started", 0)
+
+
+def test_a_big_swarm_is_ranked_by_a_sample_and_keeps_its_mirror():
+    peers = [peer(i, f"127.{1 + i % 3}.{i // 250 % 250}.{i % 250}") for i in range(5000)]
+    mirror = peer(9000, "127.1.200.1", left=0, mirror=True)
+    seed = peer(9001, "127.3.200.1", left=0)
+    _, swarm = swarm_of([*peers, mirror, seed])
+    me = peer(99999, "127.1.250.250")
+    chosen = select_peers(swarm, me, 50, 0.0, 100, tiered=True, rng=random.Random(5))
+    assert len(chosen) == 50 and mirror in chosen
+    assert sum(p.site == "s1" for p in chosen) >= 40, "the sample still favours the site"
