@@ -76,6 +76,7 @@ class Tracker:
         self.seeders_gauge = Gauge("weightswarm_tracker_seeders", "Complete peers held",
                                    registry=self.registry)
         self._refusals_logged: dict[str, float] = {}
+        self._counters: dict[tuple[str, str, str], object] = {}
         #: info-hashes of private swarms: from the config, and learned from private announces
         self.private: set[bytes] = set(config.private_hashes)
         self._keys: frozenset[str] = frozenset()
@@ -126,6 +127,14 @@ class Tracker:
         return {h: (0, 0, 0) if (h in self.private and key is None) else self.table.scrape(h)
                 for h in hashes}
 
+    def count(self, protocol: str, kind: str, result: str) -> None:
+        # labels() takes a lock and a lookup in prometheus_client: keep the children.
+        key = (protocol, kind, result)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self.requests.labels(*key)
+        counter.inc()
+
     def ip_trusted(self, ip: str) -> bool:
         try:
             address = ipaddress.ip_address(ip)
@@ -160,7 +169,7 @@ class Tracker:
                                  self.connection_id(addr, minute - 1))
 
     def refused(self, protocol: str, kind: str, reason: str) -> None:
-        self.requests.labels(protocol, kind, "refused").inc()
+        self.count(protocol, kind, "refused")
         now = time.monotonic()
         key = f"{protocol} {kind}: {reason}"
         if now - self._refusals_logged.get(key, -60.0) >= 60:  # one line a minute per class
@@ -185,7 +194,7 @@ async def http_announce(request: web.Request) -> web.Response:
     except Refused as e:
         tracker.refused("http", "announce", str(e))
         return _bencoded(failure_body(str(e)))
-    tracker.requests.labels("http", "announce", "ok").inc()
+    tracker.count("http", "announce", "ok")
     return _bencoded(announce_body(peers, complete, incomplete,
                                    interval=tracker.config.interval,
                                    min_interval=tracker.config.min_interval,
@@ -200,7 +209,7 @@ async def http_scrape(request: web.Request) -> web.Response:
     except Refused as e:
         tracker.refused("http", "scrape", str(e))
         return _bencoded(failure_body(str(e)))
-    tracker.requests.labels("http", "scrape", "ok").inc()
+    tracker.count("http", "scrape", "ok")
     return _bencoded(scrape_body(stats))
 
 
@@ -250,7 +259,7 @@ class UdpTracker(asyncio.DatagramProtocol):
             if req.connection_id != PROTOCOL_ID:
                 tracker.refused("udp", "connect", "bad protocol id")
                 return udp_error(req.transaction_id, "bad protocol id")
-            tracker.requests.labels("udp", "connect", "ok").inc()
+            tracker.count("udp", "connect", "ok")
             minute = int(now // CONNECTION_WINDOW)
             return udp_connect_answer(req.transaction_id, tracker.connection_id(addr, minute))
         if not tracker.connection_ok(req.connection_id, addr, now):
@@ -261,12 +270,12 @@ class UdpTracker(asyncio.DatagramProtocol):
                 a = parse_udp_announce(req, addr[0])
                 tracker.check_access(a.info_hash, None)  # BEP 15 carries no key
                 peers, complete, incomplete = tracker.announce(a, now)
-                tracker.requests.labels("udp", "announce", "ok").inc()
+                tracker.count("udp", "announce", "ok")
                 return udp_announce_answer(req.transaction_id, tracker.config.interval,
                                            incomplete, complete, peers, v6=":" in addr[0])
             if req.action == SCRAPE:
                 stats = tracker.scrape_visible(parse_udp_scrape(req), None)
-                tracker.requests.labels("udp", "scrape", "ok").inc()
+                tracker.count("udp", "scrape", "ok")
                 return udp_scrape_answer(req.transaction_id, [stats[h] for h in stats])
             raise Refused("unknown action")
         except (Refused, struct.error) as e:

@@ -10,6 +10,7 @@ peer is complete).
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -17,8 +18,8 @@ MAX_NUMWANT = 50
 DEFAULT_NUMWANT = 50
 #: a complete peer needs no seeds; it gets at most this many leechers to serve
 COMPLETE_NUMWANT = 5
-#: in a swarm bigger than this many times numwant, selection ranks a random sample of that size
-SAMPLE_FACTOR = 8
+#: selection ranks a random sample of this many times numwant peers
+SAMPLE_FACTOR = 4
 
 
 class Refused(Exception):
@@ -54,15 +55,30 @@ class Swarm:
     downloaded: int = 0  # completed events seen
     private: bool = False
     complete: int = 0  # peers with nothing left, kept as they come and go
+    #: the mirrors among the peers (few): every leecher's answer considers them
+    mirrors: dict[bytes, Peer] = field(default_factory=dict)
+    #: the peers again, as a list for O(1) random access (removal swaps with the last)
+    order: list[Peer] = field(default_factory=list)
+    slots: dict[bytes, int] = field(default_factory=dict)
 
     def add(self, peer: Peer) -> None:
         self.peers[peer.peer_id] = peer
         self.endpoints[peer.endpoint] = peer.peer_id
         self.complete += peer.left == 0
+        if peer.mirror:
+            self.mirrors[peer.peer_id] = peer
+        self.slots[peer.peer_id] = len(self.order)
+        self.order.append(peer)
 
     def remove(self, peer_id: bytes) -> Peer | None:
         peer = self.peers.pop(peer_id, None)
         if peer is not None:
+            slot = self.slots.pop(peer_id)
+            last = self.order.pop()
+            if last is not peer:
+                self.order[slot] = last
+                self.slots[last.peer_id] = slot
+            self.mirrors.pop(peer_id, None)
             self.complete -= peer.left == 0
             if self.endpoints.get(peer.endpoint) == peer_id:
                 del self.endpoints[peer.endpoint]
@@ -142,53 +158,75 @@ def _tier(requester: Peer, other: Peer, tiered: bool) -> int:
     return 2
 
 
+def _scatter(pool: list[Peer], k: int, rng: random.Random) -> list[Peer]:
+    """k peers of `pool` in a random order (all of them, permuted, when k >= len(pool)).
+
+    A random arithmetic progression modulo the pool's size with a step prime to it: a few
+    random draws per announce instead of one per peer, which per-element shuffles and samples
+    cost in Python and which was most of the tracker's time in big swarms."""
+    n = len(pool)
+    if n <= 1:
+        return list(pool)
+    k = min(k, n)
+    start = rng.randrange(n)
+    step = rng.randrange(1, n)
+    while math.gcd(step, n) != 1:
+        step += 1
+    return [pool[(start + i * step) % n] for i in range(k)]
+
+
 def select_peers(swarm: Swarm, requester: Peer, numwant: int | None, now: float, ttl: float,
                  *, tiered: bool, rng: random.Random) -> list[Peer]:
     """Which peers an announce returns (BITTORRENT.md section 2)."""
     want = DEFAULT_NUMWANT if numwant is None or numwant < 0 else min(numwant, MAX_NUMWANT)
     if requester.complete:
         want = min(want, COMPLETE_NUMWANT)
-    pool = list(swarm.peers.values())
-    if len(pool) > SAMPLE_FACTOR * max(want, 1) + 2:
-        # A big swarm: rank a random sample, not every peer (a sorted scan of thousands per
-        # announce would be the tracker's whole cost); a sample this size still holds the
-        # requester's site in proportion, and mirrors are added back below.
-        sample = rng.sample(pool, SAMPLE_FACTOR * max(want, 1))
-        mirrors = [p for p in pool if p.mirror] if not requester.complete else []
-        pool = sample + [m for m in mirrors if m not in sample]
+    if want == 0:
+        return []
+    # A big swarm is ranked by a random sample, not peer by peer: a sample of this size still
+    # holds the requester's site in proportion; mirrors are always considered.
+    pool = _scatter(swarm.order, SAMPLE_FACTOR * want, rng)
+    if not requester.complete and swarm.mirrors:
+        sampled = set(map(id, pool))
+        pool.extend(m for m in swarm.mirrors.values() if id(m) not in sampled)
+    seeding = requester.complete
     candidates = [
         p for p in pool
-        if p.peer_id != requester.peer_id and p.endpoint != requester.endpoint
-        and now - p.last_seen <= ttl and not (requester.complete and p.complete)
+        if p is not requester and p.peer_id != requester.peer_id
+        and now - p.last_seen <= ttl and not (seeding and p.left == 0)
     ]
-    if want == 0 or not candidates:
+    if not candidates:
         return []
-    rng.shuffle(candidates)
-    # Nearest tier first; within a tier mirrors and complete peers first, then random.
-    candidates.sort(key=lambda p: (_tier(requester, p, tiered), not p.mirror, not p.complete))
+    # Nearest tier first; within a tier mirrors and complete peers first, else in the
+    # random order of the sample (the sort is stable).
+    if tiered:
+        candidates.sort(key=lambda p: (_tier(requester, p, True), not p.mirror, p.left != 0))
+    else:
+        candidates.sort(key=lambda p: (not p.mirror, p.left != 0))
     if len(candidates) <= want:
         return candidates
     chosen: list[Peer] = []
-    if not requester.complete:
+    if not seeding:
         mirrors = [p for p in candidates if p.mirror]
-        if not any(p.complete and not p.mirror for p in candidates):
+        if not any(p.left == 0 and not p.mirror for p in candidates):
             chosen.extend(mirrors[:want])  # no complete peer yet: every mirror
         elif mirrors:
             chosen.append(mirrors[0])  # the nearest mirror
     reserved = max(1, want * 15 // 100) if tiered else 0
-    taken = {id(p) for p in chosen}
+    taken = set(map(id, chosen))
     near = [p for p in candidates if id(p) not in taken]
     chosen.extend(near[: max(0, want - len(chosen) - reserved)])
-    taken = {id(p) for p in chosen}
+    if len(chosen) >= want:
+        return chosen
+    taken = set(map(id, chosen))
     rest = [p for p in candidates if id(p) not in taken]
     # The reserved slots go to peers of farther tiers than the nearest one, so that sites stay
     # connected to each other; only if there are none do they go to whoever is left.
     nearest = _tier(requester, candidates[0], tiered)
     farther = [p for p in rest if _tier(requester, p, tiered) > nearest] or rest
-    rng.shuffle(farther)
-    chosen.extend(farther[: want - len(chosen)])
+    chosen.extend(_scatter(farther, want - len(chosen), rng))
     if len(chosen) < want:
-        taken = {id(p) for p in chosen}
+        taken = set(map(id, chosen))
         chosen.extend(p for p in rest if id(p) not in taken)
         del chosen[want:]
     return chosen

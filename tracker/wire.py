@@ -7,6 +7,7 @@ decoded as bytes (`unquote_to_bytes`), never as UTF-8, which would destroy them.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import struct
 from dataclasses import dataclass
@@ -119,6 +120,7 @@ def parse_scrape(raw_query: str) -> list[bytes]:
     return hashes
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _packed(ip: str) -> bytes:
     return ipaddress.ip_address(ip).packed
 
