@@ -190,11 +190,11 @@ def select_peers(swarm: Swarm, requester: Peer, numwant: int | None, now: float,
         sampled = set(map(id, pool))
         pool.extend(m for m in swarm.mirrors.values() if id(m) not in sampled)
     seeding = requester.complete
-    candidates = [
-        p for p in pool
-        if p is not requester and p.peer_id != requester.peer_id
-        and now - p.last_seen <= ttl and not (seeding and p.left == 0)
-    ]
+    oldest = now - ttl
+    if seeding:
+        candidates = [p for p in pool if p.left and p is not requester and p.last_seen >= oldest]
+    else:
+        candidates = [p for p in pool if p is not requester and p.last_seen >= oldest]
     if not candidates:
         return []
     # Nearest tier first; within a tier mirrors and complete peers first, else in the
