@@ -38,6 +38,7 @@ from .wire import (
     SCRAPE,
     Announce,
     announce_body,
+    compact_peer,
     failure_body,
     parse_announce,
     parse_scrape,
@@ -146,7 +147,8 @@ class Tracker:
     def announce(self, a: Announce, now: float) -> tuple[list[Peer], int, int]:
         site, region = self.locality.where(a.ip)
         peer = Peer(a.peer_id, a.ip, a.port, a.left, now,
-                    mirror=f"{a.ip}:{a.port}" in self.config.mirrors, site=site, region=region)
+                    mirror=bool(self.config.mirrors) and f"{a.ip}:{a.port}" in self.config.mirrors,
+                    site=site, region=region, compact=compact_peer(a.ip, a.port))
         swarm = self.table.announce(a.info_hash, peer, a.event, now)
         complete, incomplete = swarm.counts()
         if a.event == "stopped":
@@ -166,8 +168,8 @@ class Tracker:
 
     def connection_ok(self, connection_id: int, addr: tuple, now: float) -> bool:
         minute = int(now // CONNECTION_WINDOW)
-        return connection_id in (self.connection_id(addr, minute),
-                                 self.connection_id(addr, minute - 1))
+        return (connection_id == self.connection_id(addr, minute)
+                or connection_id == self.connection_id(addr, minute - 1))
 
     def refused(self, protocol: str, kind: str, reason: str) -> None:
         self.count(protocol, kind, "refused")

@@ -26,7 +26,7 @@ class Refused(Exception):
     """A refusal the tracker answers with a `failure reason`."""
 
 
-@dataclass
+@dataclass(slots=True)
 class Peer:
     peer_id: bytes
     ip: str
@@ -36,6 +36,8 @@ class Peer:
     mirror: bool = False
     site: str | None = None
     region: str | None = None
+    #: the 6 (IPv4) or 18 (IPv6) bytes of a compact answer, made once when the peer announces
+    compact: bytes = b""
 
     @property
     def complete(self) -> bool:
@@ -201,8 +203,10 @@ def select_peers(swarm: Swarm, requester: Peer, numwant: int | None, now: float,
     # random order of the sample (the sort is stable).
     if tiered:
         candidates.sort(key=lambda p: (_tier(requester, p, True), not p.mirror, p.left != 0))
-    else:
-        candidates.sort(key=lambda p: (not p.mirror, p.left != 0))
+    else:  # the same order by partition, cheaper than a keyed sort
+        candidates = ([p for p in candidates if p.mirror]
+                      + [p for p in candidates if p.left == 0 and not p.mirror]
+                      + [p for p in candidates if p.left and not p.mirror])
     if len(candidates) <= want:
         return candidates
     chosen: list[Peer] = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
 
 from peer.bencode import bencode
@@ -26,8 +26,7 @@ PROTOCOL_ID = 0x41727101980
 CONNECT, ANNOUNCE, SCRAPE, ERROR = 0, 1, 2, 3
 
 
-@dataclass(frozen=True)
-class Announce:
+class Announce(NamedTuple):  # a tuple: built for every announce, cheaper than a dataclass
     info_hash: bytes
     peer_id: bytes
     port: int
@@ -125,6 +124,14 @@ def _packed(ip: str) -> bytes:
     return ipaddress.ip_address(ip).packed
 
 
+def compact_peer(ip: str, port: int) -> bytes:
+    return _packed(ip) + port.to_bytes(2, "big")
+
+
+def _compact(p: Peer) -> bytes:
+    return p.compact or compact_peer(p.ip, p.port)
+
+
 def announce_body(peers: list[Peer], complete: int, incomplete: int, *, interval: int,
                   min_interval: int, compact: bool, no_peer_id: bool) -> bytes:
     body: dict = {"interval": interval, "min interval": min_interval, "complete": complete,
@@ -132,9 +139,9 @@ def announce_body(peers: list[Peer], complete: int, incomplete: int, *, interval
     v4 = [p for p in peers if ":" not in p.ip]
     v6 = [p for p in peers if ":" in p.ip]
     if compact:
-        body["peers"] = b"".join(_packed(p.ip) + struct.pack(">H", p.port) for p in v4)
+        body["peers"] = b"".join(_compact(p) for p in v4)
         if v6:
-            body["peers6"] = b"".join(_packed(p.ip) + struct.pack(">H", p.port) for p in v6)
+            body["peers6"] = b"".join(_compact(p) for p in v6)
     else:
         body["peers"] = [
             {"ip": p.ip, "port": p.port, **({} if no_peer_id else {"peer id": p.peer_id})}
@@ -155,8 +162,7 @@ def failure_body(reason: str) -> bytes:
 # -- UDP (BEP 15) ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class UdpRequest:
+class UdpRequest(NamedTuple):
     action: int
     connection_id: int
     transaction_id: int
@@ -196,8 +202,7 @@ def parse_udp_announce(req: UdpRequest, remote_ip: str) -> Announce:
 def udp_announce_answer(transaction_id: int, interval: int, leechers: int, seeders: int,
                         peers: list[Peer], *, v6: bool) -> bytes:
     head = struct.pack(">IIIII", ANNOUNCE, transaction_id, interval, leechers, seeders)
-    family = [p for p in peers if (":" in p.ip) == v6]
-    return head + b"".join(_packed(p.ip) + struct.pack(">H", p.port) for p in family)
+    return head + b"".join(_compact(p) for p in peers if (":" in p.ip) == v6)
 
 
 def parse_udp_scrape(req: UdpRequest) -> list[bytes]:
