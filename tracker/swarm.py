@@ -217,8 +217,11 @@ def select_peers(swarm: Swarm, requester: Peer, numwant: int | None, now: float,
         elif mirrors:
             chosen.append(mirrors[0])  # the nearest mirror
     reserved = max(1, want * 15 // 100) if tiered else 0
-    taken = set(map(id, chosen))
-    near = [p for p in candidates if id(p) not in taken]
+    if chosen:
+        taken = set(map(id, chosen))
+        near = [p for p in candidates if id(p) not in taken]
+    else:
+        near = candidates  # the common case: no mirror to put first, nothing to skip
     chosen.extend(near[: max(0, want - len(chosen) - reserved)])
     if len(chosen) >= want:
         return chosen

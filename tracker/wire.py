@@ -202,7 +202,8 @@ def parse_udp_announce(req: UdpRequest, remote_ip: str) -> Announce:
 def udp_announce_answer(transaction_id: int, interval: int, leechers: int, seeders: int,
                         peers: list[Peer], *, v6: bool) -> bytes:
     head = struct.pack(">IIIII", ANNOUNCE, transaction_id, interval, leechers, seeders)
-    return head + b"".join(_compact(p) for p in peers if (":" in p.ip) == v6)
+    size = 18 if v6 else 6  # an answer carries the family the request came in
+    return head + b"".join(c for c in map(_compact, peers) if len(c) == size)
 
 
 def parse_udp_scrape(req: UdpRequest) -> list[bytes]:
