@@ -13,7 +13,6 @@ import gc
 import json
 import logging
 import secrets
-import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +31,7 @@ from prometheus_client import (
 from peer.errors import BadRequest, EntryNotFound, WeightswarmError
 from peer.keys import load_or_create, public_key_text
 from peer.paths import is_sha256
+from peer.service import until_stopped
 from peer.store import BlobStore
 
 from . import routes
@@ -387,12 +387,8 @@ async def serve(config: Config, *, with_tracker: bool = False) -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 20, 20)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_stopped()
         log.info("mirror stopping")
     finally:
         if tracker is not None:

@@ -658,11 +658,22 @@ def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+_REF_PREFIXES = (("refs/heads/", "branch"), ("refs/tags/", "tag"), ("refs/pr/", "pr"),
+                 ("refs/convert/", "convert"))
+
+
+def ref_of(name: str) -> tuple[str, str]:
+    """(kind, short name) of a ref written in full (refs/pr/1 → pr 1); a bare name is a branch."""
+    for prefix, kind in _REF_PREFIXES:
+        if name.startswith(prefix):
+            return kind, name[len(prefix):]
+    return "branch", name
+
+
 def _ref_key(revision: str, c: sqlite3.Connection, repo_pk: int) -> tuple[str, str]:
-    for prefix, kind in (("refs/heads/", "branch"), ("refs/tags/", "tag"), ("refs/pr/", "pr"),
-                         ("refs/convert/", "convert")):
-        if revision.startswith(prefix):
-            return kind, revision[len(prefix):]
+    """The ref a revision names in this repo: a full name, else a branch or tag of that name."""
+    if any(revision.startswith(prefix) for prefix, _ in _REF_PREFIXES):
+        return ref_of(revision)
     for kind in ("branch", "tag"):
         if c.execute("SELECT 1 FROM refs WHERE repo = ? AND kind = ? AND name = ?",
                      (repo_pk, kind, revision)).fetchone():

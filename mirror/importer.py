@@ -40,7 +40,7 @@ from peer.paths import (
 )
 from peer.store import BlobStore, Expected
 
-from .catalog import Catalog
+from .catalog import Catalog, ref_of
 from .snapshots import publish
 
 log = logging.getLogger(__name__)
@@ -170,7 +170,7 @@ class Importer:
             raise BadRequest(f"{root} holds no files")
         files, stats = self._ingest(repo_id, sources, previous=previous)
         commit = derived_commit(files)
-        refs = [_ref_kind(revision)] + [("tag", t) for t in tags]
+        refs = [ref_of(revision)] + [("tag", t) for t in tags]
         self._publish(hub, repo_type, repo_id, commit, files, refs, access,
                       title=f"Import from {root.name}", parent=parent)
         return ImportResult(repo_id, commit, refs, len(files), *stats)
@@ -221,7 +221,7 @@ class Importer:
                     raise BadRequest(f"snapshot {commit} in {root} is incomplete")
                 continue
             files, stats = self._ingest(repo_id, sources)
-            names = [_ref_kind(name) for name, c in refs.items() if c == commit]
+            names = [ref_of(name) for name, c in refs.items() if c == commit]
             if tags and (commit == refs.get(revision or "main") or len(commits) == 1):
                 names += [("tag", t) for t in tags]
             self._publish(hub, cache_type, repo_id, commit, files, names, access,
@@ -322,10 +322,3 @@ class Importer:
                        commit=commit, files=files, refs=refs, access=access, title=title,
                        parent=parent)
 
-
-def _ref_kind(name: str) -> tuple[str, str]:
-    for prefix, kind in (("refs/pr/", "pr"), ("refs/convert/", "convert"),
-                         ("refs/tags/", "tag"), ("refs/heads/", "branch")):
-        if name.startswith(prefix):
-            return kind, name[len(prefix):]
-    return "branch", name

@@ -29,7 +29,7 @@ from peer.hfformat import FileEntry, lfs_pointer_sha1
 from peer.paths import check_repo_id, check_repo_path, check_revision, is_commit, is_sha256
 from peer.store import BlobStore, Expected
 
-from .catalog import BlobRecord, Catalog
+from .catalog import BlobRecord, Catalog, ref_of
 from .snapshots import publish
 from .upstreams import (
     GatedUpstream,
@@ -280,7 +280,7 @@ class Syncer:
         repo = self._repo(spec)
         if repo is not None and repo.gone_upstream_at is not None:
             self.catalog.mark_gone_upstream(repo, None)  # back upstream
-        refs = [_ref(spec.revision)] if not is_commit(spec.revision) else []
+        refs = [ref_of(spec.revision)] if not is_commit(spec.revision) else []
         if self._current(spec) == commit or (not refs and self._has_snapshot(spec, commit)):
             log.info("%s: up to date at %s", spec, commit[:12])
             return SyncResult(str(spec), spec.repo_id, commit, 0, 0, 0, unchanged=True)
@@ -444,10 +444,3 @@ class Syncer:
                 log.info("%s: %s cut at %d of %d bytes; resuming", spec.repo_id, f.path,
                          writer.written, f.size)
 
-
-def _ref(revision: str) -> tuple[str, str]:
-    for prefix, kind in (("refs/heads/", "branch"), ("refs/tags/", "tag"), ("refs/pr/", "pr"),
-                         ("refs/convert/", "convert")):
-        if revision.startswith(prefix):
-            return kind, revision[len(prefix):]
-    return "branch", revision

@@ -29,6 +29,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from peer.service import until_stopped
+
 from .config import Locality, TrackerConfig
 from .swarm import Peer, Refused, SwarmTable, select_peers
 from .wire import (
@@ -363,15 +365,9 @@ async def start(config: TrackerConfig):
 
 
 async def serve(config: TrackerConfig) -> None:
-    import signal
-
     runner, transport, _ = await start(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_stopped()
     finally:
         transport.close()
         await runner.cleanup()

@@ -34,6 +34,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+# benchlib sits beside this script, whose folder Python puts on sys.path.
+from benchlib import BenchError, clean_env, find_tools, free_port, note, signal_and_wait  # noqa: E402,I001
+
 from mirror.config import load_config  # noqa: E402
 from peer.store import BlobStore  # noqa: E402
 
@@ -50,9 +53,6 @@ TOOLS = {"nginx": "nginx", "wrk": "wrk", "ab": "apache2-utils", "taskset": "util
 HF_HEADERS = ("ETag", "X-Repo-Commit", "Content-Length", "Accept-Ranges")
 
 
-class BenchError(Exception):
-    """A precondition or a check failed: one line for the user, no traceback."""
-
 
 @dataclass(frozen=True)
 class Plan:
@@ -66,27 +66,6 @@ class Plan:
     load_cpu: str
 
 
-def note(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def find_tools() -> None:
-    missing = []
-    for tool in TOOLS:
-        if shutil.which(tool):
-            continue
-        if shutil.which(tool, path="/usr/sbin:/sbin"):
-            # nginx lives in /usr/sbin, which a user's PATH often lacks.
-            os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
-        else:
-            missing.append(tool)
-    if missing:
-        raise BenchError("missing " + ", ".join(f"{t} (Debian package {TOOLS[t]})"
-                                                for t in missing)
-                         + "; install with: apt-get install "
-                         + " ".join(sorted({TOOLS[t] for t in missing})))
-
-
 def run(cmd: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kwargs)
     if done.returncode != 0:
@@ -97,20 +76,6 @@ def run(cmd: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess
 
 def pinned(cpu: str, cmd: list) -> list[str]:
     return ["taskset", "-c", cpu, *map(str, cmd)]
-
-
-def clean_env(**extra: str) -> dict:
-    """Our environment without settings that would change what is measured."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("HF_", "WEIGHTSWARM_", "TRANSFORMERS_"))}
-    env.update(extra)
-    return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- the model folder ----------------------------------------------------------------------------
@@ -313,17 +278,6 @@ signal.signal(signal.SIGUSR1, start)
 signal.signal(signal.SIGUSR2, stop)
 main()
 """
-
-
-def signal_and_wait(server: Server, signum: int, line: bytes) -> None:
-    count = server.log.read_bytes().count(line)
-    server.process.send_signal(signum)
-    deadline = time.monotonic() + 30
-    while server.log.read_bytes().count(line) == count:
-        if time.monotonic() > deadline or server.process.poll() is not None:
-            raise BenchError(f"the profiled mirror did not answer {signum}: "
-                             f"{server.log.read_text()[-500:]}")
-        time.sleep(0.05)
 
 
 def nginx_conf(root: Path, port: int, commit: str, files: dict[str, tuple[Path, str, str]],
@@ -718,9 +672,9 @@ def where_time_goes(plan: Plan, home: Path, work: Path, commit: str) -> list[str
         log = work / "mirror-prof.log"
         server = start_mirror(home, plan.server_cpu, log, prefix)
         try:
-            signal_and_wait(server, signal.SIGUSR1, b"profiling on")
+            signal_and_wait(server.process, server.log, signal.SIGUSR1, b"profiling on", "mirror")
             rate = load(server)
-            signal_and_wait(server, signal.SIGUSR2, b"profile written")
+            signal_and_wait(server.process, server.log, signal.SIGUSR2, b"profile written", "mirror")
         finally:
             server.stop()
         seconds = _fitted(profile_parts(Path(f"{prefix}.loop"), LOOP_PARTS), rate.cpu_main,
@@ -937,7 +891,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        find_tools()
+        find_tools(TOOLS)
         cpus = sorted(os.sched_getaffinity(0))
         if len(cpus) < 2:
             raise BenchError(f"needs two cores (one for the servers, one for the load), "

@@ -28,7 +28,6 @@ import pwd
 import random
 import re
 import selectors
-import shutil
 import signal
 import socket
 import statistics
@@ -42,6 +41,9 @@ from bisect import bisect
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
+
+# benchlib sits beside this script, whose folder Python puts on sys.path.
+from benchlib import BenchError, clean_env, find_tools, free_port, note, signal_and_wait  # noqa: E402,I001
 
 VENV_BIN = Path(sys.executable).parent
 #: tool -> the Debian package that provides it
@@ -57,9 +59,6 @@ RECONNECT = 50.0  # seconds a UDP connection id is reused (ours accepts it for 6
 LEFT = 1 << 30
 
 
-class BenchError(Exception):
-    """A precondition or a check failed: one line for the user, no traceback."""
-
 
 @dataclass(frozen=True)
 class Plan:
@@ -74,49 +73,6 @@ class Plan:
     ot_user: str
     server_cpu: int
     load_cpu: int
-
-
-def note(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def find_tools() -> None:
-    missing = []
-    for tool in TOOLS:
-        if shutil.which(tool):
-            continue
-        if shutil.which(tool, path="/usr/sbin:/sbin"):
-            os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
-        else:
-            missing.append(tool)
-    if missing:
-        raise BenchError("missing " + ", ".join(f"{t} (Debian package {TOOLS[t]})"
-                                                for t in missing)
-                         + "; install with: apt-get install "
-                         + " ".join(sorted({TOOLS[t] for t in missing})))
-
-
-def clean_env(**extra: str) -> dict:
-    """Our environment without settings that would change what is measured."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("HF_", "WEIGHTSWARM_", "TRANSFORMERS_"))}
-    env.update(extra)
-    return env
-
-
-def free_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-            try:
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-                    u.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise BenchError("found no port free for both TCP and UDP")
 
 
 # -- the workload ---------------------------------------------------------------------------------
@@ -665,17 +621,6 @@ def profile_summary(path: Path, title: str, top: int = 10) -> list[str]:
     return lines
 
 
-def signal_and_wait(server: Server, signum: int, line: bytes) -> None:
-    count = server.log.read_bytes().count(line)
-    server.process.send_signal(signum)
-    deadline = time.monotonic() + 30
-    while server.log.read_bytes().count(line) == count:
-        if time.monotonic() > deadline or server.process.poll() is not None:
-            raise BenchError(f"the profiled tracker did not answer {signum}: "
-                             f"{server.log.read_text()[-500:]}")
-        time.sleep(0.05)
-
-
 # -- the benchmark --------------------------------------------------------------------------------
 
 KINDS = [("udp", "UDP (BEP 15)"), ("close", "HTTP, Connection: close"),
@@ -729,9 +674,9 @@ def bench(plan: Plan, work: Path) -> None:
                 servers.append(server)
                 try:
                     populate(w, server.port)
-                    signal_and_wait(server, signal.SIGUSR1, b"profiling on")
+                    signal_and_wait(server.process, server.log, signal.SIGUSR1, b"profiling on", "tracker")
                     load(kind, w, server.port, plan, plan.profile_seconds)
-                    signal_and_wait(server, signal.SIGUSR2, b"profile written")
+                    signal_and_wait(server.process, server.log, signal.SIGUSR2, b"profile written", "tracker")
                 finally:
                     server.stop()
                     servers.remove(server)
@@ -800,7 +745,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
-        find_tools()
+        find_tools(TOOLS)
         cpus = sorted(os.sched_getaffinity(0))
         if len(cpus) < 2:
             raise BenchError(f"needs two cores (one for the trackers, one for the load), "

@@ -1,0 +1,74 @@
+"""What the benchmarks under ops/bench/ share: their one-line error, progress on stderr, the
+check for the tools they need, a clean environment, a free port, and the profiling handshake
+with a server started under cProfile."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import sys
+import time
+from pathlib import Path
+
+
+class BenchError(Exception):
+    """A precondition or a check failed: one line for the user, no traceback."""
+
+
+def note(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def find_tools(tools: dict[str, str]) -> None:
+    """Every tool on PATH (tool → the Debian package that provides it), or one clear error."""
+    missing = []
+    for tool in tools:
+        if shutil.which(tool):
+            continue
+        if shutil.which(tool, path="/usr/sbin:/sbin"):
+            # nginx and friends live in /usr/sbin, which a user's PATH often lacks.
+            os.environ["PATH"] = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+        else:
+            missing.append(tool)
+    if missing:
+        raise BenchError("missing " + ", ".join(f"{t} (Debian package {tools[t]})"
+                                                for t in missing)
+                         + "; install with: apt-get install "
+                         + " ".join(sorted({tools[t] for t in missing})))
+
+
+def clean_env(**extra: str) -> dict:
+    """Our environment without settings that would change what is measured."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("HF_", "WEIGHTSWARM_", "TRANSFORMERS_"))}
+    env.update(extra)
+    return env
+
+
+def free_port() -> int:
+    """A port free for both TCP and UDP on 127.0.0.1."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+                    u.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise BenchError("found no port free for both TCP and UDP")
+
+
+def signal_and_wait(process, log: Path, signum: int, line: bytes, what: str) -> None:
+    """Send `signum` to a server run under our cProfile wrapper and wait for the log `line`
+    that says it acted on it."""
+    count = log.read_bytes().count(line)
+    process.send_signal(signum)
+    deadline = time.monotonic() + 30
+    while log.read_bytes().count(line) == count:
+        if time.monotonic() > deadline or process.poll() is not None:
+            raise BenchError(f"the profiled {what} did not answer {signum}: "
+                             f"{log.read_text()[-500:]}")
+        time.sleep(0.05)
