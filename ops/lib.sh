@@ -70,6 +70,13 @@ ensure_debs() {
     fi
     echo "installing Debian packages: ${missing[*]}" >&2
     "${sudo[@]}" apt-get update -qq >/dev/null 2>&1 || true
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
-        "${missing[@]}" >/dev/null || echo "note: apt-get could not install ${missing[*]}" >&2
+    if ! DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq \
+        --no-install-recommends "${missing[@]}" >/dev/null 2>&1; then
+        # One package failing (a service that cannot start here, say) must not cost the rest.
+        for pkg in "${missing[@]}"; do
+            DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq \
+                --no-install-recommends "$pkg" >/dev/null 2>&1 ||
+                echo "note: apt-get could not install $pkg; what needs it skips" >&2
+        done
+    fi
 }
