@@ -28,9 +28,9 @@ from prometheus_client import (
     generate_latest,
 )
 
-from peer.errors import BadRequest, EntryNotFound, WeightswarmError
+from peer.errors import BadRequest, EntryNotFound, NotFound, WeightswarmError
 from peer.keys import load_or_create, public_key_text
-from peer.paths import is_sha256
+from peer.paths import check_repo_id, check_revision, is_commit, is_sha256
 from peer.service import until_stopped
 from peer.store import BlobStore
 
@@ -38,6 +38,7 @@ from . import routes
 from .answers import CatalogAnswers
 from .catalog import Catalog
 from .config import Config
+from .distribution import Distribution, magnet, torrent_file
 from .hfapi import TREE_PAGE, HubService, Located, parse_list_query, resolve_headers
 from .serving import blob_response
 
@@ -51,6 +52,9 @@ PUBLIC_KEY = web.AppKey("public_key", str)
 METRICS = web.AppKey("metrics", "Metrics")
 ROUTE = web.RequestKey("route", str)
 ANSWERS = web.AppKey("answers", CatalogAnswers)
+DISTRIBUTION = web.AppKey("distribution", Distribution)
+#: tracker announce URLs our torrents carry: [mirror] trackers, else the embedded tracker
+TRACKERS = web.AppKey("trackers", list)
 
 
 class Metrics:
@@ -309,6 +313,7 @@ async def _resources(app: web.Application):
     app[SERVICE] = HubService(catalog, store)
     app[ANSWERS] = CatalogAnswers(config.catalog_path)
     app[PUBLIC_KEY] = public_key_text(key)
+    app[DISTRIBUTION] = Distribution(catalog, key)
     log.info("mirror home %s, key %s", config.home, app[PUBLIC_KEY])
     tasks = [asyncio.create_task(_flush_access_log())]
     if config.mirror.syncs:
@@ -347,22 +352,71 @@ async def _flush_access_log() -> None:
         _flush_handlers(access_log)
 
 
-def create_app(config: Config) -> web.Application:
+async def snapshot_info(request: web.Request) -> web.Response:
+    request[ROUTE] = "snapshot"
+    hub, repo_type, repo_id = _distribution_repo(request)
+    revision = request.query.get("revision", "main")
+    check_revision(revision)
+    body = await _answer(request, ("snapshot", hub, repo_type, repo_id, revision),
+                         request.app[DISTRIBUTION].snapshot, hub, repo_type, repo_id, revision)
+    return web.json_response(body)
+
+
+async def manifest(request: web.Request) -> web.Response:
+    request[ROUTE] = "manifest"
+    hub, repo_type, repo_id = _distribution_repo(request)
+    commit = request.match_info["commit"]
+    if not is_commit(commit):
+        raise BadRequest("a manifest is named by its 40-hex commit")
+    body = await _answer(request, ("manifest", hub, repo_type, repo_id, commit),
+                         request.app[DISTRIBUTION].manifest, hub, repo_type, repo_id, commit)
+    return web.Response(body=body, content_type="application/x-msgpack",
+                        headers={"Cache-Control": "public, max-age=31536000, immutable"})
+
+
+async def torrent(request: web.Request) -> web.Response:
+    request[ROUTE] = "torrent"
+    sha256 = request.match_info["sha256"]
+    if not is_sha256(sha256):
+        raise BadRequest("a torrent is named by its blob's 64 lower-case hex sha256")
+    info, _ = await _answer(request, ("torrent", sha256), request.app[DISTRIBUTION].torrent,
+                            sha256)
+    trackers = request.app[TRACKERS]
+    web_seed = f"{_base_url(request)}/blobs/sha256/{sha256}"
+    if request.query.get("format") == "magnet":
+        return web.json_response({"magnet": magnet(info, trackers, web_seed)})
+    return web.Response(body=torrent_file(info, trackers, web_seed),
+                        content_type="application/x-bittorrent")
+
+
+def _distribution_repo(request: web.Request) -> tuple[str, str, str]:
+    hub, repo_type, repo_id = (request.match_info[k] for k in ("hub", "type", "repo"))
+    if hub not in ("huggingface", *routes.PREFIXED_HUBS) or repo_type not in ("model", "dataset"):
+        raise NotFound("no such hub or repo type")
+    return hub, repo_type, check_repo_id(repo_id)
+
+
+def create_app(config: Config, trackers: list[str] | None = None) -> web.Application:
     app = web.Application(middlewares=[observe])
     app[CONFIG] = config
+    app[TRACKERS] = list(config.mirror.trackers or trackers or [])
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_resources)
     app.router.add_get("/", index)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/weightswarm/key", public_key)
+    app.router.add_get("/api/weightswarm/snapshots/{hub}/{type}/{repo:.+}", snapshot_info)
+    app.router.add_get("/api/weightswarm/manifests/{hub}/{type}/{repo:.+}/{commit}", manifest)
+    app.router.add_get("/api/weightswarm/torrents/{sha256}.torrent", torrent)
     app.router.add_get("/blobs/sha256/{sha256}", blob)
     app.router.add_route("*", "/{tail:.*}", hub_api)
     return app
 
 
-async def start(config: Config) -> tuple[web.AppRunner, int]:
+async def start(config: Config, trackers: list[str] | None = None
+                ) -> tuple[web.AppRunner, int]:
     """Start serving; returns the runner and the port obtained (port 0 picks a free one)."""
-    runner = web.AppRunner(create_app(config), access_log=None)
+    runner = web.AppRunner(create_app(config, trackers), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, config.mirror.host, config.mirror.port)
     await site.start()
@@ -375,12 +429,14 @@ async def start(config: Config) -> tuple[web.AppRunner, int]:
 async def serve(config: Config, *, with_tracker: bool = False) -> None:
     """Serve until SIGINT or SIGTERM, then close connections and the catalog cleanly. The
     all-in-one node runs the tracker in the same process and loop."""
-    runner, _ = await start(config)
     tracker = None
+    embedded = []
     if with_tracker:
         from tracker import app as tracker_app
 
         tracker = await tracker_app.start(config.tracker)
+        embedded = [f"http://{config.tracker.host}:{tracker[2]}/announce"]
+    runner, _ = await start(config, embedded)
     # Everything alive now lives as long as the server: keep it out of the collector's scans,
     # and collect the young generation less often; full collections otherwise show as the
     # tail of request latency.

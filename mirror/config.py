@@ -41,6 +41,8 @@ SETTINGS = [
             "base URL clients see; default: the request's own scheme, host and port"),
     Setting("mirror", "archive", bool, False,
             "never remove anything: rm and gc refuse, syncs keep what the upstream removed"),
+    Setting("mirror", "trackers", list, [],
+            "tracker announce URLs our torrents carry [default: the embedded tracker]"),
     Setting("mirror", "min_free", int, 16 * 1024 * 1024,
             "bytes an import must leave free on the store's disk"),
     Setting("tracker", "host", str, "127.0.0.1", "address the tracker binds (HTTP and UDP)"),
@@ -86,6 +88,7 @@ class MirrorConfig:
     public_url: str | None
     archive: bool
     min_free: int
+    trackers: tuple
     upstreams: dict  # hub → {endpoint, token, requests_per_5min, bandwidth}
     #: [[mirror.sync]] jobs: {spec, include, exclude, interval (seconds)}
     syncs: tuple = ()
@@ -263,6 +266,7 @@ def load_config(
             public_url=public_url,
             archive=values[("mirror", "archive")],
             min_free=values[("mirror", "min_free")],
+            trackers=tuple(values[("mirror", "trackers")]),
             syncs=syncs,
             upstreams={
                 "huggingface": {

@@ -35,7 +35,7 @@ def test_serve_on_port_0_logs_the_port_it_got_and_serves(tmp_path):
 
     def read() -> None:
         for line in process.stderr:
-            match = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
+            match = re.search(r"mirror listening on http://127\.0\.0\.1:(\d+)", line)
             if match:
                 port.append(int(match.group(1)))
                 found.set()

@@ -1,0 +1,100 @@
+"""What a mirror publishes for peers: signed manifests and ref statements, and one torrent per
+large blob with its trackers and web seed (DESIGN.md sections 2, 3 and 8).
+
+The torrents are built from the piece hashes the store recorded at ingest (no second read); a
+blob of a gated or private repo gets `private: 1`. Web-seed URLs carry `public_url` and never a
+hub prefix: blobs are content-addressed and shared by every hub.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from peer.bencode import bencode
+from peer.errors import NotFound
+from peer.manifest import Manifest, ManifestFile, RefStatement, sign_manifest, sign_ref
+from peer.torrent import info_dict, info_hash
+
+from .catalog import BlobRecord, Catalog, ref_of
+
+
+def blob_info(record: BlobRecord, *, private: bool) -> dict | None:
+    """The blob's info dict, or None when it travels over HTTP only (small or not LFS)."""
+    if not record.piece_length:
+        return None
+    return info_dict(record.sha256, record.size, record.piece_length, record.pieces,
+                     private=private)
+
+
+def torrent_file(info: dict, trackers: list[str], web_seed: str) -> bytes:
+    torrent: dict = {"info": info, "url-list": [web_seed]}
+    if trackers:
+        torrent["announce"] = trackers[0]
+        torrent["announce-list"] = [[t] for t in trackers]
+    return bencode(torrent)
+
+
+def magnet(info: dict, trackers: list[str], web_seed: str) -> str:
+    parts = [f"xt=urn:btih:{info_hash(info)}", f"dn={info['name']}", f"xl={info['length']}"]
+    parts += [f"tr={quote(t, safe='')}" for t in trackers]
+    parts.append(f"ws={quote(web_seed, safe='')}")
+    return "magnet:?" + "&".join(parts)
+
+
+class Distribution:
+    """The lookups behind /api/weightswarm/{snapshots,manifests,torrents}; one thread."""
+
+    def __init__(self, catalog: Catalog, key: Ed25519PrivateKey):
+        self.catalog = catalog
+        self.key = key
+
+    def _private(self, sha256: str) -> bool:
+        """A blob is private content when no public repo holds it: bytes that any public repo
+        serves are public whatever else holds them, and share the public swarm."""
+        return not self.catalog.blob_is_public(sha256)
+
+    def manifest(self, hub: str, repo_type: str, repo_id: str, commit: str) -> bytes:
+        repo = self.catalog.repo(hub, repo_type, repo_id)
+        if repo.access == "private":
+            raise NotFound(f"no manifest for {repo_id}")
+        snapshot = self.catalog.snapshot(repo, commit)
+        files = []
+        for f in self.catalog.files(snapshot):
+            record = self.catalog.blob(f.sha256) if f.lfs else None
+            info = blob_info(record, private=self._private(f.sha256)) if record else None
+            files.append(ManifestFile(f.path, f.size, f.sha256, f.git_sha1, f.lfs,
+                                      info_hash(info) if info else None))
+        return sign_manifest(Manifest(hub, repo_type, repo_id, commit, tuple(files)), self.key)
+
+    def snapshot(self, hub: str, repo_type: str, repo_id: str, revision: str) -> dict:
+        """A revision resolved: its commit, a signed ref statement when it is a ref, and where
+        the manifest is."""
+        repo = self.catalog.repo(hub, repo_type, repo_id)
+        if repo.access == "private":
+            raise NotFound(f"no repo {repo_id}")
+        commit = self.catalog.resolve(repo, revision)
+        answer = {"hub": hub, "type": repo_type, "repo": repo_id, "revision": revision,
+                  "commit": commit,
+                  "manifest": f"/api/weightswarm/manifests/{hub}/{repo_type}/{repo_id}/{commit}"}
+        kind, name = ref_of(revision)
+        for ref in self.catalog.refs(repo):
+            if ref.name == name and (ref.kind == kind or kind == "branch"):
+                statement = RefStatement(hub, repo_type, repo_id, revision, ref.commit, ref.seq)
+                answer["ref_statement"] = sign_ref(statement, self.key).hex()
+                break
+        return answer
+
+    def torrent(self, sha256: str) -> tuple[dict, BlobRecord]:
+        record = self.catalog.blob(sha256)
+        if record is None or not self.catalog.referenced(sha256):
+            raise NotFound(f"no blob {sha256}")
+        if self._private(sha256):
+            # Private content needs a per-user tracker key (a later issue); until then its
+            # torrent is not handed out.
+            raise NotFound(f"no blob {sha256}")
+        info = blob_info(record, private=False)
+        if info is None:
+            raise NotFound(f"blob {sha256} travels over HTTP only (no torrent)")
+        return info, record
