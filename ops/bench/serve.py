@@ -205,8 +205,9 @@ class Server:
 
 
 def start_mirror(home: Path, cpu: str, log: Path, profile_to: Path | None = None) -> Server:
-    """The mirror as users run it, or (`profile_to`) under PROFILED_MIRROR."""
-    args = ["--home", home, "serve", "--host", "127.0.0.1", "--port", "0"]
+    """The mirror alone (`mirror serve`: `serve` would start a tracker too, and log its port
+    first) as users run it, or (`profile_to`) under PROFILED_MIRROR."""
+    args = ["--home", home, "mirror", "serve", "--host", "127.0.0.1", "--port", "0"]
     if profile_to is None:
         cmd = [VENV_BIN / "weightswarm", *args]
     else:
@@ -219,7 +220,8 @@ def start_mirror(home: Path, cpu: str, log: Path, profile_to: Path | None = None
     server = Server("weightswarm", process, 0, log)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        found = re.search(rb"listening on http://127\.0\.0\.1:(\d+)", log.read_bytes())
+        found = re.search(rb"mirror listening on http://127\.0\.0\.1:(\d+)",
+                          log.read_bytes())
         if found:
             server.port = int(found.group(1))
             return server
