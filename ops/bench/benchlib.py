@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import sys
 import time
@@ -72,3 +73,19 @@ def signal_and_wait(process, log: Path, signum: int, line: bytes, what: str) -> 
             raise BenchError(f"the profiled {what} did not answer {signum}: "
                              f"{log.read_text()[-500:]}")
         time.sleep(0.05)
+
+
+def stop_cleanly_on_signals() -> None:
+    """Ctrl-C and SIGTERM both unwind through `finally` (servers stopped, temp dirs removed),
+    even when started with SIGINT ignored (`cmd &`)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+def two_cores(servers: str) -> list[int]:
+    """The CPUs this process may use; one for `servers`, one for the load, or a BenchError."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise BenchError(f"needs two cores (one for the {servers}, one for the load), "
+                         f"this process may use {len(cpus)}")
+    return cpus

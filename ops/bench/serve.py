@@ -35,7 +35,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 # benchlib sits beside this script, whose folder Python puts on sys.path.
-from benchlib import BenchError, clean_env, find_tools, free_port, note, signal_and_wait  # noqa: E402,I001
+from benchlib import (  # noqa: E402,I001
+    BenchError, clean_env, find_tools, free_port, note, signal_and_wait,
+    stop_cleanly_on_signals, two_cores,
+)
 
 from mirror.config import load_config  # noqa: E402
 from peer.store import BlobStore  # noqa: E402
@@ -889,15 +892,10 @@ def main() -> None:
     parser.add_argument("--no-profile", action="store_true",
                         help="skip the cProfile breakdown of the mirror's request handling")
     args = parser.parse_args()
-    # Clean up on Ctrl-C and SIGTERM alike, even when started with SIGINT ignored (`cmd &`).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    stop_cleanly_on_signals()
     try:
         find_tools(TOOLS)
-        cpus = sorted(os.sched_getaffinity(0))
-        if len(cpus) < 2:
-            raise BenchError(f"needs two cores (one for the servers, one for the load), "
-                             f"this process may use {len(cpus)}")
+        cpus = two_cores("servers")
         plan = Plan(
             size_mib=args.size_mib or (256 if args.quick else 1024),
             runs=max(1, args.runs),

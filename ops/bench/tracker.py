@@ -43,7 +43,16 @@ from itertools import accumulate
 from pathlib import Path
 
 # benchlib sits beside this script, whose folder Python puts on sys.path.
-from benchlib import BenchError, clean_env, find_tools, free_port, note, signal_and_wait  # noqa: E402,I001
+from benchlib import (  # noqa: E402,I001
+    BenchError,
+    clean_env,
+    find_tools,
+    free_port,
+    note,
+    signal_and_wait,
+    stop_cleanly_on_signals,
+    two_cores,
+)
 
 VENV_BIN = Path(sys.executable).parent
 #: tool -> the Debian package that provides it
@@ -741,15 +750,10 @@ def main() -> None:
     parser.add_argument("--ot-user", default="wsbench",
                         help="the user opentracker runs as (it refuses root) [wsbench]")
     args = parser.parse_args()
-    # Clean up on Ctrl-C and SIGTERM alike, even when started with SIGINT ignored (`cmd &`).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    stop_cleanly_on_signals()
     try:
         find_tools(TOOLS)
-        cpus = sorted(os.sched_getaffinity(0))
-        if len(cpus) < 2:
-            raise BenchError(f"needs two cores (one for the trackers, one for the load), "
-                             f"this process may use {len(cpus)}")
+        cpus = two_cores("trackers")
         if os.geteuid() == 0:
             try:
                 pwd.getpwnam(args.ot_user)
