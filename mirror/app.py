@@ -39,6 +39,7 @@ from .answers import CatalogAnswers
 from .catalog import Catalog
 from .config import Config
 from .distribution import Distribution, magnet, torrent_file
+from .egress import Egress
 from .hfapi import TREE_PAGE, HubService, Located, parse_list_query, resolve_headers
 from .serving import blob_response
 
@@ -55,6 +56,8 @@ ANSWERS = web.AppKey("answers", CatalogAnswers)
 DISTRIBUTION = web.AppKey("distribution", Distribution)
 #: tracker announce URLs our torrents carry: [mirror] trackers, else the embedded tracker
 TRACKERS = web.AppKey("trackers", list)
+EGRESS = web.AppKey("egress", Egress)
+SEEDER = web.AppKey("seeder", object)
 
 
 class Metrics:
@@ -68,7 +71,30 @@ class Metrics:
                                  registry=self.registry)
         self.store_bytes = Gauge("weightswarm_mirror_store_bytes", "Bytes of blobs in the store",
                                  registry=self.registry)
+        self.egress_bytes = Counter(
+            "weightswarm_mirror_egress_bytes",
+            "Blob bytes sent: over BitTorrent, the web-seed route /blobs, and resolve",
+            ["via"], registry=self.registry)
+        self._egress = {via: self.egress_bytes.labels(via)
+                        for via in ("bittorrent", "webseed", "resolve")}
+        self.bt_torrents = Gauge("weightswarm_mirror_torrents_seeded", "Blobs seeded",
+                                 registry=self.registry)
+        self.bt_peers = Gauge("weightswarm_mirror_bittorrent_peers", "BitTorrent peers connected",
+                              registry=self.registry)
+        self.corrupt_blobs = Gauge("weightswarm_mirror_corrupt_blobs",
+                                   "Blobs a scrub found corrupt, not yet repaired",
+                                   registry=self.registry)
+        self.scrubbed = Counter("weightswarm_mirror_scrubbed_blobs", "Blobs re-hashed by scrubs",
+                                registry=self.registry)
+        self.corrupt_found = Counter("weightswarm_mirror_corrupt_found",
+                                     "Blobs scrubs found corrupt", registry=self.registry)
+        self.repaired = Counter("weightswarm_mirror_repaired_blobs",
+                                "Corrupt blobs mended from the swarm", registry=self.registry)
         self._children: dict[tuple[str, str], tuple] = {}
+
+    def egress(self, sent: int, via: str) -> None:
+        if sent > 0:
+            self._egress[via].inc(sent)
 
     def count(self, route: str, status: int, sent: int) -> None:
         # labels() costs a lock and a dict lookup in prometheus_client: keep the children.
@@ -80,6 +106,10 @@ class Metrics:
         children[0].inc()
         if sent:
             children[1].inc(sent)
+            if route == "blob":
+                self._egress["webseed"].inc(sent)
+            elif route == "resolve":
+                self._egress["resolve"].inc(sent)
 
 
 _NO_QUERY: MultiDict[str] = MultiDict()
@@ -204,7 +234,7 @@ async def hub_api(request: web.Request) -> web.StreamResponse:
         if not located.pinned:
             return web.Response(status=307, headers=headers)
         return blob_response(request, located.blob, located.entry.size, located.entry.etag,
-                             headers)
+                             headers, request.app[EGRESS])
     if call.kind == "paths_info":
         if method != "POST":
             raise web.HTTPMethodNotAllowed(method, ["POST"])
@@ -272,7 +302,8 @@ async def blob(request: web.Request) -> web.StreamResponse:
     if not is_sha256(sha256):
         raise BadRequest("a blob is named by 64 lower-case hex characters")
     path, size = await _answer(request, ("blob", sha256), request.app[SERVICE].public_blob, sha256)
-    return blob_response(request, path, size, sha256, {"Content-Type": "application/octet-stream"})
+    return blob_response(request, path, size, sha256, {"Content-Type": "application/octet-stream"},
+                         request.app[EGRESS])
 
 
 async def public_key(request: web.Request) -> web.Response:
@@ -286,6 +317,7 @@ async def metrics(request: web.Request) -> web.Response:
     catalog = request.app[SERVICE].catalog
     m.store_blobs.set(await _on_catalog(request, catalog.blob_count))
     m.store_bytes.set(await _on_catalog(request, catalog.store_bytes))
+    m.corrupt_blobs.set(len(await _on_catalog(request, catalog.corrupt_blobs)))
     return web.Response(body=generate_latest(m.registry),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
 
@@ -315,10 +347,16 @@ async def _resources(app: web.Application):
     app[PUBLIC_KEY] = public_key_text(key)
     app[DISTRIBUTION] = Distribution(catalog, key)
     log.info("mirror home %s, key %s", config.home, app[PUBLIC_KEY])
+    app[EGRESS] = Egress(config.mirror.egress_limit)
+    app[SEEDER] = None
+    if config.mirror.bittorrent is not None:
+        app[SEEDER] = await _start_seeder(app, catalog, store)
     tasks = [asyncio.create_task(_flush_access_log())]
     if config.mirror.syncs:
         tasks.append(asyncio.create_task(_scheduler(config).run()))
     yield
+    if app[SEEDER] is not None:
+        await app[SEEDER].close()
     for task in tasks:
         task.cancel()
     for task in tasks:
@@ -328,6 +366,26 @@ async def _resources(app: web.Application):
     app[ANSWERS].close()
     await loop.run_in_executor(thread, catalog.close)
     thread.shutdown(wait=True)
+
+
+async def _start_seeder(app: web.Application, catalog: Catalog, store: BlobStore):
+    from peer.session import Session
+
+    from .seeding import Seeder
+
+    config = app[CONFIG]
+    loop = asyncio.get_running_loop()
+
+    def on_catalog(fn, *args):
+        return loop.run_in_executor(app[CATALOG_THREAD], lambda: fn(*args))
+
+    seeder = Seeder(
+        session=Session(config.mirror.bittorrent), store=store, repair_dir=config.repair_dir,
+        egress=app[EGRESS], trackers=app[TRACKERS], on_catalog=on_catalog, catalog=catalog,
+        catalog_version=app[ANSWERS].version, scrub_interval=config.mirror.scrub_interval,
+        metrics=app[METRICS])
+    await seeder.start()
+    return seeder
 
 
 def _scheduler(config: Config):
@@ -389,6 +447,18 @@ async def torrent(request: web.Request) -> web.Response:
                         content_type="application/x-bittorrent")
 
 
+async def torrents(request: web.Request) -> web.Response:
+    """What this mirror seeds (and mends), live from its session."""
+    request[ROUTE] = "torrents"
+    seeder = request.app[SEEDER]
+    return web.json_response({
+        "seeding": seeder is not None,
+        "port": seeder.session.port if seeder else None,
+        "egress_limit": request.app[EGRESS].rate,
+        "torrents": seeder.torrents() if seeder else [],
+    })
+
+
 def _distribution_repo(request: web.Request) -> tuple[str, str, str]:
     hub, repo_type, repo_id = (request.match_info[k] for k in ("hub", "type", "repo"))
     if hub not in ("huggingface", *routes.PREFIXED_HUBS) or repo_type not in ("model", "dataset"):
@@ -407,6 +477,7 @@ def create_app(config: Config, trackers: list[str] | None = None) -> web.Applica
     app.router.add_get("/api/weightswarm/key", public_key)
     app.router.add_get("/api/weightswarm/snapshots/{hub}/{type}/{repo:.+}", snapshot_info)
     app.router.add_get("/api/weightswarm/manifests/{hub}/{type}/{repo:.+}/{commit}", manifest)
+    app.router.add_get("/api/weightswarm/torrents", torrents)
     app.router.add_get("/api/weightswarm/torrents/{sha256}.torrent", torrent)
     app.router.add_get("/blobs/sha256/{sha256}", blob)
     app.router.add_route("*", "/{tail:.*}", hub_api)

@@ -122,8 +122,14 @@ def _m4(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE repos ADD COLUMN gone_upstream_at REAL")
 
 
+def _m5(db: sqlite_utils.Database) -> None:
+    """Blobs a scrub found corrupt on disk: not seeded nor served until repaired."""
+    db.execute("ALTER TABLE blobs ADD COLUMN corrupt_at REAL")
+    db.execute("ALTER TABLE blobs ADD COLUMN corrupt_reason TEXT")
+
+
 #: MIGRATIONS[i] takes the schema from version i to i + 1.
-MIGRATIONS = [_m1, _m2, _m3, _m4]
+MIGRATIONS = [_m1, _m2, _m3, _m4, _m5]
 #: sort key of the listing API → column (all sorts are descending unless asked otherwise).
 SORTS = {
     "downloads": "downloads", "likes": "likes", "lastModified": "updated_at",
@@ -593,9 +599,40 @@ class Catalog:
                 "piece_length = CASE WHEN blobs.piece_length > 0 THEN blobs.piece_length "
                 "ELSE excluded.piece_length END, "
                 "pieces = CASE WHEN blobs.piece_length > 0 THEN blobs.pieces "
-                "ELSE excluded.pieces END, verified_at = excluded.verified_at",
+                "ELSE excluded.pieces END, verified_at = excluded.verified_at, "
+                # the store holds verified bytes again: whatever a scrub found is mended
+                "corrupt_at = NULL, corrupt_reason = NULL",
                 (d.sha256, d.size, d.git_sha1, d.blake3, d.piece_length, d.pieces, now, now),
             )
+
+    def seedable_blobs(self) -> list[BlobRecord]:
+        """Blobs that travel over BitTorrent in the public swarm: large (they have piece
+        hashes), held by a public repo, and not found corrupt."""
+        rows = self.conn.execute(
+            "SELECT b.sha256, b.size, b.git_sha1, b.blake3, b.piece_length, b.pieces FROM blobs b "
+            "WHERE b.piece_length > 0 AND b.corrupt_at IS NULL AND EXISTS (SELECT 1 FROM files f "
+            "JOIN snapshots s ON s.id = f.snapshot JOIN repos r ON r.id = s.repo "
+            "WHERE f.sha256 = b.sha256 AND r.access = 'public')"
+        ).fetchall()
+        return [BlobRecord(*row) for row in rows]
+
+    def mark_corrupt(self, sha256: str, reason: str, now: float | None = None) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE blobs SET corrupt_at = ?, corrupt_reason = ? WHERE sha256 = ?",
+                      (time.time() if now is None else now, reason, sha256))
+
+    def clear_corrupt(self, sha256: str, now: float | None = None) -> None:
+        """The blob was mended and verified again."""
+        with self.transaction() as c:
+            c.execute("UPDATE blobs SET corrupt_at = NULL, corrupt_reason = NULL, "
+                      "verified_at = ? WHERE sha256 = ?",
+                      (time.time() if now is None else now, sha256))
+
+    def corrupt_blobs(self) -> list[tuple[BlobRecord, str]]:
+        rows = self.conn.execute(
+            "SELECT sha256, size, git_sha1, blake3, piece_length, pieces, corrupt_reason "
+            "FROM blobs WHERE corrupt_at IS NOT NULL").fetchall()
+        return [(BlobRecord(*row[:6]), row[6]) for row in rows]
 
     def blob_count(self) -> int:
         return self.conn.execute("SELECT count(*) FROM blobs").fetchone()[0]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from peer.errors import ConfigError
+from peer.settings import SessionSettings
 from tracker.config import TrackerConfig, parse_sites
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,21 @@ SETTINGS = [
             "tracker announce URLs our torrents carry [default: the embedded tracker]"),
     Setting("mirror", "min_free", int, 16 * 1024 * 1024,
             "bytes an import must leave free on the store's disk"),
+    Setting("mirror", "egress_limit", int, None,
+            "bytes/s over all blob egress: BitTorrent upload, web seed and resolve together "
+            "[default: unlimited]"),
+    Setting("mirror", "seed", bool, True, "seed every large blob over BitTorrent"),
+    Setting("mirror", "bt_listen", str, "0.0.0.0:6881",
+            "BitTorrent listen address, host:port (port 0: any free port)"),
+    Setting("mirror", "bt_connections", int, 500, "BitTorrent connections at most"),
+    Setting("mirror", "bt_dht", bool, True, "join the DHT (BEP 5)"),
+    Setting("mirror", "bt_lsd", bool, True, "local service discovery on the LAN (BEP 14)"),
+    Setting("mirror", "bt_upnp", bool, False, "map the BitTorrent port with UPnP"),
+    Setting("mirror", "bt_natpmp", bool, False, "map the BitTorrent port with NAT-PMP"),
+    Setting("mirror", "bt_min_announce_interval", int, 300,
+            "the least time between announces to one tracker, seconds (tests use 1)"),
+    Setting("mirror", "scrub_interval", str, "7d",
+            "how often every blob is re-hashed (blake3) to find silent corruption; 0: never"),
     Setting("tracker", "host", str, "127.0.0.1", "address the tracker binds (HTTP and UDP)"),
     Setting("tracker", "port", int, 6969, "tracker port, HTTP and UDP (0: any free port)"),
     Setting("tracker", "interval", int, 1800, "seconds between a peer's announces"),
@@ -92,6 +108,10 @@ class MirrorConfig:
     upstreams: dict  # hub → {endpoint, token, requests_per_5min, bandwidth}
     #: [[mirror.sync]] jobs: {spec, include, exclude, interval (seconds)}
     syncs: tuple = ()
+    egress_limit: int | None = None
+    #: None: do not seed
+    bittorrent: SessionSettings | None = None
+    scrub_interval: float = 7 * 86400  # 0: never
 
 
 @dataclass(frozen=True)
@@ -112,12 +132,17 @@ class Config:
     def key_path(self) -> Path:
         return self.home / "mirror.key"
 
+    @property
+    def repair_dir(self) -> Path:
+        """Blobs found corrupt, being mended piece by piece from the swarm."""
+        return self.store_dir / "repair"
+
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def parse_duration(value: Any, origin: str) -> float:
-    """Seconds from 3600, "3600", "90m", "6h" or "1d"."""
+def parse_duration(value: Any, origin: str, *, least: float = 60) -> float:
+    """Seconds from 3600, "3600", "90m", "6h" or "1d"; 0 passes when `least` is 0."""
     text = str(value).strip().lower()
     try:
         if text and text[-1] in _UNITS:
@@ -126,8 +151,9 @@ def parse_duration(value: Any, origin: str) -> float:
             seconds = float(text)
     except ValueError:
         raise ConfigError(f"{origin}: {value!r} is not a duration (e.g. 3600, 90m, 6h)") from None
-    if seconds < 60:
-        raise ConfigError(f"{origin}: a sync interval under a minute ({value!r}) is impolite")
+    if seconds < 0 or (seconds < least):
+        raise ConfigError(f"{origin}: {value!r} is under a minute (the least is {least:.0f} s)"
+                          if least == 60 else f"{origin}: {value!r} is negative")
     return seconds
 
 
@@ -243,6 +269,16 @@ def load_config(
     port = values[("mirror", "port")]
     if not 0 <= port <= 65535:
         raise ConfigError(f"mirror.port must be 0-65535, got {port}")
+    egress = values[("mirror", "egress_limit")]
+    if egress is not None and egress <= 0:
+        raise ConfigError(f"mirror.egress_limit must be a positive number of bytes/s, got {egress}")
+    bt = {key[3:]: values[("mirror", key)] for (section, key) in _BY_NAME
+          if section == "mirror" and key.startswith("bt_")}
+    host, sep, bt_port = bt["listen"].rpartition(":")
+    if not sep or not host or not bt_port.isdigit() or int(bt_port) > 65535:
+        raise ConfigError(f"mirror.bt_listen must be host:port, got {bt['listen']!r}")
+    scrub = values[("mirror", "scrub_interval")]
+    scrub_interval = parse_duration(scrub, "mirror.scrub_interval", least=0)
     t = {key: values[("tracker", key)] for (section, key) in _BY_NAME if section == "tracker"}
     if not 0 <= t["port"] <= 65535:
         raise ConfigError(f"tracker.port must be 0-65535, got {t['port']}")
@@ -268,6 +304,13 @@ def load_config(
             min_free=values[("mirror", "min_free")],
             trackers=tuple(values[("mirror", "trackers")]),
             syncs=syncs,
+            egress_limit=egress,
+            bittorrent=SessionSettings(
+                listen=bt["listen"], dht=bt["dht"], lsd=bt["lsd"], upnp=bt["upnp"],
+                natpmp=bt["natpmp"], connections=bt["connections"],
+                min_announce_interval=bt["min_announce_interval"],
+            ) if values[("mirror", "seed")] else None,
+            scrub_interval=scrub_interval,
             upstreams={
                 "huggingface": {
                     "endpoint": values[(HF_SECTION, "endpoint")].rstrip("/"),

@@ -17,6 +17,8 @@ from aiohttp import web
 
 from peer.errors import BlobMissing, RangeNotSatisfiable
 
+from .egress import Egress
+
 _SENDFILE_CHUNK = 1 << 20
 
 
@@ -79,11 +81,13 @@ def quoted(etag: str) -> str:
 class BlobResponse(web.StreamResponse):
     """`count` bytes of `path` from `offset`, sent with sendfile when the transport allows."""
 
-    def __init__(self, path: Path, offset: int, count: int, *, status: int, headers: dict):
+    def __init__(self, path: Path, offset: int, count: int, *, status: int, headers: dict,
+                 egress: Egress | None = None):
         super().__init__(status=status, headers=headers)
         self._path = path
         self._offset = offset
         self._count = count
+        self._egress = egress if egress is not None and egress.limited else None
         self.content_length = count
 
     async def prepare(self, request: web.BaseRequest):
@@ -100,7 +104,10 @@ class BlobResponse(web.StreamResponse):
             if transport is None:
                 raise ConnectionResetError("client went away")
             try:
-                await loop.sendfile(transport, fobj, self._offset, self._count)
+                if self._egress is None:
+                    await loop.sendfile(transport, fobj, self._offset, self._count)
+                else:
+                    await self._metered(loop, transport, fobj)
             except NotImplementedError:
                 await self._copy(loop, fobj)
             await super().write_eof()
@@ -108,11 +115,25 @@ class BlobResponse(web.StreamResponse):
         finally:
             await loop.run_in_executor(None, fobj.close)
 
+    async def _metered(self, loop: asyncio.AbstractEventLoop, transport, fobj) -> None:
+        """sendfile in chunks, each sent once the mirror's egress budget grants it."""
+        egress = self._egress
+        offset, end = self._offset, self._offset + self._count
+        while offset < end:
+            n = min(egress.chunk, end - offset)
+            await egress.take(n)
+            if transport.is_closing():
+                raise ConnectionResetError("client went away")
+            await loop.sendfile(transport, fobj, offset, n)
+            offset += n
+
     async def _copy(self, loop: asyncio.AbstractEventLoop, fobj) -> None:
         remaining = self._count
         await loop.run_in_executor(None, fobj.seek, self._offset)
         while remaining > 0:
             chunk = await loop.run_in_executor(None, fobj.read, min(_SENDFILE_CHUNK, remaining))
+            if self._egress is not None:
+                await self._egress.take(len(chunk))
             if not chunk:
                 raise ConnectionResetError("blob shrank while being sent")
             await self.write(chunk)
@@ -120,7 +141,8 @@ class BlobResponse(web.StreamResponse):
 
 
 def blob_response(
-    request: web.BaseRequest, path: Path, size: int, etag: str, extra_headers: dict
+    request: web.BaseRequest, path: Path, size: int, etag: str, extra_headers: dict,
+    egress: Egress | None = None,
 ) -> web.StreamResponse:
     """The whole answer for a blob of `size` bytes (as the catalog recorded it: the store
     verified them): 304, 206, 416 (raised) or 200, with our ETag."""
@@ -132,6 +154,7 @@ def blob_response(
     if if_range is not None and not etag_matches(if_range, etag):
         byte_range = None  # the client's copy is another version: send the whole file
     if byte_range is None:
-        return BlobResponse(path, 0, size, status=200, headers=headers)
+        return BlobResponse(path, 0, size, status=200, headers=headers, egress=egress)
     headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{size}"
-    return BlobResponse(path, byte_range.start, byte_range.length, status=206, headers=headers)
+    return BlobResponse(path, byte_range.start, byte_range.length, status=206, headers=headers,
+                        egress=egress)

@@ -3,13 +3,21 @@ import tempfile
 
 # helpers imports no Hugging Face code, so the settings below are in place before the stock
 # client, which reads them at import time, is first imported.
-from helpers import HF_TEST_SETTINGS, make_config, start_mirror, without_hf_settings
+from helpers import (
+    BT_TEST_SETTINGS,
+    HF_TEST_SETTINGS,
+    make_config,
+    start_mirror,
+    without_hf_settings,
+)
 
 _clean = without_hf_settings(os.environ)
 os.environ.clear()
 os.environ.update(_clean, **HF_TEST_SETTINGS,
                   HF_HOME=tempfile.mkdtemp(prefix="weightswarm-hf-home-"))
 os.environ.pop("WEIGHTSWARM_HOME", None)
+# Mirrors that tests start as commands inherit these.
+os.environ.update({f"WEIGHTSWARM_MIRROR_{k.upper()}": str(v) for k, v in BT_TEST_SETTINGS.items()})
 
 import pytest  # noqa: E402
 

@@ -20,8 +20,15 @@ ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
 
+#: BitTorrent in tests: loopback only, any free port, nothing that reaches past this host,
+#: announces as often as a test's tracker asks (BITTORRENT.md section 1).
+BT_TEST_SETTINGS = {"bt_listen": "127.0.0.1:0", "bt_dht": False, "bt_lsd": False,
+                    "bt_upnp": False, "bt_natpmp": False, "bt_min_announce_interval": 1}
+
+
 def make_config(home: Path, **mirror_overrides) -> Config:
     overrides = {("mirror", "port"): 0, ("mirror", "host"): "127.0.0.1"}
+    overrides.update({("mirror", k): v for k, v in BT_TEST_SETTINGS.items()})
     overrides.update({("mirror", k): v for k, v in mirror_overrides.items()})
     return load_config(home=home, env={}, overrides=overrides)
 

@@ -17,7 +17,7 @@ from tracker.config import TrackerConfig
 pytest.importorskip("libtorrent")
 from peer.session import Session, SessionSettings  # noqa: E402
 
-SETTINGS = SessionSettings(listen="127.0.0.1:0", fast=True)
+SETTINGS = SessionSettings(listen="127.0.0.1:0", min_announce_interval=1)
 
 
 @pytest.fixture

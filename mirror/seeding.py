@@ -1,0 +1,232 @@
+"""A mirror seeds every large public blob it holds (DESIGN.md section 4, flow 4).
+
+`Seeder` owns the process's libtorrent session. It follows the catalog: on start, and whenever
+the catalog changes (an import from the command line, a sync, an `rm`), it adds the torrents of
+blobs it should seed and drops the others, each added as complete and verified (the store
+checked every byte at ingest) so nothing is hashed again. It steers libtorrent's upload limit
+so that one egress budget (mirror/egress.py) covers BitTorrent and HTTP together, runs the
+periodic blake3 scrub, and mends blobs found corrupt from the swarm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from peer.hashing import hash_file
+from peer.store import BlobStore, _fsync_dir
+from peer.torrent import info_hash as compute_info_hash
+
+from .catalog import BlobRecord, Catalog
+from .distribution import blob_info
+from .egress import TICK, Egress
+from .scrub import Finding, quarantine, repair_path, scrub
+
+log = logging.getLogger(__name__)
+
+#: How often the catalog's version is looked at for new or removed blobs, seconds.
+FOLLOW_EVERY = 1.0
+#: Torrents added per turn of the event loop while catching up with the catalog.
+ADD_BATCH = 500
+
+
+class Seeder:
+    def __init__(self, *, session, store: BlobStore, repair_dir: Path, egress: Egress,
+                 trackers: list[str], on_catalog: Callable[..., Awaitable[Any]],
+                 catalog: Catalog, catalog_version: Callable[[], int],
+                 scrub_interval: float = 0, metrics=None):
+        self.session = session
+        self.store = store
+        self.repair_dir = repair_dir
+        self.egress = egress
+        self.trackers = list(trackers)
+        self._on_catalog = on_catalog
+        self.catalog = catalog
+        self._catalog_version = catalog_version
+        self.scrub_interval = scrub_interval
+        self.metrics = metrics
+        #: sha256 → info-hash of what is seeded
+        self.seeding: dict[str, str] = {}
+        #: sha256 → the task mending it
+        self.repairs: dict[str, asyncio.Task] = {}
+        self.repaired: list[str] = []
+        self._tasks: list[asyncio.Task] = []
+        self._followed: int | None = None
+        self._sent_bt = 0
+        self._limit_set = -1
+        self._reconciling = asyncio.Lock()
+
+    # -- life ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.session.start()
+        if self.egress.limited:
+            self.session.limit_every_peer()
+        await self.reconcile()
+        self._tasks = [asyncio.create_task(self._follow()),
+                       asyncio.create_task(self._steer())]
+        if self.scrub_interval > 0:
+            self._tasks.append(asyncio.create_task(self._scrub_periodically()))
+        log.info("seeding %d blobs over BitTorrent on port %d, announcing to %s",
+                 len(self.seeding), self.session.port, ", ".join(self.trackers) or "no tracker")
+
+    async def close(self) -> None:
+        for task in (*self._tasks, *self.repairs.values()):
+            task.cancel()
+        for task in (*self._tasks, *self.repairs.values()):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.session.close()
+
+    # -- following the catalog --------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        """Seed what the catalog says we hold, drop what it no longer does, mend what it marks
+        corrupt."""
+        async with self._reconciling:
+            self._followed = self._catalog_version()
+            wanted = await self._on_catalog(self.catalog.seedable_blobs)
+            corrupt = await self._on_catalog(self.catalog.corrupt_blobs)
+            wanted_by_sha = {r.sha256: r for r in wanted}
+            for sha256 in [s for s in self.seeding if s not in wanted_by_sha]:
+                if sha256 not in self.repairs:
+                    self.session.remove(self.seeding.pop(sha256))
+            added = 0
+            for record in wanted:
+                if record.sha256 in self.seeding or record.sha256 in self.repairs:
+                    continue
+                self._seed(record)
+                added += 1
+                if added % ADD_BATCH == 0:
+                    await asyncio.sleep(0)
+            if added:
+                log.info("seeding %d more blobs (%d in all)", added, len(self.seeding))
+            for record, reason in corrupt:
+                if record.sha256 not in self.repairs and record.piece_length:
+                    self.repairs[record.sha256] = asyncio.create_task(self._repair(record, reason))
+
+    def _seed(self, record: BlobRecord) -> None:
+        path = self.store.path_for(record.sha256)
+        info = blob_info(record, private=False)
+        self.seeding[record.sha256] = self.session.add(
+            info, path.parent, trackers=self.trackers, have_all=True)
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(FOLLOW_EVERY)
+            try:
+                if self._catalog_version() != self._followed:
+                    await self.reconcile()
+            except Exception:
+                log.exception("following the catalog failed; trying again")
+
+    # -- one egress budget ------------------------------------------------------------------
+
+    async def _steer(self) -> None:
+        """Read what libtorrent sent, debit it from the budget, and set its next limit."""
+        while True:
+            await asyncio.sleep(TICK if self.egress.limited else 1.0)
+            counters = await self.session.stats()
+            sent = counters.get("net.sent_payload_bytes", 0)
+            delta, self._sent_bt = sent - self._sent_bt, sent
+            self.egress.debit(delta)
+            if self.metrics is not None:
+                self.metrics.egress(delta, "bittorrent")
+                self.metrics.bt_peers.set(counters.get("peer.num_peers_connected", 0))
+                self.metrics.bt_torrents.set(len(self.seeding))
+            if self.egress.limited:
+                limit = self.egress.bittorrent_limit()
+                if abs(limit - self._limit_set) > 0.05 * self.egress.rate:
+                    self.session.set_upload_limit(limit)
+                    self._limit_set = limit
+
+    # -- scrub and repair -------------------------------------------------------------------
+
+    async def scrub_now(self) -> list[Finding]:
+        """Re-hash every seeded or served blob with blake3; take the bad ones out of service."""
+        records = [r for r in await self._on_catalog(self.catalog.blobs)
+                   if r.sha256 not in self.repairs]
+        started = time.monotonic()
+        found_bad = await asyncio.to_thread(scrub, self.store, records)
+        for finding in found_bad:
+            await self._on_catalog(quarantine, self.store, self.catalog, self.repair_dir,
+                                   finding)
+        log.info("scrubbed %d blobs in %.1fs: %d corrupt", len(records),
+                 time.monotonic() - started, len(found_bad))
+        if self.metrics is not None:
+            self.metrics.scrubbed.inc(len(records))
+            self.metrics.corrupt_found.inc(len(found_bad))
+        if found_bad:
+            await self.reconcile()
+        return found_bad
+
+    async def _scrub_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(self.scrub_interval)
+            try:
+                await self.scrub_now()
+            except Exception:
+                log.exception("scrub failed; trying again at the next interval")
+
+    async def _repair(self, record: BlobRecord, reason: str) -> None:
+        """Fetch the bad pieces of a blob from the swarm, check the whole blob, put it back."""
+        sha256 = record.sha256
+        try:
+            old = self.seeding.pop(sha256, None)
+            if old is not None:
+                self.session.remove(old)
+            self.repair_dir.mkdir(parents=True, exist_ok=True)
+            target = repair_path(self.repair_dir, sha256)
+            published = self.store.path_for(sha256)
+            if published.exists() and not target.exists():
+                os.replace(published, target)  # marked by another process: move it here
+                os.chmod(target, 0o644)
+            log.info("repairing blob %s (%s) from the swarm", sha256, reason)
+            info = blob_info(record, private=False)
+            key = self.session.add(info, self.repair_dir, trackers=self.trackers)
+            while True:
+                await self.session.finished(key)
+                digests = await asyncio.to_thread(hash_file, target, lfs=True)
+                if digests.sha256 == sha256 and digests.blake3 == record.blake3:
+                    break
+                log.warning("blob %s still wrong after the swarm's pieces: checking again",
+                            sha256)
+                self.session.force_recheck(key)
+            self.session.remove(key)
+            os.chmod(target, 0o444)
+            published.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(target, published)
+            _fsync_dir(published.parent)
+            await self._on_catalog(self.catalog.clear_corrupt, sha256)
+            self.repaired.append(sha256)
+            log.info("blob %s repaired from the swarm and verified", sha256)
+            if self.metrics is not None:
+                self.metrics.repaired.inc()
+        finally:
+            self.repairs.pop(sha256, None)
+        await self.reconcile()
+
+    # -- reporting --------------------------------------------------------------------------
+
+    def torrents(self) -> list[dict]:
+        rows = []
+        for sha256, key in sorted(self.seeding.items()):
+            s = self.session.status(key)
+            rows.append({"sha256": sha256, "info_hash": key, "state": "seeding",
+                         "peers": s.peers, "uploaded": s.uploaded,
+                         "upload_rate": s.upload_rate})
+        for sha256 in sorted(self.repairs):
+            rows.append({"sha256": sha256, "info_hash": None, "state": "repairing",
+                         "peers": 0, "uploaded": 0, "upload_rate": 0})
+        return rows
+
+
+def info_hash_of(record: BlobRecord) -> str | None:
+    info = blob_info(record, private=False)
+    return compute_info_hash(info) if info else None
