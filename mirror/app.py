@@ -372,6 +372,7 @@ async def _start_seeder(app: web.Application, catalog: Catalog, store: BlobStore
     from peer.session import Session
 
     from .seeding import Seeder
+    from .syncjobs import refetch_blob
 
     config = app[CONFIG]
     loop = asyncio.get_running_loop()
@@ -383,7 +384,7 @@ async def _start_seeder(app: web.Application, catalog: Catalog, store: BlobStore
         session=Session(config.mirror.bittorrent), store=store, repair_dir=config.repair_dir,
         egress=app[EGRESS], trackers=app[TRACKERS], on_catalog=on_catalog, catalog=catalog,
         catalog_version=app[ANSWERS].version, scrub_interval=config.mirror.scrub_interval,
-        metrics=app[METRICS])
+        metrics=app[METRICS], refetch=lambda sha256: refetch_blob(config, sha256))
     await seeder.start()
     return seeder
 

@@ -634,6 +634,22 @@ class Catalog:
             "FROM blobs WHERE corrupt_at IS NOT NULL").fetchall()
         return [(BlobRecord(*row[:6]), row[6]) for row in rows]
 
+    def holders(self, sha256: str) -> list[tuple[str, str, str, str, str]]:
+        """(hub, type, repo id, commit, path) of every published file with these bytes."""
+        return [tuple(row) for row in self.conn.execute(
+            "SELECT r.hub, r.type, r.repo_id, s.commit_id, f.path FROM files f "
+            "JOIN snapshots s ON s.id = f.snapshot JOIN repos r ON r.id = s.repo "
+            "WHERE f.sha256 = ? ORDER BY s.created_at DESC", (sha256,)).fetchall()]
+
+    def sync_spec_for(self, repo_id: str) -> str | None:
+        """The spec of the latest successful sync that brought this repo (an author sync
+        records every repo it brought, comma-separated)."""
+        row = self.conn.execute(
+            "SELECT spec FROM sync_runs WHERE status = 'ok' AND (repo_id = ? OR "
+            "', ' || repo_id || ', ' LIKE '%, ' || ? || ', %' ESCAPE '\\') "
+            "ORDER BY started_at DESC LIMIT 1", (repo_id, _like_escape(repo_id))).fetchone()
+        return row[0] if row else None
+
     def blob_count(self) -> int:
         return self.conn.execute("SELECT count(*) FROM blobs").fetchone()[0]
 

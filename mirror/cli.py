@@ -339,6 +339,94 @@ def mirror_verify(state: State, repo_id, hub, repo_type, full) -> None:
         sys.exit(1)
 
 
+@mirror.command("scrub")
+@click.option("--progress/--no-progress", default=None, help="progress bar [default: on a tty]")
+@click.pass_obj
+def mirror_scrub(state: State, progress: bool | None) -> None:
+    """Re-hash every blob (blake3) and take corrupt ones out of service.
+
+    A corrupt blob is marked, stops being seeded and served, and is moved aside; a running
+    mirror then mends it from the swarm, fetching only the pieces that are wrong."""
+    from tqdm import tqdm
+
+    from .scrub import quarantine, scrub
+
+    config = state.config()
+    catalog, store = _open(config)
+    under_repair = {r.sha256 for r, _ in catalog.corrupt_blobs()}
+    records = [r for r in catalog.blobs() if r.sha256 not in under_repair]
+    show = sys.stderr.isatty() if progress is None else progress
+    with tqdm(total=sum(r.size for r in records), unit="B", unit_scale=True,
+              unit_divisor=1024, desc="scrub", disable=not show) as bar:
+        findings = scrub(store, records, progress=bar.update)
+    for finding in findings:
+        quarantine(store, catalog, config.repair_dir, finding)
+        click.echo(f"CORRUPT {finding.sha256}: {finding.problem}")
+    click.echo(f"{len(records) - len(findings)} of {len(records)} blobs intact"
+               + (f"; {len(under_repair)} already under repair" if under_repair else ""))
+    if findings:
+        click.echo("a running mirror repairs corrupt blobs from the swarm "
+                   "(`weightswarm mirror torrents` shows them)")
+        sys.exit(1)
+
+
+def _mirror_url(config: Config) -> str:
+    host = config.mirror.host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    return config.mirror.public_url or f"http://{host}:{config.mirror.port}"
+
+
+@mirror.command("torrents")
+@click.option("--url", help="the running mirror [default: mirror.public_url, else host:port]")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_obj
+def mirror_torrents(state: State, url: str | None, as_json: bool) -> None:
+    """List the blobs this mirror seeds: info-hash, state, peers, bytes uploaded.
+
+    Asks the running mirror; when none answers, lists what it would seed from the catalog."""
+    import urllib.error
+    import urllib.request
+
+    from .seeding import info_hash_of
+
+    config = state.config()
+    url = (url or _mirror_url(config)).rstrip("/")
+    try:
+        with urllib.request.urlopen(f"{url}/api/weightswarm/torrents", timeout=10) as r:
+            answer = json.load(r)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        log.info("no mirror answered at %s (%s): listing from the catalog", url, e)
+        catalog, _ = _open(config)
+        rows = [{"sha256": r.sha256, "info_hash": info_hash_of(r), "state": "stopped",
+                 "peers": 0, "uploaded": 0, "upload_rate": 0}
+                for r in catalog.seedable_blobs()]
+        rows += [{"sha256": r.sha256, "info_hash": info_hash_of(r), "state": "corrupt",
+                  "peers": 0, "uploaded": 0, "upload_rate": 0, "reason": reason}
+                 for r, reason in catalog.corrupt_blobs()]
+        answer = {"seeding": False, "port": None, "egress_limit": config.mirror.egress_limit,
+                  "torrents": rows}
+    if as_json:
+        click.echo(json.dumps(answer, indent=2))
+        return
+    click.echo(f"{'info-hash':40}  {'blob sha256':16}  {'state':9}  {'peers':>5}  uploaded")
+    for row in answer["torrents"]:
+        click.echo(f"{row['info_hash'] or '-':40}  {row['sha256'][:16]}  {row['state']:9}  "
+                   f"{row['peers']:>5}  {_size(row['uploaded'])}")
+    limit = answer.get("egress_limit")
+    click.echo(f"{len(answer['torrents'])} torrents"
+               + (f", BitTorrent port {answer['port']}" if answer.get("port") else "")
+               + (f", egress limit {_size(limit)}/s" if limit else ""))
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
 def main() -> None:
     try:
         cli(standalone_mode=False)

@@ -40,7 +40,8 @@ class Seeder:
     def __init__(self, *, session, store: BlobStore, repair_dir: Path, egress: Egress,
                  trackers: list[str], on_catalog: Callable[..., Awaitable[Any]],
                  catalog: Catalog, catalog_version: Callable[[], int],
-                 scrub_interval: float = 0, metrics=None):
+                 scrub_interval: float = 0, metrics=None,
+                 refetch: Callable[[str], bool] | None = None):
         self.session = session
         self.store = store
         self.repair_dir = repair_dir
@@ -51,6 +52,10 @@ class Seeder:
         self._catalog_version = catalog_version
         self.scrub_interval = scrub_interval
         self.metrics = metrics
+        #: fetches a blob again from its upstream (blocking; run in a thread)
+        self.refetch = refetch
+        #: how long a repair waits for the swarm before asking the upstream, seconds
+        self.upstream_after = 60.0
         #: sha256 → info-hash of what is seeded
         self.seeding: dict[str, str] = {}
         #: sha256 → the task mending it
@@ -108,7 +113,7 @@ class Seeder:
             if added:
                 log.info("seeding %d more blobs (%d in all)", added, len(self.seeding))
             for record, reason in corrupt:
-                if record.sha256 not in self.repairs and record.piece_length:
+                if record.sha256 not in self.repairs:
                     self.repairs[record.sha256] = asyncio.create_task(self._repair(record, reason))
 
     def _seed(self, record: BlobRecord) -> None:
@@ -187,30 +192,64 @@ class Seeder:
             if published.exists() and not target.exists():
                 os.replace(published, target)  # marked by another process: move it here
                 os.chmod(target, 0o644)
-            log.info("repairing blob %s (%s) from the swarm", sha256, reason)
-            info = blob_info(record, private=False)
-            key = self.session.add(info, self.repair_dir, trackers=self.trackers)
-            while True:
-                await self.session.finished(key)
-                digests = await asyncio.to_thread(hash_file, target, lfs=True)
-                if digests.sha256 == sha256 and digests.blake3 == record.blake3:
-                    break
-                log.warning("blob %s still wrong after the swarm's pieces: checking again",
-                            sha256)
-                self.session.force_recheck(key)
-            self.session.remove(key)
-            os.chmod(target, 0o444)
-            published.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(target, published)
-            _fsync_dir(published.parent)
-            await self._on_catalog(self.catalog.clear_corrupt, sha256)
+            if record.piece_length:
+                log.info("repairing blob %s (%s) from the swarm", sha256, reason)
+                info = blob_info(record, private=False)
+                key = self.session.add(info, self.repair_dir, trackers=self.trackers)
+                source = await self._mend(record, key, target)
+                self.session.remove(key)
+            else:  # small: no torrent, only its upstream has it
+                log.info("repairing blob %s (%s) from its upstream", sha256, reason)
+                wait = self.upstream_after
+                while not (self.refetch and await asyncio.to_thread(self.refetch, sha256)):
+                    await asyncio.sleep(wait)
+                    wait = min(wait * 2, 3600)
+                source = "upstream"
+            if source == "swarm":
+                os.chmod(target, 0o444)
+                published.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(target, published)
+                _fsync_dir(published.parent)
+                await self._on_catalog(self.catalog.clear_corrupt, sha256)
+            else:
+                target.unlink(missing_ok=True)  # the upstream's copy is in the store already
             self.repaired.append(sha256)
-            log.info("blob %s repaired from the swarm and verified", sha256)
+            log.info("blob %s repaired from the %s and verified", sha256, source)
             if self.metrics is not None:
                 self.metrics.repaired.inc()
         finally:
             self.repairs.pop(sha256, None)
         await self.reconcile()
+
+    async def _mend(self, record: BlobRecord, key: str, target: Path) -> str:
+        """Wait for the swarm to supply the wrong pieces; when it has not after a while, and a
+        sync brought the blob, fetch it again from that upstream. Returns where it came from."""
+        wait = self.upstream_after
+        finished = asyncio.ensure_future(self._from_swarm(record, key, target))
+        try:
+            while True:
+                done, _ = await asyncio.wait([finished], timeout=wait)
+                if done:
+                    finished.result()
+                    return "swarm"
+                if self.refetch is not None:
+                    log.info("blob %s: no peer mended it in %.0fs; asking its upstream",
+                             record.sha256, wait)
+                    if await asyncio.to_thread(self.refetch, record.sha256):
+                        return "upstream"
+                wait = min(wait * 2, 3600)
+        finally:
+            finished.cancel()
+
+    async def _from_swarm(self, record: BlobRecord, key: str, target: Path) -> None:
+        while True:
+            await self.session.finished(key)
+            digests = await asyncio.to_thread(hash_file, target, lfs=True)
+            if digests.sha256 == record.sha256 and digests.blake3 == record.blake3:
+                return
+            log.warning("blob %s still wrong after the swarm's pieces: checking again",
+                        record.sha256)
+            self.session.force_recheck(key)
 
     # -- reporting --------------------------------------------------------------------------
 

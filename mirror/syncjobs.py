@@ -5,6 +5,7 @@ failed."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import time
@@ -16,7 +17,7 @@ from peer.store import BlobStore
 
 from .catalog import Catalog
 from .config import Config
-from .sync import Syncer, SyncResult, SyncSpec
+from .sync import Syncer, SyncResult, SyncSpec, parse_spec
 from .upstreams import Upstream
 from .upstreams.huggingface import HuggingFace
 from .upstreams.local import LocalFolder
@@ -76,6 +77,46 @@ async def run_specs(config: Config, specs: list[SyncSpec], *, parallel: int = 4,
     finally:
         catalog.close()
     return outcome
+
+
+def refetch_blob(config: Config, sha256: str) -> bool:
+    """Fetch one blob again from the upstream a sync brought it from: the way to mend a
+    corrupt blob that no peer in the swarm holds. Runs in a thread with its own event loop and
+    catalog connection; True once the store holds verified bytes again."""
+    return asyncio.run(_refetch(config, sha256))
+
+
+async def _refetch(config: Config, sha256: str) -> bool:
+    catalog, store = Catalog(config.catalog_path), BlobStore(config.store_dir)
+    try:
+        for hub, repo_type, repo_id, commit, path in catalog.holders(sha256):
+            text = catalog.sync_spec_for(repo_id)
+            if text is None:
+                continue
+            spec = dataclasses.replace(parse_spec(text), hub=hub, repo_type=repo_type,
+                                       repo_id=repo_id, revision=commit)
+            upstream = upstream_for(config, spec)
+            try:
+                listed = {f.path: f for f in await upstream.list_files(repo_type, repo_id,
+                                                                       commit)}
+                remote = listed.get(path)
+                if remote is None or (remote.lfs and remote.sha256 != sha256):
+                    continue
+                syncer = Syncer(catalog, store, upstream, min_free=config.mirror.min_free)
+                digests = await syncer._fetch(spec, commit, remote, lambda n: None)
+                if digests.sha256 != sha256:
+                    continue
+                catalog.put_blob(digests)
+                log.info("blob %s fetched again from %s (%s@%s %s)", sha256, upstream.name,
+                         repo_id, commit[:12], path)
+                return True
+            except WeightswarmError as e:
+                log.warning("blob %s: %s could not give it again: %s", sha256, spec, e)
+            finally:
+                await upstream.close()
+        return False
+    finally:
+        catalog.close()
 
 
 @dataclass(frozen=True)
