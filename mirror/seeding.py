@@ -257,7 +257,7 @@ class Seeder:
         rows = []
         for sha256, key in sorted(self.seeding.items()):
             s = self.session.status(key)
-            rows.append({"sha256": sha256, "info_hash": key, "state": "seeding",
+            rows.append({"sha256": sha256, "info_hash": key, "state": s.state,
                          "peers": s.peers, "uploaded": s.uploaded,
                          "upload_rate": s.upload_rate})
         for sha256 in sorted(self.repairs):

@@ -86,6 +86,7 @@ class Session:
         self._finished: dict[str, list[asyncio.Future]] = {}
         self._resume: dict[str, list[asyncio.Future]] = {}
         self._stats: list[asyncio.Future] = []
+        self._renamed: dict[str, list[asyncio.Future]] = {}
         self._handles: dict[str, lt.torrent_handle] = {}
         self.hash_failures: dict[str, int] = {}
         self.errors: list[str] = []
@@ -156,7 +157,7 @@ class Session:
     def status(self, info_hash: str) -> TorrentStatus:
         s = self._handles[info_hash].status()
         return TorrentStatus(
-            info_hash, s.name, str(s.state), s.progress, s.num_peers, s.num_seeds,
+            info_hash, s.name, "error" if s.errc.value() else str(s.state), s.progress, s.num_peers, s.num_seeds,
             s.total_payload_upload, s.total_payload_download, s.upload_payload_rate,
             s.download_payload_rate, s.is_seeding, self.hash_failures.get(info_hash, 0))
 
@@ -212,6 +213,13 @@ class Session:
         self._handles[info_hash].save_resume_data(lt.save_resume_flags_t.flush_disk_cache)
         return await future
 
+    async def rename(self, info_hash: str, name: str) -> None:
+        """Rename the torrent's file on disk (relative to its save path), seeding on."""
+        future = asyncio.get_running_loop().create_future()
+        self._renamed.setdefault(info_hash, []).append(future)
+        self._handles[info_hash].rename_file(0, name)
+        await future
+
     async def stats(self) -> dict[str, int]:
         """The session's counters (`lt.session_stats_metrics()` names), fresh."""
         future = asyncio.get_running_loop().create_future()
@@ -254,6 +262,16 @@ class Session:
                 for future in self._resume.pop(key, []):
                     if not future.done():
                         future.set_exception(RuntimeError(message))
+            elif isinstance(alert, (lt.file_renamed_alert, lt.file_rename_failed_alert)):
+                key = alert.handle.info_hash().to_string().hex()
+                failed = isinstance(alert, lt.file_rename_failed_alert)
+                message = alert.message()
+                for future in self._renamed.pop(key, []):
+                    if not future.done():
+                        if failed:
+                            future.set_exception(OSError(message))
+                        else:
+                            future.set_result(None)
             elif isinstance(alert, lt.hash_failed_alert):
                 key = alert.handle.info_hash().to_string().hex()
                 self.hash_failures[key] = self.hash_failures.get(key, 0) + 1
@@ -271,7 +289,8 @@ class Session:
     def close(self) -> None:
         if self._loop is not None:
             self._loop.remove_reader(self._read.fileno())
-        for futures in (*self._finished.values(), *self._resume.values(), self._stats):
+        for futures in (*self._finished.values(), *self._resume.values(),
+                        *self._renamed.values(), self._stats):
             for future in futures:
                 if not future.done():
                     future.cancel()
