@@ -96,6 +96,10 @@ class Metrics:
         if sent > 0:
             self._egress[via].inc(sent)
 
+    def egress_counter(self, via: str) -> Callable[[int], None]:
+        """For responses that count blob bytes as they hand them to the kernel."""
+        return self._egress[via].inc
+
     def count(self, route: str, status: int, sent: int) -> None:
         # labels() costs a lock and a dict lookup in prometheus_client: keep the children.
         key = (route, str(status))
@@ -106,10 +110,6 @@ class Metrics:
         children[0].inc()
         if sent:
             children[1].inc(sent)
-            if route == "blob":
-                self._egress["webseed"].inc(sent)
-            elif route == "resolve":
-                self._egress["resolve"].inc(sent)
 
 
 _NO_QUERY: MultiDict[str] = MultiDict()
@@ -234,7 +234,8 @@ async def hub_api(request: web.Request) -> web.StreamResponse:
         if not located.pinned:
             return web.Response(status=307, headers=headers)
         return blob_response(request, located.blob, located.entry.size, located.entry.etag,
-                             headers, request.app[EGRESS])
+                             headers, request.app[EGRESS],
+                             request.app[METRICS].egress_counter("resolve"))
     if call.kind == "paths_info":
         if method != "POST":
             raise web.HTTPMethodNotAllowed(method, ["POST"])
@@ -303,7 +304,7 @@ async def blob(request: web.Request) -> web.StreamResponse:
         raise BadRequest("a blob is named by 64 lower-case hex characters")
     path, size = await _answer(request, ("blob", sha256), request.app[SERVICE].public_blob, sha256)
     return blob_response(request, path, size, sha256, {"Content-Type": "application/octet-stream"},
-                         request.app[EGRESS])
+                         request.app[EGRESS], request.app[METRICS].egress_counter("webseed"))
 
 
 async def public_key(request: web.Request) -> web.Response:
@@ -324,10 +325,12 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def index(request: web.Request) -> web.Response:
     request[ROUTE] = "index"
+    seeder = request.app[SEEDER]
     return web.json_response({
         "service": "weightswarm mirror",
         "key": request.app[PUBLIC_KEY],
         "hf_endpoint": _base_url(request),
+        "bittorrent_port": seeder.session.port if seeder is not None else None,
     })
 
 
@@ -369,7 +372,7 @@ async def _resources(app: web.Application):
 
 
 async def _start_seeder(app: web.Application, catalog: Catalog, store: BlobStore):
-    from peer.session import Session
+    from peer.session import MIRROR_FINGERPRINT, Session
 
     from .seeding import Seeder
     from .syncjobs import refetch_blob
@@ -381,7 +384,7 @@ async def _start_seeder(app: web.Application, catalog: Catalog, store: BlobStore
         return loop.run_in_executor(app[CATALOG_THREAD], lambda: fn(*args))
 
     seeder = Seeder(
-        session=Session(config.mirror.bittorrent), store=store, repair_dir=config.repair_dir,
+        session=Session(config.mirror.bittorrent, fingerprint=MIRROR_FINGERPRINT), store=store, repair_dir=config.repair_dir,
         egress=app[EGRESS], trackers=app[TRACKERS], on_catalog=on_catalog, catalog=catalog,
         catalog_version=app[ANSWERS].version, scrub_interval=config.mirror.scrub_interval,
         metrics=app[METRICS], refetch=lambda sha256: refetch_blob(config, sha256))

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import click
 
+from peer.cli import peer as peer_group
+from peer.cli import pull as pull_command
 from peer.errors import WeightswarmError
 from peer.store import BlobStore
 from tracker.cli import tracker as tracker_group
@@ -113,6 +115,8 @@ def serve(state: State, host: str | None, port: int | None, tracker_port: int | 
 
 
 cli.add_command(tracker_group)
+cli.add_command(pull_command)
+cli.add_command(peer_group)
 
 
 @cli.group()

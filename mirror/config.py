@@ -6,6 +6,7 @@ The CLI builds one frozen `Config` and passes it down; nothing reads the environ
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from peer.errors import ConfigError
-from peer.settings import SessionSettings
+from peer.settings import PeerConfig, SessionSettings
 from tracker.config import TrackerConfig, parse_sites
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,24 @@ SETTINGS = [
             "addresses whose ip= is believed"),
     Setting("tracker", "max_swarms", int, 1_000_000, "swarms held in memory at most"),
     Setting("tracker", "max_peers", int, 5_000_000, "peers held in memory at most"),
+    Setting("peer", "mirrors", list, [], "mirror base URLs a pull asks, nearest first"),
+    Setting("peer", "trusted_keys", list, [],
+            "mirror keys (ed25519:<hex>) whose manifests are believed, besides pinned ones"),
+    Setting("peer", "host", str, "127.0.0.1", "address the peer daemon's /metrics binds"),
+    Setting("peer", "port", int, 8471, "port of the peer daemon's /metrics (0: any)"),
+    Setting("peer", "bt_listen", str, "0.0.0.0:6881", "the peer daemon's BitTorrent address"),
+    Setting("peer", "pull_listen", str, "0.0.0.0:0",
+            "a pull's BitTorrent address (port 0: ephemeral)"),
+    Setting("peer", "bt_dht", bool, True, "join the DHT (BEP 5)"),
+    Setting("peer", "bt_lsd", bool, True, "local service discovery on the LAN (BEP 14)"),
+    Setting("peer", "bt_upnp", bool, False, "map the BitTorrent port with UPnP"),
+    Setting("peer", "bt_natpmp", bool, False, "map the BitTorrent port with NAT-PMP"),
+    Setting("peer", "bt_min_announce_interval", int, 300,
+            "the least time between announces to one tracker, seconds (tests use 1)"),
+    Setting("peer", "web_seed_grace", float, 5.0,
+            "seconds a pull waits for peers to deliver before the mirrors' web seeds join"),
+    Setting("peer", "cache", str, None,
+            "Hugging Face cache [default: $HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub]"),
     Setting("mirror.upstreams.huggingface", "endpoint", str, "https://huggingface.co",
             "the Hugging Face-compatible endpoint hf: specs sync from"),
     Setting("mirror.upstreams.huggingface", "token", str, None,
@@ -119,6 +138,7 @@ class Config:
     home: Path
     mirror: MirrorConfig
     tracker: TrackerConfig = TrackerConfig()
+    peer: PeerConfig = PeerConfig()
 
     @property
     def store_dir(self) -> Path:
@@ -214,6 +234,23 @@ def _coerce(setting: Setting, value: Any, origin: str) -> Any:
         ) from None
 
 
+def _check_listen(text: str, name: str) -> None:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{name} must be host:port, got {text!r}")
+
+
+def _bittorrent(values: dict, section: str) -> SessionSettings:
+    """A session's settings from a section's bt_* keys."""
+    bt = {key[3:]: values[(s, key)] for (s, key) in _BY_NAME
+          if s == section and key.startswith("bt_")}
+    _check_listen(bt["listen"], f"{section}.bt_listen")
+    return SessionSettings(
+        listen=bt["listen"], dht=bt["dht"], lsd=bt["lsd"], upnp=bt["upnp"], natpmp=bt["natpmp"],
+        connections=bt.get("connections", 200),
+        min_announce_interval=bt["min_announce_interval"])
+
+
 def load_config(
     *,
     home: Path | None = None,
@@ -272,11 +309,9 @@ def load_config(
     egress = values[("mirror", "egress_limit")]
     if egress is not None and egress <= 0:
         raise ConfigError(f"mirror.egress_limit must be a positive number of bytes/s, got {egress}")
-    bt = {key[3:]: values[("mirror", key)] for (section, key) in _BY_NAME
-          if section == "mirror" and key.startswith("bt_")}
-    host, sep, bt_port = bt["listen"].rpartition(":")
-    if not sep or not host or not bt_port.isdigit() or int(bt_port) > 65535:
-        raise ConfigError(f"mirror.bt_listen must be host:port, got {bt['listen']!r}")
+    bt = _bittorrent(values, "mirror")
+    pb = _bittorrent(values, "peer")
+    _check_listen(values[("peer", "pull_listen")], "peer.pull_listen")
     scrub = values[("mirror", "scrub_interval")]
     scrub_interval = parse_duration(scrub, "mirror.scrub_interval", least=0)
     t = {key: values[("tracker", key)] for (section, key) in _BY_NAME if section == "tracker"}
@@ -293,9 +328,17 @@ def load_config(
         keys_file=t["keys_file"], trusted_proxies=tuple(t["trusted_proxies"]),
         max_swarms=t["max_swarms"], max_peers=t["max_peers"], private_hashes=frozenset(private),
     )
+    peer = PeerConfig(
+        mirrors=tuple(m.rstrip("/") for m in values[("peer", "mirrors")]),
+        trusted_keys=tuple(values[("peer", "trusted_keys")]),
+        host=values[("peer", "host")], port=values[("peer", "port")],
+        serve_bt=pb, pull_bt=dataclasses.replace(pb, listen=values[("peer", "pull_listen")]),
+        web_seed_grace=values[("peer", "web_seed_grace")], cache=values[("peer", "cache")],
+    )
     return Config(
         home=home,
         tracker=tracker,
+        peer=peer,
         mirror=MirrorConfig(
             host=values[("mirror", "host")],
             port=port,
@@ -305,11 +348,7 @@ def load_config(
             trackers=tuple(values[("mirror", "trackers")]),
             syncs=syncs,
             egress_limit=egress,
-            bittorrent=SessionSettings(
-                listen=bt["listen"], dht=bt["dht"], lsd=bt["lsd"], upnp=bt["upnp"],
-                natpmp=bt["natpmp"], connections=bt["connections"],
-                min_announce_interval=bt["min_announce_interval"],
-            ) if values[("mirror", "seed")] else None,
+            bittorrent=bt if values[("mirror", "seed")] else None,
             scrub_interval=scrub_interval,
             upstreams={
                 "huggingface": {

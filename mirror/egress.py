@@ -30,6 +30,8 @@ class Egress:
         self._http_recent = 0.0  # HTTP bytes taken, decaying
         self._http_stamp = self._stamp
         self._waiting = 0
+        #: streams waiting for bytes are served in turn, first come first served
+        self._turn = asyncio.Lock()
 
     @property
     def limited(self) -> bool:
@@ -46,13 +48,14 @@ class Egress:
             return
         self._waiting += 1
         try:
-            while True:
-                self._refill()
-                if self._tokens > 0:
-                    self._tokens -= n
-                    self._note_http(n)
-                    return
-                await asyncio.sleep(max(0.005, -self._tokens / self.rate))
+            async with self._turn:
+                while True:
+                    self._refill()
+                    if self._tokens > 0:
+                        self._tokens -= n
+                        self._note_http(n)
+                        return
+                    await asyncio.sleep(max(0.005, -self._tokens / self.rate))
         finally:
             self._waiting -= 1
 

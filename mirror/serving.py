@@ -10,6 +10,7 @@ blob after it), so we decide the status and headers here, as pure functions, and
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,10 @@ from peer.errors import BlobMissing, RangeNotSatisfiable
 from .egress import Egress
 
 _SENDFILE_CHUNK = 1 << 20
+
+
+def _ignore(n: int) -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -82,8 +87,9 @@ class BlobResponse(web.StreamResponse):
     """`count` bytes of `path` from `offset`, sent with sendfile when the transport allows."""
 
     def __init__(self, path: Path, offset: int, count: int, *, status: int, headers: dict,
-                 egress: Egress | None = None):
+                 egress: Egress | None = None, on_sent: Callable[[int], None] | None = None):
         super().__init__(status=status, headers=headers)
+        self._on_sent = on_sent or _ignore
         self._path = path
         self._offset = offset
         self._count = count
@@ -106,6 +112,7 @@ class BlobResponse(web.StreamResponse):
             try:
                 if self._egress is None:
                     await loop.sendfile(transport, fobj, self._offset, self._count)
+                    self._on_sent(self._count)
                 else:
                     await self._metered(loop, transport, fobj)
             except NotImplementedError:
@@ -125,6 +132,7 @@ class BlobResponse(web.StreamResponse):
             if transport.is_closing():
                 raise ConnectionResetError("client went away")
             await loop.sendfile(transport, fobj, offset, n)
+            self._on_sent(n)
             offset += n
 
     async def _copy(self, loop: asyncio.AbstractEventLoop, fobj) -> None:
@@ -137,12 +145,13 @@ class BlobResponse(web.StreamResponse):
             if not chunk:
                 raise ConnectionResetError("blob shrank while being sent")
             await self.write(chunk)
+            self._on_sent(len(chunk))
             remaining -= len(chunk)
 
 
 def blob_response(
     request: web.BaseRequest, path: Path, size: int, etag: str, extra_headers: dict,
-    egress: Egress | None = None,
+    egress: Egress | None = None, on_sent: Callable[[int], None] | None = None,
 ) -> web.StreamResponse:
     """The whole answer for a blob of `size` bytes (as the catalog recorded it: the store
     verified them): 304, 206, 416 (raised) or 200, with our ETag."""
@@ -154,7 +163,8 @@ def blob_response(
     if if_range is not None and not etag_matches(if_range, etag):
         byte_range = None  # the client's copy is another version: send the whole file
     if byte_range is None:
-        return BlobResponse(path, 0, size, status=200, headers=headers, egress=egress)
+        return BlobResponse(path, 0, size, status=200, headers=headers, egress=egress,
+                            on_sent=on_sent)
     headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{size}"
     return BlobResponse(path, byte_range.start, byte_range.length, status=206, headers=headers,
-                        egress=egress)
+                        egress=egress, on_sent=on_sent)

@@ -23,3 +23,21 @@ class SessionSettings:
     @property
     def fast(self) -> bool:
         return self.min_announce_interval < 60
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """The `[peer]` section: where `pull` asks, whom it believes, how the daemon runs."""
+
+    mirrors: tuple[str, ...] = ()
+    trusted_keys: tuple[str, ...] = ()
+    host: str = "127.0.0.1"
+    port: int = 8471
+    #: the daemon's session (`peer serve`)
+    serve_bt: SessionSettings = SessionSettings()
+    #: a pull's own session: an ephemeral port
+    pull_bt: SessionSettings = SessionSettings(listen="0.0.0.0:0")
+    #: seconds a pull waits for peers before the mirrors' web seeds join a torrent
+    web_seed_grace: float = 5.0
+    #: the Hugging Face cache [default: HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub]
+    cache: str | None = None

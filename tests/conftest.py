@@ -6,6 +6,7 @@ import tempfile
 from helpers import (
     BT_TEST_SETTINGS,
     HF_TEST_SETTINGS,
+    PEER_TEST_SETTINGS,
     make_config,
     start_mirror,
     without_hf_settings,
@@ -18,6 +19,7 @@ os.environ.update(_clean, **HF_TEST_SETTINGS,
 os.environ.pop("WEIGHTSWARM_HOME", None)
 # Mirrors that tests start as commands inherit these.
 os.environ.update({f"WEIGHTSWARM_MIRROR_{k.upper()}": str(v) for k, v in BT_TEST_SETTINGS.items()})
+os.environ.update({f"WEIGHTSWARM_PEER_{k.upper()}": str(v) for k, v in PEER_TEST_SETTINGS.items()})
 
 import pytest  # noqa: E402
 

@@ -24,6 +24,9 @@ VENV_BIN = Path(sys.executable).parent
 #: announces as often as a test's tracker asks (BITTORRENT.md section 1).
 BT_TEST_SETTINGS = {"bt_listen": "127.0.0.1:0", "bt_dht": False, "bt_lsd": False,
                     "bt_upnp": False, "bt_natpmp": False, "bt_min_announce_interval": 1}
+#: the same for peers: a pull's session and the daemon's
+PEER_TEST_SETTINGS = {**BT_TEST_SETTINGS, "pull_listen": "127.0.0.1:0", "port": 0,
+                      "web_seed_grace": 2}
 
 
 def make_config(home: Path, **mirror_overrides) -> Config:

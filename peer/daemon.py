@@ -1,0 +1,245 @@
+"""`weightswarm peer serve`: keep seeding what this machine pulled (DESIGN.md section 4).
+
+The daemon seeds every blob of the local Hugging Face cache that a trusted manifest names,
+straight from the cache (no copy), announces to the torrents' trackers, and picks up new pulls
+within seconds. Its HTTP port (8471) serves `/metrics` and relays, read-only, what it pulled: the
+mirrors' signed manifests, ref statements and torrents, and the blobs themselves, so the next
+machine on the site can pull from it while the mirrors are unreachable. Relaying needs no trust
+in this daemon: a pull believes only signatures from keys it trusts, and checks every byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from aiohttp import web
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+)
+
+from .bencode import bdecode, bencode
+from .errors import WeightswarmError
+from .hfcache import RepoCache, etag_of, hub_cache
+from .manifest import ManifestError, read_manifest
+from .paths import check_repo_id, check_revision, is_commit, is_sha256
+from .settings import PeerConfig
+from .trust import Trust
+
+log = logging.getLogger(__name__)
+
+#: how often the daemon looks for new pulls, seconds
+SCAN_EVERY = 2.0
+
+
+@dataclass(frozen=True)
+class Held:
+    """A blob this machine holds, named by a trusted manifest."""
+
+    path: Path
+    size: int
+    torrent: Path | None
+
+
+class PeerDaemon:
+    def __init__(self, config: PeerConfig, home: Path):
+        self.config = config
+        self.home = home
+        self.cache = Path(config.cache) if config.cache else hub_cache()
+        self.trust = Trust(home, config.trusted_keys)
+        self.held: dict[str, Held] = {}
+        self.seeding: dict[str, str] = {}  # sha256 → info-hash
+        self._seen: dict[Path, float] = {}
+        self.session = None
+        self.registry = CollectorRegistry()
+        self.m_torrents = Gauge("weightswarm_peer_torrents_seeded", "Blobs seeded",
+                                registry=self.registry)
+        self.m_peers = Gauge("weightswarm_peer_bittorrent_peers", "BitTorrent peers connected",
+                             registry=self.registry)
+        self.m_up = Counter("weightswarm_peer_uploaded_bytes", "Payload bytes sent, by way",
+                            ["via"], registry=self.registry)
+        self._sent = 0
+
+    # -- what we hold ---------------------------------------------------------------------------
+
+    def scan(self) -> list[str]:
+        """Read manifests not seen before; returns the sha256 of blobs newly held."""
+        new = []
+        trusted = self.trust.keys()
+        for path in sorted((self.home / "manifests").glob("*/*/**/*.msgpack")):
+            mtime = path.stat().st_mtime
+            if self._seen.get(path) == mtime:
+                continue
+            self._seen[path] = mtime
+            try:
+                manifest, _ = read_manifest(path.read_bytes(), trusted)
+            except (ManifestError, OSError) as e:
+                log.warning("%s: not used: %s", path, e)
+                continue
+            cache = RepoCache(self.cache, manifest.type, manifest.repo)
+            for f in manifest.files:
+                if f.sha256 in self.held:
+                    continue
+                blob = cache.blob(etag_of(f.sha256, f.git_sha1, f.lfs))
+                if not cache.has_blob(etag_of(f.sha256, f.git_sha1, f.lfs), f.size):
+                    continue
+                torrent = None
+                if f.info_hash:
+                    candidate = self.home / "torrents" / f"{f.sha256}.torrent"
+                    if _info_hash(candidate) == f.info_hash:
+                        torrent = candidate
+                self.held[f.sha256] = Held(blob, f.size, torrent)
+                new.append(f.sha256)
+        return new
+
+    def seed(self, sha256s: list[str]) -> None:
+        for sha256 in sha256s:
+            held = self.held[sha256]
+            if held.torrent is None or sha256 in self.seeding:
+                continue
+            torrent = bdecode(held.torrent.read_bytes())
+            trackers = [t.decode() for tier in torrent.get(b"announce-list", []) for t in tier]
+            # Verified when pulled (every piece, then the whole sha256): seed without hashing.
+            self.seeding[sha256] = self.session.add(
+                bencode({b"info": torrent[b"info"]}), held.path.parent, trackers=trackers,
+                have_all=True, name=held.path.name)
+        self.m_torrents.set(len(self.seeding))
+
+    async def _rescan(self) -> None:
+        while True:
+            await asyncio.sleep(SCAN_EVERY)
+            try:
+                new = await asyncio.to_thread(self.scan)
+                if new:
+                    self.seed(new)
+                    log.info("seeding %d more blobs (%d in all)", len(new), len(self.seeding))
+                counters = await self.session.stats()
+                sent = counters.get("net.sent_payload_bytes", 0)
+                self.m_up.labels("bittorrent").inc(max(0, sent - self._sent))
+                self._sent = sent
+                self.m_peers.set(counters.get("peer.num_peers_connected", 0))
+            except Exception:
+                log.exception("scanning for new pulls failed; trying again")
+
+    # -- HTTP ---------------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/", self.index)
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/api/weightswarm/snapshots/{hub}/{type}/{repo:.+}", self.snapshot)
+        app.router.add_get("/api/weightswarm/manifests/{hub}/{type}/{repo:.+}/{commit}",
+                           self.manifest)
+        app.router.add_get("/api/weightswarm/torrents/{sha256}.torrent", self.torrent)
+        app.router.add_get("/blobs/sha256/{sha256}", self.blob)
+        return app
+
+    async def index(self, request: web.Request) -> web.Response:
+        return web.json_response({"service": "weightswarm peer", "seeding": len(self.seeding),
+                                  "bittorrent_port": self.session.port if self.session else None})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(self.registry),
+                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    def _repo_dir(self, request: web.Request, root: str) -> Path:
+        hub, repo_type, repo = (request.match_info[k] for k in ("hub", "type", "repo"))
+        if hub not in ("huggingface", "modelscope", "kaggle") or \
+                repo_type not in ("model", "dataset"):
+            raise web.HTTPNotFound(text="no such hub or type")
+        try:
+            check_repo_id(repo)
+        except WeightswarmError as e:
+            raise web.HTTPBadRequest(text=str(e)) from None
+        return self.home / root / hub / repo_type / repo
+
+    async def snapshot(self, request: web.Request) -> web.Response:
+        folder = self._repo_dir(request, "snapshots")
+        revision = request.query.get("revision", "main")
+        try:
+            check_revision(revision)
+        except WeightswarmError as e:
+            raise web.HTTPBadRequest(text=str(e)) from None
+        try:
+            return web.json_response(json.loads(
+                (folder / f"{quote(revision, safe='')}.json").read_text()))
+        except FileNotFoundError:
+            pass
+        manifests = self._repo_dir(request, "manifests")
+        if is_commit(revision) and (manifests / f"{revision}.msgpack").is_file():
+            return web.json_response({"commit": revision})
+        raise web.HTTPNotFound(text=f"this peer has not pulled {revision}")
+
+    async def manifest(self, request: web.Request) -> web.Response:
+        commit = request.match_info["commit"]
+        if not is_commit(commit):
+            raise web.HTTPBadRequest(text="a manifest is named by its commit")
+        path = self._repo_dir(request, "manifests") / f"{commit}.msgpack"
+        if not path.is_file():
+            raise web.HTTPNotFound(text="no such manifest here")
+        return web.Response(body=path.read_bytes(), content_type="application/x-msgpack")
+
+    async def torrent(self, request: web.Request) -> web.Response:
+        sha256 = request.match_info["sha256"]
+        held = self.held.get(sha256) if is_sha256(sha256) else None
+        if held is None or held.torrent is None:
+            raise web.HTTPNotFound(text="no such torrent here")
+        return web.Response(body=held.torrent.read_bytes(),
+                            content_type="application/x-bittorrent")
+
+    async def blob(self, request: web.Request) -> web.StreamResponse:
+        sha256 = request.match_info["sha256"]
+        held = self.held.get(sha256) if is_sha256(sha256) else None
+        if held is None:
+            raise web.HTTPNotFound(text="no such blob here")
+        self.m_up.labels("http").inc(held.size)
+        return web.FileResponse(held.path)
+
+    # -- life -----------------------------------------------------------------------------------
+
+    async def run(self, host: str, port: int, started: asyncio.Future | None = None) -> None:
+        from .service import until_stopped
+        from .session import PEER_FINGERPRINT, Session
+
+        self.session = Session(self.config.serve_bt, fingerprint=PEER_FINGERPRINT)
+        self.session.start()
+        self.seed(await asyncio.to_thread(self.scan))
+        runner = web.AppRunner(self.app(), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+        http_port = runner.addresses[0][1]
+        log.info("peer daemon: seeding %d blobs from %s on BitTorrent port %d; "
+                 "http://%s:%d/metrics", len(self.seeding), self.cache, self.session.port,
+                 host, http_port)
+        rescan = asyncio.create_task(self._rescan())
+        try:
+            if started is not None:
+                started.set_result(http_port)
+                await asyncio.Event().wait()
+            else:
+                await until_stopped()
+        finally:
+            rescan.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await rescan
+            await runner.cleanup()
+            self.session.close()
+
+
+def _info_hash(path: Path) -> str | None:
+    import hashlib
+
+    try:
+        return hashlib.sha1(bencode(bdecode(path.read_bytes())[b"info"])).hexdigest()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -1,0 +1,104 @@
+"""Whom a peer believes (DESIGN.md section 6): the keys in its config, and a configured mirror's
+key on first use, pinned from then on in `$WEIGHTSWARM_HOME/known_mirrors` (one line: mirror
+URL, key), like ssh's known_hosts. A pinned mirror that shows another key is refused: that is a
+replaced key or somebody else answering. Ref statements already believed are remembered, so an
+older one (a replay, a rolled-back mirror) is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from .errors import ConfigError, WeightswarmError
+from .keys import parse_public_key
+from .manifest import RefLedger, RefStatement
+
+log = logging.getLogger(__name__)
+
+
+class KeyMismatch(WeightswarmError):
+    status = 403
+
+
+class Trust:
+    def __init__(self, home: Path, trusted_keys: tuple[str, ...] | list[str] = ()):
+        self.home = home
+        for key in trusted_keys:
+            try:
+                parse_public_key(key)  # a malformed key in the config is an error, not ignored
+            except ValueError as e:
+                raise ConfigError(f"peer.trusted_keys: {key!r} is not ed25519:<64 hex>: {e}")\
+                    from None
+        self.configured = frozenset(trusted_keys)
+        self.known_path = home / "known_mirrors"
+        self.ledger_path = home / "refs_seen.json"
+        self.pinned = self._read_known()
+        self.ledger = RefLedger()
+        self._read_ledger()
+
+    def _read_known(self) -> dict[str, str]:
+        pinned = {}
+        try:
+            text = self.known_path.read_text()
+        except FileNotFoundError:
+            return pinned
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip() or line.startswith("#"):
+                continue
+            parts = line.split()
+            if len(parts) != 2:
+                log.warning("%s:%d: not 'URL KEY', ignored", self.known_path, number)
+                continue
+            pinned[parts[0].rstrip("/")] = parts[1]
+        return pinned
+
+    def pin(self, mirror: str, key: str) -> str:
+        """Trust `mirror`'s key on first use; afterwards only the key pinned for it."""
+        mirror = mirror.rstrip("/")
+        known = self.pinned.get(mirror)
+        if known is not None:
+            if known != key:
+                raise KeyMismatch(
+                    f"{mirror} now shows key {key}, but {self.known_path} pins {known}: a "
+                    f"replaced key or another server; remove its line if you trust the change")
+            return key
+        try:
+            parse_public_key(key)
+        except ValueError as e:
+            raise KeyMismatch(f"{mirror} shows a malformed key: {e}") from None
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.known_path, "a") as f:
+            f.write(f"{mirror} {key}\n")
+        self.pinned[mirror] = key
+        log.info("trusting %s's key %s on first use (pinned in %s)", mirror, key,
+                 self.known_path)
+        return key
+
+    def keys(self) -> frozenset[str]:
+        return self.configured | frozenset(self.pinned.values())
+
+    # -- ref statements -----------------------------------------------------------------------
+
+    def _read_ledger(self) -> None:
+        try:
+            rows = json.loads(self.ledger_path.read_text())
+        except (FileNotFoundError, ValueError):
+            return
+        for row in rows if isinstance(rows, list) else []:
+            try:
+                key, hub, type_, repo, ref, seq, commit = row
+                self.ledger.seen[(key, hub, type_, repo, ref)] = (int(seq), str(commit))
+            except (TypeError, ValueError):
+                continue
+
+    def accept_ref(self, statement: RefStatement, key: str) -> RefStatement:
+        self.ledger.accept(statement, key)
+        rows = [[*slot, seq, commit] for slot, (seq, commit) in self.ledger.seen.items()]
+        self.home.mkdir(parents=True, exist_ok=True)
+        tmp = self.ledger_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rows))
+        os.replace(tmp, self.ledger_path)
+        return statement

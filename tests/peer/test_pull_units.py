@@ -1,0 +1,377 @@
+"""The pure parts of `weightswarm pull`: the Hugging Face cache layout (peer/hfcache.py), whom a
+peer believes (peer/trust.py), and what a pull asks for (peer/pull.py `PullSpec`, `select`)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from peer.errors import BadRequest, ConfigError, InvalidRepoId, UnsafePath
+from peer.hfcache import RepoCache, etag_of, hub_cache, repo_folder
+from peer.keys import public_key_text
+from peer.manifest import ManifestFile, RefStatement, StaleRef
+from peer.pull import Pull, PullResult, PullSpec, _Large, select
+from peer.settings import PeerConfig
+from peer.trust import KeyMismatch, Trust
+
+COMMIT = "a" * 40
+OTHER_COMMIT = "b" * 40
+ETAG = "c" * 64
+MIRROR = "http://mirror.example:8470"
+
+HOSTILE_PATHS = ["../escape", "/etc/passwd", "a/../../escape", "a//b", "./a", "a/./b", "",
+                 "a\\b", "a\x00b", "C:/windows", "x" * 300]
+HOSTILE_REPOS = ["", "../etc", "org/../etc", "a/b/c", "org/na me", "org/name.git", "org--x/y",
+                 "/org/name", "org/", ".org/name", "org/name\n", "org/näme", "x" * 200]
+HOSTILE_REVISIONS = ["../x", "a/../b", "main..dev", "a b", "x:y", "x~1", "x^", "x?", "x*",
+                     "[x", "x\\y", "x\x00", "/main", "main/", "x.lock", "@", "x@{1}", ".hidden",
+                     "r" * 300]
+
+
+def key_text() -> str:
+    return public_key_text(Ed25519PrivateKey.generate())
+
+
+# -- hfcache: where the cache is ------------------------------------------------------------------
+
+
+def test_hub_cache_follows_huggingface_hubs_precedence(tmp_path):
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub-cache"), "HF_HOME": str(tmp_path / "hf-home"),
+           "XDG_CACHE_HOME": str(tmp_path / "xdg"), "HOME": str(tmp_path / "user")}
+    assert hub_cache(env) == tmp_path / "hub-cache"
+    del env["HF_HUB_CACHE"]
+    assert hub_cache(env) == tmp_path / "hf-home" / "hub"
+    del env["HF_HOME"]
+    assert hub_cache(env) == tmp_path / "xdg" / "huggingface" / "hub"
+    del env["XDG_CACHE_HOME"]
+    assert hub_cache(env) == tmp_path / "user" / ".cache" / "huggingface" / "hub"
+
+
+def test_hub_cache_ignores_empty_settings_and_expands_the_home_folder(tmp_path):
+    env = {"HF_HUB_CACHE": "", "HF_HOME": "", "HOME": str(tmp_path)}
+    assert hub_cache(env) == tmp_path / ".cache" / "huggingface" / "hub"
+    assert hub_cache({"HF_HUB_CACHE": "~/c"}) == Path("~/c").expanduser()
+    assert hub_cache({"HF_HOME": "~/h"}) == Path("~/h").expanduser() / "hub"
+
+
+def test_hub_cache_reads_the_process_environment_by_default(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "from-env"))
+    assert hub_cache() == tmp_path / "from-env"
+
+
+def test_repo_folder_is_named_like_the_stock_clients(tmp_path):
+    assert repo_folder(tmp_path, "model", "org/name") == tmp_path / "models--org--name"
+    assert repo_folder(tmp_path, "dataset", "org/data") == tmp_path / "datasets--org--data"
+    assert repo_folder(tmp_path, "model", "gpt2") == tmp_path / "models--gpt2"
+
+
+@pytest.mark.parametrize("repo_id", HOSTILE_REPOS)
+def test_repo_folder_refuses_hostile_repo_ids(tmp_path, repo_id):
+    with pytest.raises(InvalidRepoId):
+        repo_folder(tmp_path, "model", repo_id)
+
+
+def test_etag_is_sha256_for_lfs_files_and_git_sha1_for_the_others():
+    assert etag_of("s" * 64, "g" * 40, True) == "s" * 64
+    assert etag_of("s" * 64, "g" * 40, False) == "g" * 40
+
+
+# -- hfcache: blobs, links, refs ------------------------------------------------------------------
+
+
+def test_a_blob_counts_only_at_its_full_size_and_stages_beside_its_final_name(tmp_path):
+    cache = RepoCache(tmp_path, "model", "org/name")
+    assert not cache.has_blob(ETAG, 3)
+    cache.blobs.mkdir(parents=True)
+    cache.staging(ETAG).write_bytes(b"abc")
+    assert cache.staging(ETAG).parent == cache.blob(ETAG).parent, "same folder: atomic rename"
+    assert not cache.has_blob(ETAG, 3), "a partial file is not the blob"
+    os.replace(cache.staging(ETAG), cache.blob(ETAG))
+    assert cache.has_blob(ETAG, 3)
+    assert not cache.has_blob(ETAG, 4), "a blob of another size is not it"
+
+
+@pytest.mark.parametrize("path,target", [
+    ("config.json", "../../blobs/" + ETAG),
+    ("1_Pooling/config.json", "../../../blobs/" + ETAG),
+    ("a/b/c/d.bin", "../../../../../blobs/" + ETAG),
+])
+def test_link_makes_a_relative_symlink_that_resolves_to_the_blob(tmp_path, path, target):
+    cache = RepoCache(tmp_path / "cache", "model", "org/name")
+    cache.blobs.mkdir(parents=True)
+    cache.blob(ETAG).write_bytes(b"bytes")
+    cache.link(COMMIT, path, ETAG)
+    link = cache.root / "snapshots" / COMMIT / path
+    assert link.is_symlink()
+    assert os.readlink(link) == target
+    assert link.resolve() == cache.blob(ETAG).resolve()
+    assert link.read_bytes() == b"bytes"
+    # The folder moves and the link still resolves: it names no absolute path.
+    os.rename(tmp_path / "cache", tmp_path / "moved")
+    moved = tmp_path / "moved" / "models--org--name" / "snapshots" / COMMIT / path
+    assert moved.read_bytes() == b"bytes"
+
+
+def test_link_replaces_an_existing_link_whole_and_leaves_no_temporary(tmp_path):
+    cache = RepoCache(tmp_path, "model", "org/name")
+    cache.blobs.mkdir(parents=True)
+    other = "d" * 40
+    cache.blob(ETAG).write_bytes(b"one")
+    cache.blob(other).write_bytes(b"two")
+    cache.link(COMMIT, "f.txt", ETAG)
+    cache.link(COMMIT, "f.txt", other)
+    folder = cache.root / "snapshots" / COMMIT
+    assert (folder / "f.txt").read_bytes() == b"two"
+    assert sorted(p.name for p in folder.iterdir()) == ["f.txt"]
+
+
+@pytest.mark.parametrize("path", HOSTILE_PATHS)
+def test_link_refuses_hostile_paths(tmp_path, path):
+    cache = RepoCache(tmp_path / "cache", "model", "org/name")
+    cache.blobs.mkdir(parents=True)
+    with pytest.raises(UnsafePath):
+        cache.link(COMMIT, path, ETAG)
+    made = [p for p in tmp_path.rglob("*") if p.is_symlink()]
+    assert made == [], "no link made anywhere"
+
+
+@pytest.mark.parametrize("commit", ["main", "A" * 40, "a" * 39, "../" + "a" * 37, "a" * 41])
+def test_link_wants_a_commit(tmp_path, commit):
+    cache = RepoCache(tmp_path, "model", "org/name")
+    with pytest.raises(ValueError):
+        cache.link(commit, "f.txt", ETAG)
+    assert not (cache.root / "snapshots").exists()
+
+
+def test_set_ref_writes_the_commit_and_nests_pull_request_refs(tmp_path):
+    cache = RepoCache(tmp_path, "model", "org/name")
+    cache.set_ref("main", COMMIT)
+    assert (cache.root / "refs" / "main").read_text() == COMMIT
+    cache.set_ref("main", OTHER_COMMIT)
+    assert (cache.root / "refs" / "main").read_text() == OTHER_COMMIT
+    cache.set_ref("refs/pr/1", COMMIT)
+    assert (cache.root / "refs" / "refs" / "pr" / "1").read_text() == COMMIT
+    leftovers = [p.name for p in (cache.root / "refs").rglob(".*")]
+    assert leftovers == [], "no temporary ref left"
+
+
+def test_set_ref_skips_commits(tmp_path):
+    cache = RepoCache(tmp_path, "model", "org/name")
+    cache.set_ref(COMMIT, COMMIT)
+    assert not (cache.root / "refs").exists(), "a commit is its own name"
+
+
+@pytest.mark.parametrize("revision", HOSTILE_REVISIONS)
+def test_set_ref_refuses_hostile_revisions(tmp_path, revision):
+    cache = RepoCache(tmp_path / "cache", "model", "org/name")
+    with pytest.raises(UnsafePath):
+        cache.set_ref(revision, COMMIT)
+    assert not any(p.is_file() for p in tmp_path.rglob("*")), "nothing written"
+
+
+# -- trust ----------------------------------------------------------------------------------------
+
+
+def test_a_mirrors_key_is_pinned_on_first_use(tmp_path):
+    key = key_text()
+    trust = Trust(tmp_path / "home")
+    assert trust.keys() == frozenset()
+    assert trust.pin(MIRROR + "/", key) == key
+    assert (tmp_path / "home" / "known_mirrors").read_text() == f"{MIRROR} {key}\n"
+    assert key in trust.keys()
+    again = Trust(tmp_path / "home")  # another run reads the pin
+    assert again.pinned == {MIRROR: key}
+    assert again.pin(MIRROR, key) == key
+    assert (tmp_path / "home" / "known_mirrors").read_text() == f"{MIRROR} {key}\n", \
+        "pinned once"
+
+
+def test_a_pinned_mirror_showing_another_key_is_refused(tmp_path):
+    home = tmp_path / "home"
+    key, other = key_text(), key_text()
+    Trust(home).pin(MIRROR, key)
+    trust = Trust(home)
+    with pytest.raises(KeyMismatch) as refused:
+        trust.pin(MIRROR, other)
+    assert MIRROR in str(refused.value) and other in str(refused.value)
+    assert "known_mirrors" in str(refused.value)
+    assert other not in trust.keys()
+    assert (home / "known_mirrors").read_text() == f"{MIRROR} {key}\n", "pin unchanged"
+    # Another mirror may have its own key.
+    trust.pin("http://other.example", other)
+    assert Trust(home).keys() == {key, other}
+
+
+def test_known_mirrors_is_read_like_known_hosts(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    key = key_text()
+    (home / "known_mirrors").write_text(f"# comment\n\n{MIRROR}/ {key}\nnot a line at all\n")
+    assert Trust(home).pinned == {MIRROR: key}
+
+
+def test_a_malformed_key_is_never_pinned(tmp_path):
+    trust = Trust(tmp_path / "home")
+    with pytest.raises(KeyMismatch, match="malformed"):
+        trust.pin(MIRROR, "ed25519:zz")
+    assert not (tmp_path / "home" / "known_mirrors").exists()
+    assert trust.keys() == frozenset()
+
+
+@pytest.mark.parametrize("bad", ["ed25519:zz", "ed25519:" + "A" * 64, "rsa:" + "a" * 64,
+                                 "a" * 64, ""])
+def test_a_malformed_configured_key_is_a_config_error(tmp_path, bad):
+    with pytest.raises(ConfigError, match="peer.trusted_keys"):
+        Trust(tmp_path / "home", [key_text(), bad])
+
+
+def test_configured_keys_are_trusted_without_a_pin(tmp_path):
+    key = key_text()
+    trust = Trust(tmp_path / "home", [key])
+    assert trust.keys() == {key}
+    assert not (tmp_path / "home" / "known_mirrors").exists()
+
+
+def ref(seq: int, commit: str = COMMIT, name: str = "main") -> RefStatement:
+    return RefStatement("huggingface", "model", "org/name", name, commit, seq)
+
+
+def test_the_ref_ledger_persists_and_an_older_ref_is_refused_across_instances(tmp_path):
+    home = tmp_path / "home"
+    key = key_text()
+    Trust(home).accept_ref(ref(5), key)
+    assert json.loads((home / "refs_seen.json").read_text()) == [
+        [key, "huggingface", "model", "org/name", "main", 5, COMMIT]]
+
+    later = Trust(home)  # another run
+    with pytest.raises(StaleRef):
+        later.accept_ref(ref(4, OTHER_COMMIT), key)
+    with pytest.raises(StaleRef):
+        later.accept_ref(ref(5, OTHER_COMMIT), key)  # one number, two commits
+    later.accept_ref(ref(5), key)  # the same statement again is fine
+    later.accept_ref(ref(4), key_text())  # another key has its own sequence
+    later.accept_ref(ref(1, name="dev"), key)  # and another ref
+    later.accept_ref(ref(6, OTHER_COMMIT), key)
+
+    third = Trust(home)
+    with pytest.raises(StaleRef):
+        third.accept_ref(ref(5), key)
+    third.accept_ref(ref(6, OTHER_COMMIT), key)
+    assert not list(home.glob("*.tmp")), "the ledger is replaced whole"
+
+
+def test_a_damaged_ledger_is_read_as_empty(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "refs_seen.json").write_text("{not json")
+    Trust(home).accept_ref(ref(1), key_text())
+    (home / "refs_seen.json").write_text('[["too", "short"], 7]')
+    Trust(home).accept_ref(ref(1), key_text())
+
+
+# -- pull: what is asked for ----------------------------------------------------------------------
+
+
+def test_pull_spec_parses_repo_and_revision():
+    assert PullSpec.parse("org/name") == PullSpec("org/name", "main")
+    assert PullSpec.parse("gpt2") == PullSpec("gpt2", "main")
+    assert PullSpec.parse("org/name@v1.0").revision == "v1.0"
+    assert PullSpec.parse("org/name@refs/pr/1").revision == "refs/pr/1"
+    assert PullSpec.parse(f"org/name@{COMMIT}").revision == COMMIT
+    spec = PullSpec.parse("org/data@dev", repo_type="dataset", include=("*.json",))
+    assert (spec.repo_id, spec.revision, spec.repo_type, spec.include) == (
+        "org/data", "dev", "dataset", ("*.json",))
+
+
+@pytest.mark.parametrize("repo_id", HOSTILE_REPOS)
+def test_pull_spec_refuses_hostile_repo_ids(repo_id):
+    with pytest.raises(BadRequest):
+        PullSpec.parse(repo_id)
+    with pytest.raises(BadRequest):
+        PullSpec.parse(f"{repo_id}@main")
+
+
+@pytest.mark.parametrize("revision", ["", *HOSTILE_REVISIONS])
+def test_pull_spec_refuses_hostile_revisions(revision):
+    with pytest.raises(BadRequest):
+        PullSpec.parse(f"org/name@{revision}")
+
+
+def files(*paths: str) -> tuple[ManifestFile, ...]:
+    return tuple(ManifestFile(p, 1, "0" * 64, "0" * 40, False) for p in paths)
+
+
+REPO_FILES = files(".gitattributes", "README.md", "config.json", "model.safetensors",
+                   "1_Pooling/config.json", "onnx/model.onnx", "onnx/deep/x.json", "vocab.txt")
+
+
+def paths(chosen) -> list[str]:
+    return [f.path for f in chosen]
+
+
+def test_select_without_patterns_takes_everything():
+    assert paths(select(REPO_FILES, (), ())) == paths(REPO_FILES)
+
+
+def test_select_include_is_an_fnmatch_on_the_whole_path():
+    assert paths(select(REPO_FILES, ("*.json",), ())) == [
+        "config.json", "1_Pooling/config.json", "onnx/deep/x.json"]
+    assert paths(select(REPO_FILES, ("config.json",), ())) == ["config.json"]
+    assert paths(select(REPO_FILES, ("*.json", "*.txt"), ())) == [
+        "config.json", "1_Pooling/config.json", "onnx/deep/x.json", "vocab.txt"]
+    assert paths(select(REPO_FILES, ("nothing*",), ())) == []
+
+
+def test_select_a_folder_pattern_takes_everything_under_it():
+    assert paths(select(REPO_FILES, ("onnx/",), ())) == ["onnx/model.onnx", "onnx/deep/x.json"]
+    assert paths(select(REPO_FILES, (), ("onnx/",))) == [
+        ".gitattributes", "README.md", "config.json", "model.safetensors",
+        "1_Pooling/config.json", "vocab.txt"]
+
+
+def test_select_exclude_wins_over_include():
+    assert paths(select(REPO_FILES, ("*.json",), ("1_Pooling/*",))) == [
+        "config.json", "onnx/deep/x.json"]
+    assert paths(select(REPO_FILES, ("*",), ("*",))) == []
+
+
+# -- pull: whose bytes ---------------------------------------------------------------------------
+
+
+def pull_from(*mirrors: str) -> Pull:
+    return Pull(PeerConfig(), Path("/nonexistent"), PullSpec("org/name"), mirrors=mirrors)
+
+
+class Counted:
+    """What a pull's session counted: (peer id, ip, port) → bytes, per info-hash."""
+
+    def __init__(self, sources: dict):
+        self.sources = sources
+
+
+def test_bytes_are_credited_by_the_senders_peer_id_whatever_its_port():
+    item = _Large(files("model.safetensors")[0], b"", [], [], key="ab" * 20, seeded_web=True)
+    mirror, peer, aria = b"-WM0100-" + b"m" * 12, b"-WP0100-" + b"p" * 12, b"A2-1-36-0-" + b"a" * 10
+    session = Counted({"ab" * 20: {
+        (mirror, "127.0.0.1", 6881): 100,
+        (peer, "127.0.0.1", 41234): 20,  # a peer that dialled us: an ephemeral port
+        (aria, "127.0.0.2", 7000): 3,
+        (bytes(20), "127.0.0.1", 8470): 5,  # a web seed has no peer id
+    }})
+    result = PullResult("org/name", COMMIT, MIRROR, [], 128)
+    pull_from(MIRROR)._account(session, [item], result)
+    assert (result.from_mirrors, result.from_peers, result.from_web_seeds) == (100, 23, 5)
+    assert result.by_peer == {"127.0.0.1:6881": 100, "127.0.0.1:41234": 20, "127.0.0.2:7000": 3}
+    assert result.bittorrent_bytes == 128
+    assert result.web_seeds_added == 1
+
+
+def test_a_pull_needs_a_mirror_to_ask():
+    with pytest.raises(BadRequest):
+        Pull(PeerConfig(), Path("/nonexistent"), PullSpec("org/name"))
+    job = Pull(PeerConfig(mirrors=("http://a/",)), Path("/nonexistent"), PullSpec("org/name"))
+    assert job.mirrors == ["http://a"]
