@@ -29,11 +29,12 @@ import json
 import logging
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 
@@ -188,7 +189,6 @@ class _Large:
     done: bool = False
     last_done: int = -1
     last_progress: float = 0.0
-    initial: int = -1
 
 
 class Pull:
@@ -390,6 +390,7 @@ class Pull:
         from .session import PEER_FINGERPRINT, Session
 
         larges = [await self._torrent(client, f, result.mirror) for f in files]
+        mirror_endpoints = await self._mirror_endpoints(client)
         session = Session(self.config.pull_bt, fingerprint=PEER_FINGERPRINT, count_sources=True)
         session.start()
         self.resume_dir.mkdir(parents=True, exist_ok=True)
@@ -410,7 +411,7 @@ class Pull:
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
                 await self._save_resume(session, larges)
-                self._account(session, larges, result)
+                self._account(session, larges, mirror_endpoints, result)
         finally:
             session.close()
 
@@ -438,17 +439,17 @@ class Pull:
             total = 0
             for item in larges:
                 status = session.status(item.key)
-                done = int(status.progress * item.file.size)
-                if item.initial < 0:
-                    item.initial = done
-                total += done - item.initial
+                # Payload received, partial pieces included: a 4 MiB piece from a slow
+                # source takes seconds to complete, and is progress all the while.
+                done = status.downloaded
+                total += done
                 if done > item.last_done:
                     item.last_done, item.last_progress = done, now
                 elif (not item.seeded_web and not status.is_seeding
                       and now - item.last_progress >= (grace if status.peers == 0
                                                         else PEERS_GRACE * grace)):
-                    # Connected peers may be waiting for pieces to spread (a super-seeding
-                    # mirror reveals them one at a time): give them longer than no peers.
+                    # Connected peers may be slow to start (a rate-limited seed takes seconds
+                    # to send its first piece): give them longer than no peers.
                     log.info("%s: no progress for %.0fs with %d peers: adding %d web seeds",
                              item.file.path, now - item.last_progress, status.peers,
                              len(item.web_seeds))
@@ -465,18 +466,33 @@ class Pull:
                 data = await asyncio.wait_for(session.save_resume(item.key), 5)
                 _write_atomic(self.resume_dir / f"{item.file.info_hash}.resume", data)
 
-    def _account(self, session, larges: list[_Large], result: PullResult) -> None:
-        """Who sent what, from every block libtorrent received, by the sender's peer id: a
-        mirror's starts with -WM (peer/session.py), a web seed has none."""
+    async def _mirror_endpoints(self, client: MirrorClient) -> set[tuple[str, int]]:
+        """The mirrors' BitTorrent listen endpoints. Mirrors never dial out, so every
+        connection from a mirror is to one of these, whatever peer id it shows."""
+        endpoints = set()
+        for mirror in self.mirrors:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError, WeightswarmError,
+                                     ValueError, TypeError, AttributeError):
+                info = await client.json(f"{mirror}/")
+                if info.get("service") == "weightswarm mirror" and info.get("bittorrent_port"):
+                    endpoints.add((urlsplit(mirror).hostname, int(info["bittorrent_port"])))
+        return endpoints
+
+    def _account(self, session, larges: list[_Large], mirrors: set[tuple[str, int]],
+                 result: PullResult) -> None:
+        """Who sent what, from every block libtorrent received: a mirror by its peer id
+        (-WM, peer/session.py) or its listen endpoint, a web seed by its URL's endpoint
+        (libtorrent gives web seeds a made-up peer id)."""
         from .session import MIRROR_FINGERPRINT
 
         mirror_prefix = MIRROR_FINGERPRINT[:3].encode()
         for item in larges:
+            web_seeds = _endpoints(item.web_seeds)
             for (pid, ip, port), n in session.sources.get(item.key, {}).items():
-                if not pid.strip(b"\0"):
+                if not pid.strip(b"\0") or (ip, port) in web_seeds:
                     result.from_web_seeds += n
                     continue
-                if pid.startswith(mirror_prefix):
+                if pid.startswith(mirror_prefix) or (ip, port) in mirrors:
                     result.from_mirrors += n
                 else:
                     result.from_peers += n
@@ -509,6 +525,20 @@ class Pull:
             cache.link(commit, f.path, etag_of(f.sha256, f.git_sha1, f.lfs))
         cache.set_ref(self.spec.revision, commit)
         result.path = str(cache.root / "snapshots" / commit)
+
+
+def _endpoints(urls: list[str]) -> set[tuple[str, int]]:
+    """(address, port) of each URL's server, its host name resolved."""
+    found = set()
+    for url in urls:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            for *_, address in socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM):
+                found.add((address[0], port))
+        except (OSError, UnicodeError):
+            continue
+    return found
 
 
 def _as_list(value) -> list:

@@ -87,11 +87,11 @@ class Session:
         if fingerprint:
             pack["peer_fingerprint"] = fingerprint
         if fingerprint == MIRROR_FINGERPRINT:
-            # A mirror is reachable: leechers dial it. Its own outgoing connections would cost
-            # it connection slots and CPU, and show leechers a peer id of libtorrent's making.
+            # A mirror is reachable: leechers dial it, so every connection from a mirror is
+            # to its listen endpoint, by which a pull knows it whatever its peer id.
             pack["seeding_outgoing_connections"] = False
         if count_sources:
-            pack["alert_mask"] |= lt.alert_category.block_progress
+            pack["alert_mask"] |= lt.alert_category.block_progress | lt.alert_category.peer
             # one alert per 16 KiB block: a busy event loop must not lose any (the default
             # queue holds 2000, 31 MiB of blocks)
             pack["alert_queue_size"] = 1 << 20

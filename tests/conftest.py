@@ -9,6 +9,7 @@ from helpers import (
     PEER_TEST_SETTINGS,
     make_config,
     start_mirror,
+    start_tracker,
     without_hf_settings,
 )
 
@@ -47,6 +48,16 @@ def catalog(config):
 @pytest.fixture
 def store(config):
     return BlobStore(config.store_dir)
+
+
+@pytest.fixture
+def tracker():
+    """Our tracker on 127.0.0.1:0, announces every 2 s (BitTorrent tests)."""
+    from tracker.config import TrackerConfig
+
+    running = start_tracker(TrackerConfig(port=0, interval=2, min_interval=1, peer_ttl=60))
+    yield running
+    running.stop()
 
 
 @pytest.fixture

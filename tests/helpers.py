@@ -10,8 +10,12 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from mirror import app as mirror_app
 from mirror.config import Config, load_config
@@ -106,6 +110,26 @@ def make_tiny_model(root: Path, *, seed: int = 0, big_size: int = 5 * 1024 * 102
     )
     (root / "big.bin").write_bytes(np.random.default_rng(seed + 1).bytes(big_size))
     return root
+
+
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T], timeout: float, what: str, every: float = 0.1) -> T:
+    """`check()` until it returns something truthy; fails after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not after {timeout}s (last: {value!r})")
+        time.sleep(every)
+
+
+def fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read()
 
 
 def free_port() -> int:

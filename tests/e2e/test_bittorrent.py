@@ -36,11 +36,6 @@ def session(ip: str = "127.0.0.1"):
     })
 
 
-@pytest.fixture
-def tracker():
-    running = start_tracker(TrackerConfig(port=0, interval=2, min_interval=1, peer_ttl=60))
-    yield running
-    running.stop()
 
 
 @pytest.fixture

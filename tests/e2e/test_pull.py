@@ -28,10 +28,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
 from urllib.parse import quote_from_bytes
 
 import pytest
@@ -39,6 +38,7 @@ import pytest
 from helpers import (
     SAMPLE_REPO,
     VENV_BIN,
+    fetch,
     free_port,
     hf_env,
     make_config,
@@ -46,6 +46,7 @@ from helpers import (
     sample_model_dir,
     start_mirror,
     start_tracker,
+    wait_for,
 )
 from peer.bencode import bdecode, bencode
 from tracker.config import TrackerConfig
@@ -54,7 +55,6 @@ lt = pytest.importorskip("libtorrent")
 
 pytestmark = pytest.mark.slow
 
-T = TypeVar("T")
 WEIGHTSWARM = str(VENV_BIN / "weightswarm")
 BIG = "model.safetensors"
 CACHE_FOLDER = "models--" + SAMPLE_REPO.replace("/", "--")
@@ -66,21 +66,8 @@ MiB = 1024 * 1024
 # -- helpers ------------------------------------------------------------------------------------
 
 
-def wait_for(check: Callable[[], T], timeout: float, what: str, every: float = 0.1) -> T:
-    """`check()` until it returns something truthy; fails after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not after {timeout}s (last: {value!r})")
-        time.sleep(every)
 
 
-def fetch(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return response.read()
 
 
 def fetch_json(url: str):

@@ -9,18 +9,16 @@ import hashlib
 import json
 import os
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from helpers import VENV_BIN, make_config, start_mirror, start_tracker
+from helpers import VENV_BIN, make_config, start_mirror, wait_for
 from mirror.app import SEEDER
 from peer.hashing import hash_file
 from peer.store import BlobStore
-from tracker.config import TrackerConfig
 
 pytest.importorskip("libtorrent")
 pytestmark = pytest.mark.slow
@@ -56,16 +54,6 @@ def torrents(mirror) -> dict[str, dict]:
         return {t["sha256"]: t for t in json.load(r)["torrents"]}
 
 
-def wait_for(condition, what: str, timeout: float = 30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout}s: {what}")
-
-
 def flip_a_byte(path: Path, offset: int) -> None:
     os.chmod(path, 0o644)
     with open(path, "r+b") as f:
@@ -76,11 +64,6 @@ def flip_a_byte(path: Path, offset: int) -> None:
     os.chmod(path, 0o444)
 
 
-@pytest.fixture
-def tracker():
-    running = start_tracker(TrackerConfig(port=0, interval=1, min_interval=1, peer_ttl=60))
-    yield running
-    running.stop()
 
 
 def test_a_flipped_byte_is_found_taken_out_of_service_and_mended_from_another_mirror(
@@ -94,10 +77,15 @@ def test_a_flipped_byte_is_found_taken_out_of_service_and_mended_from_another_mi
     a = start_mirror(make_config(homes[0], trackers=trackers, scrub_interval="0"))
     b = None
     try:
-        sha256 = wait_for(lambda: next(iter(torrents(a)), None), "mirror a seeds the blob")
+        sha256 = wait_for(lambda: next(iter(torrents(a)), None), 30, "mirror a seeds the blob")
         blob_url = f"{a.url}/blobs/sha256/{sha256}"
         resolve_url = f"{a.url}/org/m/resolve/main/weights.bin"
         assert get(blob_url) == (200, original)
+        listed = ws(homes[0], "mirror", "torrents", "--url", a.url)
+        assert listed.returncode == 0, listed.stderr
+        info_hash = torrents(a)[sha256]["info_hash"]
+        assert f"{info_hash}  {sha256[:16]}  seeding" in listed.stdout
+        assert "1 torrents, BitTorrent port" in listed.stdout
 
         flip_a_byte(BlobStore(homes[0] / "store").path_for(sha256), 9 * MiB + 7)
         scrubbed = ws(homes[0], "mirror", "scrub")
@@ -105,7 +93,7 @@ def test_a_flipped_byte_is_found_taken_out_of_service_and_mended_from_another_mi
         assert f"CORRUPT {sha256}" in scrubbed.stdout
 
         # Out of service at once: not seeded, not served by either route.
-        wait_for(lambda: torrents(a)[sha256]["state"] == "repairing", "a stops seeding it")
+        wait_for(lambda: torrents(a)[sha256]["state"] == "repairing", 30, "a stops seeding it")
         assert get(blob_url)[0] == 503
         assert get(resolve_url)[0] == 503
         # The command does not mark it twice, and verify sees it gone from the store.
@@ -114,8 +102,8 @@ def test_a_flipped_byte_is_found_taken_out_of_service_and_mended_from_another_mi
 
         # A second mirror holding the same bytes joins the swarm: a mends from it.
         b = start_mirror(make_config(homes[1], trackers=trackers, scrub_interval="0"))
-        wait_for(lambda: torrents(a).get(sha256, {}).get("state") == "seeding",
-                 "a repaired the blob from b's swarm", timeout=60)
+        wait_for(lambda: torrents(a).get(sha256, {}).get("state") == "seeding", 60,
+                 "a repaired the blob from b's swarm")
         assert get(blob_url) == (200, original)
         assert get(resolve_url) == (200, original)
         path = BlobStore(homes[0] / "store").path_for(sha256)
@@ -142,9 +130,9 @@ def test_the_periodic_scrub_takes_a_corrupt_blob_out_of_service_and_keeps_it_out
     assert ws(home, "mirror", "import", str(src), "--repo", "org/m").returncode == 0
     a = start_mirror(make_config(home, scrub_interval="1"))
     try:
-        sha256 = wait_for(lambda: next(iter(torrents(a)), None), "the mirror seeds the blob")
+        sha256 = wait_for(lambda: next(iter(torrents(a)), None), 30, "the mirror seeds the blob")
         flip_a_byte(BlobStore(home / "store").path_for(sha256), 123)
-        wait_for(lambda: torrents(a)[sha256]["state"] == "repairing", "the scrub finds it")
+        wait_for(lambda: torrents(a)[sha256]["state"] == "repairing", 30, "the scrub finds it")
         assert get(f"{a.url}/blobs/sha256/{sha256}")[0] == 503
         metrics = get(f"{a.url}/metrics")[1].decode()
         assert "weightswarm_mirror_corrupt_blobs 1.0" in metrics
@@ -157,7 +145,7 @@ def test_the_periodic_scrub_takes_a_corrupt_blob_out_of_service_and_keeps_it_out
     assert rows[sha256]["state"] == "corrupt"
     a = start_mirror(make_config(home, scrub_interval="0"))
     try:
-        assert wait_for(lambda: torrents(a).get(sha256), "listed after a restart")["state"] == \
+        assert wait_for(lambda: torrents(a).get(sha256), 30, "listed after a restart")["state"] == \
             "repairing"
         assert get(f"{a.url}/blobs/sha256/{sha256}")[0] == 503
     finally:
@@ -176,7 +164,7 @@ def test_with_no_peer_a_corrupt_blob_comes_again_from_the_upstream_a_sync_brough
     try:
         seeder = a.runner.app[SEEDER]
         seeder.upstream_after = 0.5  # no peer will come: ask the upstream soon
-        sha256 = wait_for(lambda: next(iter(torrents(a)), None), "the mirror seeds the blob")
+        sha256 = wait_for(lambda: next(iter(torrents(a)), None), 30, "the mirror seeds the blob")
         store = BlobStore(home / "store")
         flip_a_byte(store.path_for(sha256), 5 * MiB)
         notes = b"a small file: no torrent, mended from upstream only\n"
@@ -184,11 +172,11 @@ def test_with_no_peer_a_corrupt_blob_comes_again_from_the_upstream_a_sync_brough
         flip_a_byte(store.path_for(small), 0)
         found = asyncio.run_coroutine_threadsafe(seeder.scrub_now(), a.loop).result(30)
         assert {f.sha256 for f in found} == {sha256, small}
-        wait_for(lambda: sorted(seeder.repaired) == sorted([sha256, small]),
-                 "both blobs fetched again from the upstream", timeout=30)
+        wait_for(lambda: sorted(seeder.repaired) == sorted([sha256, small]), 30,
+                 "both blobs fetched again from the upstream")
         assert get(f"{a.url}/org/m/resolve/main/weights.bin") == (200, original)
         assert get(f"{a.url}/org/m/resolve/main/notes.txt") == (200, notes)
-        wait_for(lambda: torrents(a).get(sha256, {}).get("state") == "seeding",
+        wait_for(lambda: torrents(a).get(sha256, {}).get("state") == "seeding", 30,
                  "seeded again")
         assert not list((home / "store" / "repair").iterdir())
     finally:

@@ -10,16 +10,14 @@ import json
 import shutil
 import subprocess
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 from urllib.parse import quote_from_bytes
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import make_config, make_tiny_model, start_mirror, start_tracker
+from helpers import fetch, make_config, make_tiny_model, start_mirror, start_tracker, wait_for
 from mirror import app as mirror_app
 from mirror.catalog import Catalog
 from mirror.importer import Importer
@@ -32,27 +30,13 @@ lt = pytest.importorskip("libtorrent")
 pytestmark = pytest.mark.slow
 
 REPO = "tests/seeded"
-T = TypeVar("T")
 
 
 # -- helpers ----------------------------------------------------------------------------------
 
 
-def wait_for(check: Callable[[], T], timeout: float, what: str, every: float = 0.1) -> T:
-    """`check()` until it returns something truthy; fails after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not after {timeout}s (last: {value!r})")
-        time.sleep(every)
 
 
-def fetch(url: str) -> bytes:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return response.read()
 
 
 def import_folder(home: Path, folder: Path, repo: str = REPO) -> None:
@@ -154,11 +138,6 @@ def leech(torrent: dict, save_path: Path, timeout: float = 30) -> None:
         del ses  # blocks for stop_tracker_timeout (1 s) at most
 
 
-@pytest.fixture
-def tracker():
-    running = start_tracker(TrackerConfig(port=0, interval=2, min_interval=1, peer_ttl=60))
-    yield running
-    running.stop()
 
 
 @pytest.fixture

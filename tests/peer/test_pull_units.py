@@ -363,7 +363,7 @@ def test_bytes_are_credited_by_the_senders_peer_id_whatever_its_port():
         (bytes(20), "127.0.0.1", 8470): 5,  # a web seed has no peer id
     }})
     result = PullResult("org/name", COMMIT, MIRROR, [], 128)
-    pull_from(MIRROR)._account(session, [item], result)
+    pull_from(MIRROR)._account(session, [item], set(), result)
     assert (result.from_mirrors, result.from_peers, result.from_web_seeds) == (100, 23, 5)
     assert result.by_peer == {"127.0.0.1:6881": 100, "127.0.0.1:41234": 20, "127.0.0.2:7000": 3}
     assert result.bittorrent_bytes == 128
@@ -375,3 +375,25 @@ def test_a_pull_needs_a_mirror_to_ask():
         Pull(PeerConfig(), Path("/nonexistent"), PullSpec("org/name"))
     job = Pull(PeerConfig(mirrors=("http://a/",)), Path("/nonexistent"), PullSpec("org/name"))
     assert job.mirrors == ["http://a"]
+
+
+def test_a_super_seeding_mirror_is_known_by_its_listen_endpoint():
+    """A super-seeding mirror shows a random peer id; mirrors never dial out, so its bytes
+    arrive on its listen endpoint, which its index names."""
+    item = _Large(files("model.safetensors")[0], b"", [], [], key="cd" * 20)
+    session = Counted({"cd" * 20: {(os.urandom(20), "127.0.0.1", 6881): 70,
+                                   (os.urandom(20), "127.0.0.1", 7000): 30}})
+    result = PullResult("org/name", COMMIT, MIRROR, [], 100)
+    pull_from(MIRROR)._account(session, [item], {("127.0.0.1", 6881)}, result)
+    assert (result.from_mirrors, result.from_peers, result.from_web_seeds) == (70, 30, 0)
+
+
+def test_a_web_seed_is_known_by_its_urls_endpoint_whatever_peer_id_libtorrent_gives_it():
+    item = _Large(files("model.safetensors")[0], b"", [],
+                  ["http://127.0.0.1:8470/blobs/sha256/" + "0" * 64], key="ef" * 20)
+    session = Counted({"ef" * 20: {(os.urandom(20), "127.0.0.1", 8470): 40,
+                                   (b"-WP0100-" + os.urandom(12), "127.0.0.1", 8470 + 1): 60}})
+    result = PullResult("org/name", COMMIT, MIRROR, [], 100)
+    pull_from(MIRROR)._account(session, [item], set(), result)
+    assert (result.from_mirrors, result.from_peers, result.from_web_seeds) == (0, 60, 40)
+    assert result.by_peer == {"127.0.0.1:8471": 60}

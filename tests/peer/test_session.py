@@ -8,11 +8,9 @@ import os
 
 import pytest
 
-from helpers import start_tracker
 from peer.bencode import bencode
 from peer.hashing import Hasher
 from peer.torrent import info_dict
-from tracker.config import TrackerConfig
 
 pytest.importorskip("libtorrent")
 from peer.session import Session, SessionSettings  # noqa: E402
@@ -20,11 +18,6 @@ from peer.session import Session, SessionSettings  # noqa: E402
 SETTINGS = SessionSettings(listen="127.0.0.1:0", min_announce_interval=1)
 
 
-@pytest.fixture
-def tracker():
-    running = start_tracker(TrackerConfig(port=0, interval=2, min_interval=1, peer_ttl=60))
-    yield running
-    running.stop()
 
 
 async def test_a_leecher_completes_from_a_seeder_and_the_bytes_are_on_disk(tracker, tmp_path):
