@@ -391,7 +391,12 @@ class Pull:
 
         larges = [await self._torrent(client, f, result.mirror) for f in files]
         mirror_endpoints = await self._mirror_endpoints(client)
-        session = Session(self.config.pull_bt, fingerprint=PEER_FINGERPRINT, count_sources=True)
+        # A short request queue: a pull commits to fewer pieces ahead from a rate-limited
+        # mirror, and takes them from peers as soon as they have them. Measured with
+        # ops/bench/swarm.py (4 peers, 256 MiB): the mirror sent 1.42-1.43x the model instead
+        # of 1.59-1.69x.
+        session = Session(self.config.pull_bt, fingerprint=PEER_FINGERPRINT, count_sources=True,
+                          request_queue_time=1)
         session.start()
         self.resume_dir.mkdir(parents=True, exist_ok=True)
         try:

@@ -79,10 +79,12 @@ class Session:
     """Add torrents, await their completion; `close()` shuts down in about a second."""
 
     def __init__(self, settings: SessionSettings, *, fingerprint: str | None = None,
-                 count_sources: bool = False):
+                 count_sources: bool = False, request_queue_time: int | None = None):
         """`fingerprint`: the start of our peer ids (`-WM0100-` for mirrors, `-WP0100-` for
         peers), so a downloader can tell a mirror's bytes from a peer's. `count_sources`:
-        count every block received by the peer id and address that sent it (`sources`)."""
+        count every block received by the peer id and address that sent it (`sources`).
+        `request_queue_time`: seconds of download that each peer may have requested ahead
+        (libtorrent's default is 3)."""
         pack = _settings(settings)
         if fingerprint:
             pack["peer_fingerprint"] = fingerprint
@@ -95,6 +97,8 @@ class Session:
             # one alert per 16 KiB block: a busy event loop must not lose any (the default
             # queue holds 2000, 31 MiB of blocks)
             pack["alert_queue_size"] = 1 << 20
+        if request_queue_time:
+            pack["request_queue_time"] = request_queue_time
         params = lt.session_params(pack)
         # mmap disk I/O: 455 vs 312 MiB/s for a leecher here (BITTORRENT.md).
         params.disk_io_constructor = "mmap_disk_io_constructor"
