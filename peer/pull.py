@@ -105,6 +105,9 @@ class PullResult:
     path: str = ""
     seconds: float = 0.0
     web_seeds_added: int = 0
+    #: payload libtorrent received that no block alert accounted for (0 unless alerts were
+    #: lost); kept apart rather than guessed
+    unattributed: int = 0
 
     @property
     def bittorrent_bytes(self) -> int:
@@ -416,6 +419,9 @@ class Pull:
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
                 await self._save_resume(session, larges)
+                # The last blocks' alerts may trail the torrent's completion: take them in.
+                await asyncio.sleep(0.2)
+                session.drain()
                 self._account(session, larges, mirror_endpoints, result)
         finally:
             session.close()
@@ -504,6 +510,10 @@ class Pull:
                 name = f"{ip}:{port}"
                 result.by_peer[name] = result.by_peer.get(name, 0) + n
             result.web_seeds_added += item.seeded_web
+            counted = sum(session.sources.get(item.key, {}).values())
+            with contextlib.suppress(KeyError):
+                received = session.status(item.key).downloaded
+                result.unattributed += max(0, received - counted)
 
     # -- 4: the snapshot ------------------------------------------------------------------------
 

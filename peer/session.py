@@ -255,6 +255,10 @@ class Session:
         self.lt.post_session_stats()
         return await future
 
+    def drain(self) -> None:
+        """Handle every alert waiting now, without waiting for the event loop's turn."""
+        self._pump()
+
     def _pump(self) -> None:
         try:
             while self._read.recv(4096):
@@ -312,6 +316,8 @@ class Session:
                 message = alert.message()
                 self.errors.append(message)
                 log.info("libtorrent: %s", message)
+            elif isinstance(alert, lt.alerts_dropped_alert):
+                log.warning("libtorrent dropped alerts: its queue was full")
             elif isinstance(alert, (lt.tracker_error_alert, lt.file_error_alert,
                                     lt.listen_failed_alert, lt.torrent_error_alert,
                                     lt.peer_ban_alert)):

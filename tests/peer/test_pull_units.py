@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -347,10 +348,24 @@ def pull_from(*mirrors: str) -> Pull:
 
 
 class Counted:
-    """What a pull's session counted: (peer id, ip, port) → bytes, per info-hash."""
+    """What a pull's session counted: (peer id, ip, port) → bytes, per info-hash, and the
+    payload libtorrent says it received (by default, exactly what was counted)."""
 
-    def __init__(self, sources: dict):
+    def __init__(self, sources: dict, received: dict | None = None):
         self.sources = sources
+        self.received = received or {k: sum(v.values()) for k, v in sources.items()}
+
+    def status(self, key: str) -> SimpleNamespace:
+        return SimpleNamespace(downloaded=self.received[key])
+
+
+def test_payload_no_block_accounted_for_is_reported_apart_not_guessed():
+    item = _Large(files("model.safetensors")[0], b"", [], [], key="12" * 20)
+    session = Counted({"12" * 20: {(b"-WP0100-" + bytes(12), "127.0.0.1", 7000): 60}},
+                      received={"12" * 20: 100})
+    result = PullResult("org/name", COMMIT, MIRROR, [], 100)
+    pull_from(MIRROR)._account(session, [item], set(), result)
+    assert (result.from_peers, result.unattributed) == (60, 40)
 
 
 def test_bytes_are_credited_by_the_senders_peer_id_whatever_its_port():
