@@ -30,7 +30,7 @@ from prometheus_client import (
 from .bencode import bdecode, bencode
 from .errors import WeightswarmError
 from .hfcache import RepoCache, etag_of, hub_cache
-from .manifest import ManifestError, read_manifest
+from .manifest import ManifestError, UnknownKey, read_manifest
 from .paths import check_repo_id, check_revision, is_commit, is_sha256
 from .settings import PeerConfig
 from .trust import Trust
@@ -74,15 +74,20 @@ class PeerDaemon:
     def scan(self) -> list[str]:
         """Read manifests not seen before; returns the sha256 of blobs newly held."""
         new = []
+        # A pull may have pinned a mirror's key since the last scan: read the pins again.
+        self.trust = Trust(self.home, self.config.trusted_keys)
         trusted = self.trust.keys()
         for path in sorted((self.home / "manifests").glob("*/*/**/*.msgpack")):
             mtime = path.stat().st_mtime
             if self._seen.get(path) == mtime:
                 continue
-            self._seen[path] = mtime
             try:
                 manifest, _ = read_manifest(path.read_bytes(), trusted)
+            except UnknownKey as e:
+                log.debug("%s: not used yet: %s", path, e)  # a key may be trusted later
+                continue
             except (ManifestError, OSError) as e:
+                self._seen[path] = mtime
                 log.warning("%s: not used: %s", path, e)
                 continue
             cache = RepoCache(self.cache, manifest.type, manifest.repo)
@@ -99,6 +104,10 @@ class PeerDaemon:
                         torrent = candidate
                 self.held[f.sha256] = Held(blob, f.size, torrent)
                 new.append(f.sha256)
+            if all(f.sha256 in self.held for f in manifest.files):
+                # Whole: nothing more to find here. A pull still running (or one limited by
+                # --include) is looked at again at the next scan.
+                self._seen[path] = mtime
         return new
 
     def seed(self, sha256s: list[str]) -> None:

@@ -534,6 +534,18 @@ def test_the_fourth_peers_result_credits_the_daemon_as_a_peer_for_the_whole_file
     assert result["by_peer"].get(daemon_peer, 0) == result["from_peers"], result
 
 
+def test_a_running_peer_daemon_picks_up_a_new_pull_and_seeds_it(swarm, tmp_path):
+    peer = Peer(tmp_path / "watching")
+    peer.root.mkdir()
+    with peer_daemon(peer) as daemon:
+        assert fetch_json(f"{daemon.url}/")["seeding"] == 0
+        pull(peer, "--json", "--mirror", swarm.urls[0]).json  # noqa: B018  (asserts success)
+        wait_for(lambda: fetch_json(f"{daemon.url}/")["seeding"] == 1, 15,
+                 "the daemon seeds what was pulled while it ran")
+        metrics = fetch(f"{daemon.url}/metrics").decode()
+        assert "weightswarm_peer_torrents_seeded 1.0" in metrics
+
+
 # -- 4: aria2c is a peer like any other ------------------------------------------------------
 
 
