@@ -46,17 +46,24 @@ def repair_path(repair_dir: Path, sha256: str) -> Path:
     return repair_dir / sha256
 
 
+def take_out(store: BlobStore, repair_dir: Path, sha256: str) -> Path:
+    """Move a blob from the published tree to where libtorrent mends it; returns that path.
+    Nothing to move (moved already, or missing altogether: the repair fetches all of it) is
+    fine."""
+    repair_dir.mkdir(parents=True, exist_ok=True)
+    dest = repair_path(repair_dir, sha256)
+    try:
+        os.replace(store.path_for(sha256), dest)
+        os.chmod(dest, 0o644)  # libtorrent writes the pieces it fetches back
+    except FileNotFoundError:
+        pass
+    return dest
+
+
 def quarantine(store: BlobStore, catalog: Catalog, repair_dir: Path, finding: Finding) -> None:
     """Take a bad blob out of service: mark it (so it is neither seeded nor served) and move
     its file where libtorrent can mend it."""
     catalog.mark_corrupt(finding.sha256, finding.problem)
-    repair_dir.mkdir(parents=True, exist_ok=True)
-    src = store.path_for(finding.sha256)
-    dest = repair_path(repair_dir, finding.sha256)
-    try:
-        os.replace(src, dest)
-        os.chmod(dest, 0o644)  # libtorrent writes the pieces it fetches back
-    except FileNotFoundError:
-        pass  # missing altogether: the repair fetches all of it
+    take_out(store, repair_dir, finding.sha256)
     log.warning("blob %s is corrupt (%s): no longer seeded or served, queued for repair",
                 finding.sha256, finding.problem)

@@ -26,7 +26,7 @@ from peer.torrent import info_hash as compute_info_hash
 from .catalog import BlobRecord, Catalog
 from .distribution import blob_info
 from .egress import TICK, Egress
-from .scrub import Finding, quarantine, repair_path, scrub
+from .scrub import Finding, quarantine, scrub, take_out
 
 log = logging.getLogger(__name__)
 
@@ -186,12 +186,9 @@ class Seeder:
             old = self.seeding.pop(sha256, None)
             if old is not None:
                 self.session.remove(old)
-            self.repair_dir.mkdir(parents=True, exist_ok=True)
-            target = repair_path(self.repair_dir, sha256)
+            # Marked by another process (`mirror scrub`), or moved already: either way here.
+            target = take_out(self.store, self.repair_dir, sha256)
             published = self.store.path_for(sha256)
-            if published.exists() and not target.exists():
-                os.replace(published, target)  # marked by another process: move it here
-                os.chmod(target, 0o644)
             if record.piece_length:
                 log.info("repairing blob %s (%s) from the swarm", sha256, reason)
                 info = blob_info(record, private=False)

@@ -33,6 +33,7 @@ from .hfcache import RepoCache, etag_of, hub_cache
 from .manifest import ManifestError, UnknownKey, read_manifest
 from .paths import check_repo_id, check_revision, is_commit, is_sha256
 from .settings import PeerConfig
+from .torrent import info_hash
 from .trust import Trust
 
 log = logging.getLogger(__name__)
@@ -246,9 +247,7 @@ class PeerDaemon:
 
 
 def _info_hash(path: Path) -> str | None:
-    import hashlib
-
     try:
-        return hashlib.sha1(bencode(bdecode(path.read_bytes())[b"info"])).hexdigest()
+        return info_hash(bdecode(path.read_bytes())[b"info"])
     except (OSError, ValueError, KeyError, TypeError):
         return None

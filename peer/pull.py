@@ -46,10 +46,12 @@ from .errors import (
     NotFound,
     WeightswarmError,
 )
+from .hashing import sha256_file
 from .hfcache import RepoCache, etag_of, hub_cache
 from .manifest import Manifest, ManifestError, ManifestFile, read_manifest, read_ref
 from .paths import check_repo_id, check_revision, is_commit
 from .settings import PeerConfig
+from .torrent import info_hash
 from .trust import Trust
 
 log = logging.getLogger(__name__)
@@ -372,7 +374,7 @@ class Pull:
                 data = await client.bytes(f"{mirror}/api/weightswarm/torrents/{f.sha256}.torrent")
                 torrent = bdecode(data)
                 info = torrent[b"info"]
-                if hashlib.sha1(bencode(info)).hexdigest() != f.info_hash:
+                if info_hash(info) != f.info_hash:
                     raise IntegrityError("info-hash", f.info_hash or "", "another torrent")
                 trackers = [t.decode() for tier in torrent.get(b"announce-list", [])
                             for t in tier]
@@ -431,7 +433,7 @@ class Pull:
         etag = etag_of(f.sha256, f.git_sha1, f.lfs)
         staging = cache.staging(etag)
         await session.finished(item.key)
-        digest = await asyncio.to_thread(_sha256_file, staging)
+        digest = await asyncio.to_thread(sha256_file, staging)
         if digest != f.sha256:
             # Every piece matched the torrent the manifest signs, yet the file does not: refuse.
             raise IntegrityError("sha256", f.sha256, digest)
@@ -581,11 +583,6 @@ def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
-
-
-def _sha256_file(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _bar(total: int, show: bool, name: str):

@@ -132,6 +132,39 @@ def fetch(url: str) -> bytes:
         return response.read()
 
 
+def plain_session(ip: str = "127.0.0.1", alert_mask: int | None = None):
+    """A libtorrent session with no weightswarm code in it, set for loopback as BITTORRENT.md
+    section 1 says: the foreign client of a test."""
+    import libtorrent as lt
+
+    if alert_mask is None:
+        alert_mask = lt.alert_category.status | lt.alert_category.error
+    return lt.session({
+        "listen_interfaces": f"{ip}:0",
+        "enable_dht": False, "enable_lsd": False, "enable_upnp": False,
+        "enable_natpmp": False, "enable_ip_notifier": False, "dht_bootstrap_nodes": "",
+        "enable_outgoing_utp": False, "enable_incoming_utp": False,
+        "allow_multiple_connections_per_ip": True,
+        "min_announce_interval": 1, "min_reconnect_time": 1, "stop_tracker_timeout": 1,
+        "alert_mask": alert_mask,
+    })
+
+
+def aria2c_download(torrent_file: Path, out: Path, *, stop_after: int,
+                    timeout: float) -> subprocess.CompletedProcess:
+    """Debian's aria2c downloading one torrent into `out` over loopback: no DHT, no local
+    discovery, no peer exchange, gone once done (or after `stop_after` seconds without
+    progress)."""
+    return subprocess.run(
+        ["aria2c", "--dir", str(out), "--seed-time=0", "--enable-dht=false",
+         "--enable-dht6=false", "--bt-enable-lpd=false", "--enable-peer-exchange=false",
+         "--listen-port=6991-6999", f"--bt-stop-timeout={stop_after}",
+         "--summary-interval=0", "--console-log-level=warn", "--file-allocation=none",
+         str(torrent_file)],
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

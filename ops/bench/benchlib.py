@@ -4,6 +4,7 @@ with a server started under cProfile."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -80,6 +81,21 @@ def stop_cleanly_on_signals() -> None:
     even when started with SIGINT ignored (`cmd &`)."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+@contextlib.contextmanager
+def bench_main():
+    """The body of a benchmark's main: Ctrl-C and SIGTERM unwind through `finally` (servers
+    stopped, temp dirs removed); a BenchError is one line and exit 1, Ctrl-C exit 130."""
+    stop_cleanly_on_signals()
+    try:
+        yield
+    except BenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 def two_cores(servers: str) -> list[int]:

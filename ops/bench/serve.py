@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 # benchlib sits beside this script, whose folder Python puts on sys.path.
 from benchlib import (  # noqa: E402,I001
     BenchError, clean_env, find_tools, free_port, note, signal_and_wait,
-    stop_cleanly_on_signals, two_cores,
+    bench_main, two_cores,
 )
 
 from mirror.config import load_config  # noqa: E402
@@ -892,8 +892,7 @@ def main() -> None:
     parser.add_argument("--no-profile", action="store_true",
                         help="skip the cProfile breakdown of the mirror's request handling")
     args = parser.parse_args()
-    stop_cleanly_on_signals()
-    try:
+    with bench_main():
         find_tools(TOOLS)
         cpus = two_cores("servers")
         plan = Plan(
@@ -911,12 +910,6 @@ def main() -> None:
         os.sched_setaffinity(0, {cpus[1]})
         with tempfile.TemporaryDirectory(prefix="ws-bench-serve-") as work:
             bench(plan, Path(work))
-    except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
 
 
 if __name__ == "__main__":

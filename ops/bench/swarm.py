@@ -32,7 +32,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from benchlib import BenchError, clean_env, free_port, note, stop_cleanly_on_signals
+from benchlib import BenchError, bench_main, clean_env, free_port, note
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -124,7 +124,6 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.size_mib, args.reps = 64, 1
-    stop_cleanly_on_signals()
     peer_counts = [int(n) for n in args.peers.split(",") if n]
     http_counts = [int(n) for n in args.http_peers.split(",") if n]
     cap = int(args.cap_mib * MiB)
@@ -228,7 +227,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
+    with bench_main():
         main()
-    except BenchError as e:
-        sys.exit(f"swarm benchmark: {e}")

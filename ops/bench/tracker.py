@@ -45,12 +45,12 @@ from pathlib import Path
 # benchlib sits beside this script, whose folder Python puts on sys.path.
 from benchlib import (  # noqa: E402,I001
     BenchError,
+    bench_main,
     clean_env,
     find_tools,
     free_port,
     note,
     signal_and_wait,
-    stop_cleanly_on_signals,
     two_cores,
 )
 
@@ -750,8 +750,7 @@ def main() -> None:
     parser.add_argument("--ot-user", default="wsbench",
                         help="the user opentracker runs as (it refuses root) [wsbench]")
     args = parser.parse_args()
-    stop_cleanly_on_signals()
-    try:
+    with bench_main():
         find_tools(TOOLS)
         cpus = two_cores("trackers")
         if os.geteuid() == 0:
@@ -779,12 +778,6 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="ws-bench-tracker-") as work:
             Path(work).chmod(0o755)  # opentracker, another user, reads its files in here
             bench(plan, Path(work))
-    except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from helpers import start_tracker
+from helpers import aria2c_download, plain_session, start_tracker
 from peer.bencode import bencode
 from peer.hashing import Hasher
 from peer.torrent import info_dict, info_hash
@@ -22,18 +21,6 @@ lt = pytest.importorskip("libtorrent")
 pytestmark = pytest.mark.slow
 
 SIZE = 9 * 1024 * 1024 + 4321
-
-
-def session(ip: str = "127.0.0.1"):
-    return lt.session({
-        "listen_interfaces": f"{ip}:0",
-        "enable_dht": False, "enable_lsd": False, "enable_upnp": False,
-        "enable_natpmp": False, "dht_bootstrap_nodes": "",
-        "enable_outgoing_utp": False, "enable_incoming_utp": False,
-        "allow_multiple_connections_per_ip": True,
-        "min_announce_interval": 1, "min_reconnect_time": 1, "stop_tracker_timeout": 1,
-        "alert_mask": lt.alert_category.status | lt.alert_category.error,
-    })
 
 
 
@@ -74,7 +61,7 @@ def test_two_libtorrent_sessions_meet_through_the_tracker(tracker, blob, tmp_pat
     data, sha256, info, seed_dir = blob
     torrent = bencode({"announce": f"{tracker.url}/announce", "info": info})
     assert lt.torrent_info(lt.bdecode(torrent)).info_hash().to_string().hex() == info_hash(info)
-    seeder, leecher = session(), session()
+    seeder, leecher = plain_session(), plain_session()
     try:
         seed = add(seeder, torrent, seed_dir)
         wait_seeding(seeder, seed)
@@ -95,18 +82,12 @@ def test_aria2c_downloads_from_a_libtorrent_seeder_through_the_tracker(tracker, 
     torrent = bencode({"announce": f"{tracker.url}/announce", "info": info})
     torrent_file = tmp_path / "blob.torrent"
     torrent_file.write_bytes(torrent)
-    seeder = session()
+    seeder = plain_session()
     try:
         seed = add(seeder, torrent, seed_dir)
         wait_seeding(seeder, seed)
         out = tmp_path / "aria2"
-        done = subprocess.run(
-            ["aria2c", "--dir", str(out), "--seed-time=0", "--enable-dht=false",
-             "--enable-dht6=false", "--bt-enable-lpd=false", "--enable-peer-exchange=false",
-             "--listen-port=6991-6999", "--bt-stop-timeout=60", "--summary-interval=0",
-             "--console-log-level=warn", "--file-allocation=none", str(torrent_file)],
-            capture_output=True, text=True, timeout=120,
-        )
+        done = aria2c_download(torrent_file, out, stop_after=60, timeout=120)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
         assert (out / sha256).read_bytes() == data
     finally:
@@ -142,7 +123,7 @@ def test_locality_a_site_1_leecher_gets_site_1_first_farther_slots_and_its_mirro
     site1 = [f"127.1.0.{i}" for i in range(2, 6)]
     site2 = [f"127.2.0.{i}" for i in range(2, 6)]
     mirror1, mirror2 = "127.1.0.9", "127.2.0.9"
-    sessions = {ip: session(ip) for ip in (*site1, *site2, mirror1, mirror2)}
+    sessions = {ip: plain_session(ip) for ip in (*site1, *site2, mirror1, mirror2)}
     ports = {ip: s.listen_port() for ip, s in sessions.items()}
     config = TrackerConfig(
         port=0, interval=2, min_interval=1, peer_ttl=60,

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from helpers import VENV_BIN, make_config, start_tracker
+from helpers import VENV_BIN, make_config, plain_session, start_tracker
 from peer.bencode import bdecode, bencode
 from tracker.config import TrackerConfig
 
@@ -60,19 +60,6 @@ VIAS = ("bittorrent", "webseed", "resolve")
 HTTP_VIAS = ("webseed", "resolve")
 #: for the leecher to find the mirror through the tracker and all three to get a first byte
 START_TIMEOUT = 10.0
-
-
-def leecher_session():
-    """A plain libtorrent session with the loopback settings of BITTORRENT.md section 1."""
-    return lt.session({
-        "listen_interfaces": "127.0.0.1:0",
-        "enable_dht": False, "enable_lsd": False, "enable_upnp": False,
-        "enable_natpmp": False, "enable_ip_notifier": False, "dht_bootstrap_nodes": "",
-        "enable_outgoing_utp": False, "enable_incoming_utp": False,
-        "allow_multiple_connections_per_ip": True,
-        "min_announce_interval": 1, "min_reconnect_time": 1, "stop_tracker_timeout": 1,
-        "alert_mask": lt.alert_category.error,
-    })
 
 
 @pytest.fixture
@@ -183,7 +170,7 @@ def test_one_cap_covers_bittorrent_web_seed_and_resolve_together(tmp_path, track
         "webseed": Reader(mirror.port, f"/blobs/sha256/{digests['b.bin']}"),
         "resolve": Reader(mirror.port, f"/{REPO}/resolve/main/c.bin"),
     }
-    leecher = leecher_session()
+    leecher = plain_session(alert_mask=lt.alert_category.error)
     try:
         params = lt.add_torrent_params()
         params.ti = lt.torrent_info(lt.bdecode(bencode(torrent)))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,16 @@ from urllib.parse import quote_from_bytes
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import fetch, make_config, make_tiny_model, start_mirror, start_tracker, wait_for
+from helpers import (
+    aria2c_download,
+    fetch,
+    make_config,
+    make_tiny_model,
+    plain_session,
+    start_mirror,
+    start_tracker,
+    wait_for,
+)
 from mirror import app as mirror_app
 from mirror.catalog import Catalog
 from mirror.importer import Importer
@@ -92,25 +100,11 @@ def mirror_torrent(mirror, sha256: str) -> dict:
     return lt.bdecode(fetch(f"{mirror.url}/api/weightswarm/torrents/{sha256}.torrent"))
 
 
-def leecher_session():
-    """A plain libtorrent session with the loopback settings of BITTORRENT.md section 1."""
-    return lt.session({
-        "listen_interfaces": "127.0.0.1:0",
-        "enable_dht": False, "enable_lsd": False, "enable_upnp": False,
-        "enable_natpmp": False, "enable_ip_notifier": False, "dht_bootstrap_nodes": "",
-        "enable_outgoing_utp": False, "enable_incoming_utp": False,
-        "allow_multiple_connections_per_ip": True,
-        "min_announce_interval": 1, "min_reconnect_time": 1, "stop_tracker_timeout": 1,
-        "alert_mask": lt.alert_category.status | lt.alert_category.error
-        | lt.alert_category.storage,
-    })
-
-
 def leech(torrent: dict, save_path: Path, timeout: float = 30) -> None:
     """Download `torrent` into `save_path` with a fresh session; return once the bytes are on
     disk (finished, then flushed: BITTORRENT.md, "Finishing a download")."""
     save_path.mkdir(parents=True, exist_ok=True)
-    ses = leecher_session()
+    ses = plain_session(alert_mask=lt.alert_category.status | lt.alert_category.error | lt.alert_category.storage)
     try:
         params = lt.add_torrent_params()
         params.ti = lt.torrent_info(torrent)
@@ -235,13 +229,7 @@ def test_aria2c_downloads_a_blob_from_the_mirror_through_the_tracker(
              "the mirror announced itself complete")
     before = egress(mirror)
     out = tmp_path / "aria2"
-    done = subprocess.run(
-        ["aria2c", "--dir", str(out), "--seed-time=0", "--enable-dht=false",
-         "--enable-dht6=false", "--bt-enable-lpd=false", "--enable-peer-exchange=false",
-         "--listen-port=6991-6999", "--bt-stop-timeout=30", "--summary-interval=0",
-         "--console-log-level=warn", "--file-allocation=none", str(torrent_file)],
-        capture_output=True, text=True, timeout=45,
-    )
+    done = aria2c_download(torrent_file, out, stop_after=30, timeout=45)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert (out / sha256).read_bytes() == data
     after = wait_for(lambda: (e := egress(mirror))["bittorrent"] - before["bittorrent"]
