@@ -111,6 +111,13 @@ def test_settings_come_from_file_then_env_then_flags(tmp_path):
     ("[mirror]\nport = 70000\n", "0-65535"),
     ("[mirror\n", "weightswarm.toml"),
     ("[mirror]\npublic_url = 'ftp://x'\n", "http"),
+    ("[mirror]\negress_limit = 0\n", "positive"),
+    ("[mirror]\negress_limit = -5\n", "positive"),
+    ("[mirror]\nbt_listen = '6881'\n", "host:port"),
+    ("[mirror]\nbt_listen = 'host:99999'\n", "host:port"),
+    ("[peer]\npull_listen = ':0'\n", "host:port"),
+    ("[mirror]\nscrub_interval = 'soon'\n", "not a duration"),
+    ("[mirror]\nscrub_interval = '-1'\n", "negative"),
 ])
 def test_bad_settings_are_refused_with_a_clear_message(tmp_path, text, message):
     (tmp_path / "weightswarm.toml").write_text(text)
