@@ -43,3 +43,22 @@ async def test_a_leecher_completes_from_a_seeder_and_the_bytes_are_on_disk(track
     finally:
         seeder.close()
         leecher.close()
+
+
+def test_a_mirror_offers_no_allowed_fast_pieces_and_few_uploads_and_a_peer_keeps_the_defaults():
+    """Every peer of one site shares a /24, so a seed's BEP 6 allowed-fast set is the same
+    for all of them: they all fetched those pieces from the mirror at once (ops/bench/swarm.py:
+    the mirror sent 1.66x the model for 8 peers with it, 1.32x without)."""
+    from peer.session import MIRROR_FINGERPRINT, MIRROR_UPLOAD_SLOTS, PEER_FINGERPRINT
+
+    mirror = Session(SETTINGS, fingerprint=MIRROR_FINGERPRINT)
+    peer = Session(SETTINGS, fingerprint=PEER_FINGERPRINT)
+    try:
+        m, p = mirror.lt.get_settings(), peer.lt.get_settings()
+        assert m["allowed_fast_set_size"] == 0
+        assert m["unchoke_slots_limit"] == MIRROR_UPLOAD_SLOTS == 4
+        assert m["seeding_outgoing_connections"] is False
+        assert p["allowed_fast_set_size"] > 0 and p["unchoke_slots_limit"] == 8
+    finally:
+        mirror.close()
+        peer.close()
