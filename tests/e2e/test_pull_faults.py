@@ -273,13 +273,16 @@ def test_three_peers_pulling_at_once_trade_pieces_and_say_truly_whose_bytes_they
     assert abs(from_mirror - mirror_sent) <= 2 * PIECE, (
         f"the pulls say {from_mirror / MiB:.1f} MiB came from the mirror, which sent "
         f"{mirror_sent / MiB:.1f} MiB: {report}")
-    # Every peer got pieces from the others, and the mirror sent less than the plain-HTTP
+    # Every peer got pieces from the others, and the mirror sent well under the plain-HTTP
     # three copies. Issue 7 asks for more: at least half of each peer's payload from peers.
-    # Measured here: 0.27-0.51 each, the mirror sending 1.6-2.1x the blob (see the issue's
-    # note and ops/bench/swarm.py), so that target is not asserted until it is met.
+    # Measured here with the mirror's 4 upload slots and no allowed-fast set: 0.25-0.62
+    # each, the mirror sending 1.4-1.9x the blob (before: 0.27-0.51, 1.6-2.1x; 256 MiB at
+    # 32 MiB/s: 0.41-0.59). Only 16 pieces: near the end all three ask the mirror for the
+    # same few pieces nobody has announced. That floor is not asserted until it is met; the
+    # 512 MiB benchmark's peers get 0.70 (N = 4) and 0.85 (N = 8) of their bytes from peers.
     for i, r in enumerate(results):
         assert r["from_peers"] > 0, f"peer{i} got nothing from the other peers: {report}"
-    assert mirror_sent < 0.9 * SWARM_PEERS * SWARM_SIZE, report
+    assert mirror_sent < 0.8 * SWARM_PEERS * SWARM_SIZE, report
 
 
 # -- 2. a seeding mirror dies mid-pull ----------------------------------------------------------
