@@ -101,7 +101,7 @@ class Session:
             pack["allowed_fast_set_size"] = 0
             # Few, fast uploads: a piece leaves the capped mirror sooner and once, and the
             # swarm spreads it; leechers left choked get it from peers or, after a grace, the
-            # web seed. 4 slots: 1.20x sent and 1.20-1.26x the lone time at N=8; 8 (the
+            # web seed. 4 slots: 1.19x sent and 1.21x the lone time at N=8 (medians); 8 (the
             # default): 1.32x; 2: 1.42x, web seeds step in.
             pack["unchoke_slots_limit"] = MIRROR_UPLOAD_SLOTS
         if count_sources:

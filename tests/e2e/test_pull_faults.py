@@ -28,7 +28,7 @@ from urllib.parse import quote
 
 import pytest
 
-from helpers import VENV_BIN, fetch, make_config, start_mirror, start_tracker, wait_for
+from helpers import VENV_BIN, fetch, flip_a_byte, make_config, start_mirror, start_tracker, wait_for
 from peer.bencode import bdecode
 from peer.hfcache import repo_folder
 from peer.store import BlobStore
@@ -351,14 +351,7 @@ def test_a_mirror_serving_a_flipped_byte_is_dropped_and_the_pull_completes(
     announce = f"{tracker.url}/announce"
     for name in ("bad", "good"):
         import_repo(tmp_path / name, src)
-    path = BlobStore(tmp_path / "bad" / "store").path_for(sha256)
-    os.chmod(path, 0o644)
-    with open(path, "r+b") as f:
-        f.seek(FLIP_AT)
-        byte = f.read(1)
-        f.seek(FLIP_AT)
-        f.write(bytes([byte[0] ^ 0x01]))
-    os.chmod(path, 0o444)
+    flip_a_byte(BlobStore(tmp_path / "bad" / "store").path_for(sha256), FLIP_AT)
     # scrub_interval 0: the bad mirror must not find and mend its own blob first.
     bad = serve(make_config(tmp_path / "bad", trackers=[announce], scrub_interval="0"))
     good = serve(make_config(tmp_path / "good", trackers=[announce], scrub_interval="0",

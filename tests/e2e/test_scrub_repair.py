@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import VENV_BIN, make_config, start_mirror, wait_for
+from helpers import VENV_BIN, flip_a_byte, make_config, start_mirror, wait_for
 from mirror.app import SEEDER
 from peer.hashing import hash_file
 from peer.store import BlobStore
@@ -52,16 +52,6 @@ def get(url: str) -> tuple[int, bytes]:
 def torrents(mirror) -> dict[str, dict]:
     with urllib.request.urlopen(f"{mirror.url}/api/weightswarm/torrents", timeout=10) as r:
         return {t["sha256"]: t for t in json.load(r)["torrents"]}
-
-
-def flip_a_byte(path: Path, offset: int) -> None:
-    os.chmod(path, 0o644)
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0x01]))
-    os.chmod(path, 0o444)
 
 
 
