@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import socket
 import time
@@ -51,6 +52,7 @@ from .hfcache import RepoCache, etag_of, hub_cache
 from .manifest import Manifest, ManifestError, ManifestFile, read_manifest, read_ref
 from .paths import check_repo_id, check_revision, is_commit
 from .settings import PeerConfig
+from .steering import NORMAL, PeerView, Steering, bits
 from .torrent import info_hash
 from .trust import Trust
 
@@ -59,6 +61,8 @@ log = logging.getLogger(__name__)
 #: how often progress, sources and web-seed hold-back are looked at, seconds
 WATCH_EVERY = 0.5
 HTTP_PARALLEL = 8
+#: how often the pieces asked of mirrors are decided again (steering.py), seconds
+STEER_EVERY = 0.2
 #: with peers connected, a torrent may stall this many times the grace before web seeds join
 PEERS_GRACE = 4
 
@@ -189,11 +193,16 @@ class _Large:
     torrent: bytes
     trackers: list[str]
     web_seeds: list[str]
+    piece_length: int
     key: str = ""
     seeded_web: bool = False
     done: bool = False
     last_done: int = -1
     last_progress: float = 0.0
+
+    @property
+    def pieces(self) -> int:
+        return -(-self.file.size // self.piece_length)
 
 
 class Pull:
@@ -385,7 +394,7 @@ class Pull:
                 # Kept as the mirror sent it (trackers, web seeds) for the peer daemon.
                 _write_atomic(self.home / "torrents" / f"{f.sha256}.torrent", data)
                 return _Large(f, bencode({b"info": info}), list(dict.fromkeys(trackers)),
-                              list(dict.fromkeys(seeds)))
+                              list(dict.fromkeys(seeds)), info[b"piece length"])
             except (TimeoutError, aiohttp.ClientError, WeightswarmError, KeyError, ValueError, TypeError) as e:
                 errors.append(f"{mirror}: {e or type(e).__name__}")
         raise PullError(f"{f.path}: no mirror gave its torrent: " + "; ".join(errors))
@@ -396,12 +405,9 @@ class Pull:
 
         larges = [await self._torrent(client, f, result.mirror) for f in files]
         mirror_endpoints = await self._mirror_endpoints(client)
-        # A short request queue: a pull commits to fewer pieces ahead from a rate-limited
-        # mirror, and takes them from peers as soon as they have them. Measured with
-        # ops/bench/swarm.py (4 peers, 256 MiB): the mirror sent 1.42-1.43x the model instead
-        # of 1.59-1.69x.
-        session = Session(self.config.pull_bt, fingerprint=PEER_FINGERPRINT, count_sources=True,
-                          request_queue_time=1)
+        # A whole peer id, so this pull knows itself among the owners of pieces (steering.py).
+        own_id = PEER_FINGERPRINT + secrets.token_hex(6)
+        session = Session(self.config.pull_bt, fingerprint=own_id, pull=True)
         session.start()
         self.resume_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -412,14 +418,17 @@ class Pull:
                                        resume=resume, name=f"{etag}.wspart")
                 item.last_progress = time.monotonic()
             watcher = asyncio.create_task(self._watch(session, larges, bar))
+            steerer = asyncio.create_task(self._steer(session, larges, own_id.encode(),
+                                                      mirror_endpoints))
             try:
                 async with asyncio.TaskGroup() as group:
                     for item in larges:
                         group.create_task(self._complete(session, cache, item))
             finally:
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
+                for task in (watcher, steerer):
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
                 await self._save_resume(session, larges)
                 # The last blocks' alerts may trail the torrent's completion: take them in.
                 await asyncio.sleep(0.2)
@@ -471,6 +480,54 @@ class Pull:
             bar.update(total - shown)
             shown = total
 
+    async def _steer(self, session, larges: list[_Large], own_id: bytes,
+                     mirrors: set[tuple[str, int]]) -> None:
+        """Share the mirrors' pieces out among the pulls fetching them (steering.py). Should
+        it fail, the pull goes on without it: every piece from anyone."""
+        try:
+            await self._steer_pieces(session, larges, own_id, mirrors)
+        except Exception:
+            log.exception("steering pieces failed: every piece from anyone from now on")
+            for item in larges:
+                with contextlib.suppress(Exception):
+                    session.set_piece_priorities(item.key, [NORMAL] * item.pieces)
+
+    async def _steer_pieces(self, session, larges: list[_Large], own_id: bytes,
+                            mirrors: set[tuple[str, int]]) -> None:
+        from .session import MIRROR_FINGERPRINT
+
+        mirror_prefix = MIRROR_FINGERPRINT[:3].encode()
+        steerings = {item.key: Steering(own_id, item.pieces, item.piece_length)
+                     for item in larges}
+        applied: dict[str, list[int]] = {}
+        while True:
+            now = time.monotonic()
+            for item in larges:
+                if item.done:
+                    continue
+                try:
+                    have, peers, received = session.swarm(item.key)
+                except KeyError:
+                    continue
+                views, from_mirrors = [], 0
+                for p in peers:
+                    mirror = (p.web_seed or p.pid.startswith(mirror_prefix)
+                              or (p.ip, p.port) in mirrors)
+                    if mirror:
+                        from_mirrors += p.rate
+                    views.append(PeerView(p.pid, mirror, p.seed, bits(p.pieces)))
+                steering = steerings[item.key]
+                was_relaxed = steering.relaxed
+                priorities = steering.decide(now, bits(have), views, received, from_mirrors)
+                if steering.relaxed != was_relaxed:
+                    log.info("%s: %s", item.file.path,
+                             "nothing received for a while: every piece from anyone"
+                             if steering.relaxed else "mirror pieces shared out again")
+                if priorities != applied.get(item.key):
+                    session.set_piece_priorities(item.key, priorities)
+                    applied[item.key] = priorities
+            await asyncio.sleep(STEER_EVERY)
+
     async def _save_resume(self, session, larges: list[_Large]) -> None:
         for item in larges:
             if item.done:
@@ -495,7 +552,10 @@ class Pull:
                  result: PullResult) -> None:
         """Who sent what, from every block libtorrent received: a mirror by its peer id
         (-WM, peer/session.py) or its listen endpoint, a web seed by its URL's endpoint
-        (libtorrent gives web seeds a made-up peer id)."""
+        (libtorrent gives web seeds a made-up peer id). libtorrent reports a block when its
+        write completes; a write completing after the last piece passed is reported by no
+        alert (the torrent, a seed by then, has dropped its piece picker): those few bytes
+        are `unattributed`."""
         from .session import MIRROR_FINGERPRINT
 
         mirror_prefix = MIRROR_FINGERPRINT[:3].encode()

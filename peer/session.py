@@ -33,8 +33,8 @@ log = logging.getLogger(__name__)
 BLOCK = 16 * 1024
 MIRROR_FINGERPRINT = "-WM0100-"
 PEER_FINGERPRINT = "-WP0100-"
-#: BitTorrent uploads a mirror runs at once (libtorrent's default is 8)
-MIRROR_UPLOAD_SLOTS = 4
+#: block requests a mirror accepts queued from one peer (libtorrent's default is 2000)
+MIRROR_REQUEST_QUEUE = 64
 
 __all__ = ["Session", "SessionSettings", "TorrentStatus"]
 
@@ -77,16 +77,28 @@ class TorrentStatus:
     hash_failures: int
 
 
+@dataclass(frozen=True)
+class PeerState:
+    pid: bytes
+    ip: str
+    port: int
+    web_seed: bool
+    seed: bool
+    pieces: list[bool]
+    #: payload bytes/s received from it
+    rate: int
+
+
 class Session:
     """Add torrents, await their completion; `close()` shuts down in about a second."""
 
     def __init__(self, settings: SessionSettings, *, fingerprint: str | None = None,
-                 count_sources: bool = False, request_queue_time: int | None = None):
+                 pull: bool = False):
         """`fingerprint`: the start of our peer ids (`-WM0100-` for mirrors, `-WP0100-` for
-        peers), so a downloader can tell a mirror's bytes from a peer's. `count_sources`:
-        count every block received by the peer id and address that sent it (`sources`).
-        `request_queue_time`: seconds of download that each peer may have requested ahead
-        (libtorrent's default is 3)."""
+        peers), so a downloader can tell a mirror's bytes from a peer's; 20 characters are
+        the whole peer id. `pull`: a pull's session, which counts every block received by
+        the peer id and address that sent it (`sources`) and asks for pieces as steering.py
+        needs."""
         pack = _settings(settings)
         if fingerprint:
             pack["peer_fingerprint"] = fingerprint
@@ -99,18 +111,31 @@ class Session:
             # and all of them fetched those from the mirror at once. Off: 1.66x -> 1.32x of
             # the model sent by the mirror for 8 peers (ops/bench/swarm.py).
             pack["allowed_fast_set_size"] = 0
-            # Few, fast uploads: a piece leaves the capped mirror sooner and once, and the
-            # swarm spreads it; leechers left choked get it from peers or, after a grace, the
-            # web seed. 4 slots: 1.19x sent and 1.21x the lone time at N=8 (medians); 8 (the
-            # default): 1.32x; 2: 1.42x, web seeds step in.
-            pack["unchoke_slots_limit"] = MIRROR_UPLOAD_SLOTS
-        if count_sources:
+            # Every interested peer is unchoked, as an HTTP server serves every client: the
+            # pulls of a swarm split the mirror's pieces between them (steering.py), and an
+            # owner left choked holds back its share for everyone. 4 slots (the earlier
+            # setting, when fewer uploads meant fewer duplicates): a choked owner waited up to
+            # a minute for libtorrent's round-robin; ops/bench/swarm.py N=8, one run each:
+            # 4 slots 1.16x sent, 8 slots 1.11-1.17x, unlimited 1.12-1.14x.
+            pack["unchoke_slots_limit"] = -1
+            # Few requests queued per peer (libtorrent tells peers this as `reqq`, and they
+            # take it as their own limit toward us): a pull's requests wait here no longer
+            # than a second or so, so it can still take a piece from a neighbour instead.
+            # With the default 2000, pulls had 3 pieces (11 MiB, 4 s) queued at a capped
+            # mirror, and fetched them from it after their neighbours held them.
+            pack["max_allowed_in_request_queue"] = MIRROR_REQUEST_QUEUE
+        if pull:
             pack["alert_mask"] |= lt.alert_category.block_progress | lt.alert_category.peer
             # one alert per 16 KiB block: a busy event loop must not lose any (the default
             # queue holds 2000, 31 MiB of blocks)
             pack["alert_queue_size"] = 1 << 20
-        if request_queue_time:
-            pack["request_queue_time"] = request_queue_time
+            # No whole pieces at a time from a fast source: they jump the queue above by a
+            # whole piece (256 blocks) whatever the mirror's `reqq`.
+            pack["whole_pieces_threshold"] = 0
+            # A pull waiting for the pieces other pulls own has every piece it asks for
+            # (steering.py): libtorrent would call it finished, and close its connections to
+            # the other finished pulls, the very peers it waits for.
+            pack["close_redundant_connections"] = False
         params = lt.session_params(pack)
         # mmap disk I/O: 455 vs 312 MiB/s for a leecher here (BITTORRENT.md).
         params.disk_io_constructor = "mmap_disk_io_constructor"
@@ -210,6 +235,21 @@ class Session:
                  "web_seed": p.connection_type != lt.peer_info.standard_bittorrent,
                  "downloaded": p.total_download, "uploaded": p.total_upload}
                 for p in self._handles[info_hash].get_peer_info()]
+
+    def swarm(self, info_hash: str) -> tuple[list[bool], list[PeerState], int]:
+        """The pieces this torrent has, its connections, and payload bytes received."""
+        handle = self._handles[info_hash]
+        status = handle.status(lt.status_flags_t.query_pieces)
+        peers = []
+        for p in handle.get_peer_info():
+            web_seed = p.connection_type != lt.peer_info.standard_bittorrent
+            peers.append(PeerState(bytes(p.pid.to_bytes()), p.ip[0], p.ip[1], web_seed,
+                                   bool(p.flags & lt.peer_info.seed), list(p.pieces),
+                                   p.payload_down_speed))
+        return list(status.pieces), peers, status.total_payload_download
+
+    def set_piece_priorities(self, info_hash: str, priorities: list[int]) -> None:
+        self._handles[info_hash].prioritize_pieces(priorities)
 
     def set_url_seeds(self, info_hash: str, urls: Iterable[str]) -> None:
         handle = self._handles[info_hash]

@@ -615,7 +615,13 @@ def test_aria2c_seeding_beside_a_capped_mirror_serves_our_pull(swarm, tmp_path):
         # the mirror as a mirror.
         assert result["from_peers"] >= big // 2, result
         assert result["from_mirrors"] <= mirror_sent + 64 * 1024, result
-        assert result["from_peers"] + result["from_mirrors"] + result["from_web_seeds"] >= big
+        # libtorrent reports a block when its write completes, and none for a write that
+        # completes after the last piece passed (the torrent, now a seed, dropped its piece
+        # picker): 1 and 9 blocks of 5547 in two runs of twelve. The pull reports those
+        # bytes as unattributed, never guesses their sender.
+        attributed = result["from_peers"] + result["from_mirrors"] + result["from_web_seeds"]
+        assert attributed + result["unattributed"] >= big, result
+        assert result["unattributed"] <= 1024 * 1024, result
     finally:
         if aria is not None:
             aria.terminate()

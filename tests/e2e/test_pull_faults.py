@@ -2,8 +2,9 @@
 that can be SIGKILLed), our tracker, and pulls run as the command a user types
 (`weightswarm -v pull ORG/NAME --mirror URL --json`), each in its own home and HF cache.
 
-1. Three peers pulling at once from a mirror whose egress is capped trade pieces, and what
-   each says it got from the mirror matches what the mirror counted sending.
+1. Three peers pulling at once from a mirror whose egress is capped get at least half of
+   their payload from each other, and what each says it got from the mirror matches what
+   the mirror counted sending.
 2. One of two seeding mirrors is SIGKILLed mid-pull: the pull completes from the other.
 3. A mirror serves a flipped byte: the peer drops the bad piece (libtorrent's hash check) and
    completes from the good mirror; the bad source should be banned and left alone.
@@ -245,7 +246,7 @@ SWARM_PEERS = 3
 
 
 @pytest.mark.timeout(90)
-def test_three_peers_pulling_at_once_trade_pieces_and_say_truly_whose_bytes_they_got(
+def test_three_peers_pulling_at_once_get_half_their_bytes_from_each_other_and_say_whose(
         tmp_path, tracker, serve, processes):
     src = tmp_path / "repo"
     sha256 = make_repo(src, SWARM_SIZE)
@@ -273,16 +274,14 @@ def test_three_peers_pulling_at_once_trade_pieces_and_say_truly_whose_bytes_they
     assert abs(from_mirror - mirror_sent) <= 2 * PIECE, (
         f"the pulls say {from_mirror / MiB:.1f} MiB came from the mirror, which sent "
         f"{mirror_sent / MiB:.1f} MiB: {report}")
-    # Every peer got pieces from the others, and the mirror sent well under the plain-HTTP
-    # three copies. Issue 7 asks for more: at least half of each peer's payload from peers.
-    # Measured here with the mirror's 4 upload slots and no allowed-fast set: 0.25-0.62
-    # each, the mirror sending 1.4-1.9x the blob (before: 0.27-0.51, 1.6-2.1x; 256 MiB at
-    # 32 MiB/s: 0.41-0.59). Only 16 pieces: near the end all three ask the mirror for the
-    # same few pieces nobody has announced. That floor is not asserted until it is met; the
-    # 512 MiB benchmark's peers get 0.70 (N = 4) and 0.85 (N = 8) of their bytes from peers.
+    # Issue 7's floor: each peer gets at least half of its payload from the other peers
+    # (libtorrent's per-peer counters, as the pull reports them). The pulls split the
+    # mirror's pieces between them (peer/steering.py): measured 0.57-0.69 each, the mirror
+    # sending 1.02-1.16x the blob (before steering: 0.25-0.62, 1.4-1.9x).
     for i, r in enumerate(results):
-        assert r["from_peers"] > 0, f"peer{i} got nothing from the other peers: {report}"
-    assert mirror_sent < 0.8 * SWARM_PEERS * SWARM_SIZE, report
+        bt = r["from_peers"] + r["from_mirrors"] + r["from_web_seeds"]
+        assert r["from_peers"] >= 0.5 * bt, f"peer{i} got under half from peers: {report}"
+    assert mirror_sent < 1.5 * SWARM_SIZE, report
 
 
 # -- 2. a seeding mirror dies mid-pull ----------------------------------------------------------

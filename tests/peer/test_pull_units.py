@@ -360,7 +360,7 @@ class Counted:
 
 
 def test_payload_no_block_accounted_for_is_reported_apart_not_guessed():
-    item = _Large(files("model.safetensors")[0], b"", [], [], key="12" * 20)
+    item = _Large(files("model.safetensors")[0], b"", [], [], 4 << 20, key="12" * 20)
     session = Counted({"12" * 20: {(b"-WP0100-" + bytes(12), "127.0.0.1", 7000): 60}},
                       received={"12" * 20: 100})
     result = PullResult("org/name", COMMIT, MIRROR, [], 100)
@@ -369,7 +369,7 @@ def test_payload_no_block_accounted_for_is_reported_apart_not_guessed():
 
 
 def test_bytes_are_credited_by_the_senders_peer_id_whatever_its_port():
-    item = _Large(files("model.safetensors")[0], b"", [], [], key="ab" * 20, seeded_web=True)
+    item = _Large(files("model.safetensors")[0], b"", [], [], 4 << 20, key="ab" * 20, seeded_web=True)
     mirror, peer, aria = b"-WM0100-" + b"m" * 12, b"-WP0100-" + b"p" * 12, b"A2-1-36-0-" + b"a" * 10
     session = Counted({"ab" * 20: {
         (mirror, "127.0.0.1", 6881): 100,
@@ -395,7 +395,7 @@ def test_a_pull_needs_a_mirror_to_ask():
 def test_a_super_seeding_mirror_is_known_by_its_listen_endpoint():
     """A super-seeding mirror shows a random peer id; mirrors never dial out, so its bytes
     arrive on its listen endpoint, which its index names."""
-    item = _Large(files("model.safetensors")[0], b"", [], [], key="cd" * 20)
+    item = _Large(files("model.safetensors")[0], b"", [], [], 4 << 20, key="cd" * 20)
     session = Counted({"cd" * 20: {(os.urandom(20), "127.0.0.1", 6881): 70,
                                    (os.urandom(20), "127.0.0.1", 7000): 30}})
     result = PullResult("org/name", COMMIT, MIRROR, [], 100)
@@ -405,7 +405,7 @@ def test_a_super_seeding_mirror_is_known_by_its_listen_endpoint():
 
 def test_a_web_seed_is_known_by_its_urls_endpoint_whatever_peer_id_libtorrent_gives_it():
     item = _Large(files("model.safetensors")[0], b"", [],
-                  ["http://127.0.0.1:8470/blobs/sha256/" + "0" * 64], key="ef" * 20)
+                  ["http://127.0.0.1:8470/blobs/sha256/" + "0" * 64], 4 << 20, key="ef" * 20)
     session = Counted({"ef" * 20: {(os.urandom(20), "127.0.0.1", 8470): 40,
                                    (b"-WP0100-" + os.urandom(12), "127.0.0.1", 8470 + 1): 60}})
     result = PullResult("org/name", COMMIT, MIRROR, [], 100)

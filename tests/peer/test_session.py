@@ -13,9 +13,15 @@ from peer.hashing import Hasher
 from peer.torrent import info_dict
 
 pytest.importorskip("libtorrent")
-from peer.session import Session, SessionSettings  # noqa: E402
+from peer.session import (  # noqa: E402
+    MIRROR_FINGERPRINT,
+    PEER_FINGERPRINT,
+    Session,
+    SessionSettings,
+)
 
 SETTINGS = SessionSettings(listen="127.0.0.1:0", min_announce_interval=1)
+PEER_ID = PEER_FINGERPRINT + "0123456789ab"
 
 
 
@@ -45,20 +51,79 @@ async def test_a_leecher_completes_from_a_seeder_and_the_bytes_are_on_disk(track
         leecher.close()
 
 
-def test_a_mirror_offers_no_allowed_fast_pieces_and_few_uploads_and_a_peer_keeps_the_defaults():
+def test_a_mirror_unchokes_everyone_offers_no_allowed_fast_pieces_and_takes_few_queued_requests():
     """Every peer of one site shares a /24, so a seed's BEP 6 allowed-fast set is the same
     for all of them: they all fetched those pieces from the mirror at once (ops/bench/swarm.py:
-    the mirror sent 1.66x the model for 8 peers with it, 1.32x without)."""
-    from peer.session import MIRROR_FINGERPRINT, MIRROR_UPLOAD_SLOTS, PEER_FINGERPRINT
+    the mirror sent 1.66x the model for 8 peers with it, 1.32x without). The pulls of a swarm
+    split the mirror's pieces (peer/steering.py): each must be unchoked to fetch its share,
+    and must not have seconds of requests queued at the mirror."""
+    from peer.session import MIRROR_REQUEST_QUEUE
 
     mirror = Session(SETTINGS, fingerprint=MIRROR_FINGERPRINT)
     peer = Session(SETTINGS, fingerprint=PEER_FINGERPRINT)
     try:
         m, p = mirror.lt.get_settings(), peer.lt.get_settings()
         assert m["allowed_fast_set_size"] == 0
-        assert m["unchoke_slots_limit"] == MIRROR_UPLOAD_SLOTS == 4
+        assert m["unchoke_slots_limit"] == -1
+        assert m["max_allowed_in_request_queue"] == MIRROR_REQUEST_QUEUE == 64
         assert m["seeding_outgoing_connections"] is False
         assert p["allowed_fast_set_size"] > 0 and p["unchoke_slots_limit"] == 8
+        assert p["max_allowed_in_request_queue"] == 2000
     finally:
         mirror.close()
         peer.close()
+
+
+def test_a_pull_keeps_its_connections_when_finished_and_asks_for_no_whole_pieces():
+    """A pull waiting for pieces other pulls own has every piece it asks for: libtorrent
+    would close its connections to the other pulls it waits for. Whole-piece requests would
+    queue a whole piece at a mirror whatever the mirror allows."""
+    pull = Session(SETTINGS, fingerprint=PEER_ID, pull=True)
+    try:
+        s = pull.lt.get_settings()
+        assert s["close_redundant_connections"] is False
+        assert s["whole_pieces_threshold"] == 0
+        assert s["peer_fingerprint"] == PEER_ID
+    finally:
+        pull.close()
+
+
+async def test_a_whole_peer_id_is_the_one_the_other_side_sees_and_swarm_reports_the_pieces(
+        tmp_path):
+    """steering.py needs a pull to know its own peer id among the others' (a 20-character
+    fingerprint is used as the whole id), and `swarm` to tell what each connection holds."""
+    data = os.urandom(8 * 1024 * 1024)
+    hasher = Hasher(len(data), lfs=True)
+    hasher.update(data)
+    d = hasher.finish()
+    info = info_dict(d.sha256, d.size, d.piece_length, d.pieces)
+    (tmp_path / "seed").mkdir()
+    (tmp_path / "seed" / d.sha256).write_bytes(data)
+    (tmp_path / "leech").mkdir()
+    seeder = Session(SETTINGS, fingerprint=MIRROR_FINGERPRINT)
+    leecher = Session(SETTINGS, fingerprint=PEER_ID, pull=True)
+    seeder.start()
+    leecher.start()
+    try:
+        seeder.limit_every_peer()
+        seeder.set_upload_limit(4 * 1024 * 1024)  # the transfer lasts while we look
+        key = seeder.add(info, tmp_path / "seed", have_all=True)
+        leecher.add(info, tmp_path / "leech")
+        leecher.handle(key).connect_peer(("127.0.0.1", seeder.port))
+        async with asyncio.timeout(30):
+            while not [p for p in seeder.swarm(key)[1] if p.pid.strip(b"\0")]:
+                await asyncio.sleep(0.05)
+            have, peers, _ = seeder.swarm(key)
+            assert [p.pid for p in peers] == [PEER_ID.encode()]
+            assert have == [True, True] and not peers[0].seed and not peers[0].web_seed
+            while not [p for p in leecher.swarm(key)[1] if p.pid.strip(b"\0")]:
+                await asyncio.sleep(0.05)
+            (mirror,) = leecher.swarm(key)[1]
+            assert mirror.pid.startswith(MIRROR_FINGERPRINT.encode()) and mirror.seed
+            assert (mirror.ip, mirror.port) == ("127.0.0.1", seeder.port)
+            assert mirror.pieces == [True, True]
+            await leecher.finished(key)
+        assert leecher.swarm(key)[2] >= len(data)
+    finally:
+        seeder.close()
+        leecher.close()

@@ -1,0 +1,138 @@
+"""Which pieces a pull asks the mirrors for: the mirror's pieces are shared out among the pulls
+fetching them, so a capped mirror sends each piece about once and the pulls trade the rest.
+
+libtorrent asks any peer that has a piece for it, and a mirror has every piece. Three pulls
+started together under a capped mirror each fetched from it pieces that another pull was
+fetching at the same moment, or already held, and the mirror sent 1.5-1.9 copies of a blob to
+three pulls (tests/e2e/test_pull_faults.py, before this module): nobody sees the pieces another
+peer has in flight, only the ones it has finished.
+
+So the pulls of a swarm split the mirror-only pieces between them without a word exchanged:
+every pull knows the others by their peer id (ours is chosen whole, so each pull knows its
+own), and with the owners sorted by peer id, piece i belongs to owner i mod n. Every pull
+computes the same owners, each owns an equal share (a hash per piece gave one pull of three 9
+of 16 pieces), and asks for:
+
+- a piece some other peer holds: normal priority, so it comes from that peer;
+- a piece only the mirrors hold that it owns: top priority, ahead of everything else the
+  mirror connection could be asked for;
+- a piece only the mirrors hold that another pull owns: not at all, until the owner has it.
+
+A pull counts as an owner while it makes progress: one whose piece count has not grown for a
+few piece-times (stopped, stalled, gone quiet) is left out, and its share passes to the rest.
+And when this pull itself has received nothing for a while, the split is dropped and every
+piece asked for from anyone, so a wrong guess about the others costs a pause, never a stall.
+
+Only weightswarm pulls (peer id `-WP`) own pieces: a foreign client does not know it should.
+Peers that are mirrors or web seeds are the source being shared, never owners.
+
+Pure: no libtorrent here; `pull.py` reads the session into `PeerView`s and applies the answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+TOP = 7
+NORMAL = 4
+SKIP = 0
+
+#: only pulls of ours follow the split (peer/session.py's PEER_FINGERPRINT)
+OWNER_PREFIX = b"-WP"
+#: bounds, seconds, of how long a pull may show no progress before it is no longer an owner
+STALE_MIN, STALE_MAX = 10.0, 120.0
+#: bounds, seconds, of how long this pull waits with nothing received before it drops the split
+RELAX_MIN, RELAX_MAX = 3.0, 120.0
+#: a piece-time assumed before any rate from a mirror is known, seconds
+FIRST_PIECE_TIME = 2.0
+
+
+@dataclass(frozen=True)
+class PeerView:
+    """One connection of a torrent, as far as steering cares."""
+    pid: bytes
+    #: a mirror (its peer id or endpoint) or a web seed: the source being shared
+    mirror: bool
+    #: it has every piece
+    seed: bool
+    #: the pieces it has, bit i for piece i
+    pieces: int
+
+
+@dataclass
+class _Seen:
+    first: float
+    count: int
+    grew: float
+
+
+@dataclass
+class Steering:
+    """The piece priorities of one torrent of a pull, decided again on each `decide`."""
+
+    own_id: bytes
+    num_pieces: int
+    piece_length: int
+    #: this pull's receive rate from mirrors when it was receiving, bytes/s (a moving average)
+    mirror_rate: float = 0.0
+    relaxed: bool = False
+    _seen: dict[bytes, _Seen] = field(default_factory=dict)
+    _received: int = -1
+    _received_at: float = 0.0
+
+    def decide(self, now: float, have: int, peers: list[PeerView], received: int,
+               rate_from_mirrors: float) -> list[int]:
+        """The priority of every piece (those held are left at NORMAL: libtorrent skips
+        them). `received`: payload bytes received so far, from anyone."""
+        if received > self._received:
+            self._received, self._received_at = received, now
+        if rate_from_mirrors > 0:
+            self.mirror_rate = (rate_from_mirrors if not self.mirror_rate
+                                else 0.7 * self.mirror_rate + 0.3 * rate_from_mirrors)
+        piece_time = (self.piece_length / self.mirror_rate if self.mirror_rate
+                      else FIRST_PIECE_TIME)
+        stale = min(max(3 * piece_time, STALE_MIN), STALE_MAX)
+        relax_after = min(max(2 * piece_time, RELAX_MIN), RELAX_MAX)
+
+        held = 0
+        owners = [self.own_id]
+        for p in peers:
+            if p.mirror:
+                continue
+            held |= (1 << self.num_pieces) - 1 if p.seed else p.pieces
+            if p.seed or not p.pid.startswith(OWNER_PREFIX) or p.pid == self.own_id:
+                continue
+            seen = self._seen.get(p.pid)
+            count = p.pieces.bit_count()
+            if seen is None:
+                seen = self._seen[p.pid] = _Seen(now, count, now)
+            elif count > seen.count:
+                seen.count, seen.grew = count, now
+            if now - seen.first < stale or now - seen.grew < stale:
+                owners.append(p.pid)
+
+        self.relaxed = now - self._received_at >= relax_after
+        out = [NORMAL] * self.num_pieces
+        if self.relaxed:
+            return out
+        got = have | held
+        missing = [i for i in range(self.num_pieces) if not got >> i & 1]
+        mine = share_out(owners, self.own_id, missing)
+        for i in missing:
+            out[i] = SKIP
+        for i in mine:
+            out[i] = TOP
+        return out
+
+
+def share_out(owners: list[bytes], own_id: bytes, missing: list[int]) -> list[int]:
+    """The pieces of `missing` (held by no peer) that `own_id` fetches from the mirrors: with
+    `owners` (pull peer ids, own_id among them) sorted, piece i belongs to owner i mod n."""
+    owners = sorted(owners)
+    n, k = len(owners), owners.index(own_id)
+    return [i for i in missing if i % n == k]
+
+
+def bits(flags) -> int:
+    """A list of booleans (libtorrent's bitfields) as an int, bit i for item i."""
+    return int("".join("1" if f else "0" for f in reversed(flags)) or "0", 2)

@@ -1,0 +1,95 @@
+"""peer/steering.py: the pulls of a swarm split the pieces only the mirrors hold, each asking
+the mirrors for its own share and the other peers for everything they hold. Pure: views and
+clocks in, priorities out."""
+
+from __future__ import annotations
+
+from peer.steering import NORMAL, SKIP, TOP, PeerView, Steering, bits, share_out
+
+PIECE = 4 * 1024 * 1024
+RATE = 2 * 1024 * 1024  # from the mirrors: a piece-time of 2 s
+A, B, C = (b"-WP0100-" + bytes(c) * 12 for c in b"abc")
+MIRROR = PeerView(b"-WM0100-" + bytes(12), mirror=True, seed=True, pieces=(1 << 16) - 1)
+
+
+def pull(pid: bytes, pieces: int = 0) -> PeerView:
+    return PeerView(pid, mirror=False, seed=False, pieces=pieces)
+
+
+def of(priorities: list[int], level: int) -> list[int]:
+    return [i for i, p in enumerate(priorities) if p == level]
+
+
+def test_three_pulls_with_one_view_ask_the_mirror_for_disjoint_equal_shares_covering_all():
+    shares = []
+    for me in (A, B, C):
+        others = [pull(p) for p in (A, B, C) if p != me]
+        out = Steering(me, 16, PIECE).decide(0.0, 0, [MIRROR, *others], 0, RATE)
+        assert set(of(out, TOP)) | set(of(out, SKIP)) == set(range(16))
+        shares.append(set(of(out, TOP)))
+    assert set().union(*shares) == set(range(16))
+    assert sum(map(len, shares)) == 16, "a piece owned twice would come from the mirror twice"
+    assert sorted(map(len, shares)) == [5, 5, 6]
+
+
+def test_a_piece_another_peer_holds_comes_from_it_and_what_this_pull_has_is_left_alone():
+    held_by_b = 0b1010_0000
+    out = Steering(A, 16, PIECE).decide(0.0, 0b1, [MIRROR, pull(B, held_by_b), pull(C)], 0,
+                                        RATE)
+    assert out[5] == out[7] == NORMAL
+    assert out[0] == NORMAL  # had: libtorrent skips it whatever its priority
+    mine = share_out([A, B, C], A, [i for i in range(16) if i not in (0, 5, 7)])
+    assert of(out, TOP) == mine
+    assert set(of(out, SKIP)) == set(range(16)) - {0, 5, 7} - set(mine)
+
+
+def test_the_mirrors_pieces_are_not_held_and_foreign_clients_and_seeds_own_nothing():
+    foreign = PeerView(b"-qB4650-" + bytes(12), mirror=False, seed=False, pieces=0)
+    seed = PeerView(b"-WP0100-" + b"s" * 12, mirror=False, seed=True, pieces=0)
+    web_seed = PeerView(bytes(20), mirror=True, seed=True, pieces=(1 << 16) - 1)
+    alone = Steering(A, 16, PIECE).decide(0.0, 0, [MIRROR, web_seed, foreign], 0, RATE)
+    assert of(alone, TOP) == list(range(16)), "a lone pull owns every piece"
+    with_seed = Steering(A, 16, PIECE).decide(0.0, 0, [MIRROR, seed], 0, RATE)
+    assert with_seed == [NORMAL] * 16, "a seed peer holds every piece: all from it"
+
+
+def test_a_pull_that_stops_growing_is_no_longer_an_owner_and_its_share_passes_on():
+    steering = Steering(A, 16, PIECE)
+    b_pieces = 0
+    out = []
+    for second in range(40):
+        if second < 5:
+            b_pieces |= 1 << (second * 2 + 1)  # B fetches its share, then goes quiet
+        out = steering.decide(float(second), 0, [MIRROR, pull(B, b_pieces)], second + 1, RATE)
+        if second == 5:
+            assert len(of(out, TOP)) == 8 and len(of(out, SKIP)) == 3
+    assert of(out, SKIP) == [], "B stalled ten piece-times ago: A fetches its pieces too"
+    assert len(of(out, TOP)) == 11
+
+
+def test_a_pull_that_receives_nothing_for_a_while_asks_everyone_for_everything_until_bytes_come():
+    steering = Steering(A, 16, PIECE)
+    peers = [MIRROR, pull(B), pull(C)]
+    assert of(steering.decide(0.0, 0, peers, 100, RATE), SKIP)
+    assert not steering.relaxed
+    # 2 piece-times (4 s at 2 MiB/s) with nothing: the split is dropped
+    assert of(steering.decide(3.0, 0, peers, 100, 0), SKIP)
+    assert steering.decide(4.5, 0, peers, 100, 0) == [NORMAL] * 16
+    assert steering.relaxed
+    assert of(steering.decide(5.0, 0, peers, 200, RATE), SKIP)
+    assert not steering.relaxed
+
+
+def test_a_pull_joining_takes_an_equal_share_of_what_is_left():
+    missing = list(range(64))
+    two = [share_out([A, B], p, missing) for p in (A, B)]
+    three = [share_out([A, B, C], p, missing) for p in (A, B, C)]
+    assert sorted(map(len, two)) == [32, 32]
+    assert sorted(map(len, three)) == [21, 21, 22]
+    assert sorted(sum(three, [])) == missing
+
+
+def test_bits_reads_libtorrents_bitfields():
+    assert bits([]) == 0
+    assert bits([True, False, True]) == 0b101
+    assert bits([False] * 70 + [True]) == 1 << 70
