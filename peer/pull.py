@@ -52,7 +52,7 @@ from .hfcache import RepoCache, etag_of, hub_cache
 from .manifest import Manifest, ManifestError, ManifestFile, read_manifest, read_ref
 from .paths import check_repo_id, check_revision, is_commit
 from .settings import PeerConfig
-from .steering import NORMAL, PeerView, Steering, bits
+from .steering import NORMAL, PeerView, Steering, piece_set
 from .torrent import info_hash
 from .trust import Trust
 
@@ -515,10 +515,11 @@ class Pull:
                               or (p.ip, p.port) in mirrors)
                     if mirror:
                         from_mirrors += p.rate
-                    views.append(PeerView(p.pid, mirror, p.seed, bits(p.pieces)))
+                    views.append(PeerView(p.pid, mirror, p.seed, piece_set(p.pieces)))
                 steering = steerings[item.key]
                 was_relaxed = steering.relaxed
-                priorities = steering.decide(now, bits(have), views, received, from_mirrors)
+                priorities = steering.decide(now, piece_set(have), views, received,
+                                             from_mirrors)
                 if steering.relaxed != was_relaxed:
                     log.info("%s: %s", item.file.path,
                              "nothing received for a while: every piece from anyone"

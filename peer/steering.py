@@ -55,7 +55,7 @@ class PeerView:
     mirror: bool
     #: it has every piece
     seed: bool
-    #: the pieces it has, bit i for piece i
+    #: the pieces it has, as `piece_set` makes them
     pieces: int
 
 
@@ -80,10 +80,14 @@ class Steering:
     _received: int = -1
     _received_at: float = 0.0
 
+    def __post_init__(self) -> None:
+        self._all = piece_set([True] * self.num_pieces)
+
     def decide(self, now: float, have: int, peers: list[PeerView], received: int,
                rate_from_mirrors: float) -> list[int]:
-        """The priority of every piece (those held are left at NORMAL: libtorrent skips
-        them). `received`: payload bytes received so far, from anyone."""
+        """The priority of every piece (those had are left at NORMAL: libtorrent skips
+        them). `have`: this pull's pieces (`piece_set`); `received`: payload bytes received
+        so far, from anyone."""
         if received > self._received:
             self._received, self._received_at = received, now
         if rate_from_mirrors > 0:
@@ -99,7 +103,7 @@ class Steering:
         for p in peers:
             if p.mirror:
                 continue
-            held |= (1 << self.num_pieces) - 1 if p.seed else p.pieces
+            held |= self._all if p.seed else p.pieces
             if p.seed or not p.pid.startswith(OWNER_PREFIX) or p.pid == self.own_id:
                 continue
             seen = self._seen.get(p.pid)
@@ -115,8 +119,8 @@ class Steering:
         out = [NORMAL] * self.num_pieces
         if self.relaxed:
             return out
-        got = have | held
-        missing = [i for i in range(self.num_pieces) if not got >> i & 1]
+        got = (have | held).to_bytes(self.num_pieces, "little")
+        missing = [i for i in range(self.num_pieces) if not got[i]]
         mine = share_out(owners, self.own_id, missing)
         for i in missing:
             out[i] = SKIP
@@ -133,6 +137,8 @@ def share_out(owners: list[bytes], own_id: bytes, missing: list[int]) -> list[in
     return [i for i in missing if i % n == k]
 
 
-def bits(flags) -> int:
-    """A list of booleans (libtorrent's bitfields) as an int, bit i for item i."""
-    return int("".join("1" if f else "0" for f in reversed(flags)) or "0", 2)
+def piece_set(flags) -> int:
+    """A bitfield (libtorrent's list of booleans) as an int with one byte per piece, byte i
+    being 1 if piece i is there: sets are joined with `|`, counted with `bit_count()`, and
+    read back with `to_bytes`, each in C (a bit per piece took 0.4 ms for 5120 pieces)."""
+    return int.from_bytes(bytes(flags), "little")

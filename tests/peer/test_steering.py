@@ -4,12 +4,18 @@ clocks in, priorities out."""
 
 from __future__ import annotations
 
-from peer.steering import NORMAL, SKIP, TOP, PeerView, Steering, bits, share_out
+from peer.steering import NORMAL, SKIP, TOP, PeerView, Steering, piece_set, share_out
 
 PIECE = 4 * 1024 * 1024
 RATE = 2 * 1024 * 1024  # from the mirrors: a piece-time of 2 s
 A, B, C = (b"-WP0100-" + bytes(c) * 12 for c in b"abc")
-MIRROR = PeerView(b"-WM0100-" + bytes(12), mirror=True, seed=True, pieces=(1 << 16) - 1)
+
+
+def holding(*indices: int, n: int = 16) -> int:
+    return piece_set([i in indices for i in range(n)])
+
+
+MIRROR = PeerView(b"-WM0100-" + bytes(12), mirror=True, seed=True, pieces=holding(*range(16)))
 
 
 def pull(pid: bytes, pieces: int = 0) -> PeerView:
@@ -33,9 +39,8 @@ def test_three_pulls_with_one_view_ask_the_mirror_for_disjoint_equal_shares_cove
 
 
 def test_a_piece_another_peer_holds_comes_from_it_and_what_this_pull_has_is_left_alone():
-    held_by_b = 0b1010_0000
-    out = Steering(A, 16, PIECE).decide(0.0, 0b1, [MIRROR, pull(B, held_by_b), pull(C)], 0,
-                                        RATE)
+    out = Steering(A, 16, PIECE).decide(0.0, holding(0), [MIRROR, pull(B, holding(5, 7)),
+                                                          pull(C)], 0, RATE)
     assert out[5] == out[7] == NORMAL
     assert out[0] == NORMAL  # had: libtorrent skips it whatever its priority
     mine = share_out([A, B, C], A, [i for i in range(16) if i not in (0, 5, 7)])
@@ -46,7 +51,7 @@ def test_a_piece_another_peer_holds_comes_from_it_and_what_this_pull_has_is_left
 def test_the_mirrors_pieces_are_not_held_and_foreign_clients_and_seeds_own_nothing():
     foreign = PeerView(b"-qB4650-" + bytes(12), mirror=False, seed=False, pieces=0)
     seed = PeerView(b"-WP0100-" + b"s" * 12, mirror=False, seed=True, pieces=0)
-    web_seed = PeerView(bytes(20), mirror=True, seed=True, pieces=(1 << 16) - 1)
+    web_seed = PeerView(bytes(20), mirror=True, seed=True, pieces=holding(*range(16)))
     alone = Steering(A, 16, PIECE).decide(0.0, 0, [MIRROR, web_seed, foreign], 0, RATE)
     assert of(alone, TOP) == list(range(16)), "a lone pull owns every piece"
     with_seed = Steering(A, 16, PIECE).decide(0.0, 0, [MIRROR, seed], 0, RATE)
@@ -55,12 +60,13 @@ def test_the_mirrors_pieces_are_not_held_and_foreign_clients_and_seeds_own_nothi
 
 def test_a_pull_that_stops_growing_is_no_longer_an_owner_and_its_share_passes_on():
     steering = Steering(A, 16, PIECE)
-    b_pieces = 0
+    b_pieces: set[int] = set()
     out = []
     for second in range(40):
         if second < 5:
-            b_pieces |= 1 << (second * 2 + 1)  # B fetches its share, then goes quiet
-        out = steering.decide(float(second), 0, [MIRROR, pull(B, b_pieces)], second + 1, RATE)
+            b_pieces.add(second * 2 + 1)  # B fetches its share, then goes quiet
+        out = steering.decide(float(second), 0, [MIRROR, pull(B, holding(*b_pieces))],
+                              second + 1, RATE)
         if second == 5:
             assert len(of(out, TOP)) == 8 and len(of(out, SKIP)) == 3
     assert of(out, SKIP) == [], "B stalled ten piece-times ago: A fetches its pieces too"
@@ -89,7 +95,9 @@ def test_a_pull_joining_takes_an_equal_share_of_what_is_left():
     assert sorted(sum(three, [])) == missing
 
 
-def test_bits_reads_libtorrents_bitfields():
-    assert bits([]) == 0
-    assert bits([True, False, True]) == 0b101
-    assert bits([False] * 70 + [True]) == 1 << 70
+def test_a_piece_set_joins_counts_and_reads_back_libtorrents_bitfields():
+    assert piece_set([]) == 0
+    a, b = piece_set([True, False, True]), piece_set([False, True, False])
+    assert (a | b).bit_count() == 3 and a.bit_count() == 2
+    assert (a | b).to_bytes(3, "little") == b"\x01\x01\x01"
+    assert piece_set([False] * 70 + [True]).to_bytes(71, "little")[70] == 1
