@@ -517,13 +517,16 @@ class Pull:
                         from_mirrors += p.rate
                     views.append(PeerView(p.pid, mirror, p.seed, piece_set(p.pieces)))
                 steering = steerings[item.key]
-                was_relaxed = steering.relaxed
+                was_relaxed, was_stalled = steering.relaxed, steering.stalled
                 priorities = steering.decide(now, piece_set(have), views, received,
                                              from_mirrors)
                 if steering.relaxed != was_relaxed:
                     log.info("%s: %s", item.file.path,
                              "nothing received for a while: every piece from anyone"
                              if steering.relaxed else "mirror pieces shared out again")
+                for pid in steering.stalled - was_stalled:
+                    log.info("%s: pull %s makes no progress: its share of the mirrors' pieces "
+                             "passes to the others", item.file.path, pid.decode(errors="replace"))
                 if priorities != applied.get(item.key):
                     session.set_piece_priorities(item.key, priorities)
                     applied[item.key] = priorities

@@ -45,6 +45,8 @@ STALE_MIN, STALE_MAX = 10.0, 120.0
 RELAX_MIN, RELAX_MAX = 3.0, 120.0
 #: a piece-time assumed before any rate from a mirror is known, seconds
 FIRST_PIECE_TIME = 2.0
+#: how the peak rate from mirrors decays, per second (to a third in 20 s)
+RATE_DECAY = 0.95
 
 
 @dataclass(frozen=True)
@@ -73,12 +75,15 @@ class Steering:
     own_id: bytes
     num_pieces: int
     piece_length: int
-    #: this pull's receive rate from mirrors when it was receiving, bytes/s (a moving average)
+    #: this pull's receive rate from mirrors, bytes/s: the peak, decaying slowly
     mirror_rate: float = 0.0
     relaxed: bool = False
+    #: pulls connected but left out of the owners: they made no progress for a while
+    stalled: set[bytes] = field(default_factory=set)
     _seen: dict[bytes, _Seen] = field(default_factory=dict)
     _received: int = -1
     _received_at: float = 0.0
+    _rate_at: float | None = None
 
     def __post_init__(self) -> None:
         self._all = piece_set([True] * self.num_pieces)
@@ -90,9 +95,13 @@ class Steering:
         so far, from anyone."""
         if received > self._received:
             self._received, self._received_at = received, now
-        if rate_from_mirrors > 0:
-            self.mirror_rate = (rate_from_mirrors if not self.mirror_rate
-                                else 0.7 * self.mirror_rate + 0.3 * rate_from_mirrors)
+        # The peak, not an average: libtorrent's rate of an idle connection decays to nothing,
+        # and an average of that made a piece-time of hours, so a pull whose neighbour froze
+        # waited the full RELAX_MAX before asking the mirror for the neighbour's share.
+        if self._rate_at is not None:
+            self.mirror_rate *= RATE_DECAY ** (now - self._rate_at)
+        self._rate_at = now
+        self.mirror_rate = max(self.mirror_rate, rate_from_mirrors)
         piece_time = (self.piece_length / self.mirror_rate if self.mirror_rate
                       else FIRST_PIECE_TIME)
         stale = min(max(3 * piece_time, STALE_MIN), STALE_MAX)
@@ -100,6 +109,7 @@ class Steering:
 
         held = 0
         owners = [self.own_id]
+        self.stalled = set()
         for p in peers:
             if p.mirror:
                 continue
@@ -114,6 +124,8 @@ class Steering:
                 seen.count, seen.grew = count, now
             if now - seen.first < stale or now - seen.grew < stale:
                 owners.append(p.pid)
+            else:
+                self.stalled.add(p.pid)
 
         self.relaxed = now - self._received_at >= relax_after
         out = [NORMAL] * self.num_pieces

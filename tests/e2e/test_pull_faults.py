@@ -284,6 +284,48 @@ def test_three_peers_pulling_at_once_get_half_their_bytes_from_each_other_and_sa
     assert mirror_sent < 1.5 * SWARM_SIZE, report
 
 
+# -- 1b. a pull that owns pieces freezes --------------------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_a_frozen_pull_holds_back_its_share_only_for_a_while(tmp_path, tracker, serve, processes):
+    """The pulls split the mirror's pieces (peer/steering.py), so a pull that stops (SIGSTOP:
+    its connections stay open, it answers nothing) owns pieces nobody else asks the mirror for.
+    The others must notice, take over its share and complete; it completes once resumed."""
+    src = tmp_path / "repo"
+    sha256 = make_repo(src, SWARM_SIZE)
+    import_repo(tmp_path / "m", src)
+    mirror = serve(make_config(tmp_path / "m", trackers=[f"{tracker.url}/announce"],
+                               egress_limit=SWARM_CAP))
+    wait_seeded(tracker, [mirror.url], sha256)
+    hashes = piece_hashes(mirror.url, sha256)
+
+    pulls = [Pull(tmp_path / f"peer{i}", [mirror.url]) for i in range(SWARM_PEERS)]
+    processes.extend(pulls)
+    for p in pulls:
+        p.start()
+    frozen, *others = pulls
+    wait_for(lambda: frozen.partial(sha256).exists()
+             and pieces_held(frozen.partial(sha256), hashes, SWARM_SIZE) >= PIECE, 30,
+             "the pull to freeze has its first piece", every=0.05)
+    frozen.proc.send_signal(signal.SIGSTOP)
+    frozen_at = time.monotonic()
+    held = pieces_held(frozen.partial(sha256), hashes, SWARM_SIZE)
+    try:
+        results = [p.result(60) for p in others]
+        took = time.monotonic() - frozen_at
+    finally:
+        frozen.proc.send_signal(signal.SIGCONT)
+    resumed = frozen.result(60)
+    print(f"frozen holding {held / MiB:.0f} MiB; the other two done {took:.1f}s later: "
+          + "; ".join(fmt(r) for r in results) + f"; the frozen one, resumed: {fmt(resumed)}")
+    for r in (*results, resumed):
+        assert_pulled(r, src)
+    for p in others:
+        assert ("makes no progress: its share" in p.log()
+                or "every piece from anyone" in p.log()), "the frozen pull's share came anyway?"
+
+
 # -- 2. a seeding mirror dies mid-pull ----------------------------------------------------------
 
 KILL_SIZE = 64 * MiB

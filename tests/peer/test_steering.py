@@ -71,6 +71,7 @@ def test_a_pull_that_stops_growing_is_no_longer_an_owner_and_its_share_passes_on
             assert len(of(out, TOP)) == 8 and len(of(out, SKIP)) == 3
     assert of(out, SKIP) == [], "B stalled ten piece-times ago: A fetches its pieces too"
     assert len(of(out, TOP)) == 11
+    assert steering.stalled == {B}
 
 
 def test_a_pull_that_receives_nothing_for_a_while_asks_everyone_for_everything_until_bytes_come():
@@ -78,12 +79,24 @@ def test_a_pull_that_receives_nothing_for_a_while_asks_everyone_for_everything_u
     peers = [MIRROR, pull(B), pull(C)]
     assert of(steering.decide(0.0, 0, peers, 100, RATE), SKIP)
     assert not steering.relaxed
-    # 2 piece-times (4 s at 2 MiB/s) with nothing: the split is dropped
+    # about 2 piece-times (4 s at 2 MiB/s, the peak rate decaying) with nothing: the split
+    # is dropped
     assert of(steering.decide(3.0, 0, peers, 100, 0), SKIP)
-    assert steering.decide(4.5, 0, peers, 100, 0) == [NORMAL] * 16
+    assert steering.decide(6.0, 0, peers, 100, 0) == [NORMAL] * 16
     assert steering.relaxed
-    assert of(steering.decide(5.0, 0, peers, 200, RATE), SKIP)
+    assert of(steering.decide(6.5, 0, peers, 200, RATE), SKIP)
     assert not steering.relaxed
+
+
+def test_an_idle_mirror_connection_does_not_stretch_the_wait():
+    """libtorrent's rate of an idle connection decays to nothing: the piece-time follows the
+    peak rate, so a pull waiting for a frozen neighbour relaxes within seconds, not minutes."""
+    steering = Steering(A, 16, PIECE)
+    peers = [MIRROR, pull(B), pull(C)]
+    steering.decide(0.0, 0, peers, 100, RATE)
+    for tick in range(1, 30):
+        steering.decide(tick * 0.2, 0, peers, 100, RATE / 10 ** tick)
+    assert steering.decide(6.0, 0, peers, 100, 1.0) == [NORMAL] * 16
 
 
 def test_a_pull_joining_takes_an_equal_share_of_what_is_left():
