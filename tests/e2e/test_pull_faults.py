@@ -245,21 +245,32 @@ SWARM_CAP = 8 * MiB  # measured: 4 MiB/s gives the same shares, in twice the tim
 SWARM_PEERS = 3
 
 
-@pytest.mark.timeout(90)
-def test_three_peers_pulling_at_once_get_half_their_bytes_from_each_other_and_say_whose(
-        tmp_path, tracker, serve, processes):
+def capped_mirror(tmp_path: Path, tracker, serve) -> tuple[Path, str, object]:
+    """A repo with one SWARM_SIZE blob, served and seeded by a mirror capped at SWARM_CAP:
+    (the repo's folder, the blob's sha256, the mirror)."""
     src = tmp_path / "repo"
     sha256 = make_repo(src, SWARM_SIZE)
     import_repo(tmp_path / "m", src)
     mirror = serve(make_config(tmp_path / "m", trackers=[f"{tracker.url}/announce"],
                                egress_limit=SWARM_CAP))
     wait_seeded(tracker, [mirror.url], sha256)
-    sent_before = egress(mirror.url)
+    return src, sha256, mirror
 
-    pulls = [Pull(tmp_path / f"peer{i}", [mirror.url]) for i in range(SWARM_PEERS)]
+
+def start_pulls(tmp_path: Path, mirror_url: str, processes: list) -> list[Pull]:
+    pulls = [Pull(tmp_path / f"peer{i}", [mirror_url]) for i in range(SWARM_PEERS)]
     processes.extend(pulls)
     for p in pulls:
         p.start()
+    return pulls
+
+
+@pytest.mark.timeout(90)
+def test_three_peers_pulling_at_once_get_half_their_bytes_from_each_other_and_say_whose(
+        tmp_path, tracker, serve, processes):
+    src, sha256, mirror = capped_mirror(tmp_path, tracker, serve)
+    sent_before = egress(mirror.url)
+    pulls = start_pulls(tmp_path, mirror.url, processes)
     results = [p.result(60) for p in pulls]
     time.sleep(0.5)  # the seeder reads libtorrent's counters every 0.1 s under a cap
     mirror_sent = egress(mirror.url) - sent_before
@@ -292,19 +303,9 @@ def test_a_frozen_pull_holds_back_its_share_only_for_a_while(tmp_path, tracker, 
     """The pulls split the mirror's pieces (peer/steering.py), so a pull that stops (SIGSTOP:
     its connections stay open, it answers nothing) owns pieces nobody else asks the mirror for.
     The others must notice, take over its share and complete; it completes once resumed."""
-    src = tmp_path / "repo"
-    sha256 = make_repo(src, SWARM_SIZE)
-    import_repo(tmp_path / "m", src)
-    mirror = serve(make_config(tmp_path / "m", trackers=[f"{tracker.url}/announce"],
-                               egress_limit=SWARM_CAP))
-    wait_seeded(tracker, [mirror.url], sha256)
+    src, sha256, mirror = capped_mirror(tmp_path, tracker, serve)
     hashes = piece_hashes(mirror.url, sha256)
-
-    pulls = [Pull(tmp_path / f"peer{i}", [mirror.url]) for i in range(SWARM_PEERS)]
-    processes.extend(pulls)
-    for p in pulls:
-        p.start()
-    frozen, *others = pulls
+    frozen, *others = start_pulls(tmp_path, mirror.url, processes)
     wait_for(lambda: frozen.partial(sha256).exists()
              and pieces_held(frozen.partial(sha256), hashes, SWARM_SIZE) >= PIECE, 30,
              "the pull to freeze has its first piece", every=0.05)
