@@ -530,7 +530,9 @@ def test_the_fourth_peers_result_credits_the_daemon_as_a_peer_for_the_whole_file
     big = source_files()[BIG].stat().st_size
     daemon_peer = f"127.0.0.1:{relay.bt_port}"
     assert result["from_mirrors"] == 0, result
-    assert result["from_peers"] + result["from_web_seeds"] >= big, result
+    # A few blocks may go unreported by libtorrent (see the aria2c test below): unattributed.
+    assert result["from_peers"] + result["from_web_seeds"] + result["unattributed"] >= big, result
+    assert result["unattributed"] <= 1024 * 1024, result
     assert result["by_peer"].get(daemon_peer, 0) == result["from_peers"], result
 
 
@@ -615,10 +617,10 @@ def test_aria2c_seeding_beside_a_capped_mirror_serves_our_pull(swarm, tmp_path):
         # the mirror as a mirror.
         assert result["from_peers"] >= big // 2, result
         assert result["from_mirrors"] <= mirror_sent + 64 * 1024, result
-        # libtorrent reports a block when its write completes, and none for a write that
-        # completes after the last piece passed (the torrent, now a seed, dropped its piece
-        # picker): 1 and 9 blocks of 5547 in two runs of twelve. The pull reports those
-        # bytes as unattributed, never guesses their sender.
+        # libtorrent reports a block when its write completes, and (by our reading of its
+        # source) none for a write that completes after the last piece passed, the torrent
+        # having dropped its piece picker as a seed: 1 and 9 blocks of 5547 in two runs of
+        # twelve. The pull reports those bytes as unattributed, never guesses their sender.
         attributed = result["from_peers"] + result["from_mirrors"] + result["from_web_seeds"]
         assert attributed + result["unattributed"] >= big, result
         assert result["unattributed"] <= 1024 * 1024, result
