@@ -32,6 +32,7 @@ from peer.errors import BadRequest, EntryNotFound, NotFound, WeightswarmError
 from peer.keys import load_or_create, public_key_text
 from peer.paths import check_repo_id, check_revision, is_commit, is_sha256
 from peer.service import until_stopped
+from peer.settings import MIRROR_FINGERPRINT
 from peer.store import BlobStore
 
 from . import routes
@@ -372,7 +373,7 @@ async def _resources(app: web.Application):
 
 
 async def _start_seeder(app: web.Application, catalog: Catalog, store: BlobStore):
-    from peer.session import MIRROR_FINGERPRINT, Session
+    from peer.session import Session
 
     from .seeding import Seeder
     from .syncjobs import refetch_blob

@@ -32,7 +32,7 @@ from .errors import WeightswarmError
 from .hfcache import RepoCache, etag_of, hub_cache
 from .manifest import ManifestError, UnknownKey, read_manifest
 from .paths import check_repo_id, check_revision, is_commit, is_sha256
-from .settings import PeerConfig
+from .settings import PEER_FINGERPRINT, PeerConfig
 from .torrent import info_hash
 from .trust import Trust
 
@@ -218,7 +218,7 @@ class PeerDaemon:
 
     async def run(self, host: str, port: int, started: asyncio.Future | None = None) -> None:
         from .service import until_stopped
-        from .session import PEER_FINGERPRINT, Session
+        from .session import Session
 
         self.session = Session(self.config.serve_bt, fingerprint=PEER_FINGERPRINT)
         self.session.start()

@@ -51,7 +51,7 @@ from .hashing import sha256_file
 from .hfcache import RepoCache, etag_of, hub_cache
 from .manifest import Manifest, ManifestError, ManifestFile, read_manifest, read_ref
 from .paths import check_repo_id, check_revision, is_commit
-from .settings import PeerConfig
+from .settings import MIRROR_FINGERPRINT, PEER_FINGERPRINT, PeerConfig
 from .steering import NORMAL, PeerView, Steering, piece_set
 from .torrent import info_hash
 from .trust import Trust
@@ -401,7 +401,7 @@ class Pull:
 
     async def _fetch_large(self, client: MirrorClient, cache: RepoCache,
                            files: list[ManifestFile], result: PullResult, bar) -> None:
-        from .session import PEER_FINGERPRINT, Session
+        from .session import Session
 
         larges = [await self._torrent(client, f, result.mirror) for f in files]
         mirror_endpoints = await self._mirror_endpoints(client)
@@ -494,9 +494,6 @@ class Pull:
 
     async def _steer_pieces(self, session, larges: list[_Large], own_id: bytes,
                             mirrors: set[tuple[str, int]]) -> None:
-        from .session import MIRROR_FINGERPRINT
-
-        mirror_prefix = MIRROR_FINGERPRINT[:3].encode()
         steerings = {item.key: Steering(own_id, item.pieces, item.piece_length)
                      for item in larges}
         applied: dict[str, list[int]] = {}
@@ -511,8 +508,7 @@ class Pull:
                     continue
                 views, from_mirrors = [], 0
                 for p in peers:
-                    mirror = (p.web_seed or p.pid.startswith(mirror_prefix)
-                              or (p.ip, p.port) in mirrors)
+                    mirror = p.web_seed or _is_mirror(p.pid, p.ip, p.port, mirrors)
                     if mirror:
                         from_mirrors += p.rate
                     views.append(PeerView(p.pid, mirror, p.seed, piece_set(p.pieces)))
@@ -560,16 +556,13 @@ class Pull:
         write completes; a write completing after the last piece passed is reported by no
         alert (the torrent, a seed by then, has dropped its piece picker): those few bytes
         are `unattributed`."""
-        from .session import MIRROR_FINGERPRINT
-
-        mirror_prefix = MIRROR_FINGERPRINT[:3].encode()
         for item in larges:
             web_seeds = _endpoints(item.web_seeds)
             for (pid, ip, port), n in session.sources.get(item.key, {}).items():
                 if not pid.strip(b"\0") or (ip, port) in web_seeds:
                     result.from_web_seeds += n
                     continue
-                if pid.startswith(mirror_prefix) or (ip, port) in mirrors:
+                if _is_mirror(pid, ip, port, mirrors):
                     result.from_mirrors += n
                 else:
                     result.from_peers += n
@@ -606,6 +599,15 @@ class Pull:
             cache.link(commit, f.path, etag_of(f.sha256, f.git_sha1, f.lfs))
         cache.set_ref(self.spec.revision, commit)
         result.path = str(cache.root / "snapshots" / commit)
+
+
+_MIRROR_PREFIX = MIRROR_FINGERPRINT[:3].encode()
+
+
+def _is_mirror(pid: bytes, ip: str, port: int, mirrors: set[tuple[str, int]]) -> bool:
+    """A connection is a mirror's by its peer id (-WM, peer/session.py) or by the mirror's
+    listen endpoint: mirrors never dial out, so whatever peer id it shows."""
+    return pid.startswith(_MIRROR_PREFIX) or (ip, port) in mirrors
 
 
 def _endpoints(urls: list[str]) -> set[tuple[str, int]]:

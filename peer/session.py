@@ -24,15 +24,13 @@ from pathlib import Path
 import libtorrent as lt
 
 from .bencode import bencode
-from .settings import SessionSettings
+from .settings import MIRROR_FINGERPRINT, SessionSettings
 
 log = logging.getLogger(__name__)
 
 #: libtorrent's request size: a block_finished_alert stands for this many bytes (the last block
 #: of a torrent is shorter: the count is an upper bound by less than one block)
 BLOCK = 16 * 1024
-MIRROR_FINGERPRINT = "-WM0100-"
-PEER_FINGERPRINT = "-WP0100-"
 #: block requests a mirror accepts queued from one peer (libtorrent's default is 2000)
 MIRROR_REQUEST_QUEUE = 64
 
@@ -228,13 +226,6 @@ class Session:
 
     def statuses(self) -> list[TorrentStatus]:
         return [self.status(key) for key in list(self._handles)]
-
-    def peers(self, info_hash: str) -> list[dict]:
-        """Who this torrent is connected to, and how many payload bytes went each way."""
-        return [{"ip": p.ip[0], "port": p.ip[1],
-                 "web_seed": p.connection_type != lt.peer_info.standard_bittorrent,
-                 "downloaded": p.total_download, "uploaded": p.total_upload}
-                for p in self._handles[info_hash].get_peer_info()]
 
     def swarm(self, info_hash: str) -> tuple[list[bool], list[PeerState], int]:
         """The pieces this torrent has, its connections, and payload bytes received."""

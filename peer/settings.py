@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: the start of our peer ids, so a downloader can tell a mirror's bytes from a peer's
+MIRROR_FINGERPRINT = "-WM0100-"
+PEER_FINGERPRINT = "-WP0100-"
+
 
 @dataclass(frozen=True)
 class SessionSettings:

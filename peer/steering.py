@@ -33,12 +33,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .settings import PEER_FINGERPRINT
+
 TOP = 7
 NORMAL = 4
 SKIP = 0
 
-#: only pulls of ours follow the split (peer/session.py's PEER_FINGERPRINT)
-OWNER_PREFIX = b"-WP"
+#: only pulls of ours follow the split
+OWNER_PREFIX = PEER_FINGERPRINT[:3].encode()
 #: bounds, seconds, of how long a pull may show no progress before it is no longer an owner
 STALE_MIN, STALE_MAX = 10.0, 120.0
 #: bounds, seconds, of how long this pull waits with nothing received before it drops the split

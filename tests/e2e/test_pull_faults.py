@@ -286,7 +286,7 @@ def test_three_peers_pulling_at_once_get_half_their_bytes_from_each_other_and_sa
         f"the pulls say {from_mirror / MiB:.1f} MiB came from the mirror, which sent "
         f"{mirror_sent / MiB:.1f} MiB: {report}")
     # Issue 7's floor: each peer gets at least half of its payload from the other peers
-    # (libtorrent's per-peer counters, as the pull reports them). The pulls split the
+    # (libtorrent's block alerts, each naming its sender, as the pull reports them). The pulls split the
     # mirror's pieces between them (peer/steering.py): measured 0.57-0.69 each, the mirror
     # sending 1.02-1.16x the blob (before steering: 0.25-0.62, 1.4-1.9x).
     for i, r in enumerate(results):

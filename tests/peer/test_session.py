@@ -13,12 +13,8 @@ from peer.hashing import Hasher
 from peer.torrent import info_dict
 
 pytest.importorskip("libtorrent")
-from peer.session import (  # noqa: E402
-    MIRROR_FINGERPRINT,
-    PEER_FINGERPRINT,
-    Session,
-    SessionSettings,
-)
+from peer.session import Session, SessionSettings  # noqa: E402
+from peer.settings import MIRROR_FINGERPRINT, PEER_FINGERPRINT  # noqa: E402
 
 SETTINGS = SessionSettings(listen="127.0.0.1:0", min_announce_interval=1)
 PEER_ID = PEER_FINGERPRINT + "0123456789ab"
@@ -26,16 +22,22 @@ PEER_ID = PEER_FINGERPRINT + "0123456789ab"
 
 
 
-async def test_a_leecher_completes_from_a_seeder_and_the_bytes_are_on_disk(tracker, tmp_path):
-    data = os.urandom(6 * 1024 * 1024 + 77)
+def blob(tmp_path, size: int) -> tuple[bytes, str, dict]:
+    """Random bytes in tmp_path/seed under their sha256, an empty tmp_path/leech:
+    (the bytes, their sha256, the torrent's info dict)."""
+    data = os.urandom(size)
     hasher = Hasher(len(data), lfs=True)
     hasher.update(data)
     d = hasher.finish()
-    torrent = bencode({"announce": f"{tracker.url}/announce",
-                       "info": info_dict(d.sha256, d.size, d.piece_length, d.pieces)})
     (tmp_path / "seed").mkdir()
     (tmp_path / "seed" / d.sha256).write_bytes(data)
     (tmp_path / "leech").mkdir()
+    return data, d.sha256, info_dict(d.sha256, d.size, d.piece_length, d.pieces)
+
+
+async def test_a_leecher_completes_from_a_seeder_and_the_bytes_are_on_disk(tracker, tmp_path):
+    data, sha256, info = blob(tmp_path, 6 * 1024 * 1024 + 77)
+    torrent = bencode({"announce": f"{tracker.url}/announce", "info": info})
     seeder, leecher = Session(SETTINGS), Session(SETTINGS)
     seeder.start()
     leecher.start()
@@ -45,7 +47,7 @@ async def test_a_leecher_completes_from_a_seeder_and_the_bytes_are_on_disk(track
             await seeder.finished(key)  # checked and flushed: seeding
             assert leecher.add(torrent, tmp_path / "leech") == key
             await leecher.finished(key)
-        assert (tmp_path / "leech" / d.sha256).read_bytes() == data
+        assert (tmp_path / "leech" / sha256).read_bytes() == data
     finally:
         seeder.close()
         leecher.close()
@@ -92,14 +94,7 @@ async def test_a_whole_peer_id_is_the_one_the_other_side_sees_and_swarm_reports_
         tmp_path):
     """steering.py needs a pull to know its own peer id among the others' (a 20-character
     fingerprint is used as the whole id), and `swarm` to tell what each connection holds."""
-    data = os.urandom(8 * 1024 * 1024)
-    hasher = Hasher(len(data), lfs=True)
-    hasher.update(data)
-    d = hasher.finish()
-    info = info_dict(d.sha256, d.size, d.piece_length, d.pieces)
-    (tmp_path / "seed").mkdir()
-    (tmp_path / "seed" / d.sha256).write_bytes(data)
-    (tmp_path / "leech").mkdir()
+    data, _, info = blob(tmp_path, 8 * 1024 * 1024)
     seeder = Session(SETTINGS, fingerprint=MIRROR_FINGERPRINT)
     leecher = Session(SETTINGS, fingerprint=PEER_ID, pull=True)
     seeder.start()
