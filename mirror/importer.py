@@ -301,7 +301,8 @@ class Importer:
             needed += size
         free = shutil.disk_usage(self.store.root).free - self.min_free
         if needed > free:
-            raise InsufficientSpace(needed, max(free, 0), str(self.store.root))
+            raise InsufficientSpace(needed, max(free, 0), str(self.store.root),
+                                    reserve="mirror.min_free")
 
     def _known(self, s: Source, size: int, before: FileEntry | None) -> Digests | None:
         """Digests of a file whose bytes the store already holds, found without copying it."""

@@ -327,7 +327,8 @@ class Syncer:
     def _check_space(self, the_plan: Plan) -> None:
         free = shutil.disk_usage(self.store.root).free - self.min_free
         if the_plan.fetch_bytes > free:
-            raise InsufficientSpace(the_plan.fetch_bytes, max(free, 0), str(self.store.root))
+            raise InsufficientSpace(the_plan.fetch_bytes, max(free, 0), str(self.store.root),
+                                    reserve="mirror.min_free")
 
     async def _fetch_all(self, spec: SyncSpec, commit: str, the_plan: Plan) -> dict[str, Digests]:
         gate = asyncio.Semaphore(self.parallel)

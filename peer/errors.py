@@ -108,10 +108,11 @@ class RangeNotSatisfiable(WeightswarmError):
 class InsufficientSpace(WeightswarmError):
     status = 507
 
-    def __init__(self, needed: int, free: int, where: str):
+    def __init__(self, needed: int, free: int, where: str, *, reserve: str = ""):
+        """`reserve`: the setting whose reserve `free` already leaves out, if any."""
+        after = f" (after the reserve {reserve})" if reserve else ""
         super().__init__(
-            f"not enough space in {where}: {needed} bytes needed, {free} bytes free "
-            f"(after the reserve mirror.min_free)"
+            f"not enough space in {where}: {needed} bytes needed, {free} bytes free{after}"
         )
         self.needed = needed
         self.free = free

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from peer.errors import BadRequest, ConfigError, InvalidRepoId, UnsafePath
+from peer.errors import BadRequest, ConfigError, InsufficientSpace, InvalidRepoId, UnsafePath
 from peer.hfcache import RepoCache, etag_of, hub_cache, repo_folder
 from peer.keys import public_key_text
 from peer.manifest import ManifestFile, RefStatement, StaleRef
@@ -412,3 +413,30 @@ def test_a_web_seed_is_known_by_its_urls_endpoint_whatever_peer_id_libtorrent_gi
     pull_from(MIRROR)._account(session, [item], set(), result)
     assert (result.from_mirrors, result.from_peers, result.from_web_seeds) == (0, 60, 40)
     assert result.by_peer == {"127.0.0.1:8471": 60}
+
+
+# -- the disk-space check, before any byte is fetched ---------------------------------------------
+
+MiB = 1024 * 1024
+
+
+def big_file(size: int) -> ManifestFile:
+    return ManifestFile("model.safetensors", size, "ab" * 32, None, True)
+
+
+def test_a_pull_that_would_not_fit_is_refused_up_front(tmp_path):
+    free = shutil.disk_usage(tmp_path).free
+    with pytest.raises(InsufficientSpace) as refused:
+        pull_from(MIRROR)._check_space(tmp_path, [big_file(free + 512 * MiB)])
+    assert refused.value.needed == free + 512 * MiB
+    assert str(tmp_path) in str(refused.value)
+    assert "min_free" not in str(refused.value), "a pull keeps no mirror reserve"
+
+
+def test_what_an_interrupted_pull_already_holds_counts_toward_the_space(tmp_path):
+    free = shutil.disk_usage(tmp_path).free
+    f = big_file(free + 512 * MiB)
+    partial = tmp_path / f"{etag_of(f.sha256, f.git_sha1, f.lfs)}.wspart"
+    with open(partial, "wb") as out:
+        out.truncate(1024 * MiB)  # sparse: it takes no space of its own
+    pull_from(MIRROR)._check_space(tmp_path, [f])  # 512 MiB less than free: fits
