@@ -229,12 +229,12 @@ def mirror_status(state: State, limit: int, as_json: bool) -> None:
     """Syncs that are running, finished or failed, newest first, with the reasons."""
     import datetime
 
-    from peer.store import _pid_alive
+    from peer.atomic import pid_alive
 
     catalog, _ = _open(state.config())
     runs = catalog.runs(limit)
     for run in runs:
-        if run["status"] == "running" and not _pid_alive(run["pid"] or 0):
+        if run["status"] == "running" and not pid_alive(run["pid"] or 0):
             run["status"] = "interrupted"
     if as_json:
         click.echo(json.dumps(runs, indent=2))

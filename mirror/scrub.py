@@ -12,11 +12,11 @@ server notices the mark.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from peer.atomic import place
 from peer.store import BlobStore
 
 from .catalog import BlobRecord, Catalog
@@ -53,8 +53,8 @@ def take_out(store: BlobStore, repair_dir: Path, sha256: str) -> Path:
     repair_dir.mkdir(parents=True, exist_ok=True)
     dest = repair_path(repair_dir, sha256)
     try:
-        os.replace(store.path_for(sha256), dest)
-        os.chmod(dest, 0o644)  # libtorrent writes the pieces it fetches back
+        # libtorrent writes the pieces it fetches back
+        place(store.path_for(sha256), dest, mode=0o644)
     except FileNotFoundError:
         pass
     return dest

@@ -13,14 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from peer.atomic import place
 from peer.hashing import hash_file
-from peer.store import BlobStore, _fsync_dir
+from peer.store import BlobStore
 from peer.torrent import info_hash as compute_info_hash
 
 from .catalog import BlobRecord, Catalog
@@ -203,10 +203,7 @@ class Seeder:
                     wait = min(wait * 2, 3600)
                 source = "upstream"
             if source == "swarm":
-                os.chmod(target, 0o444)
-                published.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(target, published)
-                _fsync_dir(published.parent)
+                place(target, published, mode=0o444)
                 await self._on_catalog(self.catalog.clear_corrupt, sha256)
             else:
                 target.unlink(missing_ok=True)  # the upstream's copy is in the store already

@@ -5,16 +5,17 @@ writes it, so that `HF_HUB_OFFLINE=1` and `transformers` load what we pulled:
     models--{org}--{name}/snapshots/{commit}/{path}    relative symlink to ../../blobs/{etag}
     models--{org}--{name}/refs/{revision}              the commit
 
-Everything lands by rename: a blob is complete and verified before it has its final name, and a
-snapshot link or ref is replaced whole.
+Everything lands by rename (peer/atomic.py): a blob is complete and verified before it has its
+final name, and a snapshot link or ref is replaced whole.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from . import atomic
 from .paths import check_repo_id, check_repo_path, check_revision, is_commit
 
 _PREFIX = {"model": "models", "dataset": "datasets", "space": "spaces"}
@@ -58,28 +59,27 @@ class RepoCache:
             return False
 
     def staging(self, etag: str) -> Path:
-        """Where a blob is written before it is verified (same folder: the rename is atomic)."""
+        """Where BitTorrent writes a blob before it is verified: named by what it must hash
+        to, so that a pull cut off continues from its pieces (libtorrent renames it into
+        place once it is checked)."""
         return self.blobs / f"{etag}.wspart"
 
-    def link(self, commit: str, path: str, etag: str) -> None:
-        """snapshots/{commit}/{path} → ../../blobs/{etag}, relative like the stock client's."""
+    def link(self, commit: str, path: str, etag: str) -> Path:
+        """snapshots/{commit}/{path} → ../../blobs/{etag}, relative like the stock client's;
+        returns the link's folder (not yet fsynced: see `link_snapshot`)."""
         if not is_commit(commit):
             raise ValueError(f"not a commit: {commit!r}")
         check_repo_path(path)
         link = self.root / "snapshots" / commit / path
-        link.parent.mkdir(parents=True, exist_ok=True)
-        target = os.path.relpath(self.blob(etag), link.parent)
-        tmp = link.with_name(f".{link.name}.wslink")
-        tmp.unlink(missing_ok=True)
-        os.symlink(target, tmp)
-        os.replace(tmp, link)
+        atomic.link(os.path.relpath(self.blob(etag), link.parent), link)
+        return link.parent
+
+    def link_snapshot(self, commit: str, files: Iterable[tuple[str, str]]) -> None:
+        """`link` each (path, etag), then make the folders durable, each once."""
+        atomic.sync_dirs([self.link(commit, path, etag) for path, etag in files])
 
     def set_ref(self, revision: str, commit: str) -> None:
         check_revision(revision)
         if is_commit(revision):
             return  # a commit is its own name: no ref
-        ref = self.root / "refs" / revision
-        ref.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ref.with_name(f".{ref.name}.wsref")
-        tmp.write_text(commit)
-        os.replace(tmp, ref)
+        atomic.write_file(self.root / "refs" / revision, commit.encode())

@@ -39,6 +39,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
+from . import atomic
 from .bencode import bdecode, bencode
 from .errors import (
     BadRequest,
@@ -162,15 +163,15 @@ class MirrorClient:
                 raise PullError(f"{url}: larger than {limit} bytes")
             return data
 
-    async def download(self, url: str, dest: Path, size: int,
-                       progress: Callable[[int], None]) -> str:
-        """Stream `url` to `dest` (replaced), returning the sha256 of what came."""
+    async def download(self, url: str, dest: Path, size: int, sha256: str,
+                       progress: Callable[[int], None]) -> None:
+        """Stream `url` into place at `dest`, only if it is `size` bytes hashing to `sha256`."""
         digest = hashlib.sha256()
         got = 0
         async with self.http.get(url) as r:
             if r.status >= 400:
                 raise PullError(f"{url}: {r.status} {await _error_text(r)}")
-            with open(dest, "wb") as out:
+            with atomic.replacing(dest) as out:
                 async for chunk in r.content.iter_chunked(1 << 20):
                     got += len(chunk)
                     if got > size:
@@ -178,9 +179,10 @@ class MirrorClient:
                     digest.update(chunk)
                     out.write(chunk)
                     progress(len(chunk))
-        if got != size:
-            raise IntegrityError("size", str(size), str(got))
-        return digest.hexdigest()
+                if got != size:
+                    raise IntegrityError("size", str(size), str(got))
+                if digest.hexdigest() != sha256:
+                    raise IntegrityError("sha256", sha256, digest.hexdigest())
 
 
 async def _error_text(r: aiohttp.ClientResponse) -> str:
@@ -274,11 +276,9 @@ class Pull:
         """Keep what the peer daemon relays: signed, so any peer may pass it on."""
         spec = self.spec
         folder = self.home / "manifests" / spec.hub / spec.repo_type / spec.repo_id
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_atomic(folder / f"{commit}.msgpack", manifest)
+        atomic.write_file(folder / f"{commit}.msgpack", manifest)
         refs = self.home / "snapshots" / spec.hub / spec.repo_type / spec.repo_id
-        refs.mkdir(parents=True, exist_ok=True)
-        _write_atomic(refs / f"{quote(spec.revision, safe='')}.json", json.dumps(snap).encode())
+        atomic.write_file(refs / f"{quote(spec.revision, safe='')}.json", json.dumps(snap).encode())
 
     # -- the whole pull ------------------------------------------------------------------------
 
@@ -347,7 +347,6 @@ class Pull:
 
         async def one(f: ManifestFile) -> None:
             etag = etag_of(f.sha256, f.git_sha1, f.lfs)
-            staging = cache.staging(etag)
             errors = []
             async with gate:
                 for mirror in [result.mirror] + [m for m in self.mirrors if m != result.mirror]:
@@ -359,17 +358,13 @@ class Pull:
                         bar.update(n)
 
                     try:
-                        sha256 = await client.download(f"{mirror}/blobs/sha256/{f.sha256}",
-                                                       staging, f.size, count)
-                        if sha256 != f.sha256:
-                            raise IntegrityError("sha256", f.sha256, sha256)
-                        os.replace(staging, cache.blob(etag))
+                        await client.download(f"{mirror}/blobs/sha256/{f.sha256}",
+                                              cache.blob(etag), f.size, f.sha256, count)
                         result.http_bytes += got
                         return
                     except (TimeoutError, aiohttp.ClientError, WeightswarmError, OSError) as e:
                         bar.update(-got)
                         errors.append(f"{mirror}: {e or type(e).__name__}")
-                        staging.unlink(missing_ok=True)
             raise PullError(f"{f.path}: no mirror gave the right bytes: " + "; ".join(errors))
 
         async with asyncio.TaskGroup() as group:
@@ -392,7 +387,7 @@ class Pull:
                 seeds = [u.decode() for u in _as_list(torrent.get(b"url-list"))]
                 seeds += [f"{m}/blobs/sha256/{f.sha256}" for m in self.mirrors]
                 # Kept as the mirror sent it (trackers, web seeds) for the peer daemon.
-                _write_atomic(self.home / "torrents" / f"{f.sha256}.torrent", data)
+                atomic.write_file(self.home / "torrents" / f"{f.sha256}.torrent", data)
                 return _Large(f, bencode({b"info": info}), list(dict.fromkeys(trackers)),
                               list(dict.fromkeys(seeds)), info[b"piece length"])
             except (TimeoutError, aiohttp.ClientError, WeightswarmError, KeyError, ValueError, TypeError) as e:
@@ -442,12 +437,13 @@ class Pull:
         etag = etag_of(f.sha256, f.git_sha1, f.lfs)
         staging = cache.staging(etag)
         await session.finished(item.key)
-        digest = await asyncio.to_thread(sha256_file, staging)
+        digest = await asyncio.to_thread(_sha256_synced, staging)
         if digest != f.sha256:
             # Every piece matched the torrent the manifest signs, yet the file does not: refuse.
             raise IntegrityError("sha256", f.sha256, digest)
         # Keep seeding under the final name while the rest of the pull runs.
         await session.rename(item.key, etag)
+        await asyncio.to_thread(atomic.fsync_dir, cache.blobs)
         item.done = True
         (self.resume_dir / f"{f.info_hash}.resume").unlink(missing_ok=True)
         log.info("%s: %d bytes over BitTorrent, verified", f.path, f.size)
@@ -534,7 +530,7 @@ class Pull:
                 continue
             with contextlib.suppress(Exception):
                 data = await asyncio.wait_for(session.save_resume(item.key), 5)
-                _write_atomic(self.resume_dir / f"{item.file.info_hash}.resume", data)
+                atomic.write_file(self.resume_dir / f"{item.file.info_hash}.resume", data)
 
     async def _mirror_endpoints(self, client: MirrorClient) -> set[tuple[str, int]]:
         """The mirrors' BitTorrent listen endpoints. Mirrors never dial out, so every
@@ -583,20 +579,17 @@ class Pull:
             placed: dict[str, Path] = {}
             for f in files:
                 etag = etag_of(f.sha256, f.git_sha1, f.lfs)
-                dest = root / f.path
-                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest = root / f.path  # the manifest's paths are checked (manifest.py)
                 if etag in placed:  # the same bytes at two paths: the second is a copy
-                    tmp = dest.with_name(f".{dest.name}.wspart")
-                    shutil.copyfile(placed[etag], tmp)
-                    os.replace(tmp, dest)
+                    atomic.copy_file(placed[etag], dest)
                 else:
-                    os.replace(cache.blob(etag), dest)
+                    atomic.place(cache.blob(etag), dest)
                     placed[etag] = dest
             shutil.rmtree(root / ".cache" / "weightswarm", ignore_errors=True)
             result.path = str(root)
             return
-        for f in files:
-            cache.link(commit, f.path, etag_of(f.sha256, f.git_sha1, f.lfs))
+        cache.link_snapshot(commit, [(f.path, etag_of(f.sha256, f.git_sha1, f.lfs))
+                                     for f in files])
         cache.set_ref(self.spec.revision, commit)
         result.path = str(cache.root / "snapshots" / commit)
 
@@ -644,11 +637,12 @@ def _size_of(path: Path) -> int:
         return 0
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def _sha256_synced(path: Path) -> str:
+    """The file's sha256, its bytes made durable first (libtorrent wrote them; the rename into
+    place follows)."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+    return sha256_file(path)
 
 
 def _bar(total: int, show: bool, name: str):

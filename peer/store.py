@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from .atomic import pid_alive, place
 from .errors import BlobMissing, Busy, IntegrityError
 from .hashing import Digests, Hasher, blake3_file, read_chunks, sha256_file
 from .paths import is_sha256
@@ -104,24 +105,6 @@ def _aligned(data, offset: int) -> bool:
     except TypeError:  # read-only memory (bytes): address not to be had, write it buffered
         return False
     return address % _PAGE == 0
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class BlobWriter:
@@ -319,10 +302,7 @@ class BlobStore:
             # Deduplicated: the same bytes are already there.
             tmp_path.unlink(missing_ok=True)
             return False
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.chmod(tmp_path, 0o444)
-        os.replace(tmp_path, dest)
-        _fsync_dir(dest.parent)
+        place(tmp_path, dest, mode=0o444)
         return True
 
     def remove(self, sha256: str) -> bool:
@@ -363,7 +343,7 @@ class BlobStore:
         removed = 0
         for path in self.tmp_dir.glob("*.part"):
             pid_text = path.name.split(".", 1)[0]
-            if pid_text.isdigit() and _pid_alive(int(pid_text)) and int(pid_text) != 0:
+            if pid_text.isdigit() and pid_alive(int(pid_text)):
                 continue
             try:
                 path.unlink()

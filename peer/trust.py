@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
+from . import atomic
 from .errors import ConfigError, WeightswarmError
 from .keys import parse_public_key
 from .manifest import RefLedger, RefStatement
@@ -35,17 +35,21 @@ class Trust:
         self.configured = frozenset(trusted_keys)
         self.known_path = home / "known_mirrors"
         self.ledger_path = home / "refs_seen.json"
+        #: orders the writers of both files (two pulls at once each keep what the other added)
+        self.lock_path = home / ".trust.lock"
         self.pinned = self._read_known()
         self.ledger = RefLedger()
         self._read_ledger()
 
+    def _known_text(self) -> str:
+        try:
+            return self.known_path.read_text()
+        except FileNotFoundError:
+            return ""
+
     def _read_known(self) -> dict[str, str]:
         pinned = {}
-        try:
-            text = self.known_path.read_text()
-        except FileNotFoundError:
-            return pinned
-        for number, line in enumerate(text.splitlines(), 1):
+        for number, line in enumerate(self._known_text().splitlines(), 1):
             if not line.strip() or line.startswith("#"):
                 continue
             parts = line.split()
@@ -55,24 +59,33 @@ class Trust:
             pinned[parts[0].rstrip("/")] = parts[1]
         return pinned
 
+    def _pinned_as(self, mirror: str, key: str) -> bool:
+        """True if `mirror` is pinned to `key`, False if not pinned; another key is refused."""
+        known = self.pinned.get(mirror)
+        if known is not None and known != key:
+            raise KeyMismatch(
+                f"{mirror} now shows key {key}, but {self.known_path} pins {known}: a "
+                f"replaced key or another server; remove its line if you trust the change")
+        return known is not None
+
     def pin(self, mirror: str, key: str) -> str:
         """Trust `mirror`'s key on first use; afterwards only the key pinned for it."""
         mirror = mirror.rstrip("/")
-        known = self.pinned.get(mirror)
-        if known is not None:
-            if known != key:
-                raise KeyMismatch(
-                    f"{mirror} now shows key {key}, but {self.known_path} pins {known}: a "
-                    f"replaced key or another server; remove its line if you trust the change")
+        if self._pinned_as(mirror, key):
             return key
         try:
             parse_public_key(key)
         except ValueError as e:
             raise KeyMismatch(f"{mirror} shows a malformed key: {e}") from None
-        self.home.mkdir(parents=True, exist_ok=True)
-        with open(self.known_path, "a") as f:
-            f.write(f"{mirror} {key}\n")
-        self.pinned[mirror] = key
+        with atomic.locked(self.lock_path):
+            self.pinned = self._read_known()  # another pull may have pinned it meanwhile
+            if self._pinned_as(mirror, key):
+                return key
+            text = self._known_text()
+            if text and not text.endswith("\n"):
+                text += "\n"
+            atomic.write_file(self.known_path, f"{text}{mirror} {key}\n".encode())
+            self.pinned[mirror] = key
         log.info("trusting %s's key %s on first use (pinned in %s)", mirror, key,
                  self.known_path)
         return key
@@ -83,22 +96,25 @@ class Trust:
     # -- ref statements -----------------------------------------------------------------------
 
     def _read_ledger(self) -> None:
+        """Take in what the ledger file holds, keeping the newer sequence of each ref."""
         try:
             rows = json.loads(self.ledger_path.read_text())
         except (FileNotFoundError, ValueError):
             return
+        seen = self.ledger.seen
         for row in rows if isinstance(rows, list) else []:
             try:
                 key, hub, type_, repo, ref, seq, commit = row
-                self.ledger.seen[(key, hub, type_, repo, ref)] = (int(seq), str(commit))
+                slot = (key, hub, type_, repo, ref)
+                if slot not in seen or seen[slot][0] < int(seq):
+                    seen[slot] = (int(seq), str(commit))
             except (TypeError, ValueError):
                 continue
 
     def accept_ref(self, statement: RefStatement, key: str) -> RefStatement:
-        self.ledger.accept(statement, key)
-        rows = [[*slot, seq, commit] for slot, (seq, commit) in self.ledger.seen.items()]
-        self.home.mkdir(parents=True, exist_ok=True)
-        tmp = self.ledger_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(rows))
-        os.replace(tmp, self.ledger_path)
+        with atomic.locked(self.lock_path):
+            self._read_ledger()  # what other pulls believed since
+            self.ledger.accept(statement, key)
+            rows = [[*slot, seq, commit] for slot, (seq, commit) in self.ledger.seen.items()]
+            atomic.write_file(self.ledger_path, json.dumps(rows).encode())
         return statement
