@@ -12,7 +12,6 @@ import contextlib
 import gc
 import json
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,7 +27,8 @@ from prometheus_client import (
     generate_latest,
 )
 
-from peer.errors import BadRequest, EntryNotFound, NotFound, WeightswarmError
+from peer.errors import BadRequest, NotFound, WeightswarmError
+from peer.http import answer_errors, header_safe
 from peer.keys import load_or_create, public_key_text
 from peer.paths import check_repo_id, check_revision, is_commit, is_sha256
 from peer.service import until_stopped
@@ -163,44 +163,18 @@ def _base_url(request: web.Request) -> str:
     return request.app[CONFIG].mirror.public_url or f"{request.scheme}://{request.host}"
 
 
-def _header_safe(text: str) -> str:
-    return text.encode("ascii", "backslashreplace").decode("ascii").replace("\n", " ")[:1000]
-
-
-def error_response(error: WeightswarmError) -> web.Response:
-    headers = {"X-Error-Message": _header_safe(str(error))}
-    if error.error_code:
-        headers["X-Error-Code"] = error.error_code
-    if isinstance(error, EntryNotFound):
-        headers["X-Repo-Commit"] = error.commit
-    return web.json_response({"error": str(error)}, status=error.status, headers=headers)
-
-
 @web.middleware
 async def observe(request: web.Request, handler):
-    """Errors to HF-style answers; one access-log line and metrics per request."""
+    """Errors to HF-style answers (peer/http.py); one access-log line and metrics per
+    request."""
     started = time.perf_counter()
     request[ROUTE] = "other"
     try:
-        response = await handler(request)
-    except WeightswarmError as e:
-        response = error_response(e)
-    except web.HTTPException as e:
-        if e.status < 400:
-            raise
-        response = web.json_response({"error": e.reason}, status=e.status,
-                                     headers={"X-Error-Message": e.reason})
+        response = await answer_errors(request, handler)
     except (asyncio.CancelledError, ConnectionResetError):
         access_log.info("%s %s %s aborted", request.remote, request.method,
-                        _header_safe(request.raw_path))
+                        header_safe(request.raw_path))
         raise
-    except Exception:
-        request_id = secrets.token_hex(6)
-        log.exception("request %s failed: %s %s", request_id, request.method, request.raw_path)
-        response = web.json_response(
-            {"error": f"internal error (request {request_id})"}, status=500,
-            headers={"X-Error-Message": f"internal error (request {request_id})"},
-        )
     if request.method == "HEAD":
         sent = 0
     else:
@@ -208,7 +182,7 @@ async def observe(request: web.Request, handler):
     request.app[METRICS].count(request[ROUTE], response.status, sent)
     access_log.info(
         '%s "%s %s" %d %d %.1fms', request.remote, request.method,
-        _header_safe(request.raw_path), response.status, sent,
+        header_safe(request.raw_path), response.status, sent,
         (time.perf_counter() - started) * 1000,
     )
     return response

@@ -16,9 +16,9 @@ from peer.errors import (
     BadRequest,
     BlobMissing,
     EntryNotFound,
+    GatedRepo,
     NotFound,
     RepoNotFound,
-    WeightswarmError,
 )
 from peer.hfformat import (
     TYPE_URL_PREFIX,
@@ -37,15 +37,6 @@ from .routes import HubCall
 
 TREE_PAGE = 1000
 LIST_PAGE = 1000
-
-
-class GatedRepo(WeightswarmError):
-    status = 403
-    error_code = "GatedRepo"
-
-    def __init__(self, repo_id: str):
-        super().__init__(f"access to {repo_id!r} is restricted: it is a gated repo")
-        self.repo_id = repo_id
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,16 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from peer.errors import BadRequest, InsufficientSpace, IntegrityError, WeightswarmError
+from peer.errors import (
+    BadRequest,
+    GatedRepo,
+    InsufficientSpace,
+    IntegrityError,
+    RepoNotFound,
+    RevisionNotFound,
+    Unavailable,
+    WeightswarmError,
+)
 from peer.hashing import Digests
 from peer.hfformat import FileEntry, lfs_pointer_sha1
 from peer.paths import check_repo_id, check_repo_path, check_revision, is_commit, is_sha256
@@ -31,14 +40,7 @@ from peer.store import BlobStore, Expected
 
 from .catalog import BlobRecord, Catalog, ref_of
 from .snapshots import publish
-from .upstreams import (
-    GatedUpstream,
-    GoneUpstream,
-    RemoteFile,
-    Upstream,
-    UpstreamError,
-    UpstreamRefused,
-)
+from .upstreams import RemoteFile, Upstream, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +247,7 @@ class Syncer:
                                spec.endpoint, spec.hub, spec.include, spec.exclude)
                 try:
                     results.append(await self.sync_repo(one))
-                except GatedUpstream as e:
+                except GatedRepo as e:
                     # Gated mirroring needs a token and access rules (a later issue).
                     log.warning("%s: skipped, gated upstream: %s", one, e)
             return results
@@ -267,7 +269,7 @@ class Syncer:
     async def sync_repo(self, spec: SyncSpec) -> SyncResult:
         try:
             commit = await self.upstream.resolve(spec.repo_type, spec.repo_id, spec.revision)
-        except GoneUpstream as e:
+        except (RepoNotFound, RevisionNotFound) as e:
             repo = self._repo(spec)
             if not (self.archive and repo is not None):
                 raise
@@ -334,7 +336,7 @@ class Syncer:
         gate = asyncio.Semaphore(self.parallel)
         done: dict[str, Digests] = {}
         failures: list[FileFailed] = []
-        refusals: list[UpstreamRefused] = []
+        refusals: list[WeightswarmError] = []
         bar = tqdm(total=the_plan.fetch_bytes, unit="B", unit_scale=True, unit_divisor=1024,
                    desc=spec.repo_id, disable=not self.progress, leave=False)
 
@@ -347,7 +349,7 @@ class Syncer:
                 except FileFailed as e:
                     log.warning("%s: %s", spec.repo_id, e)
                     failures.append(e)
-                except UpstreamRefused as e:  # gated, gone: about the repo, not this file
+                except WeightswarmError as e:  # gated, gone, busy: the repo stops, not a file
                     refusals.append(e)
 
         try:
@@ -385,7 +387,7 @@ class Syncer:
                             f.path, e)
                 writer = await asyncio.to_thread(self.store.resumable_writer, key, f.size,
                                                  lfs=f.lfs, expected=expected)
-            except UpstreamError as e:
+            except Unavailable as e:
                 writer.pause()
                 raise FileFailed(f.path, str(e)) from e
             except BaseException:
@@ -436,7 +438,7 @@ class Syncer:
                     return
                 raise UpstreamError(f"{f.path}: the upstream ended the file at {writer.written} "
                                     f"of {f.size} bytes")
-            except UpstreamError:
+            except Unavailable:
                 if fill:
                     await hand_over()
                 stalls = 0 if writer.written > before else stalls + 1

@@ -28,8 +28,9 @@ from prometheus_client import (
 )
 
 from .bencode import bdecode, bencode
-from .errors import WeightswarmError
+from .errors import BadRequest, NotFound, RevisionNotFound
 from .hfcache import RepoCache, etag_of, hub_cache
+from .http import errors_middleware
 from .manifest import ManifestError, UnknownKey, read_manifest
 from .paths import check_repo_id, check_revision, is_commit, is_sha256
 from .settings import PEER_FINGERPRINT, PeerConfig
@@ -143,7 +144,7 @@ class PeerDaemon:
     # -- HTTP ---------------------------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[errors_middleware])
         app.router.add_get("/", self.index)
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/api/weightswarm/snapshots/{hub}/{type}/{repo:.+}", self.snapshot)
@@ -165,20 +166,12 @@ class PeerDaemon:
         hub, repo_type, repo = (request.match_info[k] for k in ("hub", "type", "repo"))
         if hub not in ("huggingface", "modelscope", "kaggle") or \
                 repo_type not in ("model", "dataset"):
-            raise web.HTTPNotFound(text="no such hub or type")
-        try:
-            check_repo_id(repo)
-        except WeightswarmError as e:
-            raise web.HTTPBadRequest(text=str(e)) from None
-        return self.home / root / hub / repo_type / repo
+            raise NotFound("no such hub or type")
+        return self.home / root / hub / repo_type / check_repo_id(repo)
 
     async def snapshot(self, request: web.Request) -> web.Response:
         folder = self._repo_dir(request, "snapshots")
-        revision = request.query.get("revision", "main")
-        try:
-            check_revision(revision)
-        except WeightswarmError as e:
-            raise web.HTTPBadRequest(text=str(e)) from None
+        revision = check_revision(request.query.get("revision", "main"))
         try:
             return web.json_response(json.loads(
                 (folder / f"{quote(revision, safe='')}.json").read_text()))
@@ -187,22 +180,23 @@ class PeerDaemon:
         manifests = self._repo_dir(request, "manifests")
         if is_commit(revision) and (manifests / f"{revision}.msgpack").is_file():
             return web.json_response({"commit": revision})
-        raise web.HTTPNotFound(text=f"this peer has not pulled {revision}")
+        raise RevisionNotFound(request.match_info["repo"], revision,
+                               message=f"this peer has not pulled {revision}")
 
     async def manifest(self, request: web.Request) -> web.Response:
         commit = request.match_info["commit"]
         if not is_commit(commit):
-            raise web.HTTPBadRequest(text="a manifest is named by its commit")
+            raise BadRequest("a manifest is named by its commit")
         path = self._repo_dir(request, "manifests") / f"{commit}.msgpack"
         if not path.is_file():
-            raise web.HTTPNotFound(text="no such manifest here")
+            raise NotFound("no such manifest here")
         return web.Response(body=path.read_bytes(), content_type="application/x-msgpack")
 
     async def torrent(self, request: web.Request) -> web.Response:
         sha256 = request.match_info["sha256"]
         held = self.held.get(sha256) if is_sha256(sha256) else None
         if held is None or held.torrent is None:
-            raise web.HTTPNotFound(text="no such torrent here")
+            raise NotFound("no such torrent here")
         return web.Response(body=held.torrent.read_bytes(),
                             content_type="application/x-bittorrent")
 
@@ -210,7 +204,7 @@ class PeerDaemon:
         sha256 = request.match_info["sha256"]
         held = self.held.get(sha256) if is_sha256(sha256) else None
         if held is None:
-            raise web.HTTPNotFound(text="no such blob here")
+            raise NotFound("no such blob here")
         self.m_up.labels("http").inc(held.size)
         return web.FileResponse(held.path)
 

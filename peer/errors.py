@@ -1,8 +1,18 @@
 """The project's errors: one base, a few subclasses with exact meanings.
 
 Each carries the context a reader needs (repo id, revision, path) and, where it helps, a
-standard base too (`EntryNotFound` is a `FileNotFoundError`). The HTTP shells map them to
-status codes in one middleware; the CLI prints one line.
+standard base too (`EntryNotFound` is a `FileNotFoundError`). Every constructor also takes a
+`message` of its own, for an error another server reported. The HTTP shells map them to status
+codes in one middleware (peer/http.py); the CLI prints one line.
+
+The same classes go the other way: when another server (a mirror, an upstream hub, a peer
+daemon) answers with an error, `peer.http.raise_for_status` raises the class its `X-Error-Code`
+and status name, mixed with `RemoteError`, which keeps the URL and the status. So a 404
+`RepoNotFound` from a hub and one of our own are both a `RepoNotFound`, and `except
+RemoteError` is "that server said no", whatever it said.
+
+Errors that belong to one concept live beside it (the manifest's, the sync's, the tracker's),
+subclassing the base here.
 """
 
 from __future__ import annotations
@@ -15,6 +25,9 @@ class WeightswarmError(Exception):
     status = 500
     error_code: str | None = None
 
+    def __init__(self, message: str = ""):
+        super().__init__(message)
+
 
 class BadRequest(WeightswarmError, ValueError):
     """The request (or command-line input) is malformed or hostile."""
@@ -25,15 +38,15 @@ class BadRequest(WeightswarmError, ValueError):
 class UnsafePath(BadRequest):
     """A path from outside is absolute, escapes its root, or holds forbidden characters."""
 
-    def __init__(self, path: str, reason: str):
-        super().__init__(f"unsafe path {path!r}: {reason}")
+    def __init__(self, path: str = "", reason: str = "", *, message: str | None = None):
+        super().__init__(message or f"unsafe path {path!r}: {reason}")
         self.path = path
         self.reason = reason
 
 
 class InvalidRepoId(BadRequest):
-    def __init__(self, repo_id: str, reason: str):
-        super().__init__(f"invalid repo id {repo_id!r}: {reason}")
+    def __init__(self, repo_id: str = "", reason: str = "", *, message: str | None = None):
+        super().__init__(message or f"invalid repo id {repo_id!r}: {reason}")
         self.repo_id = repo_id
 
 
@@ -44,8 +57,9 @@ class NotFound(WeightswarmError, LookupError):
 class RepoNotFound(NotFound):
     error_code = "RepoNotFound"
 
-    def __init__(self, repo_id: str, repo_type: str = "model"):
-        super().__init__(f"{repo_type} repository {repo_id!r} not found")
+    def __init__(self, repo_id: str = "", repo_type: str = "model", *,
+                 message: str | None = None):
+        super().__init__(message or f"{repo_type} repository {repo_id!r} not found")
         self.repo_id = repo_id
         self.repo_type = repo_type
 
@@ -53,8 +67,8 @@ class RepoNotFound(NotFound):
 class RevisionNotFound(NotFound):
     error_code = "RevisionNotFound"
 
-    def __init__(self, repo_id: str, revision: str):
-        super().__init__(f"revision {revision!r} not found in {repo_id!r}")
+    def __init__(self, repo_id: str = "", revision: str = "", *, message: str | None = None):
+        super().__init__(message or f"revision {revision!r} not found in {repo_id!r}")
         self.repo_id = repo_id
         self.revision = revision
 
@@ -62,11 +76,30 @@ class RevisionNotFound(NotFound):
 class EntryNotFound(NotFound, FileNotFoundError):
     error_code = "EntryNotFound"
 
-    def __init__(self, repo_id: str, commit: str, path: str):
-        super().__init__(f"{path!r} not found in {repo_id!r} at {commit}")
+    def __init__(self, repo_id: str = "", commit: str = "", path: str = "", *,
+                 message: str | None = None):
+        super().__init__(message or f"{path!r} not found in {repo_id!r} at {commit}")
         self.repo_id = repo_id
         self.commit = commit
         self.path = path
+
+
+class GatedRepo(WeightswarmError):
+    """A repo whose files are given only to users who accepted its terms."""
+
+    status = 403
+    error_code = "GatedRepo"
+
+    def __init__(self, repo_id: str = "", *, message: str | None = None):
+        super().__init__(message or f"access to {repo_id!r} is restricted: it is a gated repo")
+        self.repo_id = repo_id
+
+
+class Refused(WeightswarmError):
+    """An operation that is not allowed: by the configuration (archive mode refuses
+    removals), or by another server (401 or 403 without a code)."""
+
+    status = 403
 
 
 class BlobMissing(WeightswarmError):
@@ -75,8 +108,8 @@ class BlobMissing(WeightswarmError):
 
     status = 503
 
-    def __init__(self, sha256: str):
-        super().__init__(f"blob {sha256} is not in the store")
+    def __init__(self, sha256: str = "", *, message: str | None = None):
+        super().__init__(message or f"blob {sha256} is not in the store")
         self.sha256 = sha256
 
 
@@ -100,8 +133,8 @@ class InvalidSafetensors(BadRequest):
 class RangeNotSatisfiable(WeightswarmError):
     status = 416
 
-    def __init__(self, header: str, size: int):
-        super().__init__(f"range {header!r} not satisfiable for {size} bytes")
+    def __init__(self, header: str = "", size: int = 0, *, message: str | None = None):
+        super().__init__(message or f"range {header!r} not satisfiable for {size} bytes")
         self.size = size
 
 
@@ -124,11 +157,61 @@ class Busy(WeightswarmError):
     status = 409
 
 
-class Refused(WeightswarmError):
-    """An operation that the configuration forbids (archive mode refuses removals)."""
-
-    status = 403
-
-
 class ConfigError(WeightswarmError):
     """A setting is missing, malformed, or contradicts another."""
+
+
+# -- what other servers answer ----------------------------------------------------------------
+
+
+class RemoteError(WeightswarmError):
+    """Another server answered with an error, or could not be reached. `url` is what was
+    asked, `http_status` what it answered (0: no answer); `status` stays the class's own,
+    what we answer should the error pass on to a client of ours."""
+
+    status = 502
+    url: str = ""
+    http_status: int = 0
+
+
+class Unavailable(RemoteError):
+    """The other server failed (5xx), timed out or could not be reached: trying again later
+    may work. Never a "not found": a client would cache the absence."""
+
+
+class RateLimited(Unavailable):
+    """The other server asks us to slow down (429), and waiting as asked did not help."""
+
+    status = 503
+
+
+class RemoteBadRequest(BadRequest, RemoteError):
+    pass
+
+
+class RemoteNotFound(NotFound, RemoteError):
+    pass
+
+
+class RemoteRepoNotFound(RepoNotFound, RemoteError):
+    pass
+
+
+class RemoteRevisionNotFound(RevisionNotFound, RemoteError):
+    pass
+
+
+class RemoteEntryNotFound(EntryNotFound, RemoteError):
+    pass
+
+
+class RemoteGatedRepo(GatedRepo, RemoteError):
+    pass
+
+
+class RemoteRefused(Refused, RemoteError):
+    pass
+
+
+class RemoteRangeNotSatisfiable(RangeNotSatisfiable, RemoteError):
+    pass

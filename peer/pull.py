@@ -32,7 +32,7 @@ import secrets
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -46,10 +46,12 @@ from .errors import (
     InsufficientSpace,
     IntegrityError,
     NotFound,
+    RemoteError,
     WeightswarmError,
 )
 from .hashing import sha256_file
 from .hfcache import RepoCache, etag_of, hub_cache
+from .http import raise_for_status, unreachable
 from .manifest import Manifest, ManifestError, ManifestFile, read_manifest, read_ref
 from .paths import check_repo_id, check_revision, is_commit
 from .settings import MIRROR_FINGERPRINT, PEER_FINGERPRINT, PeerConfig
@@ -139,25 +141,31 @@ def select(files: tuple[ManifestFile, ...], include: tuple[str, ...],
 
 
 class MirrorClient:
-    """The few HTTP calls a pull makes to mirrors (or to peer daemons relaying them)."""
+    """The few HTTP calls a pull makes to mirrors (or to peer daemons relaying them). Every
+    error is the contract's (peer/http.py): an answer's by its code and status, and no
+    answer at all as `Unavailable`."""
 
     def __init__(self, session: aiohttp.ClientSession):
         self.http = session
 
+    @contextlib.asynccontextmanager
+    async def _get(self, url: str) -> AsyncIterator[aiohttp.ClientResponse]:
+        try:
+            async with self.http.get(url) as r:
+                await raise_for_status(r)
+                yield r
+        except (TimeoutError, aiohttp.ClientError) as e:
+            raise unreachable(url, e) from e
+
     async def json(self, url: str):
-        async with self.http.get(url) as r:
-            if r.status == 404:
-                raise NotFound(await _error_text(r))
-            if r.status >= 400:
-                raise PullError(f"{url}: {r.status} {await _error_text(r)}")
-            return await r.json(content_type=None)
+        async with self._get(url) as r:
+            try:
+                return await r.json(content_type=None)
+            except ValueError:
+                raise PullError(f"{url}: the answer is not JSON") from None
 
     async def bytes(self, url: str, limit: int = 64 << 20) -> bytes:
-        async with self.http.get(url) as r:
-            if r.status == 404:
-                raise NotFound(await _error_text(r))
-            if r.status >= 400:
-                raise PullError(f"{url}: {r.status} {await _error_text(r)}")
+        async with self._get(url) as r:
             data = await r.content.read(limit + 1)
             if len(data) > limit:
                 raise PullError(f"{url}: larger than {limit} bytes")
@@ -168,9 +176,7 @@ class MirrorClient:
         """Stream `url` into place at `dest`, only if it is `size` bytes hashing to `sha256`."""
         digest = hashlib.sha256()
         got = 0
-        async with self.http.get(url) as r:
-            if r.status >= 400:
-                raise PullError(f"{url}: {r.status} {await _error_text(r)}")
+        async with self._get(url) as r:
             with atomic.replacing(dest) as out:
                 async for chunk in r.content.iter_chunked(1 << 20):
                     got += len(chunk)
@@ -183,10 +189,6 @@ class MirrorClient:
                     raise IntegrityError("size", str(size), str(got))
                 if digest.hexdigest() != sha256:
                     raise IntegrityError("sha256", sha256, digest.hexdigest())
-
-
-async def _error_text(r: aiohttp.ClientResponse) -> str:
-    return r.headers.get("X-Error-Message") or (await r.text())[:200]
 
 
 @dataclass
@@ -232,10 +234,8 @@ class Pull:
                 return await self._metadata_from(client, mirror)
             except (ManifestError, IntegrityError) as e:
                 raise PullError(f"{mirror}: refused: {e}") from e
-            except NotFound as e:
+            except (RemoteError, PullError) as e:
                 errors.append(f"{mirror}: {e}")
-            except (TimeoutError, aiohttp.ClientError, PullError) as e:
-                errors.append(f"{mirror}: {e or type(e).__name__}")
         raise NotFound(f"no mirror has {spec.repo_id}@{spec.revision}: " + "; ".join(errors))
 
     async def _metadata_from(self, client: MirrorClient, mirror: str):
@@ -362,7 +362,7 @@ class Pull:
                                               cache.blob(etag), f.size, f.sha256, count)
                         result.http_bytes += got
                         return
-                    except (TimeoutError, aiohttp.ClientError, WeightswarmError, OSError) as e:
+                    except (WeightswarmError, OSError) as e:
                         bar.update(-got)
                         errors.append(f"{mirror}: {e or type(e).__name__}")
             raise PullError(f"{f.path}: no mirror gave the right bytes: " + "; ".join(errors))
@@ -390,7 +390,7 @@ class Pull:
                 atomic.write_file(self.home / "torrents" / f"{f.sha256}.torrent", data)
                 return _Large(f, bencode({b"info": info}), list(dict.fromkeys(trackers)),
                               list(dict.fromkeys(seeds)), info[b"piece length"])
-            except (TimeoutError, aiohttp.ClientError, WeightswarmError, KeyError, ValueError, TypeError) as e:
+            except (WeightswarmError, KeyError, ValueError, TypeError) as e:
                 errors.append(f"{mirror}: {e or type(e).__name__}")
         raise PullError(f"{f.path}: no mirror gave its torrent: " + "; ".join(errors))
 
@@ -537,8 +537,7 @@ class Pull:
         connection from a mirror is to one of these, whatever peer id it shows."""
         endpoints = set()
         for mirror in self.mirrors:
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError, WeightswarmError,
-                                     ValueError, TypeError, AttributeError):
+            with contextlib.suppress(WeightswarmError, ValueError, TypeError, AttributeError):
                 info = await client.json(f"{mirror}/")
                 if info.get("service") == "weightswarm mirror" and info.get("bittorrent_port"):
                     endpoints.add((urlsplit(mirror).hostname, int(info["bittorrent_port"])))

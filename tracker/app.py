@@ -32,7 +32,7 @@ from prometheus_client import (
 from peer.service import until_stopped
 
 from .config import Locality, TrackerConfig
-from .swarm import Peer, Refused, SwarmTable, select_peers
+from .swarm import Peer, SwarmTable, TrackerRefused, select_peers
 from .wire import (
     ANNOUNCE,
     CONNECT,
@@ -118,16 +118,16 @@ class Tracker:
         """Open announces may not touch a private swarm; private ones need a listed key."""
         if key is None:
             if info_hash in self.private:
-                raise Refused("private torrent: announce with your key (/announce/<key>)")
+                raise TrackerRefused("private torrent: announce with your key (/announce/<key>)")
             return
         if key not in self.keys():
-            raise Refused("unknown or revoked key")
+            raise TrackerRefused("unknown or revoked key")
         self.private.add(info_hash)
 
     def scrape_visible(self, hashes: list[bytes], key: str | None) -> dict:
         """Scrape; a private swarm shows zeros unless the key is valid."""
         if key is not None and key not in self.keys():
-            raise Refused("unknown or revoked key")
+            raise TrackerRefused("unknown or revoked key")
         return {h: (0, 0, 0) if (h in self.private and key is None) else self.table.scrape(h)
                 for h in hashes}
 
@@ -196,7 +196,7 @@ async def http_announce(request: web.Request) -> web.Response:
         a = parse_announce(request.query_string, remote, ip_trusted=tracker.ip_trusted(remote))
         tracker.check_access(a.info_hash, request.match_info.get("key"))
         peers, complete, incomplete = tracker.announce(a, time.time())
-    except Refused as e:
+    except TrackerRefused as e:
         tracker.refused("http", "announce", str(e))
         return _bencoded(failure_body(str(e)))
     tracker.count("http", "announce", "ok")
@@ -211,7 +211,7 @@ async def http_scrape(request: web.Request) -> web.Response:
     try:
         hashes = parse_scrape(request.query_string)
         stats = tracker.scrape_visible(hashes, request.match_info.get("key"))
-    except Refused as e:
+    except TrackerRefused as e:
         tracker.refused("http", "scrape", str(e))
         return _bencoded(failure_body(str(e)))
     tracker.count("http", "scrape", "ok")
@@ -307,8 +307,8 @@ class UdpTracker:
                 stats = tracker.scrape_visible(parse_udp_scrape(req), None)
                 tracker.count("udp", "scrape", "ok")
                 return udp_scrape_answer(req.transaction_id, [stats[h] for h in stats])
-            raise Refused("unknown action")
-        except (Refused, struct.error) as e:
+            raise TrackerRefused("unknown action")
+        except (TrackerRefused, struct.error) as e:
             tracker.refused("udp", str(req.action), str(e))
             return udp_error(req.transaction_id, str(e))
 

@@ -14,6 +14,8 @@ import math
 import random
 from dataclasses import dataclass, field
 
+from peer.errors import WeightswarmError
+
 MAX_NUMWANT = 50
 DEFAULT_NUMWANT = 50
 #: a complete peer needs no seeds; it gets at most this many leechers to serve
@@ -22,8 +24,9 @@ COMPLETE_NUMWANT = 5
 SAMPLE_FACTOR = 4
 
 
-class Refused(Exception):
-    """A refusal the tracker answers with a `failure reason`."""
+class TrackerRefused(WeightswarmError):
+    """An announce or scrape the tracker refuses: answered with a bencoded `failure reason`
+    over HTTP (status 200, as BEP 3 has it) or an error packet over UDP, never a crash."""
 
 
 @dataclass(slots=True)
@@ -105,7 +108,7 @@ class SwarmTable:
             if event == "stopped":
                 return Swarm()
             if len(self.swarms) >= self.max_swarms:
-                raise Refused("tracker is full: too many swarms")
+                raise TrackerRefused("tracker is full: too many swarms")
             swarm = self.swarms[info_hash] = Swarm()
         old = swarm.remove(peer.peer_id)
         if old is not None:
@@ -119,7 +122,7 @@ class SwarmTable:
                 del self.swarms[info_hash]
             return swarm
         if self.peer_count >= self.max_peers:
-            raise Refused("tracker is full: too many peers")
+            raise TrackerRefused("tracker is full: too many peers")
         if event == "completed" and (old is None or old.left > 0):
             swarm.downloaded += 1
         peer.last_seen = now

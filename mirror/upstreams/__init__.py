@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from peer.errors import NotFound, WeightswarmError
+from peer.errors import Unavailable
 
 
 @dataclass(frozen=True)
@@ -28,28 +28,10 @@ class RemoteFile:
     lfs: bool
 
 
-class UpstreamError(WeightswarmError):
-    """The upstream failed (unreachable, 5xx, timeouts after retries): try again later."""
-
-    status = 502
-
-
-class UpstreamRefused(WeightswarmError):
-    """The upstream said no for a reason that retrying will not change."""
-
-    status = 502
-
-    def __init__(self, message: str, code: str | None):
-        super().__init__(message)
-        self.code = code
-
-
-class GatedUpstream(UpstreamRefused):
-    """A gated repo: mirrored only with a token and access rules (a later issue)."""
-
-
-class GoneUpstream(UpstreamRefused, NotFound):
-    """RepoNotFound or RevisionNotFound: deleted, renamed or private upstream."""
+class UpstreamError(Unavailable):
+    """The upstream failed (unreachable, 5xx, timeouts after retries, a cut transfer, an
+    answer that makes no sense): try again later. What an upstream refuses comes as the
+    error it names (peer/http.py): RepoNotFound, RevisionNotFound, GatedRepo..."""
 
 
 class Upstream(Protocol):

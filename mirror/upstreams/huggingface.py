@@ -16,11 +16,12 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import aiohttp
 
-from peer.errors import IntegrityError
+from peer.errors import GatedRepo, IntegrityError
 from peer.hfformat import TYPE_PLURAL, TYPE_URL_PREFIX
+from peer.http import raise_for_status
 from peer.paths import is_commit
 
-from . import GatedUpstream, GoneUpstream, RemoteFile, UpstreamError, UpstreamRefused
+from . import RemoteFile, UpstreamError
 from .polite import Bandwidth, RequestBudget, backoff, retry_after
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,9 @@ class HuggingFace:
     async def _send(self, method: str, url: str, headers: dict | None = None
                     ) -> aiohttp.ClientResponse:
         """One request with the upstream's manners: the budget first, then 429s waited out as
-        asked, 5xx and network failures retried with backoff; a refusal raised by its
-        `X-Error-Code` (HF answers 401 for a private repo and for a missing one alike)."""
+        asked, 5xx and network failures retried with backoff; a refusal raised as the error
+        its `X-Error-Code` and status name (peer/http.py: HF answers 401 with `RepoNotFound`
+        for a private repo and for a missing one alike)."""
         attempt = 0
         while True:
             await self.budget.acquire()
@@ -88,15 +90,14 @@ class HuggingFace:
                 continue
             if response.status < 400:
                 return response
-            body = await response.text(errors="replace")
-            response.release()
             if response.status == 416:
+                response.release()
                 # Asked from an offset at or past the end: the file is shorter than listed.
                 raise UpstreamError(f"{self.name}: {url}: HTTP 416, the file ends before "
                                     f"{(headers or {}).get('Range', 'the range asked')}")
-            if response.status in (429, 503) or response.status >= 500:
-                if attempt >= self.retries:
-                    raise UpstreamError(f"{self.name}: {method} {url}: HTTP {response.status}")
+            if (response.status in (429, 503) or response.status >= 500) \
+                    and attempt < self.retries:
+                response.release()
                 wait = retry_after(response.headers)
                 if wait is None:
                     wait = backoff(attempt)
@@ -104,7 +105,7 @@ class HuggingFace:
                 await asyncio.sleep(wait)
                 attempt += 1
                 continue
-            raise _refusal(self.name, response, body)
+            await raise_for_status(response, source=self.name)
 
     async def _json(self, url: str):
         for _ in range(MAX_REDIRECTS):  # a renamed repo answers with a redirect
@@ -132,8 +133,8 @@ class HuggingFace:
         url = f"{self._api(repo_type, repo_id)}/revision/{quote(revision, safe='')}"
         info, _ = await self._json(url)
         if isinstance(info, dict) and info.get("gated") and not self.token:
-            raise GatedUpstream(f"{self.name}: {repo_id} is gated (GatedRepo): mirroring it "
-                                f"needs a token whose user accepted its terms", "GatedRepo")
+            raise GatedRepo(repo_id, message=f"{self.name}: {repo_id} is gated (GatedRepo): "
+                            f"mirroring it needs a token whose user accepted its terms")
         sha = info.get("sha") if isinstance(info, dict) else None
         if not isinstance(sha, str) or not is_commit(sha):
             raise UpstreamError(f"{self.name}: {repo_id}@{revision}: no commit sha in repo info")
@@ -244,14 +245,3 @@ def _next_link(header: str | None) -> str | None:
             if 0 <= start < end:
                 return part[start + 1 : end]
     return None
-
-
-def _refusal(name: str, response: aiohttp.ClientResponse, body: str) -> UpstreamRefused:
-    code = response.headers.get("X-Error-Code")
-    message = response.headers.get("X-Error-Message") or body[:300] or f"HTTP {response.status}"
-    text = f"{name}: {message} (HTTP {response.status}{', ' + code if code else ''})"
-    if code == "GatedRepo":
-        return GatedUpstream(text, code)
-    if code in ("RepoNotFound", "RevisionNotFound", "EntryNotFound"):
-        return GoneUpstream(text, code)
-    return UpstreamRefused(text, code)

@@ -13,14 +13,14 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from peer.errors import BadRequest
+from peer.errors import BadRequest, RepoNotFound, RevisionNotFound
 from peer.gitattributes import LfsRules
 from peer.hashing import hash_file
 from peer.hfformat import FileEntry, derived_commit, is_lfs_by_rule, lfs_pointer_sha1
 from peer.paths import resolve_inside
 
 from ..importer import walk_folder  # the importer's rules for what a folder holds
-from . import GoneUpstream, RemoteFile
+from . import RemoteFile
 
 CHUNK = 4 * 1024 * 1024
 
@@ -31,9 +31,9 @@ class LocalFolder:
         self.name = f"local:{self.root}"
         self._listing: tuple[str, list[RemoteFile]] | None = None
 
-    def _scan(self) -> tuple[str, list[RemoteFile]]:
+    def _scan(self, repo_id: str) -> tuple[str, list[RemoteFile]]:
         if not self.root.is_dir():
-            raise GoneUpstream(f"{self.name}: not a folder (any more)", "RepoNotFound")
+            raise RepoNotFound(repo_id, message=f"{self.name}: not a folder (any more)")
         attributes = self.root / ".gitattributes"
         rules = LfsRules(attributes.read_text("utf-8", "replace")) if attributes.is_file() \
             else LfsRules()
@@ -52,14 +52,15 @@ class LocalFolder:
         return derived_commit(entries), files
 
     async def resolve(self, repo_type: str, repo_id: str, revision: str) -> str:
-        self._listing = await asyncio.to_thread(self._scan)
+        self._listing = await asyncio.to_thread(self._scan, repo_id)
         return self._listing[0]
 
     async def list_files(self, repo_type: str, repo_id: str, commit: str) -> list[RemoteFile]:
         if self._listing is None or self._listing[0] != commit:
-            self._listing = await asyncio.to_thread(self._scan)
+            self._listing = await asyncio.to_thread(self._scan, repo_id)
         if self._listing[0] != commit:
-            raise GoneUpstream(f"{self.name}: changed while being synced", "RevisionNotFound")
+            raise RevisionNotFound(repo_id, commit,
+                                   message=f"{self.name}: changed while being synced")
         return self._listing[1]
 
     async def list_author(self, repo_type: str, author: str) -> list[str]:

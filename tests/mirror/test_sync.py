@@ -18,9 +18,8 @@ from huggingface_hub import HfApi, snapshot_download
 
 from mirror.catalog import Catalog
 from mirror.sync import HostileListing, Syncer, SyncFailed, parse_spec
-from mirror.upstreams import GatedUpstream
 from mirror.upstreams.huggingface import HuggingFace
-from peer.errors import RepoNotFound
+from peer.errors import GatedRepo, RepoNotFound
 from peer.store import BlobStore
 
 MiB = 1024 * 1024
@@ -157,7 +156,7 @@ def test_a_size_that_lies_fails_the_file(hub, config):
 def test_a_gated_repo_is_reported_and_an_author_sync_skips_it(hub, config):
     hub.add_repo("org/open", tiny_repo_files(seed=8))
     hub.add_repo("org/gated", tiny_repo_files(seed=9), gated=True)
-    with pytest.raises(GatedUpstream, match="GatedRepo"):
+    with pytest.raises(GatedRepo, match="GatedRepo"):
         sync(config, hub, "hf:org/gated")
     results = sync(config, hub, "hf:org/*")
     assert [r.repo_id for r in results] == ["org/open"]

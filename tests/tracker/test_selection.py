@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from tracker.config import Locality, parse_sites
-from tracker.swarm import MAX_NUMWANT, Peer, Refused, SwarmTable, select_peers
+from tracker.swarm import MAX_NUMWANT, Peer, SwarmTable, TrackerRefused, select_peers
 
 SITES = parse_sites([
     {"cidr": "127.1.0.0/16", "site": "s1", "region": "eu"},
@@ -109,10 +109,10 @@ def test_the_table_refuses_beyond_its_bounds():
     for i in range(2):
         table.announce(bytes([i]) * 20, Peer(bytes([i]) * 20, "10.0.0.1", 1 + i, 1, 0),
                        "started", 0)
-    with pytest.raises(Refused, match="swarms"):
+    with pytest.raises(TrackerRefused, match="swarms"):
         table.announce(b"z" * 20, Peer(b"z" * 20, "10.0.0.9", 9, 1, 0), "started", 0)
     table.announce(b"\0" * 20, Peer(b"p" * 20, "10.0.0.5", 5, 1, 0), "started", 0)
-    with pytest.raises(Refused, match="peers"):
+    with pytest.raises(TrackerRefused, match="peers"):
         table.announce(b"\0" * 20, Peer(b"q" * 20, "10.0.0.6", 6, 1, 0), "started", 0)
 
 
