@@ -27,7 +27,9 @@ from prometheus_client import (
     generate_latest,
 )
 
+from peer import hubs
 from peer.errors import BadRequest, NotFound, WeightswarmError
+from peer.hfformat import REPO_TYPES
 from peer.http import answer_errors, header_safe
 from peer.keys import load_or_create, public_key_text
 from peer.paths import check_repo_id, check_revision, is_commit, is_sha256
@@ -440,7 +442,7 @@ async def torrents(request: web.Request) -> web.Response:
 
 def _distribution_repo(request: web.Request) -> tuple[str, str, str]:
     hub, repo_type, repo_id = (request.match_info[k] for k in ("hub", "type", "repo"))
-    if hub not in ("huggingface", *routes.PREFIXED_HUBS) or repo_type not in ("model", "dataset"):
+    if hub not in hubs.HUBS or repo_type not in REPO_TYPES:
         raise NotFound("no such hub or repo type")
     return hub, repo_type, check_repo_id(repo_id)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from peer import hubs
 from peer.cli import peer as peer_group
 from peer.cli import pull as pull_command
 from peer.errors import WeightswarmError
@@ -142,8 +143,7 @@ def _open(config: Config):
 @mirror.command("import")
 @click.argument("path", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--repo", "repo_id", help="repo id, e.g. org/name (a cache folder names its own)")
-@click.option("--hub", default="huggingface", show_default=True,
-              type=click.Choice(["huggingface", "modelscope", "kaggle"]))
+@click.option("--hub", default=hubs.DEFAULT, show_default=True, type=click.Choice(hubs.HUBS))
 @click.option("--type", "repo_type", type=click.Choice(["model", "dataset"]),
               help="repo type [default: model, or what a cache folder says]")
 @click.option("--revision", help="branch to move [default: main; a cache import: all its refs]")
@@ -277,7 +277,7 @@ def _split_ref(spec: str) -> tuple[str, str | None]:
 
 @mirror.command("rm")
 @click.argument("spec", metavar="REPO[@REV]")
-@click.option("--hub", default="huggingface", show_default=True)
+@click.option("--hub", default=hubs.DEFAULT, show_default=True, type=click.Choice(hubs.HUBS))
 @click.option("--type", "repo_type", default="model", show_default=True,
               type=click.Choice(["model", "dataset"]))
 @click.pass_obj
@@ -320,7 +320,7 @@ def mirror_gc(state: State, grace: float, dry_run: bool) -> None:
 
 @mirror.command("verify")
 @click.argument("repo_id", required=False)
-@click.option("--hub", default="huggingface", show_default=True)
+@click.option("--hub", default=hubs.DEFAULT, show_default=True, type=click.Choice(hubs.HUBS))
 @click.option("--type", "repo_type", default="model", show_default=True)
 @click.option("--full", is_flag=True, help="re-hash sha256 instead of the faster blake3 scrub")
 @click.pass_obj

@@ -329,6 +329,7 @@ def load_config(
         max_swarms=t["max_swarms"], max_peers=t["max_peers"], private_hashes=frozenset(private),
     )
     peer = PeerConfig(
+        home=home,
         mirrors=tuple(m.rstrip("/") for m in values[("peer", "mirrors")]),
         trusted_keys=tuple(values[("peer", "trusted_keys")]),
         host=values[("peer", "host")], port=values[("peer", "port")],

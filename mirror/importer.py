@@ -31,6 +31,7 @@ from peer.hfformat import (
     is_lfs_by_rule,
     lfs_pointer_sha1,
 )
+from peer.hubs import check_hub
 from peer.paths import (
     check_repo_id,
     check_repo_path,
@@ -45,7 +46,6 @@ from .snapshots import publish
 
 log = logging.getLogger(__name__)
 
-HUB_IDS = ("huggingface", "modelscope", "kaggle")
 CACHE_PREFIXES = {"models--": "model", "datasets--": "dataset"}
 
 
@@ -135,8 +135,7 @@ class Importer:
         access: str = "public",
     ) -> list[ImportResult]:
         path = Path(path)
-        if hub not in HUB_IDS:
-            raise BadRequest(f"unknown hub {hub!r}; one of {', '.join(HUB_IDS)}")
+        check_hub(hub)
         if not path.is_dir():
             raise BadRequest(f"{path} is not a folder")
         tags = [check_revision(t) for t in tags]

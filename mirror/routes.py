@@ -13,12 +13,11 @@ import functools
 from dataclasses import dataclass
 from urllib.parse import unquote
 
+from peer import hubs
 from peer.errors import BadRequest, NotFound, UnsafePath
 from peer.hfformat import TYPE_PLURAL
 from peer.paths import check_repo_id, check_repo_path, check_revision
 
-#: Hubs served under /hubs/<id>/ (Hugging Face itself is served at the root).
-PREFIXED_HUBS = ("modelscope", "kaggle")
 _PLURAL_TYPE = {plural: t for t, plural in TYPE_PLURAL.items()}
 _API_MARKERS = ("revision", "tree", "refs", "paths-info", "commits")
 MAX_RAW_PATH = 4096
@@ -57,12 +56,12 @@ def _parse(raw_path: str) -> HubCall:
     if not raw_path.startswith("/"):
         raise BadRequest("request path must start with '/'")
     segments = raw_path[1:].split("/")
-    hub, prefix = "huggingface", ""
+    hub, prefix = hubs.DEFAULT, ""
     if len(segments) >= 2 and segments[0] == "hubs":
         hub = _decode(segments[1])
-        if hub not in PREFIXED_HUBS:
+        if hub not in hubs.PREFIXED:
             raise NotFound(f"unknown hub {hub!r}")
-        prefix = f"/hubs/{hub}"
+        prefix = hubs.prefix(hub)
         segments = segments[2:]
     if segments and segments[0] == "api":
         return _parse_api(hub, prefix, segments[1:])

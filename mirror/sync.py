@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
+from peer import hubs
 from peer.errors import (
     BadRequest,
     GatedRepo,
@@ -64,7 +65,7 @@ class SyncSpec:
     repo_id: str  # may be "org/*": every repo of that author
     revision: str = "main"
     endpoint: str | None = None  # the base URL of mirror: specs, the folder of local: ones
-    hub: str = "huggingface"  # the catalog namespace the repos land in
+    hub: str = hubs.DEFAULT  # the catalog namespace the repos land in
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
 
@@ -85,7 +86,7 @@ def parse_spec(text: str, include: Iterable[str] = (), exclude: Iterable[str] = 
     kind, sep, rest = text.partition(":")
     if not sep or kind not in ("hf", "hf-datasets", "mirror", "local"):
         raise BadRequest(f"{text!r}: a sync spec starts with hf:, hf-datasets:, mirror: or local:")
-    endpoint, hub = None, "huggingface"
+    endpoint, hub = None, hubs.DEFAULT
     if kind == "local":
         endpoint, sharp, rest = rest.partition("#")
         if not sharp or not endpoint.startswith("/"):
@@ -99,7 +100,7 @@ def parse_spec(text: str, include: Iterable[str] = (), exclude: Iterable[str] = 
         endpoint = endpoint.rstrip("/")
         prefix = re.search(r"/hubs/([a-z0-9_-]+)$", endpoint)
         if prefix:
-            hub = prefix.group(1)
+            hub = hubs.check_hub(prefix.group(1))
     repo_id, at, revision = rest.partition("@")
     revision = check_revision(revision) if at else "main"
     if repo_id.endswith("/*"):

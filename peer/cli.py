@@ -11,11 +11,12 @@ from pathlib import Path
 
 import click
 
+from . import hubs
+
 
 @click.command()
 @click.argument("repo")
-@click.option("--hub", default="huggingface", show_default=True,
-              type=click.Choice(["huggingface", "modelscope", "kaggle"]))
+@click.option("--hub", default=hubs.DEFAULT, show_default=True, type=click.Choice(hubs.HUBS))
 @click.option("--type", "repo_type", default="model", show_default=True,
               type=click.Choice(["model", "dataset"]))
 @click.option("--include", multiple=True, help="only paths matching this glob (repeatable)")

@@ -30,7 +30,9 @@ from prometheus_client import (
 from .bencode import bdecode, bencode
 from .errors import BadRequest, NotFound, RevisionNotFound
 from .hfcache import RepoCache, etag_of, hub_cache
+from .hfformat import REPO_TYPES
 from .http import errors_middleware
+from .hubs import HUBS
 from .manifest import ManifestError, UnknownKey, read_manifest
 from .paths import check_repo_id, check_revision, is_commit, is_sha256
 from .settings import PEER_FINGERPRINT, PeerConfig
@@ -164,8 +166,7 @@ class PeerDaemon:
 
     def _repo_dir(self, request: web.Request, root: str) -> Path:
         hub, repo_type, repo = (request.match_info[k] for k in ("hub", "type", "repo"))
-        if hub not in ("huggingface", "modelscope", "kaggle") or \
-                repo_type not in ("model", "dataset"):
+        if hub not in HUBS or repo_type not in REPO_TYPES:
             raise NotFound("no such hub or type")
         return self.home / root / hub / repo_type / check_repo_id(repo)
 

@@ -20,6 +20,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .errors import BadRequest, WeightswarmError
+from .hfformat import REPO_TYPES
+from .hubs import HUBS
 from .keys import parse_public_key, public_key_text
 from .paths import check_repo_id, check_repo_path, check_revision, is_commit, is_sha256
 
@@ -27,8 +29,6 @@ FORMAT = 1
 MAX_ENVELOPE = 64 * 1024 * 1024
 MAX_FILES = 1_000_000
 _DOMAIN = {"manifest": b"weightswarm manifest v1\0", "ref": b"weightswarm ref statement v1\0"}
-HUBS = ("huggingface", "modelscope", "kaggle")
-TYPES = ("model", "dataset")
 
 
 class ManifestError(WeightswarmError):
@@ -171,7 +171,7 @@ def _head(body: dict) -> tuple[str, str, str, str]:
 def _check_head(hub: str, type_: str, repo: str, commit: str) -> None:
     if hub not in HUBS:
         raise ManifestError(f"unknown hub {hub!r}")
-    if type_ not in TYPES:
+    if type_ not in REPO_TYPES:
         raise ManifestError(f"unknown repo type {type_!r}")
     try:
         check_repo_id(repo)

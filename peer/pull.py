@@ -39,7 +39,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-from . import atomic
+from . import atomic, hubs
 from .bencode import bdecode, bencode
 from .errors import (
     BadRequest,
@@ -78,7 +78,7 @@ class PullError(WeightswarmError):
 class PullSpec:
     repo_id: str
     revision: str = "main"
-    hub: str = "huggingface"
+    hub: str = hubs.DEFAULT
     repo_type: str = "model"
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()

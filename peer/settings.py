@@ -4,6 +4,7 @@ not import libtorrent."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 #: the start of our peer ids, so a downloader can tell a mirror's bytes from a peer's
 MIRROR_FINGERPRINT = "-WM0100-"
@@ -33,6 +34,8 @@ class SessionSettings:
 class PeerConfig:
     """The `[peer]` section: where `pull` asks, whom it believes, how the daemon runs."""
 
+    #: $WEIGHTSWARM_HOME: pinned keys, ref ledger, manifests and torrents pulled, resume data
+    home: Path = Path(".")
     mirrors: tuple[str, ...] = ()
     trusted_keys: tuple[str, ...] = ()
     host: str = "127.0.0.1"
