@@ -9,31 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiohttp import web
 from multidict import MultiDict
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from peer import hubs
 from peer.errors import BadRequest, NotFound, WeightswarmError
 from peer.hfformat import REPO_TYPES
 from peer.http import answer_errors, header_safe
 from peer.keys import load_or_create, public_key_text
+from peer.metrics import Children, metrics_response
 from peer.paths import check_repo_id, check_revision, is_commit, is_sha256
-from peer.service import until_stopped
+from peer.service import LOOPS, Service, background, listening
+from peer.service import serve as serve_services
+from peer.service import start as start_service
 from peer.settings import MIRROR_FINGERPRINT
 from peer.store import BlobStore
 
@@ -57,9 +55,8 @@ METRICS = web.AppKey("metrics", "Metrics")
 ROUTE = web.RequestKey("route", str)
 ANSWERS = web.AppKey("answers", CatalogAnswers)
 DISTRIBUTION = web.AppKey("distribution", Distribution)
-#: tracker announce URLs our torrents carry: [mirror] trackers, else the embedded tracker
-TRACKERS = web.AppKey("trackers", list)
 EGRESS = web.AppKey("egress", Egress)
+SESSION = web.AppKey("session", object)
 SEEDER = web.AppKey("seeder", object)
 
 
@@ -78,8 +75,9 @@ class Metrics:
             "weightswarm_mirror_egress_bytes",
             "Blob bytes sent: over BitTorrent, the web-seed route /blobs, and resolve",
             ["via"], registry=self.registry)
-        self._egress = {via: self.egress_bytes.labels(via)
-                        for via in ("bittorrent", "webseed", "resolve")}
+        self._egress = Children(self.egress_bytes)
+        for via in ("bittorrent", "webseed", "resolve"):
+            self._egress(via)  # each series shows from the start, at 0
         self.bt_torrents = Gauge("weightswarm_mirror_torrents_seeded", "Blobs seeded",
                                  registry=self.registry)
         self.bt_peers = Gauge("weightswarm_mirror_bittorrent_peers", "BitTorrent peers connected",
@@ -93,26 +91,21 @@ class Metrics:
                                      "Blobs scrubs found corrupt", registry=self.registry)
         self.repaired = Counter("weightswarm_mirror_repaired_blobs",
                                 "Corrupt blobs mended from the swarm", registry=self.registry)
-        self._children: dict[tuple[str, str], tuple] = {}
+        self._requests = Children(self.requests)
+        self._bytes_served = Children(self.bytes_served)
 
     def egress(self, sent: int, via: str) -> None:
         if sent > 0:
-            self._egress[via].inc(sent)
+            self._egress(via).inc(sent)
 
     def egress_counter(self, via: str) -> Callable[[int], None]:
         """For responses that count blob bytes as they hand them to the kernel."""
-        return self._egress[via].inc
+        return self._egress(via).inc
 
     def count(self, route: str, status: int, sent: int) -> None:
-        # labels() costs a lock and a dict lookup in prometheus_client: keep the children.
-        key = (route, str(status))
-        children = self._children.get(key)
-        if children is None:
-            children = self._children[key] = (self.requests.labels(*key),
-                                              self.bytes_served.labels(route))
-        children[0].inc()
+        self._requests(route, str(status)).inc()
         if sent:
-            children[1].inc(sent)
+            self._bytes_served(route).inc(sent)
 
 
 _NO_QUERY: MultiDict[str] = MultiDict()
@@ -296,99 +289,141 @@ async def metrics(request: web.Request) -> web.Response:
     m.store_blobs.set(await _on_catalog(request, catalog.blob_count))
     m.store_bytes.set(await _on_catalog(request, catalog.store_bytes))
     m.corrupt_blobs.set(len(await _on_catalog(request, catalog.corrupt_blobs)))
-    return web.Response(body=generate_latest(m.registry),
-                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return metrics_response(m.registry)
 
 
 async def index(request: web.Request) -> web.Response:
     request[ROUTE] = "index"
-    seeder = request.app[SEEDER]
+    session = request.app[SESSION]
     return web.json_response({
         "service": "weightswarm mirror",
         "key": request.app[PUBLIC_KEY],
         "hf_endpoint": _base_url(request),
-        "bittorrent_port": seeder.session.port if seeder is not None else None,
+        "bittorrent_port": session.port if session is not None else None,
     })
 
 
-# -- the application -----------------------------------------------------------------------------
+# -- the application: each resource in its own cleanup_ctx entry (peer/service.py) ----------
 
 
-async def _resources(app: web.Application):
+async def _catalog(app: web.Application) -> AsyncIterator[None]:
+    """The catalog on a thread of its own, the store, and the lookups over them."""
     config = app[CONFIG]
     loop = asyncio.get_running_loop()
-    thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="catalog")
-    catalog = await loop.run_in_executor(thread, Catalog, config.catalog_path)
-    store = BlobStore(config.store_dir)
+    async with contextlib.AsyncExitStack() as opened:
+        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="catalog")
+        opened.callback(thread.shutdown, wait=True)
+        catalog = await loop.run_in_executor(thread, Catalog, config.catalog_path)
+        opened.push_async_callback(loop.run_in_executor, thread, catalog.close)
+        answers = CatalogAnswers(config.catalog_path)
+        opened.callback(answers.close)
+        app[CATALOG_THREAD] = thread
+        app[SERVICE] = HubService(catalog, BlobStore(config.store_dir))
+        app[ANSWERS] = answers
+        yield
+
+
+async def _identity(app: web.Application) -> AsyncIterator[None]:
+    """The mirror's key, and what it signs with it: manifests and ref statements."""
+    config = app[CONFIG]
     key = load_or_create(config.key_path)
-    app[CATALOG_THREAD] = thread
-    app[SERVICE] = HubService(catalog, store)
-    app[ANSWERS] = CatalogAnswers(config.catalog_path)
     app[PUBLIC_KEY] = public_key_text(key)
-    app[DISTRIBUTION] = Distribution(catalog, key)
+    app[DISTRIBUTION] = Distribution(app[SERVICE].catalog, key)
     log.info("mirror home %s, key %s", config.home, app[PUBLIC_KEY])
-    app[EGRESS] = Egress(config.mirror.egress_limit)
-    app[SEEDER] = None
-    if config.mirror.bittorrent is not None:
-        app[SEEDER] = await _start_seeder(app, catalog, store)
-    tasks = [asyncio.create_task(_flush_access_log())]
-    if config.mirror.syncs:
-        tasks.append(asyncio.create_task(_scheduler(config).run()))
     yield
-    if app[SEEDER] is not None:
-        await app[SEEDER].close()
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-    _flush_handlers(access_log)
-    app[ANSWERS].close()
-    await loop.run_in_executor(thread, catalog.close)
-    thread.shutdown(wait=True)
 
 
-async def _start_seeder(app: web.Application, catalog: Catalog, store: BlobStore):
+async def _egress(app: web.Application) -> AsyncIterator[None]:
+    app[EGRESS] = Egress(app[CONFIG].mirror.egress_limit)
+    yield
+
+
+async def _session(app: web.Application) -> AsyncIterator[None]:
+    """The process's libtorrent session, when the mirror seeds."""
+    settings = app[CONFIG].mirror.bittorrent
+    app[SESSION] = None
+    if settings is None:
+        yield
+        return
     from peer.session import Session
 
+    session = Session(settings, fingerprint=MIRROR_FINGERPRINT)
+    session.start()
+    app[SESSION] = session
+    try:
+        yield
+    finally:
+        session.close()
+
+
+async def _seeder(app: web.Application) -> AsyncIterator[None]:
+    """Seeding every large public blob, under the egress budget; scrub and repair."""
+    app[SEEDER] = None
+    if app[SESSION] is None:
+        yield
+        return
     from .seeding import Seeder
     from .syncjobs import refetch_blob
 
     config = app[CONFIG]
     loop = asyncio.get_running_loop()
+    catalog = app[SERVICE].catalog
 
     def on_catalog(fn, *args):
         return loop.run_in_executor(app[CATALOG_THREAD], lambda: fn(*args))
 
     seeder = Seeder(
-        session=Session(config.mirror.bittorrent, fingerprint=MIRROR_FINGERPRINT), store=store, repair_dir=config.repair_dir,
-        egress=app[EGRESS], trackers=app[TRACKERS], on_catalog=on_catalog, catalog=catalog,
-        catalog_version=app[ANSWERS].version, scrub_interval=config.mirror.scrub_interval,
-        metrics=app[METRICS], refetch=lambda sha256: refetch_blob(config, sha256))
+        session=app[SESSION], store=app[SERVICE].store, repair_dir=config.repair_dir,
+        egress=app[EGRESS], trackers=list(config.mirror.trackers), on_catalog=on_catalog,
+        catalog=catalog, catalog_version=app[ANSWERS].version, loops=app[LOOPS],
+        scrub_interval=config.mirror.scrub_interval, metrics=app[METRICS],
+        refetch=lambda sha256: refetch_blob(config, sha256))
     await seeder.start()
-    return seeder
+    app[SEEDER] = seeder
+    try:
+        yield
+    finally:
+        await seeder.close()
 
 
-def _scheduler(config: Config):
+async def _scheduler(app: web.Application) -> AsyncIterator[None]:
+    """The `[[mirror.sync]]` jobs, each run at start and then every interval."""
+    config = app[CONFIG]
+    if not config.mirror.syncs:
+        yield
+        return
     from .sync import parse_spec
     from .syncjobs import Scheduler, SyncJob
 
     jobs = [SyncJob(parse_spec(j["spec"], j["include"], j["exclude"]), j["interval"])
             for j in config.mirror.syncs]
     log.info("scheduled syncs: %s", ", ".join(f"{j.spec} every {j.interval:.0f}s" for j in jobs))
-    return Scheduler(config, jobs)
+    task = app[LOOPS].spawn(Scheduler(config, jobs).run(), "sync scheduler")
+    try:
+        yield
+    finally:
+        await app[LOOPS].stop([task])
+
+
+async def _access_log(app: web.Application) -> AsyncIterator[None]:
+    """The CLI batches access-log lines (mirror/cli.py): they reach the log within a second."""
+
+    async def flush_every_second() -> None:
+        while True:
+            await asyncio.sleep(1)
+            _flush_handlers(access_log)
+
+    task = app[LOOPS].spawn(flush_every_second(), "access log")
+    try:
+        yield
+    finally:
+        await app[LOOPS].stop([task])
+        _flush_handlers(access_log)
 
 
 def _flush_handlers(logger: logging.Logger) -> None:
     for handler in logger.handlers:
         handler.flush()
-
-
-async def _flush_access_log() -> None:
-    """The CLI batches access-log lines (mirror/cli.py): they reach the log within a second."""
-    while True:
-        await asyncio.sleep(1)
-        _flush_handlers(access_log)
 
 
 async def snapshot_info(request: web.Request) -> web.Response:
@@ -420,7 +455,7 @@ async def torrent(request: web.Request) -> web.Response:
         raise BadRequest("a torrent is named by its blob's 64 lower-case hex sha256")
     info, _ = await _answer(request, ("torrent", sha256), request.app[DISTRIBUTION].torrent,
                             sha256)
-    trackers = request.app[TRACKERS]
+    trackers = list(request.app[CONFIG].mirror.trackers)
     web_seed = f"{_base_url(request)}/blobs/sha256/{sha256}"
     if request.query.get("format") == "magnet":
         return web.json_response({"magnet": magnet(info, trackers, web_seed)})
@@ -447,12 +482,14 @@ def _distribution_repo(request: web.Request) -> tuple[str, str, str]:
     return hub, repo_type, check_repo_id(repo_id)
 
 
-def create_app(config: Config, trackers: list[str] | None = None) -> web.Application:
+def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[observe])
     app[CONFIG] = config
-    app[TRACKERS] = list(config.mirror.trackers or trackers or [])
     app[METRICS] = Metrics()
-    app.cleanup_ctx.append(_resources)
+    app.cleanup_ctx.extend([
+        listening(config.mirror.host, config.mirror.port), background("mirror"), _catalog,
+        _identity, _egress, _session, _seeder, _scheduler, _access_log,
+    ])
     app.router.add_get("/", index)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/weightswarm/key", public_key)
@@ -465,42 +502,40 @@ def create_app(config: Config, trackers: list[str] | None = None) -> web.Applica
     return app
 
 
-async def start(config: Config, trackers: list[str] | None = None
-                ) -> tuple[web.AppRunner, int]:
-    """Start serving; returns the runner and the port obtained (port 0 picks a free one)."""
-    runner = web.AppRunner(create_app(config, trackers), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, config.mirror.host, config.mirror.port)
-    await site.start()
-    port = runner.addresses[0][1]
-    log.info("mirror listening on http://%s:%d (HF_ENDPOINT=http://%s:%d)",
-             config.mirror.host, port, config.mirror.host, port)
-    return runner, port
+async def start(config: Config) -> Service:
+    """Open the mirror's resources and start serving (port 0 picks a free one)."""
+    app = create_app(config)
+    service = await start_service(app, "mirror")
+    session = app[SESSION]
+    service = dataclasses.replace(service, key=app[PUBLIC_KEY],
+                                  bittorrent_port=session.port if session else None)
+    log.info("mirror listening on %s (HF_ENDPOINT=%s)", service.url, service.url)
+    return service
 
 
 async def serve(config: Config, *, with_tracker: bool = False) -> None:
-    """Serve until SIGINT or SIGTERM, then close connections and the catalog cleanly. The
-    all-in-one node runs the tracker in the same process and loop."""
-    tracker = None
-    embedded = []
-    if with_tracker:
-        from tracker import app as tracker_app
+    """Serve until SIGINT or SIGTERM, then close connections and every resource cleanly. The
+    all-in-one node runs the tracker in the same process and loop, and announces to it unless
+    `[mirror] trackers` names others."""
+    started: list[Service] = []
+    try:
+        if with_tracker:
+            from tracker import app as tracker_app
 
-        tracker = await tracker_app.start(config.tracker)
-        embedded = [f"http://{config.tracker.host}:{tracker[2]}/announce"]
-    runner, _ = await start(config, embedded)
+            tracker = await tracker_app.start(config.tracker)
+            started.append(tracker)
+            if not config.mirror.trackers:
+                mirror = dataclasses.replace(config.mirror, trackers=(f"{tracker.url}/announce",))
+                config = dataclasses.replace(config, mirror=mirror)
+        started.append(await start(config))
+    except BaseException:
+        for service in reversed(started):
+            await service.stop()
+        raise
     # Everything alive now lives as long as the server: keep it out of the collector's scans,
     # and collect the young generation less often; full collections otherwise show as the
     # tail of request latency.
     gc.collect()
     gc.freeze()
     gc.set_threshold(10_000, 20, 20)
-    try:
-        await until_stopped()
-        log.info("mirror stopping")
-    finally:
-        if tracker is not None:
-            tracker_runner, udp, _ = tracker
-            udp.close()
-            await tracker_runner.cleanup()
-        await runner.cleanup()
+    await serve_services(*started)

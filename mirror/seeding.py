@@ -11,7 +11,6 @@ periodic blake3 scrub, and mends blobs found corrupt from the swarm.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,6 +19,7 @@ from typing import Any
 
 from peer.atomic import place
 from peer.hashing import hash_file
+from peer.service import Loops
 from peer.store import BlobStore
 from peer.torrent import info_hash as compute_info_hash
 
@@ -39,7 +39,7 @@ ADD_BATCH = 500
 class Seeder:
     def __init__(self, *, session, store: BlobStore, repair_dir: Path, egress: Egress,
                  trackers: list[str], on_catalog: Callable[..., Awaitable[Any]],
-                 catalog: Catalog, catalog_version: Callable[[], int],
+                 catalog: Catalog, catalog_version: Callable[[], int], loops: Loops,
                  scrub_interval: float = 0, metrics=None,
                  refetch: Callable[[str], bool] | None = None):
         self.session = session
@@ -50,6 +50,8 @@ class Seeder:
         self._on_catalog = on_catalog
         self.catalog = catalog
         self._catalog_version = catalog_version
+        #: the service's background loops: ours run there
+        self.loops = loops
         self.scrub_interval = scrub_interval
         self.metrics = metrics
         #: fetches a blob again from its upstream (blocking; run in a thread)
@@ -70,24 +72,20 @@ class Seeder:
     # -- life ------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.session.start()
+        """Seed what the catalog holds now, then follow it (the session is started already)."""
         if self.egress.limited:
             self.session.limit_every_peer()
         await self.reconcile()
-        self._tasks = [asyncio.create_task(self._follow()),
-                       asyncio.create_task(self._steer())]
+        self._tasks = [self.loops.spawn(self._follow(), "following the catalog"),
+                       self.loops.spawn(self._steer(), "egress steering")]
         if self.scrub_interval > 0:
-            self._tasks.append(asyncio.create_task(self._scrub_periodically()))
+            self._tasks.append(self.loops.spawn(self._scrub_periodically(), "scrub"))
         log.info("seeding %d blobs over BitTorrent on port %d, announcing to %s",
                  len(self.seeding), self.session.port, ", ".join(self.trackers) or "no tracker")
 
     async def close(self) -> None:
-        for task in (*self._tasks, *self.repairs.values()):
-            task.cancel()
-        for task in (*self._tasks, *self.repairs.values()):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        self.session.close()
+        """Stop following, steering, scrubbing and repairing (the session closes after)."""
+        await self.loops.stop([*self._tasks, *self.repairs.values()])
 
     # -- following the catalog --------------------------------------------------------------
 
@@ -114,7 +112,8 @@ class Seeder:
                 log.info("seeding %d more blobs (%d in all)", added, len(self.seeding))
             for record, reason in corrupt:
                 if record.sha256 not in self.repairs:
-                    self.repairs[record.sha256] = asyncio.create_task(self._repair(record, reason))
+                    self.repairs[record.sha256] = self.loops.spawn(
+                        self._repair(record, reason), f"repair {record.sha256[:12]}")
 
     def _seed(self, record: BlobRecord) -> None:
         path = self.store.path_for(record.sha256)
@@ -180,46 +179,53 @@ class Seeder:
                 log.exception("scrub failed; trying again at the next interval")
 
     async def _repair(self, record: BlobRecord, reason: str) -> None:
-        """Fetch the bad pieces of a blob from the swarm, check the whole blob, put it back."""
-        sha256 = record.sha256
+        """Mend one blob; should that fail, the next look at the catalog tries again (the blob
+        stays marked corrupt, out of service, meanwhile)."""
         try:
-            old = self.seeding.pop(sha256, None)
-            if old is not None:
-                self.session.remove(old)
-            # Marked by another process (`mirror scrub`), or moved already: either way here.
-            target = take_out(self.store, self.repair_dir, sha256)
-            published = self.store.path_for(sha256)
-            if record.piece_length:
-                log.info("repairing blob %s (%s) from the swarm", sha256, reason)
-                info = blob_info(record, private=False)
-                key = self.session.add(info, self.repair_dir, trackers=self.trackers)
-                source = await self._mend(record, key, target)
-                self.session.remove(key)
-            else:  # small: no torrent, only its upstream has it
-                log.info("repairing blob %s (%s) from its upstream", sha256, reason)
-                wait = self.upstream_after
-                while not (self.refetch and await asyncio.to_thread(self.refetch, sha256)):
-                    await asyncio.sleep(wait)
-                    wait = min(wait * 2, 3600)
-                source = "upstream"
-            if source == "swarm":
-                place(target, published, mode=0o444)
-                await self._on_catalog(self.catalog.clear_corrupt, sha256)
-            else:
-                target.unlink(missing_ok=True)  # the upstream's copy is in the store already
-            self.repaired.append(sha256)
-            log.info("blob %s repaired from the %s and verified", sha256, source)
-            if self.metrics is not None:
-                self.metrics.repaired.inc()
+            await self._mend_blob(record, reason)
+        except Exception:
+            log.exception("repairing blob %s failed; trying again later", record.sha256)
         finally:
-            self.repairs.pop(sha256, None)
+            self.repairs.pop(record.sha256, None)
         await self.reconcile()
+
+    async def _mend_blob(self, record: BlobRecord, reason: str) -> None:
+        """Fetch the bad pieces of a blob from the swarm (or the whole blob from its upstream),
+        check the whole blob, put it back."""
+        sha256 = record.sha256
+        old = self.seeding.pop(sha256, None)
+        if old is not None:
+            self.session.remove(old)
+        # Marked by another process (`mirror scrub`), or moved already: either way here.
+        target = take_out(self.store, self.repair_dir, sha256)
+        if record.piece_length:
+            log.info("repairing blob %s (%s) from the swarm", sha256, reason)
+            key = self.session.add(blob_info(record, private=False), self.repair_dir,
+                                   trackers=self.trackers)
+            source = await self._mend(record, key, target)
+            self.session.remove(key)
+        else:  # small: no torrent, only its upstream has it
+            log.info("repairing blob %s (%s) from its upstream", sha256, reason)
+            wait = self.upstream_after
+            while not (self.refetch and await asyncio.to_thread(self.refetch, sha256)):
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, 3600)
+            source = "upstream"
+        if source == "swarm":
+            place(target, self.store.path_for(sha256), mode=0o444)
+            await self._on_catalog(self.catalog.clear_corrupt, sha256)
+        else:
+            target.unlink(missing_ok=True)  # the upstream's copy is in the store already
+        self.repaired.append(sha256)
+        log.info("blob %s repaired from the %s and verified", sha256, source)
+        if self.metrics is not None:
+            self.metrics.repaired.inc()
 
     async def _mend(self, record: BlobRecord, key: str, target: Path) -> str:
         """Wait for the swarm to supply the wrong pieces; when it has not after a while, and a
         sync brought the blob, fetch it again from that upstream. Returns where it came from."""
         wait = self.upstream_after
-        finished = asyncio.ensure_future(self._from_swarm(record, key, target))
+        finished = asyncio.create_task(self._from_swarm(record, key, target))
         try:
             while True:
                 done, _ = await asyncio.wait([finished], timeout=wait)
@@ -234,6 +240,7 @@ class Seeder:
                 wait = min(wait * 2, 3600)
         finally:
             finished.cancel()
+            await asyncio.wait([finished])
 
     async def _from_swarm(self, record: BlobRecord, key: str, target: Path) -> None:
         while True:

@@ -67,11 +67,10 @@ def peer() -> None:
 @click.pass_obj
 def peer_serve(state, host: str | None, port: int | None) -> None:
     """Seed every blob of the local Hugging Face cache that a trusted manifest names."""
-    from .daemon import PeerDaemon
+    from .daemon import serve
 
     config = state.load({("peer", "host"): host, ("peer", "port"): port})
-    daemon = PeerDaemon(config.peer, config.home)
     try:
-        asyncio.run(daemon.run(config.peer.host, config.peer.port))
+        asyncio.run(serve(config.peer))
     except KeyboardInterrupt:
         pass

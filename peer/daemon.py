@@ -11,21 +11,16 @@ in this daemon: a pull believes only signatures from keys it trusts, and checks 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import dataclasses
 import json
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
 from aiohttp import web
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from .bencode import bdecode, bencode
 from .errors import BadRequest, NotFound, RevisionNotFound
@@ -34,7 +29,11 @@ from .hfformat import REPO_TYPES
 from .http import errors_middleware
 from .hubs import HUBS
 from .manifest import ManifestError, UnknownKey, read_manifest
+from .metrics import Children, metrics_response
 from .paths import check_repo_id, check_revision, is_commit, is_sha256
+from .service import LOOPS, Service, background, listening
+from .service import serve as serve_services
+from .service import start as start_service
 from .settings import PEER_FINGERPRINT, PeerConfig
 from .torrent import info_hash
 from .trust import Trust
@@ -55,11 +54,13 @@ class Held:
 
 
 class PeerDaemon:
-    def __init__(self, config: PeerConfig, home: Path):
+    """What the daemon holds and seeds, and its HTTP handlers (over that state only)."""
+
+    def __init__(self, config: PeerConfig):
         self.config = config
-        self.home = home
+        self.home = config.home
         self.cache = Path(config.cache) if config.cache else hub_cache()
-        self.trust = Trust(home, config.trusted_keys)
+        self.trust = Trust(self.home, config.trusted_keys)
         self.held: dict[str, Held] = {}
         self.seeding: dict[str, str] = {}  # sha256 → info-hash
         self._seen: dict[Path, float] = {}
@@ -69,8 +70,9 @@ class PeerDaemon:
                                 registry=self.registry)
         self.m_peers = Gauge("weightswarm_peer_bittorrent_peers", "BitTorrent peers connected",
                              registry=self.registry)
-        self.m_up = Counter("weightswarm_peer_uploaded_bytes", "Payload bytes sent, by way",
-                            ["via"], registry=self.registry)
+        self.m_up = Children(Counter("weightswarm_peer_uploaded_bytes",
+                                     "Payload bytes sent, by way", ["via"],
+                                     registry=self.registry))
         self._sent = 0
 
     # -- what we hold ---------------------------------------------------------------------------
@@ -137,7 +139,7 @@ class PeerDaemon:
                     log.info("seeding %d more blobs (%d in all)", len(new), len(self.seeding))
                 counters = await self.session.stats()
                 sent = counters.get("net.sent_payload_bytes", 0)
-                self.m_up.labels("bittorrent").inc(max(0, sent - self._sent))
+                self.m_up("bittorrent").inc(max(0, sent - self._sent))
                 self._sent = sent
                 self.m_peers.set(counters.get("peer.num_peers_connected", 0))
             except Exception:
@@ -145,24 +147,12 @@ class PeerDaemon:
 
     # -- HTTP ---------------------------------------------------------------------------------------
 
-    def app(self) -> web.Application:
-        app = web.Application(middlewares=[errors_middleware])
-        app.router.add_get("/", self.index)
-        app.router.add_get("/metrics", self.metrics)
-        app.router.add_get("/api/weightswarm/snapshots/{hub}/{type}/{repo:.+}", self.snapshot)
-        app.router.add_get("/api/weightswarm/manifests/{hub}/{type}/{repo:.+}/{commit}",
-                           self.manifest)
-        app.router.add_get("/api/weightswarm/torrents/{sha256}.torrent", self.torrent)
-        app.router.add_get("/blobs/sha256/{sha256}", self.blob)
-        return app
-
     async def index(self, request: web.Request) -> web.Response:
         return web.json_response({"service": "weightswarm peer", "seeding": len(self.seeding),
                                   "bittorrent_port": self.session.port if self.session else None})
 
     async def metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(self.registry),
-                            headers={"Content-Type": CONTENT_TYPE_LATEST})
+        return metrics_response(self.registry)
 
     def _repo_dir(self, request: web.Request, root: str) -> Path:
         hub, repo_type, repo = (request.match_info[k] for k in ("hub", "type", "repo"))
@@ -206,39 +196,66 @@ class PeerDaemon:
         held = self.held.get(sha256) if is_sha256(sha256) else None
         if held is None:
             raise NotFound("no such blob here")
-        self.m_up.labels("http").inc(held.size)
+        self.m_up("http").inc(held.size)
         return web.FileResponse(held.path)
 
-    # -- life -----------------------------------------------------------------------------------
 
-    async def run(self, host: str, port: int, started: asyncio.Future | None = None) -> None:
-        from .service import until_stopped
-        from .session import Session
+# -- the service: each resource in its own cleanup_ctx entry (peer/service.py) --------------
 
-        self.session = Session(self.config.serve_bt, fingerprint=PEER_FINGERPRINT)
-        self.session.start()
-        self.seed(await asyncio.to_thread(self.scan))
-        runner = web.AppRunner(self.app(), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        http_port = runner.addresses[0][1]
-        log.info("peer daemon: seeding %d blobs from %s on BitTorrent port %d; "
-                 "http://%s:%d/metrics", len(self.seeding), self.cache, self.session.port,
-                 host, http_port)
-        rescan = asyncio.create_task(self._rescan())
-        try:
-            if started is not None:
-                started.set_result(http_port)
-                await asyncio.Event().wait()
-            else:
-                await until_stopped()
-        finally:
-            rescan.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await rescan
-            await runner.cleanup()
-            self.session.close()
+DAEMON = web.AppKey("daemon", PeerDaemon)
+
+
+async def _session(app: web.Application) -> AsyncIterator[None]:
+    from .session import Session
+
+    daemon = app[DAEMON]
+    daemon.session = Session(daemon.config.serve_bt, fingerprint=PEER_FINGERPRINT)
+    daemon.session.start()
+    try:
+        yield
+    finally:
+        daemon.session.close()
+
+
+async def _seeding(app: web.Application) -> AsyncIterator[None]:
+    """Seed what the cache holds now, then look for new pulls every few seconds."""
+    daemon = app[DAEMON]
+    daemon.seed(await asyncio.to_thread(daemon.scan))
+    task = app[LOOPS].spawn(daemon._rescan(), "looking for new pulls")
+    try:
+        yield
+    finally:
+        await app[LOOPS].stop([task])
+
+
+def create_app(config: PeerConfig) -> web.Application:
+    daemon = PeerDaemon(config)
+    app = web.Application(middlewares=[errors_middleware])
+    app[DAEMON] = daemon
+    app.cleanup_ctx.extend([listening(config.host, config.port), background("peer daemon"),
+                            _session, _seeding])
+    app.router.add_get("/", daemon.index)
+    app.router.add_get("/metrics", daemon.metrics)
+    app.router.add_get("/api/weightswarm/snapshots/{hub}/{type}/{repo:.+}", daemon.snapshot)
+    app.router.add_get("/api/weightswarm/manifests/{hub}/{type}/{repo:.+}/{commit}",
+                       daemon.manifest)
+    app.router.add_get("/api/weightswarm/torrents/{sha256}.torrent", daemon.torrent)
+    app.router.add_get("/blobs/sha256/{sha256}", daemon.blob)
+    return app
+
+
+async def start(config: PeerConfig) -> Service:
+    app = create_app(config)
+    service = await start_service(app, "peer daemon")
+    daemon = app[DAEMON]
+    service = dataclasses.replace(service, bittorrent_port=daemon.session.port)
+    log.info("peer daemon: seeding %d blobs from %s on BitTorrent port %d; %s/metrics",
+             len(daemon.seeding), daemon.cache, daemon.session.port, service.url)
+    return service
+
+
+async def serve(config: PeerConfig) -> None:
+    await serve_services(await start(config))
 
 
 def _info_hash(path: Path) -> str | None:

@@ -1,19 +1,230 @@
-"""What every long-running weightswarm service shares."""
+"""The shape every long-running weightswarm service shares: the mirror, the tracker and the peer
+daemon (STYLE.md, "the shape of a module").
+
+- `create_app(config)` builds an aiohttp application. Each resource the service needs (its
+  listening socket, a thread, a libtorrent session, a UDP endpoint, a scheduler) opens in its
+  own `cleanup_ctx` entry, in order, and closes in reverse: a failure half-way through start-up
+  closes exactly what was opened before it, and nothing else.
+- Its background loops run in the service's `Loops`: one `asyncio.TaskGroup`, held open by a
+  task of its own so that a loop started by any resource belongs to it. Each resource cancels
+  and awaits its own loops when it closes; whatever is left is cancelled and awaited last. A
+  loop that fails takes the group down, as a failing child does a trio nursery: the failure is
+  logged and the service stops, never left running with a loop silently dead.
+- `start(app, name)` opens every resource, then accepts connections on the app's listening
+  socket, and returns a `Service`: where it listens, what it says of itself, and `stop()`.
+- `serve(*services)` runs them until SIGINT or SIGTERM, or until one of them fails.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import signal
+import socket
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from .errors import WeightswarmError
+
+log = logging.getLogger(__name__)
 
 
-async def until_stopped() -> None:
-    """Return on SIGINT or SIGTERM, so the caller can close its connections and files."""
+class ServiceFailed(WeightswarmError):
+    """A service stopped on its own: one of its background loops failed (the log says why)."""
+
+
+class Loops:
+    """The background loops of one service, in one TaskGroup the service owns."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._group: asyncio.TaskGroup | None = None
+        self._host: asyncio.Task | None = None
+        self._closing = asyncio.Event()
+        self._tasks: set[asyncio.Task] = set()
+        #: set when a loop failed: the service is to stop
+        self.failed = asyncio.Event()
+
+    async def open(self) -> None:
+        ready = asyncio.get_running_loop().create_future()
+        self._host = asyncio.create_task(self._hold(ready), name=f"{self.name} loops")
+        await ready
+
+    async def _hold(self, ready: asyncio.Future) -> None:
+        try:
+            async with asyncio.TaskGroup() as group:
+                self._group = group
+                ready.set_result(None)
+                await self._closing.wait()
+                for task in list(self._tasks):
+                    task.cancel()
+        except Exception as e:  # an ExceptionGroup of what the loops raised
+            log.error("%s: a background loop failed; the service stops", self.name, exc_info=e)
+            self.failed.set()
+        finally:
+            self._group = None
+            if not ready.done():
+                ready.set_result(None)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task:
+        """Run `coro` as one of the service's loops."""
+        if self._group is None:
+            coro.close()
+            raise RuntimeError(f"{self.name} is not running: no loop can start")
+        task = self._group.create_task(coro, name=f"{self.name}: {name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def stop(self, tasks: list[asyncio.Task]) -> None:
+        """Cancel these loops and wait until they are gone (a resource closing its own)."""
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+
+    async def close(self) -> None:
+        self._closing.set()
+        if self._host is not None:
+            await self._host
+
+
+LISTENER = web.AppKey("listener", socket.socket)
+LOOPS = web.AppKey("loops", Loops)
+
+CleanupContext = Callable[[web.Application], AsyncIterator[None]]
+
+
+def bind_tcp(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port (port 0: any free one), not yet listening."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def listening(host: str, port: int) -> CleanupContext:
+    """The service's HTTP socket, bound first: its port is known to every later resource
+    (the tracker's UDP endpoint takes the same number)."""
+
+    async def listener(app: web.Application) -> AsyncIterator[None]:
+        sock = bind_tcp(host, port)
+        app[LISTENER] = sock
+        try:
+            yield
+        finally:
+            sock.close()
+
+    return listener
+
+
+def background(name: str) -> CleanupContext:
+    """The service's `Loops`, opened before the resources that start loops in it."""
+
+    async def loops(app: web.Application) -> AsyncIterator[None]:
+        app[LOOPS] = group = Loops(name)
+        await group.open()
+        try:
+            yield
+        finally:
+            await group.close()
+
+    return loops
+
+
+def port_of(app: web.Application) -> int:
+    return app[LISTENER].getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Service:
+    """A started service."""
+
+    name: str
+    host: str
+    port: int
+    runner: web.AppRunner = dataclasses.field(repr=False)
+    #: the service's public key (a mirror's), if it has one
+    key: str | None = None
+    #: its BitTorrent listen port (a mirror's or a peer daemon's), if it seeds
+    bittorrent_port: int | None = None
+
+    @property
+    def netloc(self) -> str:
+        """host:port to reach it at (a wildcard address reached on loopback)."""
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(self.host, self.host)
+        return f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.netloc}"
+
+    @property
+    def app(self) -> web.Application:
+        return self.runner.app
+
+    @property
+    def failed(self) -> bool:
+        return self.app[LOOPS].failed.is_set()
+
+    async def stop(self) -> None:
+        """Stop accepting, finish what is in flight, close every resource in reverse."""
+        await self.runner.cleanup()
+
+
+async def start(app: web.Application, name: str) -> Service:
+    """Open every resource of `app`, then accept connections on its listening socket. Should
+    anything fail, what was opened is closed again before the error propagates."""
+    runner = web.AppRunner(app, access_log=None)
+    try:
+        await runner.setup()
+        await web.SockSite(runner, app[LISTENER]).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    host, port = app[LISTENER].getsockname()[:2]
+    return Service(name, host, port, runner)
+
+
+async def until_stopped(*services: Service) -> None:
+    """Return on SIGINT or SIGTERM; raise `ServiceFailed` if one of the services stopped on its
+    own first."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    waits = [asyncio.create_task(stop.wait())]
+    waits += [asyncio.create_task(s.app[LOOPS].failed.wait()) for s in services]
     try:
-        await stop.wait()
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        for task in waits:
+            task.cancel()
+        await asyncio.wait(waits)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+    failed = [s.name for s in services if s.failed]
+    if failed:
+        raise ServiceFailed(f"{', '.join(failed)} stopped: a background loop failed (see the log)")
+
+
+async def serve(*services: Service) -> None:
+    """Serve until stopped (or failed), then stop every service, the last started first."""
+    try:
+        await until_stopped(*services)
+        log.info("stopping %s", ", ".join(s.name for s in services))
+    finally:
+        for service in reversed(services):
+            try:
+                await service.stop()
+            except Exception:
+                log.exception("stopping %s failed", service.name)

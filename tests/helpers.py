@@ -12,13 +12,14 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from mirror import app as mirror_app
 from mirror.config import Config, load_config
+from peer.service import Service
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
@@ -41,31 +42,63 @@ def make_config(home: Path, **mirror_overrides) -> Config:
 
 
 @dataclass
-class RunningMirror:
-    config: Config
-    port: int
+class Running:
+    """One of our services (peer/service.py), serving from its own event loop in a daemon
+    thread, so that a test can use it with blocking clients."""
+
+    service: Service
     loop: asyncio.AbstractEventLoop
     thread: threading.Thread
-    runner: object
+    #: the configuration it was started with
+    config: object = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.service.url
+
+    @property
+    def port(self) -> int:
+        return self.service.port
+
+    @property
+    def app(self):
+        return self.service.app
+
+    def call(self, coro, timeout: float = 30):
+        """Run a coroutine on the service's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.runner.cleanup(), self.loop).result(30)
+        self.call(self.service.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(30)
         self.loop.close()
 
 
-def start_mirror(config: Config) -> RunningMirror:
-    """The real aiohttp app, serving from its own event loop in a daemon thread."""
+def start_service(start: Callable[[object], Awaitable[Service]], config) -> Running:
+    """`start(config)` (a service module's own `start`) in a new event loop and thread."""
     loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="mirror", daemon=True)
+    thread = threading.Thread(target=loop.run_forever, name=start.__module__, daemon=True)
     thread.start()
-    runner, port = asyncio.run_coroutine_threadsafe(mirror_app.start(config), loop).result(30)
-    return RunningMirror(config, port, loop, thread, runner)
+    try:
+        service = asyncio.run_coroutine_threadsafe(start(config), loop).result(30)
+    except BaseException:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        loop.close()
+        raise
+    return Running(service, loop, thread, config)
+
+
+def start_mirror(config: Config) -> Running:
+    return start_service(mirror_app.start, config)
+
+
+def start_tracker(config) -> Running:
+    """Our tracker (HTTP and UDP on one port)."""
+    from tracker import app as tracker_app
+
+    return start_service(tracker_app.start, config)
 
 
 def sample_model_dir() -> Path:
@@ -279,38 +312,3 @@ class DroppingProxy:
     def close(self) -> None:
         self._closed = True
         self._listener.close()
-
-
-@dataclass
-class RunningTracker:
-    port: int
-    loop: asyncio.AbstractEventLoop
-    thread: threading.Thread
-    runner: object
-    udp: object
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        async def close():
-            self.udp.close()
-            await self.runner.cleanup()
-
-        asyncio.run_coroutine_threadsafe(close(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(30)
-        self.loop.close()
-
-
-def start_tracker(config) -> RunningTracker:
-    """The real tracker (HTTP and UDP on one port) in its own loop in a daemon thread."""
-    from tracker import app as tracker_app
-
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="tracker", daemon=True)
-    thread.start()
-    runner, udp, port = asyncio.run_coroutine_threadsafe(
-        tracker_app.start(config), loop).result(30)
-    return RunningTracker(port, loop, thread, runner, udp)

@@ -19,17 +19,15 @@ import secrets
 import socket
 import struct
 import time
+from collections.abc import AsyncIterator
 
 from aiohttp import web
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from peer.service import until_stopped
+from peer.metrics import Children, metrics_response
+from peer.service import LOOPS, Service, background, listening, port_of
+from peer.service import serve as serve_services
+from peer.service import start as start_service
 
 from .config import Locality, TrackerConfig
 from .swarm import Peer, SwarmTable, TrackerRefused, select_peers
@@ -57,6 +55,7 @@ from .wire import (
 log = logging.getLogger(__name__)
 
 TRACKER = web.AppKey("tracker", "Tracker")
+CONFIG = web.AppKey("config", TrackerConfig)
 CONNECTION_WINDOW = 60  # seconds; an id is accepted in its minute and the next
 
 
@@ -80,7 +79,7 @@ class Tracker:
         self.seeders_gauge = Gauge("weightswarm_tracker_seeders", "Complete peers held",
                                    registry=self.registry)
         self._refusals_logged: dict[str, float] = {}
-        self._counters: dict[tuple[str, str, str], object] = {}
+        self._counters = Children(self.requests)
         #: info-hashes of private swarms: from the config, and learned from private announces
         self.private: set[bytes] = set(config.private_hashes)
         self._keys: frozenset[str] = frozenset()
@@ -132,12 +131,7 @@ class Tracker:
                 for h in hashes}
 
     def count(self, protocol: str, kind: str, result: str) -> None:
-        # labels() takes a lock and a lookup in prometheus_client: keep the children.
-        key = (protocol, kind, result)
-        counter = self._counters.get(key)
-        if counter is None:
-            counter = self._counters[key] = self.requests.labels(*key)
-        counter.inc()
+        self._counters(protocol, kind, result).inc()
 
     def ip_trusted(self, ip: str) -> bool:
         try:
@@ -231,8 +225,7 @@ async def metrics(request: web.Request) -> web.Response:
     tracker.swarms_gauge.set(len(table.swarms))
     tracker.peers_gauge.set(table.peer_count)
     tracker.seeders_gauge.set(sum(s.counts()[0] for s in table.swarms.values()))
-    return web.Response(body=generate_latest(tracker.registry),
-                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return metrics_response(tracker.registry)
 
 
 # -- UDP ----------------------------------------------------------------------------------------------
@@ -313,28 +306,55 @@ class UdpTracker:
             return udp_error(req.transaction_id, str(e))
 
 
-# -- the service ----------------------------------------------------------------------------------
+# -- the service: each resource in its own cleanup_ctx entry (peer/service.py) --------------
 
 
-async def _expire(tracker: Tracker) -> None:
-    while True:
-        await asyncio.sleep(min(60, tracker.config.peer_ttl))
-        dropped = tracker.table.expire(time.time())
-        if dropped:
-            log.info("expired %d peers", dropped)
+async def _state(app: web.Application) -> AsyncIterator[None]:
+    app[TRACKER] = Tracker(app[CONFIG])
+    yield
 
 
-def create_app(config: TrackerConfig, tracker: Tracker | None = None) -> web.Application:
+async def _udp(app: web.Application) -> AsyncIterator[None]:
+    """BEP 15 on the HTTP port's number."""
+    config = app[CONFIG]
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.bind((config.host, port_of(app)))
+    except BaseException:
+        sock.close()
+        raise
+    endpoint = UdpTracker(app[TRACKER], sock)
+    endpoint.start(asyncio.get_running_loop())
+    try:
+        yield
+    finally:
+        endpoint.close()
+
+
+async def _expiry(app: web.Application) -> AsyncIterator[None]:
+    tracker = app[TRACKER]
+
+    async def expire() -> None:
+        while True:
+            await asyncio.sleep(min(60, tracker.config.peer_ttl))
+            dropped = tracker.table.expire(time.time())
+            if dropped:
+                log.info("expired %d peers", dropped)
+
+    task = app[LOOPS].spawn(expire(), "peer expiry")
+    try:
+        yield
+    finally:
+        await app[LOOPS].stop([task])
+
+
+def create_app(config: TrackerConfig) -> web.Application:
     # A long request line gets our bencoded refusal instead of aiohttp's plain 400.
     app = web.Application(handler_args={"max_line_size": 131072})
-    app[TRACKER] = tracker or Tracker(config)
-
-    async def background(app: web.Application):
-        task = asyncio.create_task(_expire(app[TRACKER]))
-        yield
-        task.cancel()
-
-    app.cleanup_ctx.append(background)
+    app[CONFIG] = config
+    app.cleanup_ctx.extend([listening(config.host, config.port), background("tracker"), _state,
+                            _udp, _expiry])
     app.router.add_get("/announce", http_announce)
     app.router.add_get("/scrape", http_scrape)
     app.router.add_get("/announce/{key}", http_announce)
@@ -344,30 +364,12 @@ def create_app(config: TrackerConfig, tracker: Tracker | None = None) -> web.App
     return app
 
 
-async def start(config: TrackerConfig):
-    """Start HTTP and UDP on the configured port (0: any free port, the same for both when
-    it can be had); returns (runner, udp transport, port)."""
-    tracker = Tracker(config)
-    runner = web.AppRunner(create_app(config, tracker), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
-    await site.start()
-    port = runner.addresses[0][1]
-    loop = asyncio.get_running_loop()
-    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    sock.bind((config.host, port))
-    transport = UdpTracker(tracker, sock)
-    transport.start(loop)
-    log.info("tracker listening on http://%s:%d/announce and udp://%s:%d", config.host, port,
-             config.host, port)
-    return runner, transport, port
+async def start(config: TrackerConfig) -> Service:
+    """HTTP and UDP on the configured port (0: any free port, the same number for both)."""
+    service = await start_service(create_app(config), "tracker")
+    log.info("tracker listening on %s/announce and udp://%s", service.url, service.netloc)
+    return service
 
 
 async def serve(config: TrackerConfig) -> None:
-    runner, transport, _ = await start(config)
-    try:
-        await until_stopped()
-    finally:
-        transport.close()
-        await runner.cleanup()
+    await serve_services(await start(config))

@@ -101,7 +101,7 @@ def test_a_flipped_byte_is_found_taken_out_of_service_and_mended_from_another_mi
         assert oct(path.stat().st_mode & 0o777) == "0o444"
         assert not (homes[0] / "store" / "repair" / sha256).exists()
 
-        seeder = a.runner.app[SEEDER]
+        seeder = a.app[SEEDER]
         counters = asyncio.run_coroutine_threadsafe(seeder.session.stats(), a.loop).result(10)
         # Only the bad piece came back over the wire: one 4 MiB piece, not 20 MiB.
         assert 0 < counters["net.recv_payload_bytes"] <= 2 * 4 * MiB
@@ -152,7 +152,7 @@ def test_with_no_peer_a_corrupt_blob_comes_again_from_the_upstream_a_sync_brough
     assert synced.returncode == 0, synced.stderr
     a = start_mirror(make_config(home, scrub_interval="0"))
     try:
-        seeder = a.runner.app[SEEDER]
+        seeder = a.app[SEEDER]
         seeder.upstream_after = 0.5  # no peer will come: ask the upstream soon
         sha256 = wait_for(lambda: next(iter(torrents(a)), None), 30, "the mirror seeds the blob")
         store = BlobStore(home / "store")

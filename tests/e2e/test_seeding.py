@@ -75,7 +75,7 @@ def on_loop(mirror, coro_fn: Callable, *args):
 
 
 def seeder_of(mirror):
-    return mirror.runner.app[mirror_app.SEEDER]
+    return mirror.app[mirror_app.SEEDER]
 
 
 def egress(mirror) -> dict[str, float]:

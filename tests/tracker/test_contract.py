@@ -216,7 +216,7 @@ def test_udp_wrong_and_expired_connection_ids_are_refused(tracker):
         answer = client.announce(12345, b"\x22" * 20, pid(1), 7001)
         assert struct.unpack(">I", answer[:4])[0] == 3 and b"connection id" in answer[8:]
         # An id is an HMAC of the address and the minute: one from three minutes ago is dead.
-        state = tracker.runner.app[TRACKER]
+        state = tracker.app[TRACKER]
         stale_minute = int(time.time() // CONNECTION_WINDOW) - 3
         stale = state.connection_id(client.sock.getsockname(), stale_minute)
         answer = client.announce(stale, b"\x22" * 20, pid(1), 7001)

@@ -20,7 +20,7 @@ def tracker(tmp_path):
     keys.write_text("# one key per line\nalice-key\nbob-key\n")
     running = start_tracker(TrackerConfig(port=0, keys_file=str(keys)))
     running.keys = keys
-    running.runner.app[TRACKER].keys_check_every = 0  # look at the file on every announce
+    running.app[TRACKER].keys_check_every = 0  # look at the file on every announce
     yield running
     running.stop()
 
