@@ -187,63 +187,94 @@ async def observe(request: web.Request, handler):
 
 
 async def hub_api(request: web.Request) -> web.StreamResponse:
+    """Every HF API path: parsed (routes.py), then answered by the call's own handler."""
     call = routes.parse(request.raw_path)
     request[ROUTE] = call.kind
-    service = request.app[SERVICE]
+    methods, answer = _HUB_CALLS[call.kind]
+    if request.method not in methods:
+        raise web.HTTPMethodNotAllowed(request.method, list(methods))
+    return await answer(request, call)
+
+
+def _query(request: web.Request) -> MultiDict[str]:
     # Most requests carry no query: skip parsing one (request.query builds a MultiDict).
-    q = request.query if request.query_string else _NO_QUERY
-    method = request.method
-    if call.kind == "resolve":
-        if method not in ("GET", "HEAD"):
-            raise web.HTTPMethodNotAllowed(method, ["GET", "HEAD"])
-        located: Located = await _answer(request, call, service.locate, call)
-        base = _base_url(request)
-        headers = located.headers.get(base)
-        if headers is None:
-            headers = located.headers[base] = resolve_headers(call, located, base)
-        if not located.pinned:
-            return web.Response(status=307, headers=headers)
-        return blob_response(request, located.blob, located.entry.size, located.entry.etag,
-                             headers, request.app[EGRESS],
-                             request.app[METRICS].egress_counter("resolve"))
-    if call.kind == "paths_info":
-        if method != "POST":
-            raise web.HTTPMethodNotAllowed(method, ["POST"])
-        form = await request.post()
-        paths = [str(p) for p in form.getall("paths", [])]
-        body = await _on_catalog(request, service.paths_info, call, paths,
-                                 expand=_true(str(form.get("expand", ""))))
-        return web.json_response(body)
-    if method not in ("GET", "HEAD"):
-        raise web.HTTPMethodNotAllowed(method, ["GET", "HEAD"])
-    if call.kind == "repo_info":
-        blobs = _true(q.get("blobs"))
+    return request.query if request.query_string else _NO_QUERY
 
-        def render() -> bytes:
-            return _dumps(service.repo_info(call, blobs=blobs))
 
-        return _json(await _answer(request, (call, blobs), render))
-    if call.kind == "tree":
-        recursive, expand = _true(q.get("recursive")), _true(q.get("expand"))
-        entries = await _answer(request, (call, recursive, expand), service.tree, call,
-                                recursive=recursive, expand=expand)
-        return _paginated(request, entries, TREE_PAGE)
-    if call.kind == "refs":
-        include_prs = _true(q.get("include_prs"))
+async def _resolve(request: web.Request, call: routes.HubCall) -> web.StreamResponse:
+    located: Located = await _answer(request, call, request.app[SERVICE].locate, call)
+    base = _base_url(request)
+    headers = located.headers.get(base)
+    if headers is None:
+        headers = located.headers[base] = resolve_headers(call, located, base)
+    if not located.pinned:
+        return web.Response(status=307, headers=headers)
+    return blob_response(request, located.blob, located.entry.size, located.entry.etag,
+                         headers, request.app[EGRESS],
+                         request.app[METRICS].egress_counter("resolve"))
 
-        def render_refs() -> bytes:
-            return _dumps(service.refs(call, include_prs=include_prs))
 
-        return _json(await _answer(request, (call, include_prs), render_refs))
-    if call.kind == "commits":
-        return _paginated(request, await _on_catalog(request, service.commits, call), 50)
-    query = parse_list_query(q)
-    items = await _on_catalog(request, service.listing, call, query)
+async def _paths_info(request: web.Request, call: routes.HubCall) -> web.Response:
+    form = await request.post()
+    paths = [str(p) for p in form.getall("paths", [])]
+    body = await _on_catalog(request, request.app[SERVICE].paths_info, call, paths,
+                             expand=_true(str(form.get("expand", ""))))
+    return web.json_response(body)
+
+
+async def _repo_info(request: web.Request, call: routes.HubCall) -> web.Response:
+    blobs = _true(_query(request).get("blobs"))
+    service = request.app[SERVICE]
+
+    def render() -> bytes:
+        return _dumps(service.repo_info(call, blobs=blobs))
+
+    return _json(await _answer(request, (call, blobs), render))
+
+
+async def _tree(request: web.Request, call: routes.HubCall) -> web.Response:
+    q = _query(request)
+    recursive, expand = _true(q.get("recursive")), _true(q.get("expand"))
+    entries = await _answer(request, (call, recursive, expand), request.app[SERVICE].tree, call,
+                            recursive=recursive, expand=expand)
+    return _paginated(request, entries, TREE_PAGE)
+
+
+async def _refs(request: web.Request, call: routes.HubCall) -> web.Response:
+    include_prs = _true(_query(request).get("include_prs"))
+    service = request.app[SERVICE]
+
+    def render() -> bytes:
+        return _dumps(service.refs(call, include_prs=include_prs))
+
+    return _json(await _answer(request, (call, include_prs), render))
+
+
+async def _commits(request: web.Request, call: routes.HubCall) -> web.Response:
+    return _paginated(request, await _on_catalog(request, request.app[SERVICE].commits, call), 50)
+
+
+async def _listing(request: web.Request, call: routes.HubCall) -> web.Response:
+    query = parse_list_query(_query(request))
+    items = await _on_catalog(request, request.app[SERVICE].listing, call, query)
     headers = {}
     if len(items) > query.limit:
         items = items[: query.limit]
         headers["Link"] = _next_link(request, query.offset + query.limit)
     return web.json_response(items, headers=headers)
+
+
+_READ = ("GET", "HEAD")
+#: each HF API call (routes.HubCall.kind): the methods it takes, and its handler
+_HUB_CALLS = {
+    "resolve": (_READ, _resolve),
+    "paths_info": (("POST",), _paths_info),
+    "repo_info": (_READ, _repo_info),
+    "tree": (_READ, _tree),
+    "refs": (_READ, _refs),
+    "commits": (_READ, _commits),
+    "list": (_READ, _listing),
+}
 
 
 def _next_link(request: web.Request, cursor: int) -> str:

@@ -371,75 +371,88 @@ class Catalog:
         now = time.time() if now is None else now
         if new.access not in ACCESS_LEVELS:
             raise ValueError(f"access must be one of {ACCESS_LEVELS}")
-        card = {k: new.card_data.get(k) for k in CARD_FIELDS if new.card_data.get(k) is not None}
+        if any(kind not in REF_KINDS for kind, _ in new.refs):
+            raise ValueError(f"ref kind must be one of {REF_KINDS}")
         with self.transaction() as c:
-            row = c.execute(
-                "SELECT id FROM repos WHERE hub = ? AND type = ? AND repo_id = ?",
-                (new.hub, new.type, new.repo_id),
-            ).fetchone()
-            if row:
-                repo_pk = row[0]
-                c.execute("UPDATE repos SET updated_at = ?, access = ? WHERE id = ?",
-                          (now, new.access, repo_pk))
-            else:
-                repo_pk = c.execute(
-                    "INSERT INTO repos (hub, type, repo_id, access, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (new.hub, new.type, new.repo_id, new.access, now, now),
-                ).lastrowid
-            if any(kind == "branch" and name == "main" for kind, name in new.refs) or not row:
-                c.execute(
-                    "UPDATE repos SET license = ?, pipeline_tag = ?, library_name = ?, tags = ?, "
-                    "base_model = ?, datasets = ?, language = ?, card_data = ? WHERE id = ?",
-                    (
-                        _text(card.get("license")), _text(card.get("pipeline_tag")),
-                        _text(card.get("library_name")),
-                        json.dumps(derive_tags(card, new.safetensors is not None)),
-                        json.dumps(_list(card.get("base_model"))),
-                        json.dumps(_list(card.get("datasets"))),
-                        json.dumps(_list(card.get("language"))),
-                        json.dumps(new.card_data, default=str), repo_pk,
-                    ),
-                )
-            existing = c.execute(
-                "SELECT id FROM snapshots WHERE repo = ? AND commit_id = ?", (repo_pk, new.commit)
-            ).fetchone()
-            if existing:
-                sid = existing[0]
-            else:
-                sid = c.execute(
-                    "INSERT INTO snapshots (repo, commit_id, parent, title, message, created_at, "
-                    "card_data, safetensors, invalid_safetensors) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        repo_pk, new.commit, new.parent, new.title, new.message,
-                        new.created_at or now, json.dumps(new.card_data, default=str),
-                        json.dumps(new.safetensors) if new.safetensors else None,
-                        json.dumps(new.invalid_safetensors) if new.invalid_safetensors else None,
-                    ),
-                ).lastrowid
-                c.executemany(
-                    "INSERT INTO files (snapshot, path, size, sha256, git_sha1, lfs) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    [(sid, f.path, f.size, f.sha256, f.git_sha1, int(f.lfs)) for f in new.files],
-                )
+            repo_pk = self._put_repo(c, new, now)
+            self._put_snapshot(c, repo_pk, new, now)
             for kind, name in new.refs:
-                if kind not in REF_KINDS:
-                    raise ValueError(f"ref kind must be one of {REF_KINDS}")
-                current = c.execute(
-                    "SELECT commit_id FROM refs WHERE repo = ? AND kind = ? AND name = ?",
-                    (repo_pk, kind, name),
-                ).fetchone()
-                if current and current[0] == new.commit:
-                    continue
-                seq = self._next_seq(c)
-                c.execute(
-                    "INSERT INTO refs (repo, kind, name, commit_id, seq, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (repo, kind, name) DO UPDATE SET "
-                    "commit_id = excluded.commit_id, seq = excluded.seq, "
-                    "updated_at = excluded.updated_at",
-                    (repo_pk, kind, name, new.commit, seq, now),
-                )
+                self._move_ref(c, repo_pk, kind, name, new.commit, now)
         return self.snapshot(self.repo(new.hub, new.type, new.repo_id), new.commit)
+
+    @staticmethod
+    def _put_repo(c: sqlite3.Connection, new: NewSnapshot, now: float) -> int:
+        """The repo's row, made or touched; its card metadata follows its main branch."""
+        row = c.execute(
+            "SELECT id FROM repos WHERE hub = ? AND type = ? AND repo_id = ?",
+            (new.hub, new.type, new.repo_id),
+        ).fetchone()
+        if row:
+            repo_pk = row[0]
+            c.execute("UPDATE repos SET updated_at = ?, access = ? WHERE id = ?",
+                      (now, new.access, repo_pk))
+        else:
+            repo_pk = c.execute(
+                "INSERT INTO repos (hub, type, repo_id, access, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (new.hub, new.type, new.repo_id, new.access, now, now),
+            ).lastrowid
+        if any(kind == "branch" and name == "main" for kind, name in new.refs) or not row:
+            card = {k: new.card_data.get(k) for k in CARD_FIELDS
+                    if new.card_data.get(k) is not None}
+            c.execute(
+                "UPDATE repos SET license = ?, pipeline_tag = ?, library_name = ?, tags = ?, "
+                "base_model = ?, datasets = ?, language = ?, card_data = ? WHERE id = ?",
+                (
+                    _text(card.get("license")), _text(card.get("pipeline_tag")),
+                    _text(card.get("library_name")),
+                    json.dumps(derive_tags(card, new.safetensors is not None)),
+                    json.dumps(_list(card.get("base_model"))),
+                    json.dumps(_list(card.get("datasets"))),
+                    json.dumps(_list(card.get("language"))),
+                    json.dumps(new.card_data, default=str), repo_pk,
+                ),
+            )
+        return repo_pk
+
+    @staticmethod
+    def _put_snapshot(c: sqlite3.Connection, repo_pk: int, new: NewSnapshot, now: float) -> None:
+        """The snapshot and its files, unless it is here already (snapshots are immutable)."""
+        if c.execute("SELECT 1 FROM snapshots WHERE repo = ? AND commit_id = ?",
+                     (repo_pk, new.commit)).fetchone():
+            return
+        sid = c.execute(
+            "INSERT INTO snapshots (repo, commit_id, parent, title, message, created_at, "
+            "card_data, safetensors, invalid_safetensors) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                repo_pk, new.commit, new.parent, new.title, new.message,
+                new.created_at or now, json.dumps(new.card_data, default=str),
+                json.dumps(new.safetensors) if new.safetensors else None,
+                json.dumps(new.invalid_safetensors) if new.invalid_safetensors else None,
+            ),
+        ).lastrowid
+        c.executemany(
+            "INSERT INTO files (snapshot, path, size, sha256, git_sha1, lfs) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [(sid, f.path, f.size, f.sha256, f.git_sha1, int(f.lfs)) for f in new.files],
+        )
+
+    def _move_ref(self, c: sqlite3.Connection, repo_pk: int, kind: str, name: str, commit: str,
+                  now: float) -> None:
+        """Point a ref at `commit`, with the next sequence number (unless it points there)."""
+        current = c.execute(
+            "SELECT commit_id FROM refs WHERE repo = ? AND kind = ? AND name = ?",
+            (repo_pk, kind, name),
+        ).fetchone()
+        if current and current[0] == commit:
+            return
+        c.execute(
+            "INSERT INTO refs (repo, kind, name, commit_id, seq, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (repo, kind, name) DO UPDATE SET "
+            "commit_id = excluded.commit_id, seq = excluded.seq, "
+            "updated_at = excluded.updated_at",
+            (repo_pk, kind, name, commit, self._next_seq(c), now),
+        )
 
     @staticmethod
     def _next_seq(c: sqlite3.Connection) -> int:

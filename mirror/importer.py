@@ -111,6 +111,28 @@ def walk_folder(root: Path, confine: Path | None = None) -> list[tuple[str, Path
     return found
 
 
+def _cache_commits(root: Path, revision: str | None) -> tuple[list[str], dict[str, str]]:
+    """The snapshots of a cache repo folder to import, and its refs (name → commit): all of
+    them, or those of `revision` (a ref or a commit it holds)."""
+    refs: dict[str, str] = {}
+    refs_dir = root / "refs"
+    for ref_file in sorted(refs_dir.rglob("*")) if refs_dir.is_dir() else []:
+        if ref_file.is_file() and not ref_file.is_symlink():
+            name = check_revision(ref_file.relative_to(refs_dir).as_posix())
+            target = ref_file.read_text().strip()
+            if is_commit(target):
+                refs[name] = target
+    commits = sorted(
+        d.name for d in (root / "snapshots").iterdir() if d.is_dir() and is_commit(d.name)
+    )
+    if revision is None:
+        return commits, refs
+    wanted = refs.get(revision, revision if revision in commits else None)
+    if wanted is None:
+        raise BadRequest(f"{root} has no ref or snapshot {revision!r}")
+    return [wanted], {name: c for name, c in refs.items() if name == revision}
+
+
 def is_cache_repo(path: Path) -> bool:
     return (path / "snapshots").is_dir() and (path / "blobs").is_dir()
 
@@ -194,24 +216,7 @@ class Importer:
         if repo_type and repo_type != cache_type:
             raise BadRequest(f"{root.name} is a {cache_type} repo, not a {repo_type}")
         repo_id = check_repo_id(repo_id or root.name[len(prefix):].replace("--", "/", 1))
-
-        refs: dict[str, str] = {}
-        refs_dir = root / "refs"
-        for ref_file in sorted(refs_dir.rglob("*")) if refs_dir.is_dir() else []:
-            if ref_file.is_file() and not ref_file.is_symlink():
-                name = check_revision(ref_file.relative_to(refs_dir).as_posix())
-                target = ref_file.read_text().strip()
-                if is_commit(target):
-                    refs[name] = target
-        commits = sorted(
-            d.name for d in (root / "snapshots").iterdir() if d.is_dir() and is_commit(d.name)
-        )
-        if revision is not None:
-            wanted = refs.get(revision, revision if revision in commits else None)
-            if wanted is None:
-                raise BadRequest(f"{root} has no ref or snapshot {revision!r}")
-            commits = [wanted]
-            refs = {name: c for name, c in refs.items() if name == revision}
+        commits, refs = _cache_commits(root, revision)
         results = []
         for commit in commits:
             sources = self._cache_sources(root, commit)

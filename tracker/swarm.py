@@ -180,63 +180,75 @@ def _scatter(pool: list[Peer], k: int, rng: random.Random) -> list[Peer]:
     return [pool[(start + i * step) % n] for i in range(k)]
 
 
+def _wanted(numwant: int | None, requester: Peer) -> int:
+    want = DEFAULT_NUMWANT if numwant is None or numwant < 0 else min(numwant, MAX_NUMWANT)
+    return min(want, COMPLETE_NUMWANT) if requester.complete else want
+
+
+def _candidates(swarm: Swarm, requester: Peer, want: int, oldest: float,
+                rng: random.Random) -> list[Peer]:
+    """The peers worth ranking, in a random order: a random sample of the swarm (a sample of
+    this size still holds the requester's site in proportion), plus every mirror for a
+    leecher; fresh, not the requester, and only leechers for a complete requester."""
+    pool = _scatter(swarm.order, SAMPLE_FACTOR * want, rng)
+    if requester.complete:
+        return [p for p in pool if p.left and p is not requester and p.last_seen >= oldest]
+    if swarm.mirrors:
+        sampled = set(map(id, pool))
+        pool.extend(m for m in swarm.mirrors.values() if id(m) not in sampled)
+    return [p for p in pool if p is not requester and p.last_seen >= oldest]
+
+
+def _ranked(candidates: list[Peer], requester: Peer, tiered: bool) -> list[Peer]:
+    """Nearest tier first; within a tier mirrors and complete peers first, else in the
+    random order of the sample (the sort is stable)."""
+    if tiered:
+        candidates.sort(key=lambda p: (_tier(requester, p, True), not p.mirror, p.left != 0))
+        return candidates
+    # the same order by partition, cheaper than a keyed sort
+    return ([p for p in candidates if p.mirror]
+            + [p for p in candidates if p.left == 0 and not p.mirror]
+            + [p for p in candidates if p.left and not p.mirror])
+
+
+def _mirrors_first(ranked: list[Peer], want: int) -> list[Peer]:
+    """A leecher always gets the nearest mirror, and every mirror while no peer is complete."""
+    mirrors = [p for p in ranked if p.mirror]
+    if not any(p.left == 0 and not p.mirror for p in ranked):
+        return mirrors[:want]
+    return mirrors[:1]
+
+
+def _without(peers: list[Peer], taken: list[Peer]) -> list[Peer]:
+    if not taken:
+        return peers  # the common case: nothing to skip
+    ids = set(map(id, taken))
+    return [p for p in peers if id(p) not in ids]
+
+
 def select_peers(swarm: Swarm, requester: Peer, numwant: int | None, now: float, ttl: float,
                  *, tiered: bool, rng: random.Random) -> list[Peer]:
     """Which peers an announce returns (BITTORRENT.md section 2)."""
-    want = DEFAULT_NUMWANT if numwant is None or numwant < 0 else min(numwant, MAX_NUMWANT)
-    if requester.complete:
-        want = min(want, COMPLETE_NUMWANT)
+    want = _wanted(numwant, requester)
     if want == 0:
         return []
-    # A big swarm is ranked by a random sample, not peer by peer: a sample of this size still
-    # holds the requester's site in proportion; mirrors are always considered.
-    pool = _scatter(swarm.order, SAMPLE_FACTOR * want, rng)
-    if not requester.complete and swarm.mirrors:
-        sampled = set(map(id, pool))
-        pool.extend(m for m in swarm.mirrors.values() if id(m) not in sampled)
-    seeding = requester.complete
-    oldest = now - ttl
-    if seeding:
-        candidates = [p for p in pool if p.left and p is not requester and p.last_seen >= oldest]
-    else:
-        candidates = [p for p in pool if p is not requester and p.last_seen >= oldest]
-    if not candidates:
-        return []
-    # Nearest tier first; within a tier mirrors and complete peers first, else in the
-    # random order of the sample (the sort is stable).
-    if tiered:
-        candidates.sort(key=lambda p: (_tier(requester, p, True), not p.mirror, p.left != 0))
-    else:  # the same order by partition, cheaper than a keyed sort
-        candidates = ([p for p in candidates if p.mirror]
-                      + [p for p in candidates if p.left == 0 and not p.mirror]
-                      + [p for p in candidates if p.left and not p.mirror])
+    candidates = _candidates(swarm, requester, want, now - ttl, rng)
+    if len(candidates) > 1:
+        candidates = _ranked(candidates, requester, tiered)
     if len(candidates) <= want:
         return candidates
-    chosen: list[Peer] = []
-    if not seeding:
-        mirrors = [p for p in candidates if p.mirror]
-        if not any(p.left == 0 and not p.mirror for p in candidates):
-            chosen.extend(mirrors[:want])  # no complete peer yet: every mirror
-        elif mirrors:
-            chosen.append(mirrors[0])  # the nearest mirror
+    chosen = [] if requester.complete else _mirrors_first(candidates, want)
     reserved = max(1, want * 15 // 100) if tiered else 0
-    if chosen:
-        taken = set(map(id, chosen))
-        near = [p for p in candidates if id(p) not in taken]
-    else:
-        near = candidates  # the common case: no mirror to put first, nothing to skip
-    chosen.extend(near[: max(0, want - len(chosen) - reserved)])
+    chosen.extend(_without(candidates, chosen)[: max(0, want - len(chosen) - reserved)])
     if len(chosen) >= want:
         return chosen
-    taken = set(map(id, chosen))
-    rest = [p for p in candidates if id(p) not in taken]
+    rest = _without(candidates, chosen)
     # The reserved slots go to peers of farther tiers than the nearest one, so that sites stay
     # connected to each other; only if there are none do they go to whoever is left.
     nearest = _tier(requester, candidates[0], tiered)
     farther = [p for p in rest if _tier(requester, p, tiered) > nearest] or rest
     chosen.extend(_scatter(farther, want - len(chosen), rng))
     if len(chosen) < want:
-        taken = set(map(id, chosen))
-        chosen.extend(p for p in rest if id(p) not in taken)
+        chosen.extend(_without(rest, chosen))
         del chosen[want:]
     return chosen
