@@ -222,14 +222,20 @@ async def _paths_info(request: web.Request, call: routes.HubCall) -> web.Respons
     return web.json_response(body)
 
 
-async def _repo_info(request: web.Request, call: routes.HubCall) -> web.Response:
-    blobs = _true(_query(request).get("blobs"))
-    service = request.app[SERVICE]
+async def _rendered(request: web.Request, call: routes.HubCall, flag: str,
+                    lookup: Callable[[routes.HubCall, bool], Any]) -> web.Response:
+    """`lookup(call, flag)` as JSON bytes, rendered once while the catalog stays as it is."""
+    value = _true(_query(request).get(flag))
 
     def render() -> bytes:
-        return _dumps(service.repo_info(call, blobs=blobs))
+        return _dumps(lookup(call, value))
 
-    return _json(await _answer(request, (call, blobs), render))
+    return _json(await _answer(request, (call, flag, value), render))
+
+
+async def _repo_info(request: web.Request, call: routes.HubCall) -> web.Response:
+    service = request.app[SERVICE]
+    return await _rendered(request, call, "blobs", lambda c, v: service.repo_info(c, blobs=v))
 
 
 async def _tree(request: web.Request, call: routes.HubCall) -> web.Response:
@@ -241,13 +247,9 @@ async def _tree(request: web.Request, call: routes.HubCall) -> web.Response:
 
 
 async def _refs(request: web.Request, call: routes.HubCall) -> web.Response:
-    include_prs = _true(_query(request).get("include_prs"))
     service = request.app[SERVICE]
-
-    def render() -> bytes:
-        return _dumps(service.refs(call, include_prs=include_prs))
-
-    return _json(await _answer(request, (call, include_prs), render))
+    return await _rendered(request, call, "include_prs",
+                           lambda c, v: service.refs(c, include_prs=v))
 
 
 async def _commits(request: web.Request, call: routes.HubCall) -> web.Response:
