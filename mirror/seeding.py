@@ -184,7 +184,9 @@ class Seeder:
         try:
             await self._mend_blob(record, reason)
         except Exception:
-            log.exception("repairing blob %s failed; trying again later", record.sha256)
+            log.exception("repairing blob %s failed; trying again in %.0fs", record.sha256,
+                          self.upstream_after)
+            await asyncio.sleep(self.upstream_after)
         finally:
             self.repairs.pop(record.sha256, None)
         await self.reconcile()

@@ -140,7 +140,12 @@ class Scheduler:
             now = time.monotonic()
             for i, job in enumerate(self.jobs):
                 if due[i] <= now:
-                    await asyncio.to_thread(self._run_one, job)
+                    try:
+                        await asyncio.to_thread(self._run_one, job)
+                    except Exception:
+                        # Recorded as failed (run_specs); the mirror serves on, and the job
+                        # is tried again at its next time.
+                        log.exception("scheduled sync %s failed", job.spec)
                     due[i] = time.monotonic() + job.interval
             await asyncio.sleep(max(1.0, min(due.values()) - time.monotonic()))
 
