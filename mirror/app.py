@@ -428,7 +428,7 @@ async def _scheduler(app: web.Application) -> AsyncIterator[None]:
     from .sync import parse_spec
     from .syncjobs import Scheduler, SyncJob
 
-    jobs = [SyncJob(parse_spec(j["spec"], j["include"], j["exclude"]), j["interval"])
+    jobs = [SyncJob(parse_spec(j.spec, j.include, j.exclude), j.interval)
             for j in config.mirror.syncs]
     log.info("scheduled syncs: %s", ", ".join(f"{j.spec} every {j.interval:.0f}s" for j in jobs))
     task = app[LOOPS].spawn(Scheduler(config, jobs).run(), "sync scheduler")

@@ -19,11 +19,12 @@ import click
 from peer import hubs
 from peer.cli import peer as peer_group
 from peer.cli import pull as pull_command
+from peer.config import describe
 from peer.errors import WeightswarmError
 from peer.store import BlobStore
 from tracker.cli import tracker as tracker_group
 
-from .config import SETTINGS, Config, load_config
+from .config import SECTIONS, Config, load_config
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,8 @@ def _setup_logging(verbose: int) -> None:
 
 def _settings_help() -> str:
     lines = ["\b", "Settings (weightswarm.toml section.key, environment variable, default):"]
-    for s in SETTINGS:
-        lines.append(f"  {s.section}.{s.key}  {s.env}  [{s.default}]  {s.help}")
+    for name, variable, default, text in describe(SECTIONS):
+        lines.append(f"  {name}  {variable}  [{default}]  {text}")
     return "\n".join(lines)
 
 

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from peer import hubs
 from peer.errors import WeightswarmError
 from peer.store import BlobStore
 
@@ -30,10 +31,10 @@ def upstream_for(config: Config, spec: SyncSpec) -> Upstream:
         return LocalFolder(Path(spec.endpoint))
     if spec.kind == "mirror":
         return HuggingFace(spec.endpoint, name=spec.endpoint)
-    settings = config.mirror.upstreams["huggingface"]
-    return HuggingFace(settings["endpoint"], token=settings["token"],
-                       requests_per_5min=settings["requests_per_5min"],
-                       bandwidth=settings["bandwidth"])
+    settings = config.mirror.upstreams[hubs.HUGGINGFACE]
+    return HuggingFace(settings.endpoint, token=settings.token,
+                       requests_per_5min=settings.requests_per_5min,
+                       bandwidth=settings.bandwidth)
 
 
 @dataclass

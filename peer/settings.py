@@ -1,10 +1,15 @@
-"""BitTorrent session settings, kept apart from peer/session.py so that reading a config does
-not import libtorrent."""
+"""BitTorrent session settings and the `[peer]` section, declared beside their dataclasses and
+kept apart from peer/session.py so that reading a config does not import libtorrent."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from .config import Section, Setting, listen, port
 
 #: the start of our peer ids, so a downloader can tell a mirror's bytes from a peer's
 MIRROR_FINGERPRINT = "-WM0100-"
@@ -30,6 +35,29 @@ class SessionSettings:
         return self.min_announce_interval < 60
 
 
+def bittorrent_settings(listen_help: str) -> tuple[Setting, ...]:
+    """The `bt_*` keys of a section that runs a session (`[mirror]`, `[peer]`)."""
+    return (
+        Setting("bt_listen", str, "0.0.0.0:6881", listen_help, check=listen),
+        Setting("bt_dht", bool, True, "join the DHT (BEP 5)"),
+        Setting("bt_lsd", bool, True, "local service discovery on the LAN (BEP 14)"),
+        Setting("bt_upnp", bool, False, "map the BitTorrent port with UPnP"),
+        Setting("bt_natpmp", bool, False, "map the BitTorrent port with NAT-PMP"),
+        Setting("bt_min_announce_interval", int, 300,
+                "the least time between announces to one tracker, seconds (tests use 1)"),
+    )
+
+
+def session_settings(values: Mapping[str, Any]) -> SessionSettings:
+    """A session's settings from a section's checked `bt_*` values (`bt_connections` where the
+    section declares it)."""
+    return SessionSettings(
+        listen=values["bt_listen"], dht=values["bt_dht"], lsd=values["bt_lsd"],
+        upnp=values["bt_upnp"], natpmp=values["bt_natpmp"],
+        connections=values.get("bt_connections", SessionSettings.connections),
+        min_announce_interval=values["bt_min_announce_interval"])
+
+
 @dataclass(frozen=True)
 class PeerConfig:
     """The `[peer]` section: where `pull` asks, whom it believes, how the daemon runs."""
@@ -48,3 +76,31 @@ class PeerConfig:
     web_seed_grace: float = 5.0
     #: the Hugging Face cache [default: HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub]
     cache: str | None = None
+
+
+def _peer_config(values: Mapping[str, Any]) -> PeerConfig:
+    """`home` is not a `[peer]` setting: load_config sets it from --home or $WEIGHTSWARM_HOME."""
+    serve_bt = session_settings(values)
+    return PeerConfig(
+        mirrors=tuple(m.rstrip("/") for m in values["mirrors"]),
+        trusted_keys=tuple(values["trusted_keys"]),
+        host=values["host"], port=values["port"],
+        serve_bt=serve_bt, pull_bt=dataclasses.replace(serve_bt, listen=values["pull_listen"]),
+        web_seed_grace=values["web_seed_grace"], cache=values["cache"],
+    )
+
+
+PEER = Section("peer", (
+    Setting("mirrors", list, [], "mirror base URLs a pull asks, nearest first"),
+    Setting("trusted_keys", list, [],
+            "mirror keys (ed25519:<hex>) whose manifests are believed, besides pinned ones"),
+    Setting("host", str, "127.0.0.1", "address the peer daemon's /metrics binds"),
+    Setting("port", int, 8471, "port of the peer daemon's /metrics (0: any)", check=port),
+    *bittorrent_settings("the peer daemon's BitTorrent address, host:port"),
+    Setting("pull_listen", str, "0.0.0.0:0", "a pull's BitTorrent address (port 0: ephemeral)",
+            check=listen),
+    Setting("web_seed_grace", float, 5.0,
+            "seconds a pull waits for peers to deliver before the mirrors' web seeds join"),
+    Setting("cache", str, None, "the Hugging Face cache a pull fills",
+            unset="$HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub"),
+), build=_peer_config)

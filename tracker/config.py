@@ -1,11 +1,15 @@
-"""The tracker's settings (`[tracker]`), a frozen dataclass the CLI builds and passes down, and
-the CIDR map of sites and regions that peer selection ranks by."""
+"""The tracker's settings (`[tracker]`, `[[tracker.sites]]`), declared beside the frozen
+dataclass the CLI builds and passes down, and the CIDR map of sites and regions that peer
+selection ranks by."""
 
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
+
+from peer.config import REQUIRED, Section, Setting, Tables, parse_tables, port
 
 
 @dataclass(frozen=True)
@@ -34,22 +38,65 @@ class TrackerConfig:
     private_hashes: frozenset[bytes] = field(default_factory=frozenset)
 
 
-def parse_sites(raw) -> tuple[Site, ...]:
-    """`[[tracker.sites]]` tables of cidr, site and (optional) region, most specific first."""
-    if not isinstance(raw, list):
-        raise ValueError("[[tracker.sites]] must be a list of tables")
-    sites = []
-    for entry in raw:
-        if not isinstance(entry, dict) or not isinstance(entry.get("cidr"), str) \
-                or not isinstance(entry.get("site"), str):
-            raise ValueError(f"a [[tracker.sites]] table needs cidr and site: {entry!r}")
-        try:
-            network = ipaddress.ip_network(entry["cidr"], strict=False)
-        except ValueError as e:
-            raise ValueError(f"tracker.sites: {e}") from None
-        region = entry.get("region")
-        sites.append(Site(network, entry["site"], str(region) if region else None))
+def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    try:
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError as e:
+        raise ValueError(f"is not a network: {e}") from None
+
+
+def _info_hashes(texts: list[str]) -> frozenset[bytes]:
+    for text in texts:
+        if not re.fullmatch(r"[0-9a-fA-F]{40}", text):
+            raise ValueError(f"must be info-hashes of 40 hex characters, got {text!r}")
+    return frozenset(bytes.fromhex(text) for text in texts)
+
+
+def _most_specific_first(sites) -> tuple[Site, ...]:
     return tuple(sorted(sites, key=lambda s: s.network.prefixlen, reverse=True))
+
+
+SITES = Tables("sites", (
+    Setting("cidr", str, REQUIRED, "a network (CIDR) whose peers are at the site", check=_network),
+    Setting("site", str, REQUIRED, "the site's name; peers at one site are ranked first"),
+    Setting("region", str, None, "the site's region, ranked next"),
+), build=lambda v: Site(v["cidr"], v["site"], v["region"] or None))
+
+
+def parse_sites(raw) -> tuple[Site, ...]:
+    """`[[tracker.sites]]` tables given as data, most specific first; ValueError (BadSettings)
+    names what is wrong."""
+    return _most_specific_first(parse_tables("tracker", SITES, raw))
+
+
+def _tracker_config(values) -> TrackerConfig:
+    return TrackerConfig(
+        host=values["host"], port=values["port"],
+        interval=values["interval"], min_interval=values["min_interval"],
+        peer_ttl=2 * values["interval"] + 300,
+        sites=_most_specific_first(values["sites"]), mirrors=frozenset(values["mirrors"]),
+        keys_file=values["keys_file"], trusted_proxies=tuple(values["trusted_proxies"]),
+        max_swarms=values["max_swarms"], max_peers=values["max_peers"],
+        private_hashes=values["private_hashes"],
+    )
+
+
+TRACKER = Section("tracker", (
+    Setting("host", str, "127.0.0.1", "address the tracker binds (HTTP and UDP)"),
+    Setting("port", int, 6969, "tracker port, HTTP and UDP (0: any free port)", check=port),
+    Setting("interval", int, 1800, "seconds between a peer's announces"),
+    Setting("min_interval", int, 60, "the least a peer may wait between announces"),
+    Setting("mirrors", list, [], "mirrors' BitTorrent endpoints, ip:port"),
+    Setting("keys_file", str, None, "private-swarm keys, one per line"),
+    Setting("private_hashes", list, [],
+            "info-hashes (40 hex) of private swarms, besides those announced privately",
+            check=_info_hashes),
+    Setting("trusted_proxies", list, ["127.0.0.0/8", "::1/128"],
+            "addresses whose ip= is believed"),
+    Setting("max_swarms", int, 1_000_000, "swarms held in memory at most"),
+    Setting("max_peers", int, 5_000_000, "peers held in memory at most"),
+    SITES,
+), build=_tracker_config)
 
 
 class Locality:

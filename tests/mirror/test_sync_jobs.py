@@ -84,7 +84,7 @@ def test_the_scheduler_syncs_configured_repos_while_serving(tmp_path, hub, serve
     from mirror.config import load_config
 
     config = load_config(home=home, env={}, overrides={("mirror", "port"): 0})
-    assert config.mirror.syncs[0]["interval"] == 3600
+    assert config.mirror.syncs[0].interval == 3600
     mirror = serve(config)
     api = HfApi(endpoint=mirror.url)
     deadline = time.monotonic() + 60
