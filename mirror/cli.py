@@ -87,18 +87,13 @@ def cli(ctx: click.Context, config_file: Path | None, home: Path | None, verbose
 
 def _serve(state: State, host: str | None, port: int | None,
            tracker_port: int | None = None, *, with_tracker: bool = False) -> None:
-    import asyncio
+    from peer.service import run
 
     from .app import serve
 
     config = state.load({("mirror", "host"): host, ("mirror", "port"): port,
                          ("tracker", "host"): host, ("tracker", "port"): tracker_port})
-    # The standard loop, not uvloop: uvloop has no native sendfile, and blob transfers fell to
-    # half (16 concurrent range GETs, ops/bench/serve.py) for no clear gain in request rate.
-    try:
-        asyncio.run(serve(config, with_tracker=with_tracker))
-    except KeyboardInterrupt:
-        pass
+    run(serve(config, with_tracker=with_tracker))
 
 
 _host = click.option("--host", help="address to bind [default: mirror.host, 127.0.0.1]")

@@ -68,9 +68,7 @@ def peer() -> None:
 def peer_serve(state, host: str | None, port: int | None) -> None:
     """Seed every blob of the local Hugging Face cache that a trusted manifest names."""
     from .daemon import serve
+    from .service import run
 
     config = state.load({("peer", "host"): host, ("peer", "port"): port})
-    try:
-        asyncio.run(serve(config.peer))
-    except KeyboardInterrupt:
-        pass
+    run(serve(config.peer))

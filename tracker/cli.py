@@ -3,8 +3,6 @@ which owns the settings; the context object gives them the built configuration."
 
 from __future__ import annotations
 
-import asyncio
-
 import click
 
 
@@ -19,10 +17,9 @@ def tracker() -> None:
 @click.pass_obj
 def tracker_serve(state, host: str | None, port: int | None) -> None:
     """Serve /announce and /scrape over HTTP, and BEP 15 over UDP, on one port number."""
+    from peer.service import run
+
     from .app import serve
 
     config = state.load({("tracker", "host"): host, ("tracker", "port"): port})
-    try:
-        asyncio.run(serve(config.tracker))
-    except KeyboardInterrupt:
-        pass
+    run(serve(config.tracker))
