@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fnmatch
 import hashlib
 import json
 import logging
@@ -54,6 +53,7 @@ from .hfcache import RepoCache, etag_of, hub_cache
 from .http import raise_for_status, unreachable
 from .manifest import Manifest, ManifestError, ManifestFile, read_manifest, read_ref
 from .paths import check_repo_id, check_revision, is_commit
+from .patterns import select
 from .settings import MIRROR_FINGERPRINT, PEER_FINGERPRINT, PeerConfig
 from .steering import NORMAL, PeerView, Steering, piece_set
 from .torrent import info_hash
@@ -121,23 +121,6 @@ class PullResult:
     @property
     def bittorrent_bytes(self) -> int:
         return self.from_peers + self.from_mirrors + self.from_web_seeds
-
-
-def select(files: tuple[ManifestFile, ...], include: tuple[str, ...],
-           exclude: tuple[str, ...]) -> list[ManifestFile]:
-    """huggingface_hub's allow/ignore patterns: fnmatch on the path; a folder pattern ending
-    in / matches everything under it."""
-    def norm(p: str) -> str:
-        return p + "*" if p.endswith("/") else p
-
-    chosen = []
-    for f in files:
-        if include and not any(fnmatch.fnmatch(f.path, norm(p)) for p in include):
-            continue
-        if any(fnmatch.fnmatch(f.path, norm(p)) for p in exclude):
-            continue
-        chosen.append(f)
-    return chosen
 
 
 class MirrorClient:
