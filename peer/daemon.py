@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+import libtorrent as lt
 from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -27,7 +28,6 @@ from prometheus_client import (
     generate_latest,
 )
 
-from .bencode import bdecode, bencode
 from .errors import BadRequest, NotFound, RevisionNotFound
 from .hfcache import RepoCache, etag_of, hub_cache
 from .hfformat import REPO_TYPES
@@ -119,11 +119,11 @@ class PeerDaemon:
             held = self.held[sha256]
             if held.torrent is None or sha256 in self.seeding:
                 continue
-            torrent = bdecode(held.torrent.read_bytes())
+            torrent = lt.bdecode(held.torrent.read_bytes())
             trackers = [t.decode() for tier in torrent.get(b"announce-list", []) for t in tier]
             # Verified when pulled (every piece, then the whole sha256): seed without hashing.
             self.seeding[sha256] = self.session.add(
-                bencode({b"info": torrent[b"info"]}), held.path.parent, trackers=trackers,
+                lt.bencode({b"info": torrent[b"info"]}), held.path.parent, trackers=trackers,
                 have_all=True, name=held.path.name)
         self.m_torrents.set(len(self.seeding))
 
@@ -243,6 +243,6 @@ class PeerDaemon:
 
 def _info_hash(path: Path) -> str | None:
     try:
-        return info_hash(bdecode(path.read_bytes())[b"info"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return info_hash(lt.bdecode(path.read_bytes())[b"info"])
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError):
         return None

@@ -174,7 +174,7 @@ class Session:
         `name`: write the file under this name instead of the torrent's."""
         if isinstance(torrent, dict):
             torrent = bencode({"info": torrent})
-        ti = lt.torrent_info(lt.bdecode(torrent))
+        ti = lt.torrent_info(torrent)  # libtorrent parses the bytes itself
         key = ti.info_hash().to_string().hex()
         if key in self._handles:
             return key
