@@ -361,7 +361,7 @@ async def _start_seeder(app: web.Application, catalog: Catalog, store: BlobStore
         return loop.run_in_executor(app[CATALOG_THREAD], lambda: fn(*args))
 
     seeder = Seeder(
-        session=Session(config.mirror.bittorrent, fingerprint=MIRROR_FINGERPRINT), store=store, repair_dir=config.repair_dir,
+        session=Session(config.mirror.bittorrent, role="mirror", fingerprint=MIRROR_FINGERPRINT), store=store, repair_dir=config.repair_dir,
         egress=app[EGRESS], trackers=app[TRACKERS], on_catalog=on_catalog, catalog=catalog,
         catalog_version=app[ANSWERS].version, scrub_interval=config.mirror.scrub_interval,
         metrics=app[METRICS], refetch=lambda sha256: refetch_blob(config, sha256))

@@ -215,7 +215,7 @@ class PeerDaemon:
         from .service import until_stopped
         from .session import Session
 
-        self.session = Session(self.config.serve_bt, fingerprint=PEER_FINGERPRINT)
+        self.session = Session(self.config.serve_bt, role="daemon", fingerprint=PEER_FINGERPRINT)
         self.session.start()
         self.seed(await asyncio.to_thread(self.scan))
         runner = web.AppRunner(self.app(), access_log=None)

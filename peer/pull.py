@@ -385,7 +385,7 @@ class Pull:
         mirror_endpoints = await self._mirror_endpoints(client)
         # A whole peer id, so this pull knows itself among the owners of pieces (steering.py).
         own_id = PEER_FINGERPRINT + secrets.token_hex(6)
-        session = Session(self.config.pull_bt, fingerprint=own_id, pull=True)
+        session = Session(self.config.pull_bt, role="pull", fingerprint=own_id)
         session.start()
         self.resume_dir.mkdir(parents=True, exist_ok=True)
         try:
