@@ -275,9 +275,10 @@ class Session:
     def status(self, info_hash: str) -> TorrentStatus:
         s = self._handles[info_hash].status()
         return TorrentStatus(
-            info_hash, s.name, "error" if s.errc.value() else str(s.state), s.progress, s.num_peers, s.num_seeds,
-            s.total_payload_upload, s.total_payload_download, s.upload_payload_rate,
-            s.download_payload_rate, s.is_seeding, self.hash_failures.get(info_hash, 0))
+            info_hash, s.name, "error" if s.errc.value() else str(s.state), s.progress,
+            s.num_peers, s.num_seeds, s.total_payload_upload, s.total_payload_download,
+            s.upload_payload_rate, s.download_payload_rate, s.is_seeding,
+            self.hash_failures.get(info_hash, 0))
 
     def statuses(self) -> list[TorrentStatus]:
         return [self.status(key) for key in list(self._handles)]
