@@ -380,7 +380,7 @@ async def _session(app: web.Application) -> AsyncIterator[None]:
         return
     from peer.session import Session
 
-    session = Session(settings, fingerprint=MIRROR_FINGERPRINT)
+    session = Session(settings, role="mirror", fingerprint=MIRROR_FINGERPRINT)
     session.start()
     app[SESSION] = session
     try:

@@ -12,7 +12,6 @@ from zero before the file, and so the sync, fails. Nothing is visible until the 
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import logging
 import mmap
 import re
@@ -37,6 +36,7 @@ from peer.errors import (
 from peer.hashing import Digests
 from peer.hfformat import FileEntry, lfs_pointer_sha1
 from peer.paths import check_repo_id, check_repo_path, check_revision, is_commit, is_sha256
+from peer.patterns import select
 from peer.store import BlobStore, Expected
 
 from .catalog import BlobRecord, Catalog, ref_of
@@ -148,18 +148,6 @@ def validate(files: Iterable[RemoteFile]) -> list[RemoteFile]:
             raise HostileListing(f"{f.path}: no git sha1 (oid) to verify it against")
         good.append(f)
     return good
-
-
-def select(files: list[RemoteFile], include: Iterable[str], exclude: Iterable[str]
-           ) -> list[RemoteFile]:
-    include, exclude = list(include), list(exclude)
-
-    def matches(path: str, patterns: list[str]) -> bool:
-        name = path.rsplit("/", 1)[-1]
-        return any(fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
-
-    return [f for f in files
-            if (not include or matches(f.path, include)) and not matches(f.path, exclude)]
 
 
 @dataclass

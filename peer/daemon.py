@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+import libtorrent as lt
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from .bencode import bdecode, bencode
 from .errors import BadRequest, NotFound, RevisionNotFound
 from .hfcache import RepoCache, etag_of, hub_cache
 from .hfformat import REPO_TYPES
@@ -121,11 +121,11 @@ class PeerDaemon:
             held = self.held[sha256]
             if held.torrent is None or sha256 in self.seeding:
                 continue
-            torrent = bdecode(held.torrent.read_bytes())
+            torrent = lt.bdecode(held.torrent.read_bytes())
             trackers = [t.decode() for tier in torrent.get(b"announce-list", []) for t in tier]
             # Verified when pulled (every piece, then the whole sha256): seed without hashing.
             self.seeding[sha256] = self.session.add(
-                bencode({b"info": torrent[b"info"]}), held.path.parent, trackers=trackers,
+                lt.bencode({b"info": torrent[b"info"]}), held.path.parent, trackers=trackers,
                 have_all=True, name=held.path.name)
         self.m_torrents.set(len(self.seeding))
 
@@ -209,7 +209,8 @@ async def _session(app: web.Application) -> AsyncIterator[None]:
     from .session import Session
 
     daemon = app[DAEMON]
-    daemon.session = Session(daemon.config.serve_bt, fingerprint=PEER_FINGERPRINT)
+    daemon.session = Session(daemon.config.serve_bt, role="daemon",
+                             fingerprint=PEER_FINGERPRINT)
     daemon.session.start()
     try:
         yield
@@ -260,6 +261,6 @@ async def serve(config: PeerConfig) -> None:
 
 def _info_hash(path: Path) -> str | None:
     try:
-        return info_hash(bdecode(path.read_bytes())[b"info"])
-    except (OSError, ValueError, KeyError, TypeError):
+        return info_hash(lt.bdecode(path.read_bytes())[b"info"])
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError):
         return None

@@ -19,6 +19,8 @@ from . import atomic
 from .paths import check_repo_id, check_repo_path, check_revision, is_commit
 
 _PREFIX = {"model": "models", "dataset": "datasets", "space": "spaces"}
+#: what a blob BitTorrent is still writing is called after its ETag (`RepoCache.staging`)
+STAGING_SUFFIX = ".wspart"
 
 
 def hub_cache(env: Mapping[str, str] | None = None) -> Path:
@@ -62,7 +64,7 @@ class RepoCache:
         """Where BitTorrent writes a blob before it is verified: named by what it must hash
         to, so that a pull cut off continues from its pieces (libtorrent renames it into
         place once it is checked)."""
-        return self.blobs / f"{etag}.wspart"
+        return self.blobs / f"{etag}{STAGING_SUFFIX}"
 
     def link(self, commit: str, path: str, etag: str) -> Path:
         """snapshots/{commit}/{path} → ../../blobs/{etag}, relative like the stock client's;

@@ -2,9 +2,19 @@
 
 libtorrent tells us something happened by writing to a file descriptor we give it
 (`set_alert_fd`): the write end of a non-blocking socketpair, whose read end the event loop
-watches. On readable we drain the socket and pop every alert, copying the few fields we need
-inside the handler: an alert object used after the next `pop_alerts()` crashes the process.
-No polling, no Python callback from libtorrent's threads.
+watches. On readable we drain the socket and pop every alert, and hand each to the handler its
+type names in `Session._HANDLERS`. A handler copies the few fields it needs at once: an alert
+object used after the next `pop_alerts()` crashes the process. No polling, no Python callback
+from libtorrent's threads.
+
+Whoever awaits an alert (a torrent finished and flushed, its resume data, a rename, the
+session's counters) waits on a future in one registry, keyed by what it waits for and the
+info-hash; the handler resolves or fails them, and `close()` cancels every one left.
+
+A session has a role, which chooses its tuning: `mirror` (reachable, serves everyone, holds few
+requests per peer), `pull` (counts every block by its sender, asks for pieces as steering.py
+says) or `daemon` (libtorrent's defaults: a peer seeding what it pulled). The peer id is
+another matter: `fingerprint`, the start of it, or all 20 characters of it.
 
 Verified data is added with every piece marked had (`have_pieces`): that is resume data
 built from what the store already checked, so a mirror with thousands of blobs seeds again
@@ -20,11 +30,12 @@ import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import libtorrent as lt
 
 from .bencode import bencode
-from .settings import MIRROR_FINGERPRINT, SessionSettings
+from .settings import SessionSettings
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +44,67 @@ log = logging.getLogger(__name__)
 BLOCK = 16 * 1024
 #: block requests a mirror accepts queued from one peer (libtorrent's default is 2000)
 MIRROR_REQUEST_QUEUE = 64
+#: errors kept in `Session.errors`, the latest
+ERRORS_KEPT = 100
 
-__all__ = ["Session", "SessionSettings", "TorrentStatus"]
+Role = Literal["mirror", "pull", "daemon"]
+
+__all__ = ["Role", "Session", "SessionSettings", "TorrentStatus"]
+
+_ALERTS = lt.alert_category.status | lt.alert_category.error | lt.alert_category.storage
+
+#: What a mirror's session sets beyond the common pack.
+_MIRROR_TUNING = {
+    # A mirror is reachable: leechers dial it, so every connection from a mirror is to its
+    # listen endpoint, by which a pull knows it whatever its peer id.
+    "seeding_outgoing_connections": False,
+    # A seed offers each peer an "allowed fast" set it may fetch while choked, drawn from the
+    # peer's /24 (BEP 6): every peer of one site gets the same few pieces, and all of them
+    # fetched those from the mirror at once. Off: 1.66x -> 1.32x of the model sent by the
+    # mirror for 8 peers (ops/bench/swarm.py).
+    "allowed_fast_set_size": 0,
+    # Every interested peer is unchoked, as an HTTP server serves every client: the pulls of a
+    # swarm split the mirror's pieces between them (steering.py), and an owner left choked
+    # holds back its share for everyone. 4 slots (the earlier setting, when fewer uploads meant
+    # fewer duplicates): a choked owner waited up to a minute for libtorrent's round-robin;
+    # ops/bench/swarm.py N=8, one run each: 4 slots 1.16x sent, 8 slots 1.11-1.17x, unlimited
+    # 1.12-1.14x.
+    "unchoke_slots_limit": -1,
+    # Few requests queued per peer (libtorrent tells peers this as `reqq`, and they take it as
+    # their own limit toward us): a pull's requests wait here no longer than a second or so,
+    # so it can still take a piece from a neighbour instead. With the default 2000, pulls had
+    # 3 pieces (11 MiB, 4 s) queued at a capped mirror, and fetched them from it after their
+    # neighbours held them.
+    "max_allowed_in_request_queue": MIRROR_REQUEST_QUEUE,
+}
+
+#: What a pull's session sets beyond the common pack: it counts every block received by the
+#: peer id and address that sent it (`Session.sources`), and asks for pieces as steering.py
+#: needs.
+_PULL_TUNING = {
+    "alert_mask": _ALERTS | lt.alert_category.block_progress | lt.alert_category.peer,
+    # one alert per 16 KiB block: a busy event loop must not lose any (the default queue holds
+    # 2000, 31 MiB of blocks)
+    "alert_queue_size": 1 << 20,
+    # No whole pieces at a time from a fast source: they jump the queue above by a whole
+    # piece (256 blocks) whatever the mirror's `reqq`.
+    "whole_pieces_threshold": 0,
+    # A pull waiting for the pieces other pulls own has every piece it asks for (steering.py):
+    # libtorrent would call it finished, and close its connections to the other finished
+    # pulls, the very peers it waits for.
+    "close_redundant_connections": False,
+}
+
+#: A peer daemon seeds what its machine pulled, as any BitTorrent client does: the defaults.
+_TUNING: dict[str, dict] = {"mirror": _MIRROR_TUNING, "pull": _PULL_TUNING, "daemon": {}}
 
 
-def _settings(s: SessionSettings) -> dict:
+def settings_pack(s: SessionSettings, role: Role, fingerprint: str | None = None) -> dict:
+    """libtorrent's settings for a session of this role; `fingerprint`: the start of our peer
+    ids (`-WM0100-` for mirrors, `-WP0100-` for peers), so a downloader can tell a mirror's
+    bytes from a peer's; 20 characters are the whole peer id."""
+    if role not in _TUNING:
+        raise ValueError(f"a session's role is one of {sorted(_TUNING)}, not {role!r}")
     pack = {
         "listen_interfaces": s.listen,
         "enable_dht": s.dht, "enable_lsd": s.lsd, "enable_upnp": s.upnp,
@@ -49,13 +116,15 @@ def _settings(s: SessionSettings) -> dict:
         # A mirror seeds thousands of torrents: none of them may wait in a queue.
         "active_limit": -1, "active_seeds": -1, "active_downloads": -1,
         "min_announce_interval": s.min_announce_interval,
-        "alert_mask": lt.alert_category.status | lt.alert_category.error
-        | lt.alert_category.storage,
+        "alert_mask": _ALERTS,
     }
     if not s.dht:
         pack["dht_bootstrap_nodes"] = ""
     if s.fast:
         pack.update(min_reconnect_time=1, tracker_backoff=1)
+    if fingerprint:
+        pack["peer_fingerprint"] = fingerprint
+    pack.update(_TUNING[role])
     return pack
 
 
@@ -87,54 +156,44 @@ class PeerState:
     rate: int
 
 
+class _Waiters:
+    """Futures awaiting an alert, keyed by (what, info-hash): one registry for every kind, so
+    that the pump resolves each kind the same way and `close()` cancels them all."""
+
+    def __init__(self) -> None:
+        self._futures: dict[tuple[str, str], list[asyncio.Future]] = {}
+
+    def add(self, what: str, key: str = "") -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        self._futures.setdefault((what, key), []).append(future)
+        return future
+
+    def resolve(self, what: str, key: str = "", value=None) -> None:
+        for future in self._futures.pop((what, key), []):
+            if not future.done():
+                future.set_result(value)
+
+    def fail(self, what: str, key: str, error: BaseException) -> None:
+        for future in self._futures.pop((what, key), []):
+            if not future.done():
+                future.set_exception(error)
+
+    def cancel_all(self) -> None:
+        waiting, self._futures = self._futures, {}
+        for futures in waiting.values():
+            for future in futures:
+                if not future.done():
+                    future.cancel()
+
+
 class Session:
     """Add torrents, await their completion; `close()` shuts down in about a second."""
 
-    def __init__(self, settings: SessionSettings, *, fingerprint: str | None = None,
-                 pull: bool = False):
-        """`fingerprint`: the start of our peer ids (`-WM0100-` for mirrors, `-WP0100-` for
-        peers), so a downloader can tell a mirror's bytes from a peer's; 20 characters are
-        the whole peer id. `pull`: a pull's session, which counts every block received by
-        the peer id and address that sent it (`sources`) and asks for pieces as steering.py
-        needs."""
-        pack = _settings(settings)
-        if fingerprint:
-            pack["peer_fingerprint"] = fingerprint
-        if fingerprint == MIRROR_FINGERPRINT:
-            # A mirror is reachable: leechers dial it, so every connection from a mirror is
-            # to its listen endpoint, by which a pull knows it whatever its peer id.
-            pack["seeding_outgoing_connections"] = False
-            # A seed offers each peer an "allowed fast" set it may fetch while choked, drawn
-            # from the peer's /24 (BEP 6): every peer of one site gets the same few pieces,
-            # and all of them fetched those from the mirror at once. Off: 1.66x -> 1.32x of
-            # the model sent by the mirror for 8 peers (ops/bench/swarm.py).
-            pack["allowed_fast_set_size"] = 0
-            # Every interested peer is unchoked, as an HTTP server serves every client: the
-            # pulls of a swarm split the mirror's pieces between them (steering.py), and an
-            # owner left choked holds back its share for everyone. 4 slots (the earlier
-            # setting, when fewer uploads meant fewer duplicates): a choked owner waited up to
-            # a minute for libtorrent's round-robin; ops/bench/swarm.py N=8, one run each:
-            # 4 slots 1.16x sent, 8 slots 1.11-1.17x, unlimited 1.12-1.14x.
-            pack["unchoke_slots_limit"] = -1
-            # Few requests queued per peer (libtorrent tells peers this as `reqq`, and they
-            # take it as their own limit toward us): a pull's requests wait here no longer
-            # than a second or so, so it can still take a piece from a neighbour instead.
-            # With the default 2000, pulls had 3 pieces (11 MiB, 4 s) queued at a capped
-            # mirror, and fetched them from it after their neighbours held them.
-            pack["max_allowed_in_request_queue"] = MIRROR_REQUEST_QUEUE
-        if pull:
-            pack["alert_mask"] |= lt.alert_category.block_progress | lt.alert_category.peer
-            # one alert per 16 KiB block: a busy event loop must not lose any (the default
-            # queue holds 2000, 31 MiB of blocks)
-            pack["alert_queue_size"] = 1 << 20
-            # No whole pieces at a time from a fast source: they jump the queue above by a
-            # whole piece (256 blocks) whatever the mirror's `reqq`.
-            pack["whole_pieces_threshold"] = 0
-            # A pull waiting for the pieces other pulls own has every piece it asks for
-            # (steering.py): libtorrent would call it finished, and close its connections to
-            # the other finished pulls, the very peers it waits for.
-            pack["close_redundant_connections"] = False
-        params = lt.session_params(pack)
+    def __init__(self, settings: SessionSettings, *, role: Role,
+                 fingerprint: str | None = None):
+        """`role`: "mirror", "pull" or "daemon", which chooses the tuning (`settings_pack`);
+        `fingerprint`: the start of our peer ids, or the whole of it in 20 characters."""
+        params = lt.session_params(settings_pack(settings, role, fingerprint))
         # mmap disk I/O: 455 vs 312 MiB/s for a leecher here (BITTORRENT.md).
         params.disk_io_constructor = "mmap_disk_io_constructor"
         self.lt = lt.session(params)
@@ -144,10 +203,7 @@ class Session:
         self._write.setblocking(False)
         self.lt.set_alert_fd(self._write.fileno())
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._finished: dict[str, list[asyncio.Future]] = {}
-        self._resume: dict[str, list[asyncio.Future]] = {}
-        self._stats: list[asyncio.Future] = []
-        self._renamed: dict[str, list[asyncio.Future]] = {}
+        self._waiters = _Waiters()
         self._handles: dict[str, lt.torrent_handle] = {}
         self.hash_failures: dict[str, int] = {}
         self.errors: list[str] = []
@@ -174,7 +230,7 @@ class Session:
         `name`: write the file under this name instead of the torrent's."""
         if isinstance(torrent, dict):
             torrent = bencode({"info": torrent})
-        ti = lt.torrent_info(lt.bdecode(torrent))
+        ti = lt.torrent_info(torrent)  # libtorrent parses the bytes itself
         key = ti.info_hash().to_string().hex()
         if key in self._handles:
             return key
@@ -201,9 +257,9 @@ class Session:
         handle = self._handles.pop(info_hash, None)
         if handle is not None:
             self.lt.remove_torrent(handle)
-        for future in self._finished.pop(info_hash, []):
-            if not future.done():
-                future.set_exception(asyncio.CancelledError(f"torrent {info_hash} removed"))
+        for what in ("finished", "resume", "renamed"):  # nothing will come for it now
+            self._waiters.fail(what, info_hash,
+                               asyncio.CancelledError(f"torrent {info_hash} removed"))
 
     def __contains__(self, info_hash: str) -> bool:
         return info_hash in self._handles
@@ -220,9 +276,10 @@ class Session:
     def status(self, info_hash: str) -> TorrentStatus:
         s = self._handles[info_hash].status()
         return TorrentStatus(
-            info_hash, s.name, "error" if s.errc.value() else str(s.state), s.progress, s.num_peers, s.num_seeds,
-            s.total_payload_upload, s.total_payload_download, s.upload_payload_rate,
-            s.download_payload_rate, s.is_seeding, self.hash_failures.get(info_hash, 0))
+            info_hash, s.name, "error" if s.errc.value() else str(s.state), s.progress,
+            s.num_peers, s.num_seeds, s.total_payload_upload, s.total_payload_download,
+            s.upload_payload_rate, s.download_payload_rate, s.is_seeding,
+            self.hash_failures.get(info_hash, 0))
 
     def statuses(self) -> list[TorrentStatus]:
         return [self.status(key) for key in list(self._handles)]
@@ -271,36 +328,34 @@ class Session:
     async def finished(self, info_hash: str) -> None:
         """Return once the torrent is complete and its bytes are on disk (flushed)."""
         handle = self._handles[info_hash]
-        future = asyncio.get_running_loop().create_future()
-        self._finished.setdefault(info_hash, []).append(future)
+        future = self._waiters.add("finished", info_hash)
         if handle.status().is_seeding:
             handle.flush_cache()  # its cache_flushed alert resolves the future
         await future
 
     async def save_resume(self, info_hash: str) -> bytes:
         """libtorrent's resume data of a torrent (pieces had, peers), bencoded."""
-        future = asyncio.get_running_loop().create_future()
-        self._resume.setdefault(info_hash, []).append(future)
+        future = self._waiters.add("resume", info_hash)
         self._handles[info_hash].save_resume_data(lt.save_resume_flags_t.flush_disk_cache)
         return await future
 
     async def rename(self, info_hash: str, name: str) -> None:
         """Rename the torrent's file on disk (relative to its save path), seeding on."""
-        future = asyncio.get_running_loop().create_future()
-        self._renamed.setdefault(info_hash, []).append(future)
+        future = self._waiters.add("renamed", info_hash)
         self._handles[info_hash].rename_file(0, name)
         await future
 
     async def stats(self) -> dict[str, int]:
         """The session's counters (`lt.session_stats_metrics()` names), fresh."""
-        future = asyncio.get_running_loop().create_future()
-        self._stats.append(future)
+        future = self._waiters.add("stats")
         self.lt.post_session_stats()
         return await future
 
     def drain(self) -> None:
         """Handle every alert waiting now, without waiting for the event loop's turn."""
         self._pump()
+
+    # -- the alert pump -------------------------------------------------------------------------
 
     def _pump(self) -> None:
         try:
@@ -309,76 +364,87 @@ class Session:
         except BlockingIOError:
             pass
         for alert in self.lt.pop_alerts():
-            # Copy what is needed now: the alert object is dead after the next pop_alerts().
-            if isinstance(alert, lt.block_finished_alert):
-                key = alert.handle.info_hash().to_string().hex()
-                ip, port = alert.endpoint
-                slot = (bytes(alert.pid.to_bytes()), ip, port)
-                counts = self.sources.setdefault(key, {})
-                counts[slot] = counts.get(slot, 0) + BLOCK
-            elif isinstance(alert, lt.session_stats_alert):
-                self.counters = dict(alert.values)
-                waiting, self._stats = self._stats, []
-                for future in waiting:
-                    if not future.done():
-                        future.set_result(self.counters)
-            elif isinstance(alert, lt.torrent_finished_alert):
-                # Finished is not on disk: ask for a flush, and resolve on cache_flushed.
-                alert.handle.flush_cache()
-            elif isinstance(alert, lt.cache_flushed_alert):
-                key = alert.handle.info_hash().to_string().hex()
-                if alert.handle.status().is_seeding:
-                    for future in self._finished.pop(key, []):
-                        if not future.done():
-                            future.set_result(None)
-            elif isinstance(alert, lt.save_resume_data_alert):
-                key = alert.handle.info_hash().to_string().hex()
-                data = lt.write_resume_data_buf(alert.params)
-                for future in self._resume.pop(key, []):
-                    if not future.done():
-                        future.set_result(data)
-            elif isinstance(alert, lt.save_resume_data_failed_alert):
-                key = alert.handle.info_hash().to_string().hex()
-                message = alert.message()
-                for future in self._resume.pop(key, []):
-                    if not future.done():
-                        future.set_exception(RuntimeError(message))
-            elif isinstance(alert, (lt.file_renamed_alert, lt.file_rename_failed_alert)):
-                key = alert.handle.info_hash().to_string().hex()
-                failed = isinstance(alert, lt.file_rename_failed_alert)
-                message = alert.message()
-                for future in self._renamed.pop(key, []):
-                    if not future.done():
-                        if failed:
-                            future.set_exception(OSError(message))
-                        else:
-                            future.set_result(None)
-            elif isinstance(alert, lt.hash_failed_alert):
-                key = alert.handle.info_hash().to_string().hex()
-                self.hash_failures[key] = self.hash_failures.get(key, 0) + 1
-                message = alert.message()
-                self.errors.append(message)
-                log.info("libtorrent: %s", message)
-            elif isinstance(alert, lt.alerts_dropped_alert):
-                log.warning("libtorrent dropped alerts: its queue was full")
-            elif isinstance(alert, (lt.tracker_error_alert, lt.file_error_alert,
-                                    lt.listen_failed_alert, lt.torrent_error_alert,
-                                    lt.peer_ban_alert)):
-                message = alert.message()
-                self.errors.append(message)
-                del self.errors[:-100]
-                log.info("libtorrent: %s", message)
+            handler = self._HANDLERS.get(type(alert))
+            if handler is not None:
+                handler(self, alert)
+
+    # Each handler copies what it needs now: the alert object is dead after the next
+    # pop_alerts().
+
+    def _on_block(self, alert) -> None:
+        ip, port = alert.endpoint
+        slot = (bytes(alert.pid.to_bytes()), ip, port)
+        counts = self.sources.setdefault(_key(alert), {})
+        counts[slot] = counts.get(slot, 0) + BLOCK
+
+    def _on_stats(self, alert) -> None:
+        self.counters = dict(alert.values)
+        self._waiters.resolve("stats", "", self.counters)
+
+    def _on_finished(self, alert) -> None:
+        # Finished is not on disk: ask for a flush, and resolve on cache_flushed.
+        alert.handle.flush_cache()
+
+    def _on_flushed(self, alert) -> None:
+        if alert.handle.status().is_seeding:
+            self._waiters.resolve("finished", _key(alert))
+
+    def _on_resume(self, alert) -> None:
+        self._waiters.resolve("resume", _key(alert), lt.write_resume_data_buf(alert.params))
+
+    def _on_resume_failed(self, alert) -> None:
+        self._waiters.fail("resume", _key(alert), RuntimeError(alert.message()))
+
+    def _on_renamed(self, alert) -> None:
+        self._waiters.resolve("renamed", _key(alert))
+
+    def _on_rename_failed(self, alert) -> None:
+        self._waiters.fail("renamed", _key(alert), OSError(alert.message()))
+
+    def _on_hash_failed(self, alert) -> None:
+        key = _key(alert)
+        self.hash_failures[key] = self.hash_failures.get(key, 0) + 1
+        self._on_error(alert)
+
+    def _on_dropped(self, alert) -> None:
+        log.warning("libtorrent dropped alerts: its queue was full")
+
+    def _on_error(self, alert) -> None:
+        message = alert.message()
+        self.errors.append(message)
+        del self.errors[:-ERRORS_KEPT]
+        log.info("libtorrent: %s", message)
+
+    #: alert type → handler; the types not named here are not looked at
+    _HANDLERS = {
+        lt.block_finished_alert: _on_block,
+        lt.session_stats_alert: _on_stats,
+        lt.torrent_finished_alert: _on_finished,
+        lt.cache_flushed_alert: _on_flushed,
+        lt.save_resume_data_alert: _on_resume,
+        lt.save_resume_data_failed_alert: _on_resume_failed,
+        lt.file_renamed_alert: _on_renamed,
+        lt.file_rename_failed_alert: _on_rename_failed,
+        lt.hash_failed_alert: _on_hash_failed,
+        lt.alerts_dropped_alert: _on_dropped,
+        lt.tracker_error_alert: _on_error,
+        lt.file_error_alert: _on_error,
+        lt.listen_failed_alert: _on_error,
+        lt.torrent_error_alert: _on_error,
+        lt.peer_ban_alert: _on_error,
+    }
 
     def close(self) -> None:
         if self._loop is not None:
             self._loop.remove_reader(self._read.fileno())
-        for futures in (*self._finished.values(), *self._resume.values(),
-                        *self._renamed.values(), self._stats):
-            for future in futures:
-                if not future.done():
-                    future.cancel()
+        self._waiters.cancel_all()
         self.lt.pause()
         self._handles.clear()
         del self.lt
         self._read.close()
         self._write.close()
+
+
+def _key(alert) -> str:
+    """The info-hash of a torrent alert's torrent, as `Session.add` returned it."""
+    return alert.handle.info_hash().to_string().hex()

@@ -26,7 +26,7 @@ piece asked for from anyone, so a wrong guess about the others costs a pause, ne
 Only weightswarm pulls (peer id `-WP`) own pieces: a foreign client does not know it should.
 Peers that are mirrors or web seeds are the source being shared, never owners.
 
-Pure: no libtorrent here; `pull.py` reads the session into `PeerView`s and applies the answer.
+Pure: no libtorrent here; `pull/swarm.py` reads the session into `PeerView`s and applies the answer.
 """
 
 from __future__ import annotations

@@ -28,6 +28,20 @@ DTYPE_BITS = {
 
 def read_header(f: BinaryIO, size: int, name: str = "file") -> dict:
     """Parse and validate the header; returns {tensor name: {dtype, shape, data_offsets}}."""
+    header, data_len = _read_json(f, size, name)
+    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+    meta = header.get("__metadata__")
+    if meta is not None and not (
+        isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())
+    ):
+        raise InvalidSafetensors(name, "__metadata__ must map strings to strings")
+    spans = sorted((*_span(key, t, data_len, name), key) for key, t in tensors.items())
+    _check_coverage(spans, data_len, name)
+    return tensors
+
+
+def _read_json(f: BinaryIO, size: int, name: str) -> tuple[dict, int]:
+    """The header's JSON object, and how many data bytes follow it."""
     if size < 8:
         raise InvalidSafetensors(name, f"{size} bytes is too short for a header length")
     f.seek(0)
@@ -45,41 +59,40 @@ def read_header(f: BinaryIO, size: int, name: str = "file") -> dict:
         raise InvalidSafetensors(name, f"header is not JSON: {e}") from None
     if not isinstance(header, dict):
         raise InvalidSafetensors(name, "header is not a JSON object")
-    data_len = size - 8 - n
-    tensors = {k: v for k, v in header.items() if k != "__metadata__"}
-    meta = header.get("__metadata__")
-    if meta is not None and not (
-        isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())
+    return header, size - 8 - n
+
+
+def _span(key: str, t, data_len: int, name: str) -> tuple[int, int]:
+    """The (begin, end) of one tensor's bytes in the data, checked against its dtype and shape."""
+    if not isinstance(t, dict):
+        raise InvalidSafetensors(name, f"tensor {key!r} is not an object")
+    dtype, shape, offsets = t.get("dtype"), t.get("shape"), t.get("data_offsets")
+    if dtype not in DTYPE_BITS:
+        raise InvalidSafetensors(name, f"tensor {key!r} has unknown dtype {dtype!r}")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
     ):
-        raise InvalidSafetensors(name, "__metadata__ must map strings to strings")
-    spans = []
-    for key, t in tensors.items():
-        if not isinstance(t, dict):
-            raise InvalidSafetensors(name, f"tensor {key!r} is not an object")
-        dtype, shape, offsets = t.get("dtype"), t.get("shape"), t.get("data_offsets")
-        if dtype not in DTYPE_BITS:
-            raise InvalidSafetensors(name, f"tensor {key!r} has unknown dtype {dtype!r}")
-        if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-        ):
-            raise InvalidSafetensors(name, f"tensor {key!r} has a bad shape {shape!r}")
-        if not (
-            isinstance(offsets, list) and len(offsets) == 2
-            and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-        ):
-            raise InvalidSafetensors(name, f"tensor {key!r} has bad data_offsets {offsets!r}")
-        begin, end = offsets
-        if not 0 <= begin <= end <= data_len:
-            raise InvalidSafetensors(
-                name, f"tensor {key!r} spans {begin}..{end}, outside the {data_len} data bytes"
-            )
-        expected = math.ceil(math.prod(shape) * DTYPE_BITS[dtype] / 8)
-        if end - begin != expected:
-            raise InvalidSafetensors(
-                name, f"tensor {key!r} is {end - begin} bytes, its dtype and shape need {expected}"
-            )
-        spans.append((begin, end, key))
-    spans.sort()
+        raise InvalidSafetensors(name, f"tensor {key!r} has a bad shape {shape!r}")
+    if not (
+        isinstance(offsets, list) and len(offsets) == 2
+        and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+    ):
+        raise InvalidSafetensors(name, f"tensor {key!r} has bad data_offsets {offsets!r}")
+    begin, end = offsets
+    if not 0 <= begin <= end <= data_len:
+        raise InvalidSafetensors(
+            name, f"tensor {key!r} spans {begin}..{end}, outside the {data_len} data bytes"
+        )
+    expected = math.ceil(math.prod(shape) * DTYPE_BITS[dtype] / 8)
+    if end - begin != expected:
+        raise InvalidSafetensors(
+            name, f"tensor {key!r} is {end - begin} bytes, its dtype and shape need {expected}"
+        )
+    return begin, end
+
+
+def _check_coverage(spans: list[tuple[int, int, str]], data_len: int, name: str) -> None:
+    """The tensors, sorted by offset, cover the data exactly once."""
     position = 0
     for begin, end, key in spans:
         if begin != position:
@@ -91,7 +104,6 @@ def read_header(f: BinaryIO, size: int, name: str = "file") -> dict:
         raise InvalidSafetensors(
             name, f"tensors cover {position} of {data_len} data bytes (truncated or padded file)"
         )
-    return tensors
 
 
 def parameter_counts(tensors: dict) -> dict[str, int]:

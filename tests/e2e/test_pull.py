@@ -661,10 +661,12 @@ def aria2_rpc(port: int, method: str, *params):
 
 class TamperingProxy:
     """An HTTP proxy in front of a mirror that flips one byte inside the signed payload of every
-    manifest it passes on, and records every path asked for."""
+    manifest it passes on (or, with `ref_statements`, sends every ref statement as text that is
+    not hex), and records every path asked for."""
 
-    def __init__(self, target: str):
+    def __init__(self, target: str, *, ref_statements: bool = False):
         self.target = target
+        self.ref_statements = ref_statements
         self.paths: list[str] = []
         self.tampered = 0
         proxy = self
@@ -679,6 +681,9 @@ class TamperingProxy:
                     status, headers, body = e.code, e.headers, e.read()
                 if self.path.startswith("/api/weightswarm/manifests/") and status == 200:
                     body = proxy.tamper(body)
+                if proxy.ref_statements and status == 200 \
+                        and self.path.startswith("/api/weightswarm/snapshots/"):
+                    body = proxy.garble(body)
                 self.send_response(status)
                 for name in ("Content-Type", "X-Error-Message", "X-Error-Code"):
                     if headers.get(name):
@@ -703,6 +708,12 @@ class TamperingProxy:
         at = start + payload.index(b"config.json") + len("config.jso")
         self.tampered += 1
         return envelope[:at] + bytes([envelope[at] ^ 0x20]) + envelope[at + 1:]
+
+    def garble(self, answer: bytes) -> bytes:
+        snap = json.loads(answer)
+        snap["ref_statement"] = "not hex at all"
+        self.tampered += 1
+        return json.dumps(snap).encode()
 
     @property
     def url(self) -> str:
@@ -743,14 +754,19 @@ def test_trust_refusals_come_before_any_byte_is_fetched(swarm, relay, tmp_path):
     tampered = Peer(tmp_path / "tampered")
     # (c) a relay's manifest signed by a key this peer was never told to trust
     stranger = Peer(tmp_path / "stranger")
+    # (d) a ref statement that is not even hex
+    garbling = TamperingProxy(a, ref_statements=True)
+    garbled = Peer(tmp_path / "garbled")
     try:
         outcomes = pull_all([
             (pinned, ("--json", "--mirror", a), {}),
             (tampered, ("--json", "--mirror", proxy.url), {}),
             (stranger, ("--json", "--mirror", relay.url), {}),
+            (garbled, ("--json", "--mirror", garbling.url), {}),
         ])
     finally:
         proxy.close()
+        garbling.close()
 
     error = assert_refused(pinned, outcomes[0], a, other, "known_mirrors")
     print("(a)", error)
@@ -764,4 +780,8 @@ def test_trust_refusals_come_before_any_byte_is_fetched(swarm, relay, tmp_path):
 
     error = assert_refused(stranger, outcomes[2], "refused", "does not trust")
     print("(c)", error)
+
+    error = assert_refused(garbled, outcomes[3], "refused", "ref statement")
+    print("(d)", error)
+    assert garbling.tampered >= 1
     assert not (stranger.home / "known_mirrors").exists(), "a relay's key is never pinned"

@@ -62,13 +62,23 @@ def test_a_path_listed_twice_is_refused():
         validate([rf("a.json"), rf("b.json"), rf("a.json")])
 
 
-def test_include_and_exclude_globs_match_paths_and_names():
+def test_include_and_exclude_globs_match_the_whole_path():
     files = [rf("model.safetensors"), rf("sub/model-1.safetensors"), rf("README.md"),
              rf("onnx/model.onnx")]
     assert [f.path for f in select(files, ["*.safetensors"], [])] == [
         "model.safetensors", "sub/model-1.safetensors"]
     assert [f.path for f in select(files, [], ["onnx/*", "*.md"])] == [
         "model.safetensors", "sub/model-1.safetensors"]
+
+
+def test_a_name_pattern_takes_the_top_level_file_only_as_hf_download_does():
+    """peer/patterns.py: the rule of huggingface_hub's allow_patterns, for sync and pull alike
+    (the sync once matched the base name too, and took sub/config.json for config.json)."""
+    files = [rf("config.json"), rf("sub/config.json"), rf("onnx/model.onnx")]
+    assert [f.path for f in select(files, ["config.json"], [])] == ["config.json"]
+    assert [f.path for f in select(files, ["*config.json"], [])] == [
+        "config.json", "sub/config.json"]
+    assert [f.path for f in select(files, ["onnx/"], [])] == ["onnx/model.onnx"]
 
 
 def test_the_plan_fetches_only_what_the_store_lacks():

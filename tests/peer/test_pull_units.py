@@ -1,5 +1,6 @@
 """The pure parts of `weightswarm pull`: the Hugging Face cache layout (peer/hfcache.py), whom a
-peer believes (peer/trust.py), and what a pull asks for (peer/pull.py `PullSpec`, `select`)."""
+peer believes (peer/trust.py), and what a pull asks for (peer/pull `PullSpec`, peer/patterns.py
+`select`)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,24 @@ from types import SimpleNamespace
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from peer.errors import BadRequest, ConfigError, InsufficientSpace, InvalidRepoId, UnsafePath
+from peer.bencode import BencodeError, bencode
+from peer.errors import (
+    BadRequest,
+    ConfigError,
+    InsufficientSpace,
+    IntegrityError,
+    InvalidRepoId,
+    UnsafePath,
+)
 from peer.hfcache import RepoCache, etag_of, hub_cache, repo_folder
 from peer.keys import public_key_text
 from peer.manifest import ManifestFile, RefStatement, StaleRef
-from peer.pull import Pull, PullResult, PullSpec, _Large, select
+from peer.patterns import select
+from peer.pull import Pull, PullResult, PullSpec
+from peer.pull.place import check_space
+from peer.pull.swarm import Large, account, read_torrent, web_seeds_due
 from peer.settings import PeerConfig
+from peer.torrent import info_hash
 from peer.trust import KeyMismatch, Trust
 
 COMMIT = "a" * 40
@@ -344,10 +357,6 @@ def test_select_exclude_wins_over_include():
 # -- pull: whose bytes ---------------------------------------------------------------------------
 
 
-def pull_from(*mirrors: str) -> Pull:
-    return Pull(PeerConfig(), Path("/nonexistent"), PullSpec("org/name"), mirrors=mirrors)
-
-
 class Counted:
     """What a pull's session counted: (peer id, ip, port) → bytes, per info-hash, and the
     payload libtorrent says it received (by default, exactly what was counted)."""
@@ -361,16 +370,16 @@ class Counted:
 
 
 def test_payload_no_block_accounted_for_is_reported_apart_not_guessed():
-    item = _Large(files("model.safetensors")[0], b"", [], [], 4 << 20, key="12" * 20)
+    item = Large(files("model.safetensors")[0], b"", [], [], 4 << 20, key="12" * 20)
     session = Counted({"12" * 20: {(b"-WP0100-" + bytes(12), "127.0.0.1", 7000): 60}},
                       received={"12" * 20: 100})
     result = PullResult("org/name", COMMIT, MIRROR, [], 100)
-    pull_from(MIRROR)._account(session, [item], set(), result)
+    account(session, [item], set(), result)
     assert (result.from_peers, result.unattributed) == (60, 40)
 
 
 def test_bytes_are_credited_by_the_senders_peer_id_whatever_its_port():
-    item = _Large(files("model.safetensors")[0], b"", [], [], 4 << 20, key="ab" * 20, seeded_web=True)
+    item = Large(files("model.safetensors")[0], b"", [], [], 4 << 20, key="ab" * 20, seeded_web=True)
     mirror, peer, aria = b"-WM0100-" + b"m" * 12, b"-WP0100-" + b"p" * 12, b"A2-1-36-0-" + b"a" * 10
     session = Counted({"ab" * 20: {
         (mirror, "127.0.0.1", 6881): 100,
@@ -379,7 +388,7 @@ def test_bytes_are_credited_by_the_senders_peer_id_whatever_its_port():
         (bytes(20), "127.0.0.1", 8470): 5,  # a web seed has no peer id
     }})
     result = PullResult("org/name", COMMIT, MIRROR, [], 128)
-    pull_from(MIRROR)._account(session, [item], set(), result)
+    account(session, [item], set(), result)
     assert (result.from_mirrors, result.from_peers, result.from_web_seeds) == (100, 23, 5)
     assert result.by_peer == {"127.0.0.1:6881": 100, "127.0.0.1:41234": 20, "127.0.0.2:7000": 3}
     assert result.bittorrent_bytes == 128
@@ -396,23 +405,81 @@ def test_a_pull_needs_a_mirror_to_ask():
 def test_a_super_seeding_mirror_is_known_by_its_listen_endpoint():
     """A super-seeding mirror shows a random peer id; mirrors never dial out, so its bytes
     arrive on its listen endpoint, which its index names."""
-    item = _Large(files("model.safetensors")[0], b"", [], [], 4 << 20, key="cd" * 20)
+    item = Large(files("model.safetensors")[0], b"", [], [], 4 << 20, key="cd" * 20)
     session = Counted({"cd" * 20: {(os.urandom(20), "127.0.0.1", 6881): 70,
                                    (os.urandom(20), "127.0.0.1", 7000): 30}})
     result = PullResult("org/name", COMMIT, MIRROR, [], 100)
-    pull_from(MIRROR)._account(session, [item], {("127.0.0.1", 6881)}, result)
+    account(session, [item], {("127.0.0.1", 6881)}, result)
     assert (result.from_mirrors, result.from_peers, result.from_web_seeds) == (70, 30, 0)
 
 
 def test_a_web_seed_is_known_by_its_urls_endpoint_whatever_peer_id_libtorrent_gives_it():
-    item = _Large(files("model.safetensors")[0], b"", [],
+    item = Large(files("model.safetensors")[0], b"", [],
                   ["http://127.0.0.1:8470/blobs/sha256/" + "0" * 64], 4 << 20, key="ef" * 20)
     session = Counted({"ef" * 20: {(os.urandom(20), "127.0.0.1", 8470): 40,
                                    (b"-WP0100-" + os.urandom(12), "127.0.0.1", 8470 + 1): 60}})
     result = PullResult("org/name", COMMIT, MIRROR, [], 100)
-    pull_from(MIRROR)._account(session, [item], set(), result)
+    account(session, [item], set(), result)
     assert (result.from_mirrors, result.from_peers, result.from_web_seeds) == (0, 60, 40)
     assert result.by_peer == {"127.0.0.1:8471": 60}
+
+
+def test_web_seeds_join_after_the_grace_with_no_peer_and_later_with_peers():
+    item = Large(files("model.safetensors")[0], b"", [], [], 4 << 20, last_progress=100.0)
+    alone = SimpleNamespace(is_seeding=False, peers=0)
+    with_peers = SimpleNamespace(is_seeding=False, peers=2)
+    assert not web_seeds_due(item, alone, 104.9, 5.0)
+    assert web_seeds_due(item, alone, 105.0, 5.0)
+    assert not web_seeds_due(item, with_peers, 119.9, 5.0), "peers get four times the grace"
+    assert web_seeds_due(item, with_peers, 120.0, 5.0)
+    assert not web_seeds_due(item, SimpleNamespace(is_seeding=True, peers=0), 500.0, 5.0)
+    item.seeded_web = True
+    assert not web_seeds_due(item, alone, 500.0, 5.0), "web seeds are added once"
+
+
+def torrent_for(size: int = 5 << 20) -> tuple[ManifestFile, dict]:
+    info = {b"length": size, b"name": b"ab" * 32, b"piece length": 4 << 20,
+            b"pieces": bytes(40)}
+    return ManifestFile("model.safetensors", size, "ab" * 32, None, True, info_hash(info)), info
+
+
+def test_a_mirrors_torrent_gives_libtorrent_its_info_dict_alone_and_holds_web_seeds_apart():
+    f, info = torrent_for()
+    data = bencode({"announce": "http://t/announce",
+                    "announce-list": [["http://t/announce"], ["http://u/announce"]],
+                    "info": info, "url-list": "http://m/blobs/sha256/" + "ab" * 32})
+    item = read_torrent(data, f, ["http://m", "http://n"])
+    assert item.torrent == bencode({"info": info}), "no trackers, no web seeds inside"
+    assert item.trackers == ["http://t/announce", "http://u/announce"]
+    assert item.web_seeds == ["http://m/blobs/sha256/" + "ab" * 32,
+                              "http://n/blobs/sha256/" + "ab" * 32]
+    assert (item.piece_length, item.pieces) == (4 << 20, 2)
+
+
+def test_a_torrent_from_a_mirror_is_refused_unless_canonical_and_the_one_the_manifest_signs():
+    f, info = torrent_for()
+    with pytest.raises(IntegrityError):
+        read_torrent(bencode({"info": {**info, b"private": 1}}), f, [])
+    canonical = bencode({"info": info})
+    with pytest.raises(BencodeError):
+        read_torrent(canonical + b"x", f, [])
+    unsorted = (b"d4:infod4:name64:" + b"ab" * 32 + b"6:lengthi%de" % f.size
+                + b"12:piece lengthi%de6:pieces40:" % (4 << 20) + bytes(40) + b"ee")
+    with pytest.raises(BencodeError):  # keys out of order: libtorrent's bdecode takes it
+        read_torrent(unsorted, f, [])
+
+
+@pytest.mark.parametrize("extra", [
+    {"announce-list": b"http://t/announce"},
+    {"announce-list": [[1]]},
+    {"announce": 7},
+    {"url-list": [["http://m/"]]},
+    {"url-list": b"\xff\xfe"},  # not UTF-8
+])
+def test_a_torrent_with_malformed_trackers_or_web_seeds_is_refused_with_a_value_error(extra):
+    f, info = torrent_for()
+    with pytest.raises(ValueError):  # the pull asks the next mirror, never a traceback
+        read_torrent(bencode({**extra, "info": info}), f, [])
 
 
 # -- the disk-space check, before any byte is fetched ---------------------------------------------
@@ -427,7 +494,7 @@ def big_file(size: int) -> ManifestFile:
 def test_a_pull_that_would_not_fit_is_refused_up_front(tmp_path):
     free = shutil.disk_usage(tmp_path).free
     with pytest.raises(InsufficientSpace) as refused:
-        pull_from(MIRROR)._check_space(tmp_path, [big_file(free + 512 * MiB)])
+        check_space(tmp_path, [big_file(free + 512 * MiB)])
     assert refused.value.needed == free + 512 * MiB
     assert str(tmp_path) in str(refused.value)
     assert "min_free" not in str(refused.value), "a pull keeps no mirror reserve"
@@ -439,4 +506,4 @@ def test_what_an_interrupted_pull_already_holds_counts_toward_the_space(tmp_path
     partial = tmp_path / f"{etag_of(f.sha256, f.git_sha1, f.lfs)}.wspart"
     with open(partial, "wb") as out:
         out.truncate(1024 * MiB)  # sparse: it takes no space of its own
-    pull_from(MIRROR)._check_space(tmp_path, [f])  # 512 MiB less than free: fits
+    check_space(tmp_path, [f])  # 512 MiB less than free: fits

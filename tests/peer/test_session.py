@@ -38,7 +38,7 @@ def blob(tmp_path, size: int) -> tuple[bytes, str, dict]:
 async def test_a_leecher_completes_from_a_seeder_and_the_bytes_are_on_disk(tracker, tmp_path):
     data, sha256, info = blob(tmp_path, 6 * 1024 * 1024 + 77)
     torrent = bencode({"announce": f"{tracker.url}/announce", "info": info})
-    seeder, leecher = Session(SETTINGS), Session(SETTINGS)
+    seeder, leecher = Session(SETTINGS, role="daemon"), Session(SETTINGS, role="daemon")
     seeder.start()
     leecher.start()
     try:
@@ -61,8 +61,8 @@ def test_a_mirror_unchokes_everyone_offers_no_allowed_fast_pieces_and_takes_few_
     and must not have seconds of requests queued at the mirror."""
     from peer.session import MIRROR_REQUEST_QUEUE
 
-    mirror = Session(SETTINGS, fingerprint=MIRROR_FINGERPRINT)
-    peer = Session(SETTINGS, fingerprint=PEER_FINGERPRINT)
+    mirror = Session(SETTINGS, role="mirror", fingerprint=MIRROR_FINGERPRINT)
+    peer = Session(SETTINGS, role="daemon", fingerprint=PEER_FINGERPRINT)
     try:
         m, p = mirror.lt.get_settings(), peer.lt.get_settings()
         assert m["allowed_fast_set_size"] == 0
@@ -80,7 +80,7 @@ def test_a_pull_keeps_its_connections_when_finished_and_asks_for_no_whole_pieces
     """A pull waiting for pieces other pulls own has every piece it asks for: libtorrent
     would close its connections to the other pulls it waits for. Whole-piece requests would
     queue a whole piece at a mirror whatever the mirror allows."""
-    pull = Session(SETTINGS, fingerprint=PEER_ID, pull=True)
+    pull = Session(SETTINGS, role="pull", fingerprint=PEER_ID)
     try:
         s = pull.lt.get_settings()
         assert s["close_redundant_connections"] is False
@@ -95,8 +95,8 @@ async def test_a_whole_peer_id_is_the_one_the_other_side_sees_and_swarm_reports_
     """steering.py needs a pull to know its own peer id among the others' (a 20-character
     fingerprint is used as the whole id), and `swarm` to tell what each connection holds."""
     data, _, info = blob(tmp_path, 8 * 1024 * 1024)
-    seeder = Session(SETTINGS, fingerprint=MIRROR_FINGERPRINT)
-    leecher = Session(SETTINGS, fingerprint=PEER_ID, pull=True)
+    seeder = Session(SETTINGS, role="mirror", fingerprint=MIRROR_FINGERPRINT)
+    leecher = Session(SETTINGS, role="pull", fingerprint=PEER_ID)
     seeder.start()
     leecher.start()
     try:
@@ -122,3 +122,26 @@ async def test_a_whole_peer_id_is_the_one_the_other_side_sees_and_swarm_reports_
     finally:
         seeder.close()
         leecher.close()
+
+
+def test_a_session_has_one_of_three_roles():
+    with pytest.raises(ValueError, match="role"):
+        Session(SETTINGS, role="seeder")
+
+
+async def test_close_cancels_whoever_still_waits_on_an_alert(tmp_path):
+    """One registry of waiters: a torrent that can never finish (no peer anywhere) leaves its
+    waiter cancelled at close, not hanging."""
+    _, _, info = blob(tmp_path, 4 * 1024 * 1024)
+    session = Session(SETTINGS, role="pull", fingerprint=PEER_ID)
+    session.start()
+    try:
+        key = session.add(info, tmp_path / "leech")
+        never = asyncio.ensure_future(session.finished(key))
+        async with asyncio.timeout(30):
+            # Resolved by its own alert, after `never` (started first) has begun to wait.
+            assert await session.save_resume(key)
+    finally:
+        session.close()
+    with pytest.raises(asyncio.CancelledError):
+        await never

@@ -1,0 +1,382 @@
+"""Step 3b of a pull: the large files, over BitTorrent, all at once, in one libtorrent session
+on an ephemeral port (peer/session.py, role `pull`).
+
+- **Torrents.** Each large file's torrent comes from the first mirror that has it, and is
+  believed only if its info-hash is the one the signed manifest names. It is decoded with our
+  strict decoder (peer/bencode.py): it is input from the network, possibly from a peer daemon
+  relaying. Only its info dict goes to libtorrent; its trackers are passed apart, and its web
+  seeds are held back (below). It is kept as the mirror sent it, for the peer daemon to relay.
+- **Watching.** Progress is payload received, partial pieces included. The mirrors' web seeds
+  join a torrent only once it has made no progress for `web_seed_grace` seconds with no peer
+  (`PEERS_GRACE` times that with peers connected), so that a site's peers carry the load its
+  mirror would.
+- **Steering.** Which pieces to ask the mirrors for is decided by peer/steering.py (pure) from
+  what `Session.swarm` shows, and applied as piece priorities; should it fail, the pull goes on
+  with every piece from anyone.
+- **Completion.** libtorrent checks each piece against the torrent; once it is finished and
+  flushed, the whole file is checked against the manifest's sha256, then renamed from its
+  partial name to its ETag while it keeps seeding.
+- **Resume.** A pull cut off continues from the partial files; libtorrent's resume data, saved
+  for what did not finish, spares it re-hashing them.
+- **Source accounting.** Who sent what, from every block libtorrent reported (`account`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .. import atomic
+from ..bencode import bdecode, bencode
+from ..errors import IntegrityError, WeightswarmError
+from ..hashing import sha256_file
+from ..hfcache import RepoCache
+from ..manifest import ManifestFile
+from ..settings import MIRROR_FINGERPRINT, PEER_FINGERPRINT, PeerConfig
+from ..steering import NORMAL, PeerView, Steering, piece_set
+from ..torrent import info_hash
+from .http import MirrorClient, nearest_first
+from .place import etag
+from .spec import PullError, PullResult
+
+log = logging.getLogger(__name__)
+
+#: how often progress, sources and web-seed hold-back are looked at, seconds
+WATCH_EVERY = 0.5
+#: how often the pieces asked of mirrors are decided again (steering.py), seconds
+STEER_EVERY = 0.2
+#: with peers connected, a torrent may stall this many times the grace before web seeds join
+PEERS_GRACE = 4
+
+
+@dataclass
+class Large:
+    """One large file of the pull, its torrent, and how its transfer goes."""
+
+    file: ManifestFile
+    #: its info dict alone, bencoded: what libtorrent is given
+    torrent: bytes
+    trackers: list[str]
+    web_seeds: list[str]
+    piece_length: int
+    key: str = ""
+    seeded_web: bool = False
+    done: bool = False
+    last_done: int = -1
+    last_progress: float = 0.0
+
+    @property
+    def pieces(self) -> int:
+        return -(-self.file.size // self.piece_length)
+
+
+class BitTorrent:
+    """The large files of one pull. `mirrors`: the configured mirrors, nearest first."""
+
+    def __init__(self, config: PeerConfig, home: Path, mirrors: list[str]):
+        self.config = config
+        self.home = home
+        self.mirrors = mirrors
+        self.resume = ResumeData(home / "resume")
+
+    async def fetch(self, client: MirrorClient, cache: RepoCache, files: list[ManifestFile],
+                    result: PullResult, bar) -> None:
+        from ..session import Session
+
+        larges = [await self._torrent(client, f, result.mirror) for f in files]
+        endpoints = await mirror_endpoints(client, self.mirrors)
+        # A whole peer id, so this pull knows itself among the owners of pieces (steering.py).
+        own_id = PEER_FINGERPRINT + secrets.token_hex(6)
+        session = Session(self.config.pull_bt, role="pull", fingerprint=own_id)
+        session.start()
+        try:
+            for item in larges:
+                item.key = session.add(item.torrent, cache.blobs, trackers=item.trackers,
+                                       resume=self.resume.read(item.file),
+                                       name=cache.staging(etag(item.file)).name)
+                item.last_progress = time.monotonic()
+            await self._transfer(session, cache, larges, own_id.encode(), endpoints, result,
+                                 bar)
+        finally:
+            session.close()
+
+    async def _torrent(self, client: MirrorClient, f: ManifestFile, first: str) -> Large:
+        errors = []
+        for mirror in nearest_first(first, self.mirrors):
+            try:
+                data = await client.bytes(f"{mirror}/api/weightswarm/torrents/{f.sha256}.torrent")
+                item = read_torrent(data, f, self.mirrors)
+                # Kept as the mirror sent it (trackers, web seeds) for the peer daemon.
+                atomic.write_file(self.home / "torrents" / f"{f.sha256}.torrent", data)
+                return item
+            except (WeightswarmError, KeyError, ValueError, TypeError) as e:
+                errors.append(f"{mirror}: {e or type(e).__name__}")
+        raise PullError(f"{f.path}: no mirror gave its torrent: " + "; ".join(errors))
+
+    async def _transfer(self, session, cache: RepoCache, larges: list[Large], own_id: bytes,
+                        endpoints: set[tuple[str, int]], result: PullResult, bar) -> None:
+        watcher = asyncio.create_task(watch(session, larges, bar, self.config.web_seed_grace))
+        steerer = asyncio.create_task(steer(session, larges, own_id, endpoints))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for item in larges:
+                    group.create_task(self._complete(session, cache, item))
+        finally:
+            for task in (watcher, steerer):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self._save_resume(session, larges)
+            # The last blocks' alerts may trail the torrent's completion: take them in.
+            await asyncio.sleep(0.2)
+            session.drain()
+            account(session, larges, endpoints, result)
+
+    async def _complete(self, session, cache: RepoCache, item: Large) -> None:
+        f = item.file
+        tag = etag(f)
+        await session.finished(item.key)
+        digest = await asyncio.to_thread(_sha256_synced, cache.staging(tag))
+        if digest != f.sha256:
+            # Every piece matched the torrent the manifest signs, yet the file does not: refuse.
+            raise IntegrityError("sha256", f.sha256, digest)
+        # Keep seeding under the final name while the rest of the pull runs.
+        await session.rename(item.key, tag)
+        await asyncio.to_thread(atomic.fsync_dir, cache.blobs)
+        item.done = True
+        self.resume.forget(f)
+        log.info("%s: %d bytes over BitTorrent, verified", f.path, f.size)
+
+    async def _save_resume(self, session, larges: list[Large]) -> None:
+        for item in larges:
+            if item.done:
+                continue
+            with contextlib.suppress(Exception):
+                self.resume.save(item.file, await asyncio.wait_for(
+                    session.save_resume(item.key), 5))
+
+
+def read_torrent(data: bytes, f: ManifestFile, mirrors: list[str]) -> Large:
+    """A torrent as a mirror sent it, for the manifest's file `f`; raises ValueError (bad
+    bencoding), KeyError or TypeError (not a torrent) or IntegrityError (another torrent)."""
+    torrent = bdecode(data)
+    info = torrent[b"info"]
+    if info_hash(info) != f.info_hash:
+        raise IntegrityError("info-hash", f.info_hash or "", "another torrent")
+    tiers = torrent.get(b"announce-list", [])
+    if not isinstance(tiers, list):
+        raise ValueError("announce-list is not a list of tiers")
+    trackers = [t for tier in tiers for t in _texts(tier, "announce-list")]
+    if not trackers and b"announce" in torrent:
+        trackers = _texts(torrent[b"announce"], "announce")
+    seeds = _texts(torrent.get(b"url-list", []), "url-list")
+    seeds += [f"{m}/blobs/sha256/{f.sha256}" for m in mirrors]
+    return Large(f, bencode({b"info": info}), list(dict.fromkeys(trackers)),
+                 list(dict.fromkeys(seeds)), info[b"piece length"])
+
+
+class ResumeData:
+    """libtorrent's resume data of the torrents a pull did not finish, by info-hash."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def _path(self, f: ManifestFile) -> Path:
+        return self.folder / f"{f.info_hash}.resume"
+
+    def read(self, f: ManifestFile) -> bytes | None:
+        try:
+            return self._path(f).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def save(self, f: ManifestFile, data: bytes) -> None:
+        atomic.write_file(self._path(f), data)
+
+    def forget(self, f: ManifestFile) -> None:
+        self._path(f).unlink(missing_ok=True)
+
+
+# -- watching: progress, and the web seeds held back ---------------------------------------------
+
+
+def web_seeds_due(item: Large, status, now: float, grace: float) -> bool:
+    """Whether the mirrors' web seeds join `item`'s torrent now: it has made no progress for
+    `grace` seconds with no peer connected. Connected peers may be slow to start (a
+    rate-limited seed takes seconds to send its first piece): they get `PEERS_GRACE` times
+    longer."""
+    if item.seeded_web or status.is_seeding:
+        return False
+    return now - item.last_progress >= (grace if status.peers == 0 else PEERS_GRACE * grace)
+
+
+async def watch(session, larges: list[Large], bar, grace: float) -> None:
+    shown = 0
+    while True:
+        await asyncio.sleep(WATCH_EVERY)
+        now = time.monotonic()
+        total = 0
+        for item in larges:
+            status = session.status(item.key)
+            # Payload received, partial pieces included: a 4 MiB piece from a slow source
+            # takes seconds to complete, and is progress all the while.
+            done = status.downloaded
+            total += done
+            if done > item.last_done:
+                item.last_done, item.last_progress = done, now
+            elif web_seeds_due(item, status, now, grace):
+                log.info("%s: no progress for %.0fs with %d peers: adding %d web seeds",
+                         item.file.path, now - item.last_progress, status.peers,
+                         len(item.web_seeds))
+                session.set_url_seeds(item.key, item.web_seeds)
+                item.seeded_web = True
+        bar.update(total - shown)
+        shown = total
+
+
+# -- steering: the mirrors' pieces shared out (steering.py) ----------------------------------------
+
+
+async def steer(session, larges: list[Large], own_id: bytes,
+                mirrors: set[tuple[str, int]]) -> None:
+    """Share the mirrors' pieces out among the pulls fetching them (steering.py). Should it
+    fail, the pull goes on without it: every piece from anyone."""
+    try:
+        await _steer_pieces(session, larges, own_id, mirrors)
+    except Exception:
+        log.exception("steering pieces failed: every piece from anyone from now on")
+        for item in larges:
+            with contextlib.suppress(Exception):
+                session.set_piece_priorities(item.key, [NORMAL] * item.pieces)
+
+
+async def _steer_pieces(session, larges: list[Large], own_id: bytes,
+                        mirrors: set[tuple[str, int]]) -> None:
+    steerings = {item.key: Steering(own_id, item.pieces, item.piece_length)
+                 for item in larges}
+    applied: dict[str, list[int]] = {}
+    while True:
+        now = time.monotonic()
+        for item in larges:
+            if item.done:
+                continue
+            try:
+                have, peers, received = session.swarm(item.key)
+            except KeyError:
+                continue
+            priorities = _decide(steerings[item.key], item.file.path, now, piece_set(have),
+                                 peers, received, mirrors)
+            if priorities != applied.get(item.key):
+                session.set_piece_priorities(item.key, priorities)
+                applied[item.key] = priorities
+        await asyncio.sleep(STEER_EVERY)
+
+
+def _decide(steering: Steering, path: str, now: float, have: int, peers: list,
+            received: int, mirrors: set[tuple[str, int]]) -> list[int]:
+    """One torrent's priorities from what its connections hold; logs what changed."""
+    views, from_mirrors = [], 0
+    for p in peers:
+        mirror = p.web_seed or _is_mirror(p.pid, p.ip, p.port, mirrors)
+        if mirror:
+            from_mirrors += p.rate
+        views.append(PeerView(p.pid, mirror, p.seed, piece_set(p.pieces)))
+    was_relaxed, was_stalled = steering.relaxed, steering.stalled
+    priorities = steering.decide(now, have, views, received, from_mirrors)
+    if steering.relaxed != was_relaxed:
+        log.info("%s: %s", path, "nothing received for a while: every piece from anyone"
+                 if steering.relaxed else "mirror pieces shared out again")
+    for pid in steering.stalled - was_stalled:
+        log.info("%s: pull %s makes no progress: its share of the mirrors' pieces passes to "
+                 "the others", path, pid.decode(errors="replace"))
+    return priorities
+
+
+# -- whose bytes -----------------------------------------------------------------------------------
+
+
+async def mirror_endpoints(client: MirrorClient, mirrors: list[str]) -> set[tuple[str, int]]:
+    """The mirrors' BitTorrent listen endpoints. Mirrors never dial out, so every connection
+    from a mirror is to one of these, whatever peer id it shows."""
+    endpoints = set()
+    for mirror in mirrors:
+        with contextlib.suppress(WeightswarmError, ValueError, TypeError, AttributeError):
+            info = await client.json(f"{mirror}/")
+            if info.get("service") == "weightswarm mirror" and info.get("bittorrent_port"):
+                endpoints.add((urlsplit(mirror).hostname, int(info["bittorrent_port"])))
+    return endpoints
+
+
+def account(session, larges: list[Large], mirrors: set[tuple[str, int]],
+            result: PullResult) -> None:
+    """Who sent what, from every block libtorrent received (`session.sources`): a mirror by its
+    peer id (-WM, peer/session.py) or its listen endpoint, a web seed by its URL's endpoint
+    (libtorrent gives web seeds a made-up peer id). libtorrent reports a block when its write
+    completes; a write completing after the last piece passed is reported by no alert (the
+    torrent, a seed by then, has dropped its piece picker): those few bytes are
+    `unattributed`."""
+    for item in larges:
+        web_seeds = _endpoints(item.web_seeds)
+        sources = session.sources.get(item.key, {})
+        for (pid, ip, port), n in sources.items():
+            if not pid.strip(b"\0") or (ip, port) in web_seeds:
+                result.from_web_seeds += n
+                continue
+            if _is_mirror(pid, ip, port, mirrors):
+                result.from_mirrors += n
+            else:
+                result.from_peers += n
+            name = f"{ip}:{port}"
+            result.by_peer[name] = result.by_peer.get(name, 0) + n
+        result.web_seeds_added += item.seeded_web
+        with contextlib.suppress(KeyError):
+            received = session.status(item.key).downloaded
+            result.unattributed += max(0, received - sum(sources.values()))
+
+
+_MIRROR_PREFIX = MIRROR_FINGERPRINT[:3].encode()
+
+
+def _is_mirror(pid: bytes, ip: str, port: int, mirrors: set[tuple[str, int]]) -> bool:
+    """A connection is a mirror's by its peer id (-WM, peer/session.py) or by the mirror's
+    listen endpoint: mirrors never dial out, so whatever peer id it shows."""
+    return pid.startswith(_MIRROR_PREFIX) or (ip, port) in mirrors
+
+
+def _endpoints(urls: list[str]) -> set[tuple[str, int]]:
+    """(address, port) of each URL's server, its host name resolved."""
+    found = set()
+    for url in urls:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            for *_, address in socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM):
+                found.add((address[0], port))
+        except (OSError, UnicodeError):
+            continue
+    return found
+
+
+def _texts(value, what: str) -> list[str]:
+    """A torrent's string, or list of strings, as text; anything else is not a torrent (a
+    ValueError, as bad UTF-8 is too)."""
+    items = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, bytes) for v in items):
+        raise ValueError(f"{what} is not a string or a list of strings")
+    return [v.decode("utf-8") for v in items]
+
+
+def _sha256_synced(path: Path) -> str:
+    """The file's sha256, its bytes made durable first (libtorrent wrote them; the rename into
+    place follows)."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+    return sha256_file(path)
