@@ -28,7 +28,7 @@ from peer.hfformat import REPO_TYPES
 from peer.http import answer_errors, header_safe
 from peer.keys import load_or_create, public_key_text
 from peer.metrics import Children, metrics_response
-from peer.paths import check_repo_id, check_revision, is_commit, is_sha256
+from peer.paths import ascii_digits, check_repo_id, check_revision, is_commit, is_sha256
 from peer.service import LOOPS, Service, background, listening
 from peer.service import serve as serve_services
 from peer.service import start as start_service
@@ -290,9 +290,9 @@ def _next_link(request: web.Request, cursor: int) -> str:
 
 def _paginated(request: web.Request, items: list, page_size: int) -> web.Response:
     cursor = request.query.get("cursor", "0")
-    if not cursor.isdigit() or int(cursor) > len(items):
+    start = ascii_digits(cursor)
+    if start is None or start > len(items):
         raise BadRequest(f"bad cursor {cursor!r}")
-    start = int(cursor)
     page = items[start : start + page_size]
     headers = {}
     if start + page_size < len(items):

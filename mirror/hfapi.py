@@ -29,7 +29,7 @@ from peer.hfformat import (
     iso_z,
     sibling_json,
 )
-from peer.paths import is_commit
+from peer.paths import ascii_digits, is_commit
 from peer.store import BlobStore
 
 from .catalog import SORTS, Catalog, Ref, Repo, Snapshot
@@ -62,9 +62,10 @@ def parse_list_query(params) -> ListQuery:
         text = params.get(name)
         if text is None or text == "":
             return default
-        if not text.isdigit() or len(text) > 12 or int(text) < low:
+        value = ascii_digits(text)
+        if value is None or len(text) > 12 or value < low:
             raise BadRequest(f"{name} must be an integer of at least {low}")
-        return min(int(text), high)
+        return min(value, high)
 
     sort = params.get("sort") or None
     if sort is not None and sort not in SORTS:

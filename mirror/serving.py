@@ -10,6 +10,7 @@ blob after it), so we decide the status and headers here, as pure functions, and
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,46 +38,75 @@ class ByteRange:
         return self.end - self.start + 1
 
 
+#: RFC 9110 section 14.1.1, for the one unit we serve: `bytes=first-[last]` or `bytes=-suffix`,
+#: digits ASCII only (`str.isdigit` takes "¹", which `int` refuses), the unit any case
+_BYTE_RANGE = re.compile(r"(?i:bytes)=(?:([0-9]{1,19})-([0-9]{0,19})|-([0-9]{1,19}))",
+                         re.ASCII)
+#: an entity tag, RFC 9110 section 8.8.3: optional W/, then an opaque string of etagc
+_ENTITY_TAG = re.compile(r'(?:W/)?"([\x21\x23-\x7e\x80-\xff]*)"')
+#: optional white space, RFC 9110 section 5.6.3
+_OWS = " \t"
+
+
 def parse_range(header: str | None, size: int) -> ByteRange | None:
     """One `bytes=a-b`, `bytes=a-` or `bytes=-n` range, clamped to the size; None means the
-    whole file (no header, another unit, or several ranges, which we may answer whole)."""
+    whole file (no header, another unit, or several ranges, which we may answer whole). A
+    bytes range outside the grammar, or past the end, is not satisfiable."""
     if not header:
         return None
-    unit, _, spec = header.partition("=")
-    if unit.strip().lower() != "bytes" or "," in spec:
+    unit, equals, spec = header.partition("=")
+    if not equals or unit.lower() != "bytes" or "," in spec:
         return None
-    first, dash, last = spec.strip().partition("-")
-    first, last = first.strip(), last.strip()
-    if not dash or (first and not first.isdigit()) or (last and not last.isdigit()):
+    match = _BYTE_RANGE.fullmatch(header)
+    if match is None:
         raise RangeNotSatisfiable(header, size)
-    if not first:
-        if not last or int(last) == 0:
+    first, last, suffix = match.groups()
+    if suffix is not None:
+        if int(suffix) == 0:
             raise RangeNotSatisfiable(header, size)
-        start = max(0, size - int(last))
-        end = size - 1
+        start, end = max(0, size - int(suffix)), size - 1
     else:
         start = int(first)
-        end = min(int(last), size - 1) if last else size - 1
         if last and int(last) < start:
             raise RangeNotSatisfiable(header, size)
+        end = min(int(last), size - 1) if last else size - 1
     if start >= size:
         raise RangeNotSatisfiable(header, size)
     return ByteRange(start, end)
 
 
+def entity_tags(header: str) -> list[str] | None:
+    """The opaque tags of an `If-None-Match` or `If-Range` list (RFC 9110 sections 8.8.3 and
+    13.1.2, weak ones included), "*" as itself; None when the header is not in the grammar."""
+    tags = []
+    for item in header.split(","):
+        item = item.strip(_OWS)
+        if not item:
+            continue  # the list grammar allows empty elements
+        if item == "*":
+            tags.append("*")
+            continue
+        match = _ENTITY_TAG.fullmatch(item)
+        if match is None:
+            return None
+        tags.append(match.group(1))
+    return tags
+
+
 def etag_matches(if_none_match: str | None, etag: str) -> bool:
-    """`If-None-Match` against our strong content-hash ETag (weak comparison, RFC 9110)."""
+    """`If-None-Match` (or `If-Range`) against our strong content-hash ETag, by the weak
+    comparison of RFC 9110; a header outside the grammar matches nothing."""
     if not if_none_match:
         return False
-    for candidate in if_none_match.split(","):
-        candidate = candidate.strip()
-        if candidate == "*":
-            return True
-        if candidate.startswith("W/"):
-            candidate = candidate[2:]
-        if candidate.strip('"') == etag:
-            return True
-    return False
+    tags = entity_tags(if_none_match)
+    return bool(tags) and ("*" in tags or etag in tags)
+
+
+def if_range_holds(header: str, etag: str) -> bool:
+    """`If-Range` (RFC 9110 section 13.1.5): the range is sent only if the client's validator
+    is our entity tag by the strong comparison: not a weak tag, not a date (ours are never
+    dates, so a date means another version)."""
+    return header.strip(_OWS) == quoted(etag)
 
 
 def quoted(etag: str) -> str:
@@ -160,7 +190,7 @@ def blob_response(
         return web.Response(status=304, headers=headers)
     byte_range = parse_range(request.headers.get("Range"), size)
     if_range = request.headers.get("If-Range")
-    if if_range is not None and not etag_matches(if_range, etag):
+    if if_range is not None and not if_range_holds(if_range, etag):
         byte_range = None  # the client's copy is another version: send the whole file
     if byte_range is None:
         return BlobResponse(path, 0, size, status=200, headers=headers, egress=egress,

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 #: every temp file this module makes ends so: `.{name}.{pid}.{hex}.wstmp`
 SUFFIX = ".wstmp"
-_TEMP = re.compile(r"\..+\.(\d+)\.[0-9a-f]{8}" + re.escape(SUFFIX))
+_TEMP = re.compile(r"\..+\.([0-9]{1,10})\.[0-9a-f]{8}" + re.escape(SUFFIX))
 #: folders swept of dead writers' temp files by this process (once each)
 _swept: set[str] = set()
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from .errors import ConfigError
+from .paths import ascii_digits
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -115,7 +116,8 @@ def port(value: int) -> int:
 
 def listen(value: str) -> str:
     host, sep, number = value.rpartition(":")
-    if not sep or not host or not number.isdigit() or int(number) > 65535:
+    given = ascii_digits(number)
+    if not sep or not host or given is None or given > 65535:
         raise ValueError(f"must be host:port, got {value!r}")
     return value
 

@@ -1,4 +1,5 @@
-"""Checks for names that come from outside: repo file paths, repo ids, revisions.
+"""Checks for names (and numbers) that come from outside: repo file paths, repo ids, revisions,
+the decimal numbers of headers and query strings.
 
 Every path an upstream, a request or a bundle hands us passes `check_repo_path` before it is
 used as a key, and `resolve_inside` before it touches the file system.
@@ -23,6 +24,16 @@ _HEX40 = re.compile(r"[0-9a-f]{40}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _GIT_REFUSES = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+_DIGITS = re.compile(r"[0-9]{1,19}", re.ASCII)
+
+
+def ascii_digits(text: str | None) -> int | None:
+    """`text` as a number if it is 1*DIGIT, as every HTTP and URL grammar has it (ASCII 0-9,
+    at most 19 of them), else None: `str.isdigit` also takes "¹" and "٣", which `int` and
+    `float` refuse or read as something else."""
+    if text is None or _DIGITS.fullmatch(text) is None:
+        return None
+    return int(text)
 
 
 def is_commit(value: str) -> bool:

@@ -24,7 +24,7 @@ from typing import BinaryIO
 from .atomic import pid_alive, place
 from .errors import BlobMissing, Busy, IntegrityError
 from .hashing import Digests, Hasher, blake3_file, read_chunks, sha256_file
-from .paths import is_sha256
+from .paths import ascii_digits, is_sha256
 
 log = logging.getLogger(__name__)
 
@@ -343,7 +343,8 @@ class BlobStore:
         removed = 0
         for path in self.tmp_dir.glob("*.part"):
             pid_text = path.name.split(".", 1)[0]
-            if pid_text.isdigit() and pid_alive(int(pid_text)):
+            pid = ascii_digits(pid_text)
+            if pid is not None and pid_alive(pid):
                 continue
             try:
                 path.unlink()

@@ -19,7 +19,7 @@ import aiohttp
 from peer.errors import GatedRepo, IntegrityError
 from peer.hfformat import TYPE_PLURAL, TYPE_URL_PREFIX
 from peer.http import raise_for_status
-from peer.paths import is_commit
+from peer.paths import ascii_digits, is_commit
 
 from . import RemoteFile, UpstreamError
 from .polite import Bandwidth, RequestBudget, backoff, retry_after
@@ -227,8 +227,9 @@ class HuggingFace:
 
 
 def _check_linked(path: str, expect: RemoteFile, size: str | None, etag: str | None) -> None:
-    if size is not None and size.strip().isdigit() and int(size) != expect.size:
-        raise IntegrityError(f"{path}: X-Linked-Size", str(expect.size), size.strip())
+    linked = ascii_digits(size.strip()) if size is not None else None
+    if linked is not None and linked != expect.size:
+        raise IntegrityError(f"{path}: X-Linked-Size", str(expect.size), str(linked))
     if etag:
         value = etag.strip().removeprefix("W/").strip('"')
         wanted = expect.sha256 if expect.lfs else expect.git_sha1

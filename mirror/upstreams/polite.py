@@ -10,6 +10,8 @@ import re
 import time
 from collections.abc import Mapping
 
+from peer.paths import ascii_digits
+
 WINDOW = 300.0  # HF publishes its limits per 5 minutes
 MAX_WAIT = 300.0
 
@@ -21,8 +23,9 @@ def retry_after(headers: Mapping[str, str], now: float | None = None) -> float |
     value = headers.get("Retry-After")
     if value:
         value = value.strip()
-        if value.isdigit():
-            return min(float(value), MAX_WAIT)
+        seconds = ascii_digits(value)
+        if seconds is not None:
+            return min(float(seconds), MAX_WAIT)
         try:
             when = email.utils.parsedate_to_datetime(value).timestamp()
         except (TypeError, ValueError):
@@ -31,12 +34,12 @@ def retry_after(headers: Mapping[str, str], now: float | None = None) -> float |
             return min(max(0.0, when - now), MAX_WAIT)
     value = headers.get("RateLimit")
     if value:
-        match = re.search(r"(?:^|;)\s*t=(\d+)", value)
+        match = re.search(r"(?:^|;)[ \t]*t=([0-9]{1,19})", value)
         if match:
             return min(float(match.group(1)), MAX_WAIT)
-    value = headers.get("RateLimit-Reset")
-    if value and value.strip().isdigit():
-        return min(float(value.strip()), MAX_WAIT)
+    reset = ascii_digits((headers.get("RateLimit-Reset") or "").strip())
+    if reset is not None:
+        return min(float(reset), MAX_WAIT)
     return None
 
 
