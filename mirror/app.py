@@ -23,13 +23,13 @@ from multidict import MultiDict
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from peer import hubs
-from peer.errors import BadRequest, NotFound, WeightswarmError
+from peer.errors import BadRequest, NotFound, RequestTimeout, WeightswarmError
 from peer.hfformat import REPO_TYPES
 from peer.http import answer_errors, header_safe
 from peer.keys import load_or_create, public_key_text
 from peer.metrics import Children, metrics_response
 from peer.paths import ascii_digits, check_repo_id, check_revision, is_commit, is_sha256
-from peer.service import LOOPS, Service, background, listening
+from peer.service import LIMITS, LOOPS, Service, background, listening
 from peer.service import serve as serve_services
 from peer.service import start as start_service
 from peer.settings import MIRROR_FINGERPRINT
@@ -215,7 +215,11 @@ async def _resolve(request: web.Request, call: routes.HubCall) -> web.StreamResp
 
 
 async def _paths_info(request: web.Request, call: routes.HubCall) -> web.Response:
-    form = await request.post()
+    try:
+        async with asyncio.timeout(request.app[LIMITS].body_timeout):
+            form = await request.post()
+    except TimeoutError:
+        raise RequestTimeout("the request's body did not arrive in time") from None
     paths = [str(p) for p in form.getall("paths", [])]
     body = await _on_catalog(request, request.app[SERVICE].paths_info, call, paths,
                              expand=_true(str(form.get("expand", ""))))
@@ -518,6 +522,7 @@ def _distribution_repo(request: web.Request) -> tuple[str, str, str]:
 def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[observe])
     app[CONFIG] = config
+    app[LIMITS] = config.mirror.http
     app[METRICS] = Metrics()
     app.cleanup_ctx.extend([
         listening(config.mirror.host, config.mirror.port), background("mirror"), _catalog,

@@ -31,7 +31,16 @@ from peer.config import (
     read_settings,
 )
 from peer.errors import ConfigError
-from peer.settings import PEER, PeerConfig, SessionSettings, bittorrent_settings, session_settings
+from peer.settings import (
+    PEER,
+    HttpLimits,
+    PeerConfig,
+    SessionSettings,
+    bittorrent_settings,
+    http_limits,
+    http_settings,
+    session_settings,
+)
 from tracker.config import TRACKER, TrackerConfig
 
 
@@ -126,6 +135,7 @@ class MirrorConfig:
     #: None: do not seed
     bittorrent: SessionSettings | None = None
     scrub_interval: float = 7 * 86400  # 0: never
+    http: HttpLimits = HttpLimits()
 
 
 def _mirror_config(values: Mapping[str, Any]) -> MirrorConfig:
@@ -136,13 +146,14 @@ def _mirror_config(values: Mapping[str, Any]) -> MirrorConfig:
         upstreams=MappingProxyType(dict(values["upstreams"])),
         syncs=values["sync"], egress_limit=values["egress_limit"],
         bittorrent=session_settings(values) if values["seed"] else None,
-        scrub_interval=values["scrub_interval"],
+        scrub_interval=values["scrub_interval"], http=http_limits(values),
     )
 
 
 MIRROR = Section("mirror", (
     Setting("host", str, "127.0.0.1", "address the mirror's HTTP API binds to"),
     Setting("port", int, 8470, "port of the mirror's HTTP API (0: any free port)", check=port),
+    *http_settings(),
     Setting("public_url", str, None, "base URL clients see", check=http_url,
             unset="the request's own scheme, host and port"),
     Setting("archive", bool, False,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import mimetypes
 import posixpath
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -36,6 +37,7 @@ from .catalog import SORTS, Catalog, Ref, Repo, Snapshot
 from .routes import HubCall
 
 TREE_PAGE = 1000
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 LIST_PAGE = 1000
 
 
@@ -76,10 +78,16 @@ def parse_list_query(params) -> ListQuery:
     search = [t for t in params.getall("search", []) if t]
     if any(len(t) > 256 for t in search):
         raise BadRequest("search terms are at most 256 characters")
+    author = params.get("author") or None
+    tags = [t for t in params.getall("filter", []) if t]
+    # No repo id, author or tag holds a control character; sqlite's full-text index refuses
+    # a NUL in its query ("unterminated string": a 500 the HTTP fuzzer found).
+    if any(_CONTROL.search(t) for t in (*search, *tags, author or "")):
+        raise BadRequest("search, author and filter hold no control characters")
     return ListQuery(
         search=search,
-        author=params.get("author") or None,
-        tags=[t for t in params.getall("filter", []) if t],
+        author=author,
+        tags=tags,
         sort=sort,
         ascending=direction in ("1", "asc"),
         offset=number("cursor", 0, 0, 10**12),

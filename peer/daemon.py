@@ -31,7 +31,7 @@ from .hubs import HUBS
 from .manifest import ManifestError, UnknownKey, read_manifest
 from .metrics import Children, metrics_response
 from .paths import check_repo_id, check_revision, is_commit, is_sha256
-from .service import LOOPS, Service, background, listening
+from .service import LIMITS, LOOPS, Service, background, listening
 from .service import serve as serve_services
 from .service import start as start_service
 from .settings import PEER_FINGERPRINT, PeerConfig
@@ -233,6 +233,7 @@ def create_app(config: PeerConfig) -> web.Application:
     daemon = PeerDaemon(config)
     app = web.Application(middlewares=[errors_middleware])
     app[DAEMON] = daemon
+    app[LIMITS] = config.http
     app.cleanup_ctx.extend([listening(config.host, config.port), background("peer daemon"),
                             _session, _seeding])
     app.router.add_get("/", daemon.index)

@@ -151,6 +151,12 @@ class InsufficientSpace(WeightswarmError):
         self.free = free
 
 
+class RequestTimeout(WeightswarmError):
+    """A client took too long to send what it started to (a request's body)."""
+
+    status = 408
+
+
 class Busy(WeightswarmError):
     """Someone else holds the thing right now (another process fetching the same blob)."""
 

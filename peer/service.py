@@ -12,6 +12,8 @@ daemon (STYLE.md, "the shape of a module").
   logged and the service stops, never left running with a loop silently dead.
 - `start(app, name)` opens every resource, then accepts connections on the app's listening
   socket, and returns a `Service`: where it listens, what it says of itself, and `stop()`.
+  Every server bounds how long it waits for a client (`LIMITS`, from the role's `http_*`
+  settings), and refuses a malformed request with one line in the log, never a traceback.
 - `serve(*services)` runs them until SIGINT or SIGTERM, or until one of them fails.
 """
 
@@ -22,13 +24,16 @@ import dataclasses
 import logging
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from .errors import WeightswarmError
+from .settings import HttpLimits
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +100,8 @@ class Loops:
 
 LISTENER = web.AppKey("listener", socket.socket)
 LOOPS = web.AppKey("loops", Loops)
+#: how long the service waits for a client; set by create_app from the role's config
+LIMITS = web.AppKey("limits", HttpLimits)
 
 CleanupContext = Callable[[web.Application], AsyncIterator[None]]
 
@@ -181,10 +188,57 @@ class Service:
         await self.runner.cleanup()
 
 
+class MalformedRequests(logging.Filter):
+    """aiohttp answers a request it cannot parse (a line too long, a bad method or header, an
+    invalid URL) with a 400, and logs each as an ERROR with a traceback: about one line of
+    traceback per ten hostile requests. A refusal is an expected event: one INFO line instead,
+    at most once a minute for each kind (aiohttp's error classes, a small fixed set), with how
+    many were refused meanwhile."""
+
+    EVERY = 60.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[str, float] = {}
+        self._since: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            return True  # a real failure: its traceback is wanted
+        kind, now = type(error).__name__, time.monotonic()
+        if now - self._last.get(kind, -self.EVERY) < self.EVERY:
+            self._since[kind] = self._since.get(kind, 0) + 1
+            return False
+        self._last[kind] = now
+        more = self._since.pop(kind, 0)
+        detail = " ".join(str(error.message).split())[:160]
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.msg = "refused a malformed request from %s: %s (%s)%s"
+        record.args = (record.args[0] if record.args else "?", kind, detail,
+                       f"; {more} more refused since the last line" if more else "")
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
+#: aiohttp's own logger of the requests its servers fail to handle
+_AIOHTTP_SERVER = logging.getLogger("aiohttp.server")
+
+
+def _quiet_malformed_requests() -> None:
+    if not any(isinstance(f, MalformedRequests) for f in _AIOHTTP_SERVER.filters):
+        _AIOHTTP_SERVER.addFilter(MalformedRequests())
+
+
 async def start(app: web.Application, name: str) -> Service:
     """Open every resource of `app`, then accept connections on its listening socket. Should
     anything fail, what was opened is closed again before the error propagates."""
-    runner = web.AppRunner(app, access_log=None)
+    _quiet_malformed_requests()
+    limits = app.get(LIMITS) or HttpLimits()
+    # aiohttp's keep-alive timer runs from a connection's start and from each answer, and
+    # closes the connection if no whole request head came meanwhile: the bound on slow heads
+    # and on idle connections at once.
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=limits.idle_timeout)
     try:
         await runner.setup()
         await web.SockSite(runner, app[LISTENER]).start()

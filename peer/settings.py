@@ -1,5 +1,6 @@
-"""BitTorrent session settings and the `[peer]` section, declared beside their dataclasses and
-kept apart from peer/session.py so that reading a config does not import libtorrent."""
+"""BitTorrent session settings, the HTTP limits every server of ours keeps, and the `[peer]`
+section, declared beside their dataclasses and kept apart from peer/session.py and
+peer/service.py so that reading a config imports neither libtorrent nor aiohttp."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import Section, Setting, listen, port
+from .config import Section, Setting, listen, port, positive
 
 #: the start of our peer ids, so a downloader can tell a mirror's bytes from a peer's
 MIRROR_FINGERPRINT = "-WM0100-"
@@ -33,6 +34,36 @@ class SessionSettings:
     @property
     def fast(self) -> bool:
         return self.min_announce_interval < 60
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    """How long a server of ours waits for a client: real servers bound the time to read a
+    request's head and an idle keep-alive, or fifty clients that send half a request hold
+    fifty connections for as long as they like (issue 14)."""
+
+    #: a connection is closed when it has not sent a whole request head this many seconds
+    #: after it opened or after its last answer: an idle keep-alive, or a slow or stuck client
+    idle_timeout: float = 60.0
+    #: seconds a request's body may take to arrive
+    body_timeout: float = 60.0
+
+
+def http_settings() -> tuple[Setting, ...]:
+    """The `http_*` keys of every section that runs an HTTP server."""
+    return (
+        Setting("http_idle_timeout", float, HttpLimits.idle_timeout,
+                "seconds a connection may wait for its next whole request head (idle "
+                "keep-alives and slow or stuck clients are closed)",
+                check=positive("seconds")),
+        Setting("http_body_timeout", float, HttpLimits.body_timeout,
+                "seconds a request's body may take to arrive", check=positive("seconds")),
+    )
+
+
+def http_limits(values: Mapping[str, Any]) -> HttpLimits:
+    return HttpLimits(idle_timeout=values["http_idle_timeout"],
+                      body_timeout=values["http_body_timeout"])
 
 
 def bittorrent_settings(listen_help: str) -> tuple[Setting, ...]:
@@ -76,6 +107,8 @@ class PeerConfig:
     web_seed_grace: float = 5.0
     #: the Hugging Face cache [default: HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub]
     cache: str | None = None
+    #: the daemon's HTTP server
+    http: HttpLimits = HttpLimits()
 
 
 def _peer_config(values: Mapping[str, Any]) -> PeerConfig:
@@ -87,6 +120,7 @@ def _peer_config(values: Mapping[str, Any]) -> PeerConfig:
         host=values["host"], port=values["port"],
         serve_bt=serve_bt, pull_bt=dataclasses.replace(serve_bt, listen=values["pull_listen"]),
         web_seed_grace=values["web_seed_grace"], cache=values["cache"],
+        http=http_limits(values),
     )
 
 
@@ -96,6 +130,7 @@ PEER = Section("peer", (
             "mirror keys (ed25519:<hex>) whose manifests are believed, besides pinned ones"),
     Setting("host", str, "127.0.0.1", "address the peer daemon's /metrics binds"),
     Setting("port", int, 8471, "port of the peer daemon's /metrics (0: any)", check=port),
+    *http_settings(),
     *bittorrent_settings("the peer daemon's BitTorrent address, host:port"),
     Setting("pull_listen", str, "0.0.0.0:0", "a pull's BitTorrent address (port 0: ephemeral)",
             check=listen),

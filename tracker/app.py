@@ -25,7 +25,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from peer.metrics import Children, metrics_response
-from peer.service import LOOPS, Service, background, listening, port_of
+from peer.service import LIMITS, LOOPS, Service, background, listening, port_of
 from peer.service import serve as serve_services
 from peer.service import start as start_service
 
@@ -353,6 +353,7 @@ def create_app(config: TrackerConfig) -> web.Application:
     # A long request line gets our bencoded refusal instead of aiohttp's plain 400.
     app = web.Application(handler_args={"max_line_size": 131072})
     app[CONFIG] = config
+    app[LIMITS] = config.http
     app.cleanup_ctx.extend([listening(config.host, config.port), background("tracker"), _state,
                             _udp, _expiry])
     app.router.add_get("/announce", http_announce)

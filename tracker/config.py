@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from peer.config import REQUIRED, Section, Setting, Tables, parse_tables, port
+from peer.settings import HttpLimits, http_limits, http_settings
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class TrackerConfig:
     max_swarms: int = 1_000_000
     max_peers: int = 5_000_000
     private_hashes: frozenset[bytes] = field(default_factory=frozenset)
+    http: HttpLimits = HttpLimits()
 
 
 def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -77,13 +79,14 @@ def _tracker_config(values) -> TrackerConfig:
         sites=_most_specific_first(values["sites"]), mirrors=frozenset(values["mirrors"]),
         keys_file=values["keys_file"], trusted_proxies=tuple(values["trusted_proxies"]),
         max_swarms=values["max_swarms"], max_peers=values["max_peers"],
-        private_hashes=values["private_hashes"],
+        private_hashes=values["private_hashes"], http=http_limits(values),
     )
 
 
 TRACKER = Section("tracker", (
     Setting("host", str, "127.0.0.1", "address the tracker binds (HTTP and UDP)"),
     Setting("port", int, 6969, "tracker port, HTTP and UDP (0: any free port)", check=port),
+    *http_settings(),
     Setting("interval", int, 1800, "seconds between a peer's announces"),
     Setting("min_interval", int, 60, "the least a peer may wait between announces"),
     Setting("mirrors", list, [], "mirrors' BitTorrent endpoints, ip:port"),
