@@ -54,6 +54,8 @@ class UpstreamConfig:
     requests_per_5min: int = 500
     #: bytes/s over all downloads from it (None or 0: unlimited)
     bandwidth: float | None = None
+    #: times a request that got no answer or a 5xx is tried again, with backoff
+    retries: int = 5
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,8 @@ def _upstream(hub: str) -> Section[UpstreamConfig]:
                 check=not_negative),
         Setting("bandwidth", float, None, "bytes/s cap over all downloads from it",
                 check=not_negative, unset="unlimited"),
+        Setting("retries", int, 5, "times a request that got no answer or a 5xx is tried "
+                "again (backoff 0.5, 1, 2, 4... s)", check=not_negative),
     ), build=lambda values: UpstreamConfig(**values))
 
 

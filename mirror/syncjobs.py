@@ -30,11 +30,11 @@ def upstream_for(config: Config, spec: SyncSpec) -> Upstream:
     if spec.kind == "local":
         return LocalFolder(Path(spec.endpoint))
     if spec.kind == "mirror":
-        return HuggingFace(spec.endpoint, name=spec.endpoint)
+        return HuggingFace(spec.endpoint, name=spec.endpoint, setting="the mirror: spec's URL")
     settings = config.mirror.upstreams[hubs.HUGGINGFACE]
     return HuggingFace(settings.endpoint, token=settings.token,
                        requests_per_5min=settings.requests_per_5min,
-                       bandwidth=settings.bandwidth)
+                       bandwidth=settings.bandwidth, retries=settings.retries)
 
 
 @dataclass

@@ -14,10 +14,12 @@ and a 404 `EntryNotFound` mean the same thing wherever they come from.
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Mapping
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -158,8 +160,49 @@ async def raise_for_status(response: aiohttp.ClientResponse, *, source: str = ""
     raise error_from(response.status, response.headers, body, str(response.url), source)
 
 
-def unreachable(url: str, error: BaseException, source: str = "") -> Unavailable:
-    """A request that got no answer (refused, reset, timed out), as the contract's error."""
-    failure = Unavailable(f"{source or url}: {error!r}")
+#: what went wrong with a connection, in words, by aiohttp's class (the most specific first)
+_CAUSES: tuple[tuple[type[BaseException], str], ...] = (
+    (aiohttp.ClientConnectorDNSError, "its name does not resolve (DNS)"),
+    (aiohttp.ClientConnectorCertificateError, "its TLS certificate is not trusted"),
+    (aiohttp.ClientSSLError, "the TLS handshake failed"),
+    (aiohttp.ServerTimeoutError, "it did not answer in time (timed out)"),
+    (aiohttp.ServerDisconnectedError, "it closed the connection without an answer"),
+    (aiohttp.ClientPayloadError, "the transfer was cut off"),
+    (TimeoutError, "it did not answer in time (timed out)"),
+    (ConnectionRefusedError, "the connection was refused (nothing listens there)"),
+    (ConnectionResetError, "the connection was reset"),
+    (aiohttp.InvalidURL, "the URL is not valid"),
+)
+#: the same for an OSError's errno, when aiohttp wraps one
+_ERRNO_CAUSES = {
+    errno.ECONNREFUSED: "the connection was refused (nothing listens there)",
+    errno.ENETUNREACH: "there is no route to its network",
+    errno.EHOSTUNREACH: "there is no route to the host",
+    errno.ETIMEDOUT: "it did not answer in time (timed out)",
+    errno.ECONNRESET: "the connection was reset",
+}
+
+
+def plain_cause(error: BaseException) -> str:
+    """Why a request got no answer, in a few plain words (DNS, refused, timed out, TLS...)."""
+    for kind, words in _CAUSES:
+        if isinstance(error, kind):
+            return words
+    os_error = getattr(error, "os_error", error)
+    if isinstance(os_error, OSError) and os_error.errno in _ERRNO_CAUSES:
+        return _ERRNO_CAUSES[os_error.errno]
+    text = " ".join(str(error).split())[:200]
+    return f"{type(error).__name__}{': ' + text if text else ''}"
+
+
+def unreachable(url: str, error: BaseException, source: str = "",
+                setting: str = "") -> Unavailable:
+    """A request that got no answer (refused, reset, timed out), as the contract's error: one
+    line naming the host, the cause in plain words, and the setting that changes where it
+    goes."""
+    host = urlsplit(url).netloc or url
+    check = f"; check {setting}" if setting else ""
+    failure = Unavailable(f"{source + ': ' if source else ''}could not reach {host}: "
+                          f"{plain_cause(error)}{check}")
     failure.url = url
     return failure

@@ -18,7 +18,7 @@ import aiohttp
 
 from peer.errors import GatedRepo, IntegrityError
 from peer.hfformat import TYPE_PLURAL, TYPE_URL_PREFIX
-from peer.http import raise_for_status
+from peer.http import plain_cause, raise_for_status, unreachable
 from peer.paths import ascii_digits, is_commit
 
 from . import RemoteFile, UpstreamError
@@ -33,10 +33,13 @@ MAX_PAGES = 100_000
 
 class HuggingFace:
     def __init__(self, endpoint: str, *, token: str | None = None, name: str = "huggingface",
+                 setting: str = "mirror.upstreams.huggingface.endpoint",
                  requests_per_5min: int = 500, bandwidth: float | None = None,
                  connections_per_host: int = 8, timeout: float = 60.0, retries: int = 5):
         self.endpoint = endpoint.rstrip("/")
         self.name = name
+        #: what a user changes to point the mirror elsewhere, named when it cannot be reached
+        self.setting = setting
         self.token = token
         self.budget = RequestBudget(requests_per_5min)
         self.bandwidth = Bandwidth(bandwidth)
@@ -84,7 +87,7 @@ class HuggingFace:
                     method, url, headers=self._headers(url, headers), allow_redirects=False)
             except (TimeoutError, aiohttp.ClientError) as e:
                 if attempt >= self.retries:
-                    raise UpstreamError(f"{self.name}: {method} {url}: {e!r}") from e
+                    raise unreachable(url, e, self.name, self.setting) from e
                 await asyncio.sleep(backoff(attempt))
                 attempt += 1
                 continue
@@ -221,7 +224,8 @@ class HuggingFace:
                 await self.bandwidth.consume(len(chunk))
                 yield chunk
         except (TimeoutError, aiohttp.ClientError) as e:
-            raise UpstreamError(f"{self.name}: {path}: transfer cut: {e!r}") from e
+            raise UpstreamError(f"{self.name}: {path}: the transfer broke off: "
+                                f"{plain_cause(e)}") from e
         finally:
             response.release()
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .. import atomic
-from ..errors import IntegrityError, NotFound, RemoteError
+from ..errors import IntegrityError, NotFound, RemoteError, Unavailable, WeightswarmError
 from ..manifest import Manifest, ManifestError, read_manifest, read_ref
 from ..paths import is_commit
 from ..trust import Trust
@@ -48,15 +48,20 @@ async def believe(client: MirrorClient, spec: PullSpec, mirrors: list[str], trus
                   home: Path) -> Believed:
     """The first mirror's answer that has one; what it signed is kept in `home` for the peer
     daemon to relay."""
-    errors = []
+    errors: list[WeightswarmError] = []
     for mirror in mirrors:
         try:
             return await _believe_from(client, spec, mirror, trust, home)
         except (ManifestError, IntegrityError) as e:
             raise PullError(f"{mirror}: refused: {e}") from e
         except (RemoteError, PullError) as e:
-            errors.append(f"{mirror}: {e}")
-    raise NotFound(f"no mirror has {spec.repo_id}@{spec.revision}: " + "; ".join(errors))
+            errors.append(e)
+    said = "; ".join(str(e) for e in errors)
+    if all(isinstance(e, Unavailable) for e in errors):
+        # Not "no mirror has it": none could say (olah#62: an unreachable upstream reported
+        # as a missing repo, which a client then believes).
+        raise Unavailable(f"no mirror answered for {spec.repo_id}@{spec.revision}: {said}")
+    raise NotFound(f"no mirror has {spec.repo_id}@{spec.revision}: {said}")
 
 
 async def _believe_from(client: MirrorClient, spec: PullSpec, mirror: str, trust: Trust,

@@ -40,7 +40,7 @@ class MirrorClient:
                 await raise_for_status(r)
                 yield r
         except (TimeoutError, aiohttp.ClientError) as e:
-            raise unreachable(url, e) from e
+            raise unreachable(url, e, setting="peer.mirrors or --mirror") from e
 
     async def json(self, url: str):
         async with self._get(url) as r:

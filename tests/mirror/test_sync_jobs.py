@@ -130,3 +130,35 @@ def test_a_folder_synced_with_local_gets_the_same_commit_as_its_import(tmp_path,
     (tiny / "vocab.txt").write_text("changed\n")
     changed = ws(tmp_path / "b", hub, "mirror", "sync", f"local:{tiny}#org/tiny")
     assert "1 fetched" in changed.stdout, changed.stdout
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("endpoint,cause", [
+    (f"http://127.0.0.1:{_closed_port()}", "the connection was refused"),
+    ("http://no-such-hub.invalid", "its name does not resolve (DNS)"),
+])
+def test_an_unreachable_upstream_is_one_plain_line_with_the_setting_to_check(
+        tmp_path, endpoint, cause):
+    env = dict(os.environ, WEIGHTSWARM_MIRROR_UPSTREAMS_HUGGINGFACE_ENDPOINT=endpoint,
+               WEIGHTSWARM_MIRROR_UPSTREAMS_HUGGINGFACE_RETRIES="0")
+    home = tmp_path / "home"
+    done = subprocess.run([sys.executable, "-m", "mirror.cli", "--home", str(home), "mirror",
+                           "sync", "hf:gpt2", "--no-progress"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    host = endpoint.split("//", 1)[1]
+    assert len(errors) == 1 and f"could not reach {host}: {cause}" in errors[0], done.stderr
+    assert "check mirror.upstreams.huggingface.endpoint" in errors[0]
+    assert "ConnectionKey" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    runs = json.loads(subprocess.run(
+        [sys.executable, "-m", "mirror.cli", "--home", str(home), "mirror", "status", "--json"],
+        env=env, capture_output=True, text=True, timeout=60).stdout)
+    assert runs[0]["status"] == "failed" and f"could not reach {host}: {cause}" in runs[0]["error"]

@@ -507,3 +507,27 @@ def test_what_an_interrupted_pull_already_holds_counts_toward_the_space(tmp_path
     with open(partial, "wb") as out:
         out.truncate(1024 * MiB)  # sparse: it takes no space of its own
     check_space(tmp_path, [f])  # 512 MiB less than free: fits
+
+
+def test_a_pull_whose_mirrors_cannot_be_reached_says_so_in_one_line_not_no_mirror_has(
+        tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    done = subprocess.run(
+        [sys.executable, "-m", "mirror.cli", "--home", str(tmp_path / "home"), "pull", "org/m",
+         "--mirror", f"http://127.0.0.1:{closed}", "--mirror", "http://no-such-mirror.invalid"],
+        env={**os.environ, "HF_HUB_CACHE": str(tmp_path / "cache")}, capture_output=True,
+        text=True, timeout=60)
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, done.stderr
+    assert "no mirror answered for org/m@main" in errors[0], "unreachable is not 'missing'"
+    assert f"could not reach 127.0.0.1:{closed}: the connection was refused" in errors[0]
+    assert "could not reach no-such-mirror.invalid: its name does not resolve (DNS)" in errors[0]
+    assert "check peer.mirrors or --mirror" in errors[0]
+    assert "Traceback" not in done.stderr and "ConnectionKey" not in done.stderr
