@@ -11,21 +11,27 @@ A Catalog object is used from one thread at a time (the server gives it its own 
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
-from peer.errors import RepoNotFound, RevisionNotFound
+from peer import atomic
+from peer.errors import InsufficientSpace, RepoNotFound, RevisionNotFound, out_of_space
 from peer.hashing import Digests
 from peer.hfformat import FileEntry, derive_tags
 from peer.paths import is_commit
 
 if TYPE_CHECKING:
     import sqlite_utils
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 ACCESS_LEVELS = ("public", "gated", "private")
 REF_KINDS = ("branch", "tag", "pr", "convert")
@@ -212,21 +218,76 @@ class NewSnapshot:
     access: str = "public"
 
 
+#: bytes kept in reserve beside the catalog (`catalog.sqlite.reserve`), given up when the disk
+#: is full so that the failure can still be recorded (a sync run's reason, say)
+RESERVE = 1 << 20
+
+
 class Catalog:
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None,
-                               check_same_thread=False)
-        self.conn = conn
-        conn.execute("PRAGMA busy_timeout = 30000")
-        conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute("PRAGMA synchronous = NORMAL")
-        self._use_wal()
-        self._migrate()
+        self.reserve_path = self.path.with_name(self.path.name + ".reserve")
+        with self._space():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None,
+                                   check_same_thread=False)
+            self.conn = conn
+            conn.execute("PRAGMA busy_timeout = 30000")
+            conn.execute("PRAGMA foreign_keys = ON")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            self._use_wal()
+            self._migrate()
+        self._keep_reserve()
 
     def close(self) -> None:
         self.conn.close()
+
+    # -- a full disk ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _space(self) -> Iterator[None]:
+        """A full disk is `InsufficientSpace`, said in one line (sqlite says "database or
+        disk is full", or cannot open its files)."""
+        try:
+            yield
+        except OSError as e:
+            full = out_of_space(e, self.path.parent, writing=f"the catalog {self.path}")
+            if full is None:
+                raise
+            raise full from e
+        except sqlite3.Error as e:
+            if not _disk_full(e, self.path.parent):
+                raise
+            free = shutil.disk_usage(self.path.parent).free
+            raise InsufficientSpace(None, free, str(self.path.parent),
+                                    writing=f"the catalog {self.path.name}") from e
+
+    def _keep_reserve(self) -> None:
+        """Put the reserve back where it was given up, if the disk has room now."""
+        if self.reserve_path.exists():
+            return
+        try:
+            atomic.write_new(self.reserve_path, bytes(RESERVE))
+        except InsufficientSpace:
+            pass  # still full: the next catalog opened tries again
+
+    def recording(self, write: Callable[..., T], *args, **kwargs) -> T:
+        """`write(*args, **kwargs)`, and again once with the reserve given up if the disk was
+        full: what must be recorded (why a sync failed) is recorded even then."""
+        try:
+            return write(*args, **kwargs)
+        except InsufficientSpace:
+            if not self._give_up_reserve():
+                raise
+            log.warning("the disk of %s is full: gave up its reserve to record", self.path)
+            return write(*args, **kwargs)
+
+    def _give_up_reserve(self) -> bool:
+        try:
+            self.reserve_path.unlink()
+            return True
+        except FileNotFoundError:
+            return False
 
     def _use_wal(self) -> None:
         """WAL mode is persistent: set it once. Switching needs an exclusive lock, for which
@@ -265,13 +326,15 @@ class Catalog:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction that holds the write lock from its start (no upgrade races)."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+        with self._space():
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
 
     # -- repos, snapshots, refs --------------------------------------------------------------
 
@@ -692,6 +755,25 @@ class Catalog:
             args = (repo.id,)
         for row in self.conn.execute(sql, args).fetchall():
             yield BlobRecord(*row)
+
+
+#: sqlite's result codes of a full disk, and of the I/O and opening errors a full disk causes
+_FULL_CODES = frozenset(getattr(sqlite3, n) for n in ("SQLITE_FULL",) if hasattr(sqlite3, n))
+_MAYBE_FULL = frozenset(getattr(sqlite3, n) for n in ("SQLITE_IOERR", "SQLITE_CANTOPEN")
+                        if hasattr(sqlite3, n))
+
+
+def _disk_full(error: sqlite3.Error, folder: Path) -> bool:
+    code = getattr(error, "sqlite_errorcode", None)
+    if code in _FULL_CODES or "database or disk is full" in str(error):
+        return True
+    # An I/O or open error on a disk with (next to) nothing left is the full disk too.
+    if code is not None and (code & 0xFF) in _MAYBE_FULL:
+        try:
+            return shutil.disk_usage(folder).free < 64 * 1024
+        except OSError:
+            return False
+    return False
 
 
 def _text(value) -> str | None:

@@ -20,7 +20,7 @@ from peer import hubs
 from peer.cli import peer as peer_group
 from peer.cli import pull as pull_command
 from peer.config import describe
-from peer.errors import WeightswarmError
+from peer.errors import WeightswarmError, out_of_space
 from peer.store import BlobStore
 from tracker.cli import tracker as tracker_group
 
@@ -442,6 +442,14 @@ def main() -> None:
         if os.environ.get("WEIGHTSWARM_DEBUG") == "1":
             raise
         click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except OSError as e:
+        # Every writer of ours says a full disk as InsufficientSpace; this is the net for one
+        # that does not yet: still one line, not a traceback.
+        full = out_of_space(e, e.filename or os.getcwd())
+        if full is None or os.environ.get("WEIGHTSWARM_DEBUG") == "1":
+            raise
+        click.echo(f"error: {full}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

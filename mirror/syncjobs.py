@@ -5,6 +5,7 @@ failed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
@@ -57,12 +58,16 @@ async def run_specs(config: Config, specs: list[SyncSpec], *, parallel: int = 4,
                                 archive=config.mirror.archive)
                 results = await syncer.sync(spec)
             except WeightswarmError as e:
-                catalog.finish_run(run_id, time.time(), status="failed", error=str(e))
+                # Recorded even on a full disk (the catalog gives up its reserve for it).
+                catalog.recording(catalog.finish_run, run_id, time.time(), status="failed",
+                                  error=str(e))
                 outcome.failures.append((spec, e))
                 log.error("sync %s failed: %s", spec, e)
                 continue
             except BaseException:
-                catalog.finish_run(run_id, time.time(), status="failed", error="interrupted")
+                with contextlib.suppress(WeightswarmError):  # what interrupted us goes on
+                    catalog.recording(catalog.finish_run, run_id, time.time(),
+                                      status="failed", error="interrupted")
                 raise
             finally:
                 await upstream.close()

@@ -25,6 +25,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from .errors import out_of_space
+
 log = logging.getLogger(__name__)
 
 #: every temp file this module makes ends so: `.{name}.{pid}.{hex}.wstmp`
@@ -100,18 +102,32 @@ def place(src: Path, dest: Path, *, mode: int | None = None, sync: bool = True) 
 
 
 @contextlib.contextmanager
+def _space(dest: Path) -> Iterator[None]:
+    """A full disk met while writing `dest` is `InsufficientSpace`, an expected condition
+    said in one line, not an OSError's traceback."""
+    try:
+        yield
+    except OSError as e:
+        full = out_of_space(e, dest.parent, writing=str(dest))
+        if full is None:
+            raise
+        raise full from e
+
+
+@contextlib.contextmanager
 def _new_temp(dest: Path, mode: int) -> Iterator[tuple[Path, BinaryIO]]:
     """A new temp file beside `dest`, for the caller to write and put in place; whatever is
     still at its name afterwards (after an error, say) is removed."""
-    _prepare(dest)
-    tmp = temp_path(dest)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield tmp, f
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    with _space(dest):
+        _prepare(dest)
+        tmp = temp_path(dest)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield tmp, f
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
 
 
 def _durable(f: BinaryIO) -> None:
@@ -161,15 +177,16 @@ def link(target: str, dest: Path) -> None:
     """Replace `dest` with a symlink to `target`. The folder is not fsynced here: a snapshot
     of many links syncs its folders once (`sync_dirs`)."""
     dest = Path(dest)
-    _prepare(dest)
-    tmp = temp_path(dest)
-    os.symlink(target, tmp)
-    try:
-        place(tmp, dest, sync=False)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    with _space(dest):
+        _prepare(dest)
+        tmp = temp_path(dest)
+        os.symlink(target, tmp)
+        try:
+            place(tmp, dest, sync=False)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
 
 
 def sync_dirs(folders: Iterable[Path]) -> None:

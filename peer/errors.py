@@ -17,6 +17,10 @@ subclassing the base here.
 
 from __future__ import annotations
 
+import errno
+import shutil
+from pathlib import Path
+
 
 class WeightswarmError(Exception):
     """Base of every error this project raises on purpose."""
@@ -139,16 +143,45 @@ class RangeNotSatisfiable(WeightswarmError):
 
 
 class InsufficientSpace(WeightswarmError):
+    """Out of disk space: refused up front (what is needed is known), or met while writing
+    (`needed` None: the disk filled up meanwhile). An expected condition, not a crash."""
+
     status = 507
 
-    def __init__(self, needed: int, free: int, where: str, *, reserve: str = ""):
-        """`reserve`: the setting whose reserve `free` already leaves out, if any."""
+    def __init__(self, needed: int | None, free: int, where: str, *, reserve: str = "",
+                 writing: str = ""):
+        """`reserve`: the setting whose reserve `free` already leaves out, if any; `writing`:
+        what was being written when the disk filled."""
         after = f" (after the reserve {reserve})" if reserve else ""
-        super().__init__(
-            f"not enough space in {where}: {needed} bytes needed, {free} bytes free{after}"
-        )
+        if needed is None:
+            what = f" while writing {writing}" if writing else ""
+            text = f"no space left in {where}{what}: {free} bytes free{after}"
+        else:
+            text = f"not enough space in {where}: {needed} bytes needed, {free} bytes free{after}"
+        super().__init__(text)
         self.needed = needed
         self.free = free
+        self.where = where
+
+
+#: the errnos of a full disk (and of a full quota, which is the same to us)
+NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def out_of_space(error: OSError, where, *, writing: str = "", needed: int | None = None,
+                 ) -> InsufficientSpace | None:
+    """The `InsufficientSpace` an OSError of a full disk stands for, else None (the caller
+    re-raises what it caught)."""
+    if error.errno not in NO_SPACE_ERRNOS:
+        return None
+    folder = Path(where)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # what was to be made is not there: measure its disk
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = 0
+    return InsufficientSpace(needed, free, str(where), writing=writing)
 
 
 class RequestTimeout(WeightswarmError):

@@ -8,6 +8,7 @@ file, which the next store that opens removes once its writer is dead.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .atomic import pid_alive, place
-from .errors import BlobMissing, Busy, IntegrityError
+from .errors import BlobMissing, Busy, IntegrityError, out_of_space
 from .hashing import Digests, Hasher, blake3_file, read_chunks, sha256_file
 from .paths import ascii_digits, is_sha256
 
@@ -96,6 +97,19 @@ def _open_direct(path: Path) -> int | None:
         return None  # tmpfs and some others refuse O_DIRECT
 
 
+def _pwrite_all(fd: int, data, offset: int) -> None:
+    """Write all of `data` at `offset`. A write may take fewer bytes than it was given (Linux
+    does, when the disk fills up mid-buffer): the rest is written again, so that a short write
+    shows as the error of the next, never as bytes silently missing from a blob whose hash
+    was taken from the stream."""
+    view = memoryview(data)
+    while view:
+        done = os.pwrite(fd, view, offset)
+        if done == 0:
+            raise OSError(errno.ENOSPC, "nothing written")
+        view, offset = view[done:], offset + done
+
+
 def _aligned(data, offset: int) -> bool:
     """O_DIRECT wants the file offset, the length and the memory address page-aligned."""
     if offset % _PAGE or len(data) % _PAGE or not len(data):
@@ -120,7 +134,8 @@ class BlobWriter:
         #: after commit: True when these bytes were new to the store, False when deduplicated.
         self.created = False
         self.written = 0
-        self.tmp_path, fd = self._open()
+        with self._space():
+            self.tmp_path, fd = self._open()
         self.file = os.fdopen(fd, "r+b" if self.written else "wb", buffering=0)
         self._writeback = _Writeback(fd)
         self._direct = _open_direct(self.tmp_path)
@@ -129,22 +144,37 @@ class BlobWriter:
         path = self.store.tmp_dir / f"{os.getpid()}.{secrets.token_hex(8)}.part"
         return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
 
+    @contextlib.contextmanager
+    def _space(self) -> Iterator[None]:
+        """A disk that fills up meanwhile is `InsufficientSpace`, said in one line."""
+        try:
+            yield
+        except OSError as e:
+            full = out_of_space(e, self.store.root, writing=f"a blob of {self.size} bytes",
+                                needed=self.size - self.written)
+            if full is None:
+                raise
+            raise full from e
+
     def write(self, data: bytes | memoryview) -> None:
         """Append `data`. Page-aligned buffers (`read_chunks` gives them) bypass the page cache
         with O_DIRECT: no copy into the cache and no dirty pages for the final fsync to flush,
         which doubled import throughput (README, import row). Anything else is written
         through the cache, with writeback started as it goes."""
         self.hasher.update(data)
-        if self._direct is not None and _aligned(data, self.written):
-            try:
-                os.pwrite(self._direct, data, self.written)
-                self.written += len(data)
-                return
-            except OSError as e:
-                if e.errno != errno.EINVAL:
-                    raise
-                self._close_direct()  # this file system refuses O_DIRECT after all
-        os.pwrite(self.file.fileno(), data, self.written)
+        with self._space():
+            if self._direct is not None and _aligned(data, self.written):
+                try:
+                    if os.pwrite(self._direct, data, self.written) == len(data):
+                        self.written += len(data)
+                        return
+                    # A short write (the disk filling up): the whole buffer again, through
+                    # the page cache, where the error shows.
+                except OSError as e:
+                    if e.errno != errno.EINVAL:
+                        raise
+                    self._close_direct()  # this file system refuses O_DIRECT after all
+            _pwrite_all(self.file.fileno(), data, self.written)
         self.written += len(data)
         self._writeback.advance(self.written)
 
@@ -158,9 +188,10 @@ class BlobWriter:
             digests = self.hasher.finish()
             self._check(digests)
             self._close_direct()
-            os.fsync(self.file.fileno())
-            self.file.close()
-            self.created = self.store._publish(self.tmp_path, digests.sha256)
+            with self._space():
+                os.fsync(self.file.fileno())
+                self.file.close()
+                self.created = self.store._publish(self.tmp_path, digests.sha256)
             self.done = True
             return digests
         finally:
@@ -244,9 +275,14 @@ class BlobStore:
         self.blob_dir = self.root / "blobs" / "sha256"
         self.tmp_dir = self.root / "tmp"
         self.partial_dir = self.root / "partial"
-        self.blob_dir.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        self.partial_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            for folder in (self.blob_dir, self.tmp_dir, self.partial_dir):
+                folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            full = out_of_space(e, self.root, writing="the store's folders")
+            if full is None:
+                raise
+            raise full from e
         self.remove_stale_temps()
 
     def path_for(self, sha256: str) -> Path:
