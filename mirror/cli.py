@@ -24,7 +24,7 @@ from peer.errors import WeightswarmError, out_of_space
 from peer.store import BlobStore
 from tracker.cli import tracker as tracker_group
 
-from .config import SECTIONS, Config, load_config
+from .config import SECTIONS, Config, example_config, load_config
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,20 @@ def serve(state: State, host: str | None, port: int | None, tracker_port: int | 
 cli.add_command(tracker_group)
 cli.add_command(pull_command)
 cli.add_command(peer_group)
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Settings files."""
+
+
+@config_group.command("example")
+def config_example() -> None:
+    """Print a weightswarm.toml with every setting commented out at its default.
+
+    ops/weightswarm.example.toml is its output; a service's file can start from it:
+    `weightswarm config example > /etc/weightswarm/weightswarm.toml`."""
+    click.echo(example_config(), nl=False)
 
 
 @cli.group()

@@ -29,6 +29,7 @@ from peer.config import (
     port,
     positive,
     read_settings,
+    render_example,
 )
 from peer.errors import ConfigError
 from peer.settings import (
@@ -121,7 +122,9 @@ SYNCS = Tables("sync", (
             check=_globs),
     Setting("interval", str, "6h", "how often, a minute or more (e.g. 3600, 90m, 6h)",
             check=duration(a_minute_or_more=True)),
-), build=lambda values: ScheduledSync(**values))
+), build=lambda values: ScheduledSync(**values),
+    example={"spec": "hf:sentence-transformers/all-MiniLM-L6-v2",
+             "include": ["*.json", "*.txt", "*.safetensors"]})
 
 
 @dataclass(frozen=True)
@@ -181,6 +184,26 @@ MIRROR = Section("mirror", (
 
 #: every role's section, in the order the CLI's help lists them
 SECTIONS = (MIRROR, TRACKER, PEER)
+
+
+_EXAMPLE_INTRO = """\
+# weightswarm.toml: every setting of every role, commented out at its default.
+#
+# Uncomment a line and change its value. The services read this file from --config (the units
+# in ops/systemd/ give /etc/weightswarm/weightswarm.toml), else from
+# $WEIGHTSWARM_HOME/weightswarm.toml. Each setting may also come from the environment variable
+# named beside it, which wins over the file, and a command's flags win over both. A setting set
+# to "" is unset.
+#
+# Written by `weightswarm config example` from the settings' declarations (mirror/config.py,
+# tracker/config.py, peer/settings.py); tests/test_ops.py checks that
+# ops/weightswarm.example.toml is what it writes.
+"""
+
+
+def example_config() -> str:
+    """The example settings file (ops/weightswarm.example.toml)."""
+    return _EXAMPLE_INTRO + render_example(SECTIONS)
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,10 @@ section 8).
 A role declares its section: each setting's key, type, default and help, a check where the type
 says too little, and how the checked values become the role's dataclass (derived values
 included). The file's keys, the `WEIGHTSWARM_<SECTION>_<KEY>` variables, the keys of the flags'
-overrides and the CLI's help all come from these declarations. `read_settings` merges
-defaults < file < environment < flags, checks every value with the same code whatever its source,
-and reports every bad one at once, each with where it came from: a line of the file, a
-variable, the command line.
+overrides, the CLI's help and the example file (`render_example`) all come from these
+declarations. `read_settings` merges defaults < file < environment < flags, checks every value
+with the same code whatever its source, and reports every bad one at once, each with where it
+came from: a line of the file, a variable, the command line.
 
 Nothing here knows a role: the peer, the tracker and the mirror each declare theirs with it
 (peer/ imports nothing of the others).
@@ -15,9 +15,11 @@ Nothing here knows a role: the peer, the tracker and the mirror each declare the
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
+import textwrap
 import tomllib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -67,6 +69,9 @@ class Tables:
     key: str
     settings: tuple[Setting, ...]
     build: Callable[[Mapping[str, Any]], Any]
+    #: one table as the example file shows it (`render_example`): a value for every REQUIRED
+    #: key, the defaults for the keys it leaves out
+    example: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -431,3 +436,79 @@ def describe(sections: Iterable[Section]) -> Iterator[tuple[str, str, str, str]]
                            _default_text(s), s.help)
             else:
                 yield from describe(entry.sections.values())
+
+
+# -- an example file -----------------------------------------------------------------------------
+
+
+def toml_value(value: Any) -> str:
+    """A setting's value as TOML; None (no value) as "", which reads back as unset."""
+    if value is None:
+        return '""'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML for {value!r}")
+
+
+def _comment(text: str) -> list[str]:
+    return textwrap.wrap(text, width=100, initial_indent="# ", subsequent_indent="# ",
+                         break_long_words=False, break_on_hyphens=False)
+
+
+def _left_out(setting: Setting) -> str | None:
+    """What leaving a setting out means, where its default line cannot say it."""
+    if setting.fallback_env:
+        return f'left out: {_default_text(setting)}; "": none'
+    if setting.default is None:
+        return f'"" or left out: {setting.unset}'
+    if setting.default in ([], ()) and setting.unset != "none":
+        return f"[]: {setting.unset}"
+    return None
+
+
+def _render_setting(setting: Setting, variable: str, lines: list[str]) -> None:
+    note = "; ".join(n for n in (f"env {variable}", _left_out(setting)) if n)
+    lines += ["", *_comment(setting.help), *_comment(note),
+              f"#{setting.key} = {toml_value(setting.default)}"]
+
+
+def _render_tables(section: str, tables: Tables, lines: list[str]) -> None:
+    name = f"{section}.{tables.key}"
+    lines += ["", f"# [[{name}]]: as many tables as wanted, from the file only. For example:",
+              f"#[[{name}]]"]
+    for setting in tables.settings:
+        value = (tables.example or {}).get(setting.key, setting.default)
+        if value is REQUIRED:
+            raise ValueError(f"[[{name}]] {setting.key} is required: its Tables needs an example")
+        note = "required" if setting.default is REQUIRED else f"default: {_default_text(setting)}"
+        lines += [*_comment(f"{setting.help}; {note}"), f"#{setting.key} = {toml_value(value)}"]
+
+
+def _render_section(section: Section, lines: list[str]) -> None:
+    # A table's own keys before any table nested in it: TOML gives a key to the last header.
+    lines += ["", f"[{section.name}]"]
+    for setting in section.settings:
+        _render_setting(setting, section.env(setting), lines)
+    for entry in section.entries:
+        if isinstance(entry, Tables):
+            _render_tables(section.name, entry, lines)
+    for entry in section.entries:
+        if isinstance(entry, Subsections):
+            for nested in entry.sections.values():
+                _render_section(nested, lines)
+
+
+def render_example(sections: Iterable[Section]) -> str:
+    """Every setting of `sections` as TOML, each under its help and commented out at its
+    default (`#key = value`), so that uncommenting a line changes nothing until its value is
+    changed; an array of tables shows its `example` table, commented out too."""
+    lines: list[str] = []
+    for section in sections:
+        _render_section(section, lines)
+    return "\n".join(lines) + "\n"

@@ -62,7 +62,8 @@ SITES = Tables("sites", (
     Setting("cidr", str, REQUIRED, "a network (CIDR) whose peers are at the site", check=_network),
     Setting("site", str, REQUIRED, "the site's name; peers at one site are ranked first"),
     Setting("region", str, None, "the site's region, ranked next"),
-), build=lambda v: Site(v["cidr"], v["site"], v["region"] or None))
+), build=lambda v: Site(v["cidr"], v["site"], v["region"] or None),
+    example={"cidr": "10.20.0.0/16", "site": "berlin", "region": "eu-central"})
 
 
 def parse_sites(raw) -> tuple[Site, ...]:
