@@ -10,6 +10,7 @@ stored per client.
 from __future__ import annotations
 
 import asyncio
+import enum
 import hashlib
 import ipaddress
 import logging
@@ -17,7 +18,6 @@ import os
 import random
 import secrets
 import socket
-import struct
 import time
 from collections.abc import AsyncIterator
 
@@ -30,13 +30,14 @@ from peer.service import serve as serve_services
 from peer.service import start as start_service
 
 from .config import Locality, TrackerConfig
-from .swarm import Peer, SwarmTable, TrackerRefused, select_peers
+from .swarm import Peer, Refusal, SwarmTable, TrackerRefused, select_peers
 from .wire import (
     ANNOUNCE,
     CONNECT,
     PROTOCOL_ID,
     SCRAPE,
     Announce,
+    UdpRequest,
     announce_body,
     compact_peer,
     failure_body,
@@ -57,6 +58,26 @@ log = logging.getLogger(__name__)
 TRACKER = web.AppKey("tracker", "Tracker")
 CONFIG = web.AppKey("config", TrackerConfig)
 CONNECTION_WINDOW = 60  # seconds; an id is accepted in its minute and the next
+REFUSAL_LOG_EVERY = 60  # seconds between log lines for one kind of refusal
+
+
+class Protocol(enum.StrEnum):
+    HTTP = "http"
+    UDP = "udp"
+
+
+class Kind(enum.StrEnum):
+    """What a request asked for; with `Protocol` and `Refusal`, the tracker's only label
+    values (a UDP action number that BEP 15 does not define is OTHER, never its number)."""
+
+    CONNECT = "connect"
+    ANNOUNCE = "announce"
+    SCRAPE = "scrape"
+    OTHER = "other"
+
+
+UDP_KINDS = {CONNECT: Kind.CONNECT, ANNOUNCE: Kind.ANNOUNCE, SCRAPE: Kind.SCRAPE}
+RESULTS = ("ok", "refused")
 
 
 class Tracker:
@@ -73,13 +94,18 @@ class Tracker:
         self.registry = CollectorRegistry()
         self.requests = Counter("weightswarm_tracker_requests", "Announces and scrapes",
                                 ["protocol", "kind", "result"], registry=self.registry)
+        self.refusals = Counter("weightswarm_tracker_refusals", "Requests refused, by why",
+                                ["protocol", "kind", "reason"], registry=self.registry)
         self.swarms_gauge = Gauge("weightswarm_tracker_swarms", "Swarms held",
                                   registry=self.registry)
         self.peers_gauge = Gauge("weightswarm_tracker_peers", "Peers held", registry=self.registry)
         self.seeders_gauge = Gauge("weightswarm_tracker_seeders", "Complete peers held",
                                    registry=self.registry)
-        self._refusals_logged: dict[str, float] = {}
-        self._counters = Children(self.requests)
+        #: (protocol, kind, reason) -> (when its last line was logged, refusals since): keyed
+        #: by the fixed vocabularies only, so it holds a few dozen entries at most
+        self._refusals_logged: dict[tuple[Protocol, Kind, Refusal], tuple[float, int]] = {}
+        self._counters = Children(self.requests, Protocol, Kind, RESULTS)
+        self._refusal_counters = Children(self.refusals, Protocol, Kind, Refusal)
         #: info-hashes of private swarms: from the config, and learned from private announces
         self.private: set[bytes] = set(config.private_hashes)
         self._keys: frozenset[str] = frozenset()
@@ -117,21 +143,22 @@ class Tracker:
         """Open announces may not touch a private swarm; private ones need a listed key."""
         if key is None:
             if info_hash in self.private:
-                raise TrackerRefused("private torrent: announce with your key (/announce/<key>)")
+                raise TrackerRefused("private torrent: announce with your key (/announce/<key>)",
+                                     Refusal.PRIVATE)
             return
         if key not in self.keys():
-            raise TrackerRefused("unknown or revoked key")
+            raise TrackerRefused("unknown or revoked key", Refusal.KEY)
         self.private.add(info_hash)
 
     def scrape_visible(self, hashes: list[bytes], key: str | None) -> dict:
         """Scrape; a private swarm shows zeros unless the key is valid."""
         if key is not None and key not in self.keys():
-            raise TrackerRefused("unknown or revoked key")
+            raise TrackerRefused("unknown or revoked key", Refusal.KEY)
         return {h: (0, 0, 0) if (h in self.private and key is None) else self.table.scrape(h)
                 for h in hashes}
 
-    def count(self, protocol: str, kind: str, result: str) -> None:
-        self._counters(protocol, kind, result).inc()
+    def count(self, protocol: Protocol, kind: Kind) -> None:
+        self._counters(protocol, kind, "ok").inc()
 
     def ip_trusted(self, ip: str) -> bool:
         try:
@@ -167,13 +194,20 @@ class Tracker:
         return (connection_id == self.connection_id(addr, minute)
                 or connection_id == self.connection_id(addr, minute - 1))
 
-    def refused(self, protocol: str, kind: str, reason: str) -> None:
-        self.count(protocol, kind, "refused")
+    def refused(self, protocol: Protocol, kind: Kind, error: TrackerRefused) -> None:
+        """Count a refusal, and log it: one line a minute for each (protocol, kind, reason),
+        saying how many more there were."""
+        self._counters(protocol, kind, "refused").inc()
+        self._refusal_counters(protocol, kind, error.reason).inc()
+        key = (protocol, kind, error.reason)
         now = time.monotonic()
-        key = f"{protocol} {kind}: {reason}"
-        if now - self._refusals_logged.get(key, -60.0) >= 60:  # one line a minute per class
-            self._refusals_logged[key] = now
-            log.info("refused %s", key)
+        last, since = self._refusals_logged.get(key, (-REFUSAL_LOG_EVERY, 0))
+        if now - last < REFUSAL_LOG_EVERY:
+            self._refusals_logged[key] = (last, since + 1)
+            return
+        self._refusals_logged[key] = (now, 0)
+        log.info("refused %s %s (%s): %s%s", protocol, kind, error.reason, error,
+                 f"; and {since} more like it since the last line" if since else "")
 
 
 # -- HTTP -------------------------------------------------------------------------------------------
@@ -191,9 +225,9 @@ async def http_announce(request: web.Request) -> web.Response:
         tracker.check_access(a.info_hash, request.match_info.get("key"))
         peers, complete, incomplete = tracker.announce(a, time.time())
     except TrackerRefused as e:
-        tracker.refused("http", "announce", str(e))
+        tracker.refused(Protocol.HTTP, Kind.ANNOUNCE, e)
         return _bencoded(failure_body(str(e)))
-    tracker.count("http", "announce", "ok")
+    tracker.count(Protocol.HTTP, Kind.ANNOUNCE)
     return _bencoded(announce_body(peers, complete, incomplete,
                                    interval=tracker.config.interval,
                                    min_interval=tracker.config.min_interval,
@@ -206,9 +240,9 @@ async def http_scrape(request: web.Request) -> web.Response:
         hashes = parse_scrape(request.query_string)
         stats = tracker.scrape_visible(hashes, request.match_info.get("key"))
     except TrackerRefused as e:
-        tracker.refused("http", "scrape", str(e))
+        tracker.refused(Protocol.HTTP, Kind.SCRAPE, e)
         return _bencoded(failure_body(str(e)))
-    tracker.count("http", "scrape", "ok")
+    tracker.count(Protocol.HTTP, Kind.SCRAPE)
     return _bencoded(scrape_body(stats))
 
 
@@ -277,33 +311,34 @@ class UdpTracker:
         req = parse_udp(data)
         if req is None:
             return None  # too short to carry a transaction id: ignored
+        kind = UDP_KINDS.get(req.action, Kind.OTHER)
+        try:
+            answer = self._answer(req, kind, addr, now)
+        except TrackerRefused as e:
+            self.tracker.refused(Protocol.UDP, kind, e)
+            return udp_error(req.transaction_id, str(e))
+        self.tracker.count(Protocol.UDP, kind)
+        return answer
+
+    def _answer(self, req: UdpRequest, kind: Kind, addr, now: float) -> bytes:
         tracker = self.tracker
-        if req.action == CONNECT:
+        if kind is Kind.CONNECT:
             if req.connection_id != PROTOCOL_ID:
-                tracker.refused("udp", "connect", "bad protocol id")
-                return udp_error(req.transaction_id, "bad protocol id")
-            tracker.count("udp", "connect", "ok")
+                raise TrackerRefused("bad protocol id", Refusal.CONNECTION)
             minute = int(now // CONNECTION_WINDOW)
             return udp_connect_answer(req.transaction_id, tracker.connection_id(addr, minute))
         if not tracker.connection_ok(req.connection_id, addr, now):
-            tracker.refused("udp", "request", "unknown or expired connection id")
-            return udp_error(req.transaction_id, "unknown or expired connection id")
-        try:
-            if req.action == ANNOUNCE:
-                a = parse_udp_announce(req, addr[0])
-                tracker.check_access(a.info_hash, None)  # BEP 15 carries no key
-                peers, complete, incomplete = tracker.announce(a, now)
-                tracker.count("udp", "announce", "ok")
-                return udp_announce_answer(req.transaction_id, tracker.config.interval,
-                                           incomplete, complete, peers, v6=":" in addr[0])
-            if req.action == SCRAPE:
-                stats = tracker.scrape_visible(parse_udp_scrape(req), None)
-                tracker.count("udp", "scrape", "ok")
-                return udp_scrape_answer(req.transaction_id, [stats[h] for h in stats])
-            raise TrackerRefused("unknown action")
-        except (TrackerRefused, struct.error) as e:
-            tracker.refused("udp", str(req.action), str(e))
-            return udp_error(req.transaction_id, str(e))
+            raise TrackerRefused("unknown or expired connection id", Refusal.CONNECTION)
+        if kind is Kind.ANNOUNCE:
+            a = parse_udp_announce(req, addr[0])
+            tracker.check_access(a.info_hash, None)  # BEP 15 carries no key
+            peers, complete, incomplete = tracker.announce(a, now)
+            return udp_announce_answer(req.transaction_id, tracker.config.interval,
+                                       incomplete, complete, peers, v6=":" in addr[0])
+        if kind is Kind.SCRAPE:
+            stats = tracker.scrape_visible(parse_udp_scrape(req), None)
+            return udp_scrape_answer(req.transaction_id, [stats[h] for h in stats])
+        raise TrackerRefused(f"unknown action {req.action}", Refusal.ACTION)
 
 
 # -- the service: each resource in its own cleanup_ctx entry (peer/service.py) --------------

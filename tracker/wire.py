@@ -15,7 +15,7 @@ from urllib.parse import unquote_to_bytes
 
 from peer.bencode import bencode
 
-from .swarm import Peer, TrackerRefused
+from .swarm import Peer, Refusal, TrackerRefused
 
 MAX_QUERY = 8192
 MAX_SCRAPE_HASHES = 74  # what fits one UDP answer; the same bound for HTTP
@@ -43,7 +43,7 @@ class Announce(NamedTuple):  # a tuple: built for every announce, cheaper than a
 
 def parse_query(raw: str) -> dict[bytes, list[bytes]]:
     if len(raw) > MAX_QUERY:
-        raise TrackerRefused(f"query string longer than {MAX_QUERY} bytes")
+        raise TrackerRefused(f"query string longer than {MAX_QUERY} bytes", Refusal.TOO_LARGE)
     params: dict[bytes, list[bytes]] = {}
     for part in raw.split("&"):
         if not part:
@@ -58,7 +58,7 @@ def _one(params: dict, name: bytes, *, required: bool = True) -> bytes | None:
     values = params.get(name)
     if not values:
         if required:
-            raise TrackerRefused(f"missing {name.decode()}")
+            raise TrackerRefused(f"missing {name.decode()}", Refusal.MALFORMED)
         return None
     return values[0]
 
@@ -71,9 +71,9 @@ def _int(params: dict, name: bytes, *, default: int | None = None, low: int = 0,
     try:
         number = int(value)
     except ValueError:
-        raise TrackerRefused(f"{name.decode()} is not a number") from None
+        raise TrackerRefused(f"{name.decode()} is not a number", Refusal.MALFORMED) from None
     if not low <= number <= high:
-        raise TrackerRefused(f"{name.decode()} out of range")
+        raise TrackerRefused(f"{name.decode()} out of range", Refusal.MALFORMED)
     return number
 
 
@@ -82,12 +82,12 @@ def parse_announce(raw_query: str, remote_ip: str, *, ip_trusted: bool) -> Annou
     info_hash = _one(params, b"info_hash")
     peer_id = _one(params, b"peer_id")
     if len(info_hash) != 20:
-        raise TrackerRefused("info_hash must be 20 bytes")
+        raise TrackerRefused("info_hash must be 20 bytes", Refusal.MALFORMED)
     if len(peer_id) != 20:
-        raise TrackerRefused("peer_id must be 20 bytes")
+        raise TrackerRefused("peer_id must be 20 bytes", Refusal.MALFORMED)
     event = _one(params, b"event", required=False) or b""
     if event not in EVENTS:
-        raise TrackerRefused("unknown event")
+        raise TrackerRefused("unknown event", Refusal.MALFORMED)
     numwant = _int(params, b"numwant", default=-1, low=-1)
     ip = remote_ip
     claimed = _one(params, b"ip", required=False)
@@ -95,7 +95,7 @@ def parse_announce(raw_query: str, remote_ip: str, *, ip_trusted: bool) -> Annou
         try:
             ip = str(ipaddress.ip_address(claimed.decode("ascii")))
         except (UnicodeDecodeError, ValueError):
-            raise TrackerRefused("ip is not an address") from None
+            raise TrackerRefused("ip is not an address", Refusal.MALFORMED) from None
     return Announce(
         info_hash=info_hash, peer_id=peer_id,
         port=_int(params, b"port", low=1, high=65535),
@@ -113,9 +113,10 @@ def parse_announce(raw_query: str, remote_ip: str, *, ip_trusted: bool) -> Annou
 def parse_scrape(raw_query: str) -> list[bytes]:
     hashes = parse_query(raw_query).get(b"info_hash", [])
     if any(len(h) != 20 for h in hashes):
-        raise TrackerRefused("info_hash must be 20 bytes")
+        raise TrackerRefused("info_hash must be 20 bytes", Refusal.MALFORMED)
     if len(hashes) > MAX_SCRAPE_HASHES:
-        raise TrackerRefused(f"at most {MAX_SCRAPE_HASHES} info_hash per scrape")
+        raise TrackerRefused(f"at most {MAX_SCRAPE_HASHES} info_hash per scrape",
+                             Refusal.TOO_LARGE)
     return hashes
 
 
@@ -187,13 +188,13 @@ def udp_error(transaction_id: int, message: str) -> bytes:
 
 def parse_udp_announce(req: UdpRequest, remote_ip: str) -> Announce:
     if len(req.payload) < 82:
-        raise TrackerRefused("announce packet too short")
+        raise TrackerRefused("announce packet too short", Refusal.MALFORMED)
     (info_hash, peer_id, downloaded, left, uploaded, event, _ip, key, numwant,
      port) = struct.unpack_from(">20s20sQQQIIIiH", req.payload)
     if event not in UDP_EVENTS:
-        raise TrackerRefused("unknown event")
+        raise TrackerRefused("unknown event", Refusal.MALFORMED)
     if port == 0:
-        raise TrackerRefused("port 0")
+        raise TrackerRefused("port 0", Refusal.MALFORMED)
     return Announce(info_hash, peer_id, port, uploaded, downloaded, left, UDP_EVENTS[event],
                     None if numwant < 0 else numwant, True, True, remote_ip,
                     key.to_bytes(4, "big"))
@@ -208,10 +209,11 @@ def udp_announce_answer(transaction_id: int, interval: int, leechers: int, seede
 
 def parse_udp_scrape(req: UdpRequest) -> list[bytes]:
     if not req.payload or len(req.payload) % 20:
-        raise TrackerRefused("scrape needs whole 20-byte info hashes")
+        raise TrackerRefused("scrape needs whole 20-byte info hashes", Refusal.MALFORMED)
     hashes = [req.payload[i : i + 20] for i in range(0, len(req.payload), 20)]
     if len(hashes) > MAX_SCRAPE_HASHES:
-        raise TrackerRefused(f"at most {MAX_SCRAPE_HASHES} info hashes per scrape")
+        raise TrackerRefused(f"at most {MAX_SCRAPE_HASHES} info hashes per scrape",
+                             Refusal.TOO_LARGE)
     return hashes
 
 
