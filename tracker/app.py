@@ -217,11 +217,17 @@ def _bencoded(body: bytes) -> web.Response:
     return web.Response(body=body, content_type="text/plain")
 
 
+def _raw_query(request: web.Request) -> str:
+    """The query string as the client sent it: aiohttp's `query_string` is already
+    percent-decoded once (yarl), which destroys raw info-hashes (wire.py)."""
+    return request.raw_path.partition("?")[2]
+
+
 async def http_announce(request: web.Request) -> web.Response:
     tracker = request.app[TRACKER]
     remote = request.remote or ""
     try:
-        a = parse_announce(request.query_string, remote, ip_trusted=tracker.ip_trusted(remote))
+        a = parse_announce(_raw_query(request), remote, ip_trusted=tracker.ip_trusted(remote))
         tracker.check_access(a.info_hash, request.match_info.get("key"))
         peers, complete, incomplete = tracker.announce(a, time.time())
     except TrackerRefused as e:
@@ -237,7 +243,7 @@ async def http_announce(request: web.Request) -> web.Response:
 async def http_scrape(request: web.Request) -> web.Response:
     tracker = request.app[TRACKER]
     try:
-        hashes = parse_scrape(request.query_string)
+        hashes = parse_scrape(_raw_query(request))
         stats = tracker.scrape_visible(hashes, request.match_info.get("key"))
     except TrackerRefused as e:
         tracker.refused(Protocol.HTTP, Kind.SCRAPE, e)

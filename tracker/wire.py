@@ -2,13 +2,22 @@
 7, 48) from the raw query string, and BEP 15 UDP packets. Nothing here touches a socket.
 
 `info_hash` and `peer_id` arrive percent-encoded as raw bytes: the query string is split and
-decoded as bytes (`unquote_to_bytes`), never as UTF-8, which would destroy them.
+decoded as bytes (`unquote_to_bytes`), never as UTF-8, which would destroy them. The query
+string is the one the client sent (the request target's), not aiohttp's `query_string`,
+which yarl has already percent-decoded once: decoding that again turned an info-hash's
+`%2526` (the bytes `%26`) into `&`.
+
+Each parameter accepts exactly its grammar and nothing else: the query is RFC 3986 query
+characters with well-formed percent escapes (ASCII only); numbers are ASCII digits, no sign,
+space or `_` (which `int()` allows); `compact` and `no_peer_id` are 0 or 1. A refusal names
+the parameter; its `Refusal` is one of a fixed few (swarm.py).
 """
 
 from __future__ import annotations
 
 import functools
 import ipaddress
+import re
 import struct
 from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
@@ -41,9 +50,21 @@ class Announce(NamedTuple):  # a tuple: built for every announce, cheaper than a
     key: bytes | None
 
 
+#: RFC 3986's query characters (pchar, "/" and "?"); "%" only as the start of an escape
+_QUERY_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+#: the digits of the largest number a parameter holds (2**63 - 1 has 19)
+MAX_DIGITS = 20
+
+
 def parse_query(raw: str) -> dict[bytes, list[bytes]]:
+    """The parameters of a raw (still percent-encoded) query string, names and values as
+    bytes, each name's values in order."""
     if len(raw) > MAX_QUERY:
         raise TrackerRefused(f"query string longer than {MAX_QUERY} bytes", Refusal.TOO_LARGE)
+    if not (raw.isascii() and _QUERY_CHARS.fullmatch(raw)) or ("%" in raw
+                                                                and _BAD_ESCAPE.search(raw)):
+        raise TrackerRefused("query string is not percent-encoded ASCII", Refusal.MALFORMED)
     params: dict[bytes, list[bytes]] = {}
     for part in raw.split("&"):
         if not part:
@@ -68,13 +89,43 @@ def _int(params: dict, name: bytes, *, default: int | None = None, low: int = 0,
     value = _one(params, name, required=default is None)
     if value is None:
         return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise TrackerRefused(f"{name.decode()} is not a number", Refusal.MALFORMED) from None
+    # bytes.isdigit is ASCII digits only (str.isdigit also takes "¹" and "١")
+    if not (value.isdigit() and len(value) <= MAX_DIGITS):
+        raise TrackerRefused(f"{name.decode()} is not a number", Refusal.MALFORMED)
+    number = int(value)
     if not low <= number <= high:
         raise TrackerRefused(f"{name.decode()} out of range", Refusal.MALFORMED)
     return number
+
+
+def _numwant(params: dict) -> int | None:
+    """None for the client's default (absent, or -1 as some send); never refused for being
+    large (it is clamped), so any run of digits is taken."""
+    value = _one(params, b"numwant", required=False)
+    if value is None or value == b"-1":
+        return None
+    if not value.isdigit():
+        raise TrackerRefused("numwant is not a number", Refusal.MALFORMED)
+    return int(value) if len(value) <= MAX_DIGITS else 2**63 - 1
+
+
+def _flag(params: dict, name: bytes, default: bool) -> bool:
+    value = _one(params, name, required=False)
+    if value is None:
+        return default
+    if value not in (b"0", b"1"):
+        raise TrackerRefused(f"{name.decode()} must be 0 or 1", Refusal.MALFORMED)
+    return value == b"1"
+
+
+def _address(claimed: bytes) -> str:
+    """An `ip=` address: IPv4 or IPv6, without an IPv6 zone (`%eth0`)."""
+    try:
+        if b"%" in claimed:
+            raise ValueError("a zone")
+        return str(ipaddress.ip_address(claimed.decode("ascii")))
+    except (UnicodeDecodeError, ValueError):
+        raise TrackerRefused("ip is not an address", Refusal.MALFORMED) from None
 
 
 def parse_announce(raw_query: str, remote_ip: str, *, ip_trusted: bool) -> Announce:
@@ -88,14 +139,7 @@ def parse_announce(raw_query: str, remote_ip: str, *, ip_trusted: bool) -> Annou
     event = _one(params, b"event", required=False) or b""
     if event not in EVENTS:
         raise TrackerRefused("unknown event", Refusal.MALFORMED)
-    numwant = _int(params, b"numwant", default=-1, low=-1)
-    ip = remote_ip
     claimed = _one(params, b"ip", required=False)
-    if claimed and ip_trusted:
-        try:
-            ip = str(ipaddress.ip_address(claimed.decode("ascii")))
-        except (UnicodeDecodeError, ValueError):
-            raise TrackerRefused("ip is not an address", Refusal.MALFORMED) from None
     return Announce(
         info_hash=info_hash, peer_id=peer_id,
         port=_int(params, b"port", low=1, high=65535),
@@ -103,10 +147,11 @@ def parse_announce(raw_query: str, remote_ip: str, *, ip_trusted: bool) -> Annou
         downloaded=_int(params, b"downloaded", default=0),
         left=_int(params, b"left", default=0),
         event=EVENTS[event],
-        numwant=None if numwant == -1 else numwant,
-        compact=(_one(params, b"compact", required=False) or b"1") != b"0",
-        no_peer_id=(_one(params, b"no_peer_id", required=False) or b"0") == b"1",
-        ip=ip, key=_one(params, b"key", required=False),
+        numwant=_numwant(params),
+        compact=_flag(params, b"compact", True),
+        no_peer_id=_flag(params, b"no_peer_id", False),
+        ip=_address(claimed) if claimed and ip_trusted else remote_ip,
+        key=_one(params, b"key", required=False),
     )
 
 
