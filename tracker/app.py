@@ -30,7 +30,8 @@ from peer.service import serve as serve_services
 from peer.service import start as start_service
 
 from .config import Locality, TrackerConfig
-from .swarm import Peer, Refusal, SwarmTable, TrackerRefused, select_peers
+from .selection import select_peers
+from .swarm import Refusal, Swarm, SwarmTable, TrackerRefused, make_peer
 from .wire import (
     ANNOUNCE,
     CONNECT,
@@ -39,7 +40,6 @@ from .wire import (
     Announce,
     UdpRequest,
     announce_body,
-    compact_peer,
     failure_body,
     parse_announce,
     parse_scrape,
@@ -106,6 +106,8 @@ class Tracker:
         self._refusals_logged: dict[tuple[Protocol, Kind, Refusal], tuple[float, int]] = {}
         self._counters = Children(self.requests, Protocol, Kind, RESULTS)
         self._refusal_counters = Children(self.refusals, Protocol, Kind, Refusal)
+        #: whether the table's refusing for a bound has been logged (again once it has room)
+        self._full_logged = False
         #: info-hashes of private swarms: from the config, and learned from private announces
         self.private: set[bytes] = set(config.private_hashes)
         self._keys: frozenset[str] = frozenset()
@@ -167,21 +169,29 @@ class Tracker:
             return False
         return any(address.version == n.version and address in n for n in self.trusted)
 
-    def announce(self, a: Announce, now: float) -> tuple[list[Peer], int, int]:
-        site, region = self.locality.where(a.ip)
-        peer = Peer(a.peer_id, a.ip, a.port, a.left, now,
-                    mirror=bool(self.config.mirrors) and f"{a.ip}:{a.port}" in self.config.mirrors,
-                    site=site, region=region, compact=compact_peer(a.ip, a.port))
-        swarm = self.table.announce(a.info_hash, peer, a.event, now)
+    def announce(self, a: Announce, now: float) -> tuple[Swarm, list[int], int, int]:
+        """The swarm, the slots of the peers to hand out, and the swarm's counts."""
+        config = self.config
+        peer = make_peer(a.peer_id, a.ip, a.port, a.left,
+                         mirror=bool(config.mirrors) and f"{a.ip}:{a.port}" in config.mirrors,
+                         place=self.locality.place(a.ip) if config.sites else 0)
+        swarm, slot = self.table.announce(a.info_hash, peer, a.event, now)
         complete, incomplete = swarm.counts()
-        if a.event == "stopped":
-            return [], complete, incomplete
-        peers = select_peers(swarm, peer, a.numwant, now, self.config.peer_ttl,
-                             tiered=bool(self.config.sites), rng=self.rng)
-        return peers, complete, incomplete
+        if slot < 0:
+            return swarm, [], complete, incomplete
+        peers = select_peers(swarm, slot, a.numwant, now, config.peer_ttl,
+                             tiered=bool(config.sites), rng=self.rng)
+        return swarm, peers, complete, incomplete
 
     def scrape(self, hashes: list[bytes]) -> dict[bytes, tuple[int, int, int]]:
         return {h: self.table.scrape(h) for h in hashes}
+
+    def expire(self, now: float) -> int:
+        dropped = self.table.expire(now)
+        table = self.table
+        if table.peer_count < table.max_peers and len(table.swarms) < table.max_swarms:
+            self._full_logged = False  # the next refusal for a bound is news again
+        return dropped
 
     def connection_id(self, addr: tuple, minute: int) -> int:
         # Keyed BLAKE2b is a MAC in one call, several times cheaper than HMAC-SHA256.
@@ -199,6 +209,10 @@ class Tracker:
         saying how many more there were."""
         self._counters(protocol, kind, "refused").inc()
         self._refusal_counters(protocol, kind, error.reason).inc()
+        if error.reason is Refusal.FULL and not self._full_logged:
+            self._full_logged = True
+            log.warning("%s: new peers are refused until some expire ([tracker] max_swarms %d, "
+                        "max_peers %d)", error, self.table.max_swarms, self.table.max_peers)
         key = (protocol, kind, error.reason)
         now = time.monotonic()
         last, since = self._refusals_logged.get(key, (-REFUSAL_LOG_EVERY, 0))
@@ -229,12 +243,12 @@ async def http_announce(request: web.Request) -> web.Response:
     try:
         a = parse_announce(_raw_query(request), remote, ip_trusted=tracker.ip_trusted(remote))
         tracker.check_access(a.info_hash, request.match_info.get("key"))
-        peers, complete, incomplete = tracker.announce(a, time.time())
+        swarm, peers, complete, incomplete = tracker.announce(a, time.time())
     except TrackerRefused as e:
         tracker.refused(Protocol.HTTP, Kind.ANNOUNCE, e)
         return _bencoded(failure_body(str(e)))
     tracker.count(Protocol.HTTP, Kind.ANNOUNCE)
-    return _bencoded(announce_body(peers, complete, incomplete,
+    return _bencoded(announce_body(swarm, peers, complete, incomplete,
                                    interval=tracker.config.interval,
                                    min_interval=tracker.config.min_interval,
                                    compact=a.compact, no_peer_id=a.no_peer_id))
@@ -254,9 +268,8 @@ async def http_scrape(request: web.Request) -> web.Response:
 
 async def stats(request: web.Request) -> web.Response:
     table = request.app[TRACKER].table
-    seeders = sum(s.counts()[0] for s in table.swarms.values())
     return web.json_response({"swarms": len(table.swarms), "peers": table.peer_count,
-                              "seeders": seeders})
+                              "seeders": table.seeders})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -264,7 +277,7 @@ async def metrics(request: web.Request) -> web.Response:
     table = tracker.table
     tracker.swarms_gauge.set(len(table.swarms))
     tracker.peers_gauge.set(table.peer_count)
-    tracker.seeders_gauge.set(sum(s.counts()[0] for s in table.swarms.values()))
+    tracker.seeders_gauge.set(table.seeders)
     return metrics_response(tracker.registry)
 
 
@@ -338,9 +351,11 @@ class UdpTracker:
         if kind is Kind.ANNOUNCE:
             a = parse_udp_announce(req, addr[0])
             tracker.check_access(a.info_hash, None)  # BEP 15 carries no key
-            peers, complete, incomplete = tracker.announce(a, now)
+            swarm, peers, complete, incomplete = tracker.announce(a, now)
+            # an answer carries the family the request came in
             return udp_announce_answer(req.transaction_id, tracker.config.interval,
-                                       incomplete, complete, peers, v6=":" in addr[0])
+                                       incomplete, complete,
+                                       swarm.compact(peers, v6=":" in addr[0]))
         if kind is Kind.SCRAPE:
             stats = tracker.scrape_visible(parse_udp_scrape(req), None)
             return udp_scrape_answer(req.transaction_id, [stats[h] for h in stats])
@@ -379,7 +394,7 @@ async def _expiry(app: web.Application) -> AsyncIterator[None]:
     async def expire() -> None:
         while True:
             await asyncio.sleep(min(60, tracker.config.peer_ttl))
-            dropped = tracker.table.expire(time.time())
+            dropped = tracker.expire(time.time())
             if dropped:
                 log.info("expired %d peers", dropped)
 

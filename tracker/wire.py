@@ -15,7 +15,6 @@ the parameter; its `Refusal` is one of a fixed few (swarm.py).
 
 from __future__ import annotations
 
-import functools
 import ipaddress
 import re
 import struct
@@ -24,7 +23,7 @@ from urllib.parse import unquote_to_bytes
 
 from peer.bencode import bencode
 
-from .swarm import Peer, Refusal, TrackerRefused
+from .swarm import Refusal, Swarm, TrackerRefused
 
 MAX_QUERY = 8192
 MAX_SCRAPE_HASHES = 74  # what fits one UDP answer; the same bound for HTTP
@@ -165,33 +164,21 @@ def parse_scrape(raw_query: str) -> list[bytes]:
     return hashes
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _packed(ip: str) -> bytes:
-    return ipaddress.ip_address(ip).packed
-
-
-def compact_peer(ip: str, port: int) -> bytes:
-    return _packed(ip) + port.to_bytes(2, "big")
-
-
-def _compact(p: Peer) -> bytes:
-    return p.compact or compact_peer(p.ip, p.port)
-
-
-def announce_body(peers: list[Peer], complete: int, incomplete: int, *, interval: int,
-                  min_interval: int, compact: bool, no_peer_id: bool) -> bytes:
+def announce_body(swarm: Swarm, peers: list[int], complete: int, incomplete: int, *,
+                  interval: int, min_interval: int, compact: bool, no_peer_id: bool) -> bytes:
+    """`peers` are slots of `swarm`."""
     body: dict = {"interval": interval, "min interval": min_interval, "complete": complete,
                   "incomplete": incomplete}
-    v4 = [p for p in peers if ":" not in p.ip]
-    v6 = [p for p in peers if ":" in p.ip]
     if compact:
-        body["peers"] = b"".join(_compact(p) for p in v4)
+        body["peers"] = swarm.compact(peers, v6=False)
+        v6 = swarm.compact(peers, v6=True)
         if v6:
-            body["peers6"] = b"".join(_compact(p) for p in v6)
+            body["peers6"] = v6
     else:
+        views = map(swarm.view, peers)
         body["peers"] = [
             {"ip": p.ip, "port": p.port, **({} if no_peer_id else {"peer id": p.peer_id})}
-            for p in peers
+            for p in views
         ]
     return bencode(body)
 
@@ -246,10 +233,9 @@ def parse_udp_announce(req: UdpRequest, remote_ip: str) -> Announce:
 
 
 def udp_announce_answer(transaction_id: int, interval: int, leechers: int, seeders: int,
-                        peers: list[Peer], *, v6: bool) -> bytes:
-    head = struct.pack(">IIIII", ANNOUNCE, transaction_id, interval, leechers, seeders)
-    size = 18 if v6 else 6  # an answer carries the family the request came in
-    return head + b"".join(c for c in map(_compact, peers) if len(c) == size)
+                        peers: bytes) -> bytes:
+    """`peers` compact, of the family the request came in (Swarm.compact)."""
+    return struct.pack(">IIIII", ANNOUNCE, transaction_id, interval, leechers, seeders) + peers
 
 
 def parse_udp_scrape(req: UdpRequest) -> list[bytes]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import time
 import urllib.request
 
 import pytest
@@ -49,3 +50,28 @@ def test_made_up_udp_actions_add_no_series_no_table_entries_and_no_log_lines(tra
     assert logged == [], "one line a minute for one kind of refusal"
     bound = len(Protocol) * len(Kind) * len(Refusal)
     assert len(tracker.app[TRACKER]._refusals_logged) <= bound
+
+
+def test_a_full_table_is_logged_once_and_again_only_after_it_had_room(caplog):
+    from test_contract import announce, pid
+
+    running = start_tracker(TrackerConfig(port=0, max_peers=2))
+    tracker = running.app[TRACKER]
+
+    async def expire_everyone():
+        return tracker.expire(time.time() + 10**6)
+
+    try:
+        with caplog.at_level(logging.INFO, logger="tracker.app"):
+            for n in range(6):
+                body = announce(running.port, b"\x40" * 20, pid(n), 7000 + n)
+                assert (b"failure reason" in body) == (n >= 2), body
+            assert b"too many peers" in body[b"failure reason"]
+            assert running.call(expire_everyone()) == 2
+            for n in range(6):
+                announce(running.port, b"\x40" * 20, pid(10 + n), 7100 + n)
+    finally:
+        running.stop()
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 2, [r.getMessage() for r in warned]
+    assert "max_peers 2" in warned[0].getMessage()
