@@ -3,8 +3,12 @@ the requester's slot in it, `now` and a random generator.
 
 Tiers by site and region from the CIDR map (none without a map), mirrors and complete peers
 first within a tier, a few slots reserved for random farther peers so the swarm stays
-connected, and a leecher always gets the nearest mirror (every mirror while no peer is
-complete). Peers are slots of the swarm (tracker/swarm.py) and their traits, never objects.
+connected. Mirrors are listed to every announce that may need one: a leecher always gets the
+nearest mirror (every mirror while no peer is complete), and a complete peer that is not a
+mirror gets the nearest one too, besides its few leechers. A complete peer may well need it:
+a client given a magnet link announces `left=0` before it knows the size (aria2 does), and
+with no seeds and no mirror it was handed nothing it could get the torrent from (issue 14).
+Peers are slots of the swarm (tracker/swarm.py) and their traits, never objects.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from .swarm import COMPLETE, MIRROR, REGION, SEEN_SHIFT, SITE, Swarm
 
 MAX_NUMWANT = 50
 DEFAULT_NUMWANT = 50
-#: a complete peer needs no seeds; it gets at most this many leechers to serve
+#: a complete peer needs no seeds; it gets at most this many leechers to serve (and a mirror)
 COMPLETE_NUMWANT = 5
 #: selection ranks a random sample of this many times numwant peers
 SAMPLE_FACTOR = 4
@@ -108,17 +112,43 @@ def _without(slots: list[int], taken: list[int]) -> list[int]:
     return [s for s in slots if s not in ids]
 
 
+def _nearest_mirror(swarm: Swarm, me: int, fresh: int, tiered: bool,
+                    rng: random.Random) -> list[int]:
+    """The nearest fresh mirror other than `me` (one at random of the nearest), or none."""
+    traits = swarm.traits
+    mirrors = [m for m in swarm.mirrors if m != me and traits[m] >= fresh]
+    if len(mirrors) <= 1:
+        return mirrors
+    if tiered:
+        mine = traits[me]
+        nearest = min(_tier(mine, traits[m]) for m in mirrors)
+        mirrors = [m for m in mirrors if _tier(mine, traits[m]) == nearest]
+    return [rng.choice(mirrors)]
+
+
 def select_peers(swarm: Swarm, me: int, numwant: int | None, now: float, ttl: float,
                  *, tiered: bool, rng: random.Random) -> list[int]:
     """The slots of the peers that the announce of the peer at slot `me` returns."""
-    traits = swarm.traits
-    mine = traits[me]
     want = DEFAULT_NUMWANT if numwant is None or numwant < 0 else min(numwant, MAX_NUMWANT)
-    if mine & COMPLETE:
-        want = min(want, COMPLETE_NUMWANT)
     if want == 0:
         return []
-    candidates = _candidates(swarm, me, want, math.ceil(now - ttl) << SEEN_SHIFT, rng)
+    mine = swarm.traits[me]
+    fresh = math.ceil(now - ttl) << SEEN_SHIFT
+    if not mine & COMPLETE:
+        return _chosen(swarm, me, want, fresh, tiered, rng)
+    leechers = _chosen(swarm, me, min(want, COMPLETE_NUMWANT), fresh, tiered, rng)
+    if mine & MIRROR or not swarm.mirrors:
+        return leechers
+    mirror = _nearest_mirror(swarm, me, fresh, tiered, rng)
+    return (mirror + _without(leechers, mirror))[:want]
+
+
+def _chosen(swarm: Swarm, me: int, want: int, fresh: int, tiered: bool,
+            rng: random.Random) -> list[int]:
+    """The peers of the swarm's sample (`_candidates`) that the requester gets, ranked."""
+    traits = swarm.traits
+    mine = traits[me]
+    candidates = _candidates(swarm, me, want, fresh, rng)
     if not tiered:
         return _untiered(candidates, swarm, want)
     if len(candidates) > 1:

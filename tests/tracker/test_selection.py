@@ -10,7 +10,7 @@ import pytest
 
 from tracker.config import Locality, parse_sites
 from tracker.selection import MAX_NUMWANT, select_peers
-from tracker.swarm import Peer, SwarmTable, TrackerRefused, make_peer
+from tracker.swarm import PEER_ID, Peer, SwarmTable, TrackerRefused, make_peer
 
 SITES = parse_sites([
     {"cidr": "127.1.0.0/16", "site": "s1", "region": "eu"},
@@ -110,6 +110,29 @@ def test_a_complete_peer_gets_few_leechers_and_no_seeds():
     chosen = chosen_views(swarm, select_peers(swarm, join(table, peer(999, "10.9.9.9", left=0)),
                                               50, 0.0, 100, tiered=False, rng=random.Random(3)))
     assert 0 < len(chosen) <= 5 and not any(p.complete for p in chosen)
+
+
+def test_a_complete_peer_also_gets_the_nearest_mirror_and_a_mirror_gets_none():
+    # A magnet link's first announce says left=0: it must still be handed a mirror (issue 14).
+    mirrors = [peer(1, "127.1.0.1", left=0, mirror=True),
+               peer(2, "127.3.0.1", left=0, mirror=True)]
+    seeds = [peer(10 + i, f"127.1.1.{i}", left=0) for i in range(1, 20)]
+    leechers = [peer(50 + i, f"127.2.1.{i}") for i in range(1, 20)]
+    table, swarm = swarm_of([*mirrors, *seeds, *leechers])
+    magnet = join(table, peer(999, "127.1.9.9", left=0))
+    for tiered in (True, False):
+        chosen = chosen_views(swarm, select_peers(swarm, magnet, 50, 0.0, 100, tiered=tiered,
+                                                  rng=random.Random(4)))
+        assert chosen[0].mirror and 1 < len(chosen) <= 6, chosen
+        assert not any(p.complete for p in chosen[1:]), "besides the mirror, leechers only"
+        if tiered:
+            assert chosen[0].peer_id == mirrors[0].peer_id, "the mirror of its own site"
+    one = select_peers(swarm, magnet, 1, 0.0, 100, tiered=False, rng=random.Random(4))
+    assert [swarm.view(s).mirror for s in one] == [True], "numwant 1: the mirror"
+    own = swarm.find(mirrors[0].peer_id, PEER_ID)
+    chosen = chosen_views(swarm, select_peers(swarm, own, 50, 0.0, 100, tiered=True,
+                                              rng=random.Random(4)))
+    assert chosen and not any(p.mirror for p in chosen), "a mirror needs no other mirror"
 
 
 def test_table_replaces_by_peer_id_and_endpoint_counts_completed_and_expires():
