@@ -31,7 +31,7 @@ from peer.service import start as start_service
 
 from .config import Locality, TrackerConfig
 from .selection import select_peers
-from .swarm import Refusal, Swarm, SwarmTable, TrackerRefused, make_peer
+from .swarm import Refusal, Swarm, SwarmTable, TrackerRefused, is_v6, make_peer
 from .wire import (
     ANNOUNCE,
     CONNECT,
@@ -355,7 +355,7 @@ class UdpTracker:
             # an answer carries the family the request came in
             return udp_announce_answer(req.transaction_id, tracker.config.interval,
                                        incomplete, complete,
-                                       swarm.compact(peers, v6=":" in addr[0]))
+                                       swarm.compact(peers, v6=is_v6(addr[0])))
         if kind is Kind.SCRAPE:
             stats = tracker.scrape_visible(parse_udp_scrape(req), None)
             return udp_scrape_answer(req.transaction_id, [stats[h] for h in stats])

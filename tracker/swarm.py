@@ -1,11 +1,11 @@
 """Swarm state, as plain data and functions that take `now`.
 
 A swarm is keyed by the 20-byte info-hash any client announces (v1 SHA-1, or a v2 SHA-256
-truncated). A peer is not an object: it is a slot of its swarm, a row of 38 bytes (peer id,
-IPv6 address with IPv4 mapped into it, port) in one bytearray and one 64-bit word of traits
-(complete, mirror, IPv6, site and region numbers, last seen) in one array. Objects per peer
-cost about 1.2 KB (issue 14: five million peers would not fit the machine); a packed peer
-costs its 46 bytes and its share of the swarm's index.
+truncated). A peer is not an object: it is a slot of its swarm, a row of 26 bytes (peer id,
+IPv4 address, port; 38 in a swarm with IPv6 peers, IPv4 mapped into IPv6) in one bytearray
+and one 64-bit word of traits (complete, mirror, IPv6, site and region numbers, last seen) in
+one array. Objects per peer cost about 1.2 KB (issue 14: five million peers would not fit the
+machine); a packed peer costs its 34 bytes and its share of the swarm's index.
 
 Announcing is O(1). A small swarm finds a peer by searching its rows (`bytearray.find`, in
 C); a larger one keeps an open-addressing index in an array of 32-bit words, two entries a
@@ -70,12 +70,12 @@ PLACE_BITS = 0xFFF
 SITE = PLACE_BITS << SITE_SHIFT
 REGION = PLACE_BITS << REGION_SHIFT
 
-# -- a peer's row: 38 bytes ---------------------------------------------------------------------
+# -- a peer's row: 26 bytes, or 38 in a swarm with IPv6 peers -----------------------------------
 
-ROW = 38
 PEER_ID = 0  # 20 bytes
-ENDPOINT = 20  # 16 bytes of address, 2 of port (big-endian), the compact form of BEP 7
-V4 = 32  # where a row's IPv4 address and port (BEP 23's 6 bytes) start
+ENDPOINT = 20  # the address and the port (big-endian): the compact form of BEP 23 or BEP 7
+ROW4 = 26  # the 20-byte peer id and BEP 23's 6 bytes of an IPv4 address and port
+ROW6 = 38  # the peer id and BEP 7's 18 bytes, an IPv4 address mapped into IPv6
 _V4_MAPPED = bytes(10) + b"\xff\xff"
 
 #: a swarm of more peers than this keeps an index; one of fewer than half as many drops it
@@ -86,15 +86,23 @@ class Peer(NamedTuple):
     """What an announce says of its peer, packed as the table keeps it (`make_peer`)."""
 
     peer_id: bytes
-    endpoint: bytes  # 18 bytes
+    endpoint: bytes  # 18 bytes: IPv6, or IPv4 mapped into it, and the port
     traits: int  # COMPLETE, MIRROR, V6 and the place bits
+
+
+def is_v6(ip: str) -> bool:
+    """Whether an address is IPv6 proper: an IPv4 one mapped into IPv6 is IPv4 (its answers
+    carry BEP 23's 6-byte peers)."""
+    return ":" in ip and not ip.startswith("::ffff:")
 
 
 def make_peer(peer_id: bytes, ip: str, port: int, left: int, *, mirror: bool = False,
               place: int = 0) -> Peer:
-    """`ip` as the socket gave it, or as wire.py checked it."""
+    """`ip` as the socket gave it, or as wire.py checked it. An IPv4 address mapped into IPv6
+    (how a dual-stack socket shows an IPv4 client) is an IPv4 peer."""
     if ":" in ip:
-        address, traits = socket.inet_pton(socket.AF_INET6, ip.partition("%")[0]), V6
+        address = socket.inet_pton(socket.AF_INET6, ip.partition("%")[0])
+        traits = 0 if address.startswith(_V4_MAPPED) else V6
     else:
         address, traits = _V4_MAPPED + socket.inet_pton(socket.AF_INET, ip), 0
     traits |= place | (COMPLETE if left == 0 else 0) | (MIRROR if mirror else 0)
@@ -114,10 +122,13 @@ class PeerView(NamedTuple):
 
 
 class Swarm:
-    __slots__ = ("rows", "traits", "index", "used", "complete", "downloaded", "mirrors")
+    __slots__ = ("rows", "width", "traits", "index", "used", "complete", "downloaded",
+                 "mirrors")
 
     def __init__(self) -> None:
         self.rows = bytearray()
+        #: bytes a row: ROW4 until the first IPv6 peer, then ROW6 (the rows widened once)
+        self.width = ROW4
         #: per slot: the traits, and the second it was last seen in the top 32 bits (so that
         #: min() of the array, in C, finds the stalest peer)
         self.traits = array("Q")
@@ -139,15 +150,25 @@ class Swarm:
 
     # -- finding ----------------------------------------------------------------------------
 
-    def find(self, key: bytes, field: int) -> int:
-        """The slot whose peer id (`field` PEER_ID) or endpoint (ENDPOINT) is `key`, or -1."""
-        rows = self.rows
-        index = self.index
+    def find_id(self, peer_id: bytes) -> int:
+        """The slot of the peer with this id, or -1."""
+        return self._find(peer_id, PEER_ID)
+
+    def find_endpoint(self, endpoint: bytes) -> int:
+        """The slot of the peer at this endpoint (`Peer.endpoint`'s form), or -1."""
+        if self.width == ROW6:
+            return self._find(endpoint, ENDPOINT)
+        if not endpoint.startswith(_V4_MAPPED):
+            return -1  # no IPv6 peer here yet
+        return self._find(endpoint[len(_V4_MAPPED) :], ENDPOINT)
+
+    def _find(self, key: bytes, field: int) -> int:
+        rows, width, index = self.rows, self.width, self.index
         if index is None:
             at = rows.find(key)
             while at >= 0:  # a match at another offset is part of some other field
-                if at % ROW == field:
-                    return at // ROW
+                if at % width == field:
+                    return at // width
                 at = rows.find(key, at + 1)
             return -1
         kind = field != PEER_ID
@@ -155,48 +176,55 @@ class Swarm:
         i = hash(key) & mask
         while entry := index[i]:
             if entry & 1 == kind and entry != 1 and rows.startswith(
-                    key, ((entry >> 1) - 1) * ROW + field):
+                    key, ((entry >> 1) - 1) * width + field):
                 return (entry >> 1) - 1
             i = (i + 1) & mask
         return -1
 
     def is_at(self, slot: int, endpoint: bytes) -> bool:
-        return self.rows.startswith(endpoint, slot * ROW + ENDPOINT)
+        width = self.width
+        if width == ROW4 and not endpoint.startswith(_V4_MAPPED):
+            return False  # an IPv6 endpoint, where none is yet
+        return self.rows.startswith(endpoint[ROW6 - width :], slot * width + ENDPOINT)
 
     def view(self, slot: int) -> PeerView:
-        at = slot * ROW
-        row = bytes(self.rows[at : at + ROW])
+        width = self.width
+        row = bytes(self.rows[slot * width : slot * width + width])
         traits = self.traits[slot]
         if traits & V6:
-            ip = socket.inet_ntop(socket.AF_INET6, row[ENDPOINT:V4 + 4])
+            ip = socket.inet_ntop(socket.AF_INET6, row[ENDPOINT:-2])
         else:
-            ip = socket.inet_ntop(socket.AF_INET, row[V4 : V4 + 4])
-        return PeerView(row[:ENDPOINT], ip, int.from_bytes(row[V4 + 4 :], "big"),
+            ip = socket.inet_ntop(socket.AF_INET, row[-6:-2])
+        return PeerView(row[:ENDPOINT], ip, int.from_bytes(row[-2:], "big"),
                         bool(traits & COMPLETE), bool(traits & MIRROR),
                         traits & (SITE | REGION), traits >> SEEN_SHIFT)
 
     def compact(self, slots: list[int], v6: bool) -> bytes:
         """BEP 23's 6 bytes (or BEP 7's 18) of each of `slots` of that family."""
-        rows, traits = self.rows, self.traits
+        rows, traits, width = self.rows, self.traits, self.width
         if v6:
-            return b"".join([rows[s * ROW + ENDPOINT : s * ROW + ROW] for s in slots
+            return b"".join([rows[s * width + ENDPOINT : s * width + width] for s in slots
                              if traits[s] & V6])
-        return b"".join([rows[s * ROW + V4 : s * ROW + ROW] for s in slots
+        v4 = width - 6
+        return b"".join([rows[s * width + v4 : s * width + width] for s in slots
                          if not traits[s] & V6])
 
     # -- changing ---------------------------------------------------------------------------
 
     def add(self, peer: Peer, seen: int) -> int:
+        if peer.traits & V6 and self.width == ROW4:
+            self._widen()
         slot = len(self.traits)
+        endpoint = peer.endpoint[ROW6 - self.width :]
         self.rows += peer.peer_id
-        self.rows += peer.endpoint
+        self.rows += endpoint
         self.traits.append(peer.traits | seen << SEEN_SHIFT)
         self.complete += peer.traits & COMPLETE
         if peer.traits & MIRROR:
             self.mirrors += (slot,)
         if self.index is not None and 3 * (self.used + 2) <= 2 * len(self.index):
             self._enter(peer.peer_id, (slot + 1) << 1)
-            self._enter(peer.endpoint, (slot + 1) << 1 | 1)
+            self._enter(endpoint, (slot + 1) << 1 | 1)
         elif self.index is not None or slot >= INDEXED:
             self._reindex()
         return slot
@@ -212,7 +240,7 @@ class Swarm:
 
     def remove(self, slot: int) -> None:
         """Remove the peer at `slot`; the last peer moves into it."""
-        last = len(self.traits) - 1
+        last, width = len(self.traits) - 1, self.width
         traits = self.traits[slot]
         self.complete -= traits & COMPLETE
         if traits & MIRROR:
@@ -225,9 +253,9 @@ class Swarm:
                 self._forget(last, (slot + 1) << 1)
             if moved & MIRROR:
                 self.mirrors = tuple(slot if s == last else s for s in self.mirrors)
-            self.rows[slot * ROW : slot * ROW + ROW] = self.rows[last * ROW :]
+            self.rows[slot * width : slot * width + width] = self.rows[last * width :]
             self.traits[slot] = moved
-        del self.rows[last * ROW :]
+        del self.rows[last * width :]
         self.traits.pop()
         if self.index is not None and len(self.traits) < INDEXED // 2:
             self.index, self.used = None, 0
@@ -240,11 +268,21 @@ class Swarm:
             self.remove(slot)
         return len(stale)
 
+    def _widen(self) -> None:
+        """The first IPv6 peer: every row gets the 18-byte endpoint (IPv4 mapped)."""
+        rows = self.rows
+        self.rows = bytearray().join(
+            rows[at : at + ENDPOINT] + _V4_MAPPED + rows[at + ENDPOINT : at + ROW4]
+            for at in range(0, len(rows), ROW4))
+        self.width = ROW6
+        if self.index is not None:
+            self._reindex()  # the endpoints' keys changed
+
     # -- the index --------------------------------------------------------------------------
 
     def _key(self, slot: int, field: int) -> bytes:
-        at = slot * ROW + field
-        return bytes(self.rows[at : at + (ENDPOINT if field == PEER_ID else ROW - ENDPOINT)])
+        at = slot * self.width
+        return bytes(self.rows[at + field : at + (ENDPOINT if field == PEER_ID else self.width)])
 
     def _enter(self, key: bytes, entry: int) -> None:
         index = self.index
@@ -300,7 +338,7 @@ class SwarmTable:
                 return Swarm(), -1
             self._room_for(swarm=True)
             swarm = self.swarms[info_hash] = Swarm()
-        slot = swarm.find(peer.peer_id, PEER_ID)
+        slot = swarm.find_id(peer.peer_id)
         if slot >= 0 and event != "stopped" and swarm.is_at(slot, peer.endpoint):
             # The common case: the same peer again, from the same endpoint.
             old = swarm.traits[slot]
@@ -316,8 +354,8 @@ class SwarmTable:
         (by peer id, and whoever held its endpoint: the same client restarted)."""
         before = swarm.complete
         was_complete = slot >= 0 and swarm.traits[slot] & COMPLETE
-        for key, field in ((peer.peer_id, PEER_ID), (peer.endpoint, ENDPOINT)):
-            old = swarm.find(key, field)
+        for find, key in ((swarm.find_id, peer.peer_id), (swarm.find_endpoint, peer.endpoint)):
+            old = find(key)
             if old >= 0:
                 swarm.remove(old)
                 self.peer_count -= 1

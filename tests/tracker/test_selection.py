@@ -10,7 +10,7 @@ import pytest
 
 from tracker.config import Locality, parse_sites
 from tracker.selection import MAX_NUMWANT, select_peers
-from tracker.swarm import PEER_ID, Peer, SwarmTable, TrackerRefused, make_peer
+from tracker.swarm import Peer, SwarmTable, TrackerRefused, make_peer
 
 SITES = parse_sites([
     {"cidr": "127.1.0.0/16", "site": "s1", "region": "eu"},
@@ -129,7 +129,7 @@ def test_a_complete_peer_also_gets_the_nearest_mirror_and_a_mirror_gets_none():
             assert chosen[0].peer_id == mirrors[0].peer_id, "the mirror of its own site"
     one = select_peers(swarm, magnet, 1, 0.0, 100, tiered=False, rng=random.Random(4))
     assert [swarm.view(s).mirror for s in one] == [True], "numwant 1: the mirror"
-    own = swarm.find(mirrors[0].peer_id, PEER_ID)
+    own = swarm.find_id(mirrors[0].peer_id)
     chosen = chosen_views(swarm, select_peers(swarm, own, 50, 0.0, 100, tiered=True,
                                               rng=random.Random(4)))
     assert chosen and not any(p.mirror for p in chosen), "a mirror needs no other mirror"

@@ -6,13 +6,14 @@ the size where they keep an index and shrink below it again."""
 from __future__ import annotations
 
 import math
+import socket
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tracker import swarm as swarm_module
-from tracker.swarm import ENDPOINT, PEER_ID, SwarmTable, make_peer
+from tracker.swarm import SwarmTable, make_peer
 
 TTL = 100
 EVENTS = ["", "started", "completed", "stopped"]
@@ -51,7 +52,16 @@ class Model:
 
 
 def endpoint(n: int) -> tuple[str, int]:
-    return (f"10.0.0.{n % 7}", 1000 + n) if n % 5 else (f"2001:db8::{n % 7 + 1}", 1000 + n)
+    """IPv4 mostly (a swarm widens its rows at its first IPv6 peer), some IPv4 as a dual-stack
+    socket shows it (mapped into IPv6: still an IPv4 peer)."""
+    if n % 5 == 0:
+        return f"2001:db8::{n % 7 + 1}", 1000 + n
+    return f"{'::ffff:' if n % 3 == 0 else ''}10.0.0.{n % 7}", 1000 + n
+
+
+def shown(n: int) -> tuple[str, int]:
+    ip, port = endpoint(n)
+    return ip.removeprefix("::ffff:"), port
 
 
 operations = st.lists(st.tuples(
@@ -72,12 +82,19 @@ def check(table: SwarmTable, model: Model, indexed: int) -> None:
         swarm = table.swarms[h]
         held = {v.peer_id: [(v.ip, v.port), v.complete, v.last_seen]
                 for v in map(swarm.view, range(len(swarm)))}
-        assert held == {pid: [endpoint(e), c, seen] for pid, (e, c, seen) in peers.items()}
+        assert held == {pid: [shown(e), c, seen] for pid, (e, c, seen) in peers.items()}
+        slots = list(range(len(swarm)))
+        for v6 in (False, True):  # the compact forms, of each family, as BEP 23 and 7 have them
+            expected = b"".join(
+                socket.inet_pton(socket.AF_INET6 if v6 else socket.AF_INET, v.ip)
+                + v.port.to_bytes(2, "big") for v in map(swarm.view, slots)
+                if (":" in v.ip) == v6)
+            assert swarm.compact(slots, v6=v6) == expected
         complete = sum(c for _, c, _ in peers.values())
         assert table.scrape(h) == (complete, model.downloaded.get(h, 0), len(peers) - complete)
         for pid, (e, _, _) in peers.items():
             p = make_peer(pid, *endpoint(e), 1)
-            assert swarm.find(p.peer_id, PEER_ID) == swarm.find(p.endpoint, ENDPOINT) >= 0
+            assert swarm.find_id(p.peer_id) == swarm.find_endpoint(p.endpoint) >= 0
         if len(swarm) > indexed:
             assert swarm.index is not None, "a swarm of more than INDEXED peers has an index"
         if len(swarm) < indexed // 2:
@@ -118,7 +135,7 @@ def test_a_big_swarm_keeps_finding_its_peers_as_it_grows_and_shrinks():
         table.announce(h, make_peer(b"%020d" % n, "10.9.9.9", 1, 0), "stopped", 1)
     assert table.peer_count == 2500 and table.seeders == 0, "the complete ones stopped"
     for n in range(1, 5000, 2):
-        slot = swarm.find(b"%020d" % n, PEER_ID)
+        slot = swarm.find_id(b"%020d" % n)
         assert swarm.view(slot).ip == f"10.1.{n // 250}.{n % 250}"
     table.announce(h, make_peer(b"%020d" % 1, "10.1.0.1", 6881, 1), "", TTL + 1)
     assert table.expire(TTL + 1) == 2499 and swarm.index is None
