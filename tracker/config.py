@@ -35,8 +35,8 @@ class TrackerConfig:
     mirrors: frozenset[str] = frozenset()
     keys_file: str | None = None
     trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
-    #: the table's bounds: full, they hold about 800 MiB (tracker/swarm.py; the README's
-    #: tracker benchmark), so the tracker fits in 1 GiB
+    #: the table's bounds: both full (in the costliest mix of swarm sizes), the tracker's RSS
+    #: was 726 MiB, so it fits in 1 GiB (tracker/swarm.py; the README's tracker benchmark)
     max_swarms: int = 1_000_000
     max_peers: int = 5_000_000
     private_hashes: frozenset[bytes] = field(default_factory=frozenset)
@@ -110,7 +110,7 @@ TRACKER = Section("tracker", (
     Setting("max_swarms", int, 1_000_000,
             "swarms held in memory at most (about 400 bytes each, with a first peer)"),
     Setting("max_peers", int, 5_000_000,
-            "peers held in memory at most (50 to 90 bytes each); both full: about 800 MiB"),
+            "peers held in memory at most (under 100 bytes each); both full: under 800 MiB"),
     SITES,
 ), build=_tracker_config)
 
