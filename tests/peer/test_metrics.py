@@ -27,4 +27,5 @@ def test_a_label_value_outside_its_vocabulary_is_refused_and_adds_no_series():
         children(Way.IN, "made up")
     text = generate_latest(registry).decode()
     assert 'things_total{result="ok",way="in"} 1.0' in text
-    assert "17" not in text and "made up" not in text
+    assert 'way="17"' not in text and 'result="made up"' not in text
+    assert text.count("things_total{") == 2, "two series: the two calls in the vocabulary"
