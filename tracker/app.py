@@ -10,6 +10,7 @@ stored per client.
 from __future__ import annotations
 
 import asyncio
+import enum
 import hashlib
 import ipaddress
 import logging
@@ -17,7 +18,6 @@ import os
 import random
 import secrets
 import socket
-import struct
 import time
 from collections.abc import AsyncIterator
 
@@ -30,15 +30,16 @@ from peer.service import serve as serve_services
 from peer.service import start as start_service
 
 from .config import Locality, TrackerConfig
-from .swarm import Peer, SwarmTable, TrackerRefused, select_peers
+from .selection import select_peers
+from .swarm import Refusal, Swarm, SwarmTable, TrackerRefused, is_v6, make_peer
 from .wire import (
     ANNOUNCE,
     CONNECT,
     PROTOCOL_ID,
     SCRAPE,
     Announce,
+    UdpRequest,
     announce_body,
-    compact_peer,
     failure_body,
     parse_announce,
     parse_scrape,
@@ -57,6 +58,26 @@ log = logging.getLogger(__name__)
 TRACKER = web.AppKey("tracker", "Tracker")
 CONFIG = web.AppKey("config", TrackerConfig)
 CONNECTION_WINDOW = 60  # seconds; an id is accepted in its minute and the next
+REFUSAL_LOG_EVERY = 60  # seconds between log lines for one kind of refusal
+
+
+class Protocol(enum.StrEnum):
+    HTTP = "http"
+    UDP = "udp"
+
+
+class Kind(enum.StrEnum):
+    """What a request asked for; with `Protocol` and `Refusal`, the tracker's only label
+    values (a UDP action number that BEP 15 does not define is OTHER, never its number)."""
+
+    CONNECT = "connect"
+    ANNOUNCE = "announce"
+    SCRAPE = "scrape"
+    OTHER = "other"
+
+
+UDP_KINDS = {CONNECT: Kind.CONNECT, ANNOUNCE: Kind.ANNOUNCE, SCRAPE: Kind.SCRAPE}
+RESULTS = ("ok", "refused")
 
 
 class Tracker:
@@ -73,13 +94,20 @@ class Tracker:
         self.registry = CollectorRegistry()
         self.requests = Counter("weightswarm_tracker_requests", "Announces and scrapes",
                                 ["protocol", "kind", "result"], registry=self.registry)
+        self.refusals = Counter("weightswarm_tracker_refusals", "Requests refused, by why",
+                                ["protocol", "kind", "reason"], registry=self.registry)
         self.swarms_gauge = Gauge("weightswarm_tracker_swarms", "Swarms held",
                                   registry=self.registry)
         self.peers_gauge = Gauge("weightswarm_tracker_peers", "Peers held", registry=self.registry)
         self.seeders_gauge = Gauge("weightswarm_tracker_seeders", "Complete peers held",
                                    registry=self.registry)
-        self._refusals_logged: dict[str, float] = {}
-        self._counters = Children(self.requests)
+        #: (protocol, kind, reason) -> (when its last line was logged, refusals since): keyed
+        #: by the fixed vocabularies only, so it holds a few dozen entries at most
+        self._refusals_logged: dict[tuple[Protocol, Kind, Refusal], tuple[float, int]] = {}
+        self._counters = Children(self.requests, Protocol, Kind, RESULTS)
+        self._refusal_counters = Children(self.refusals, Protocol, Kind, Refusal)
+        #: whether the table's refusing for a bound has been logged (again once it has room)
+        self._full_logged = False
         #: info-hashes of private swarms: from the config, and learned from private announces
         self.private: set[bytes] = set(config.private_hashes)
         self._keys: frozenset[str] = frozenset()
@@ -117,21 +145,22 @@ class Tracker:
         """Open announces may not touch a private swarm; private ones need a listed key."""
         if key is None:
             if info_hash in self.private:
-                raise TrackerRefused("private torrent: announce with your key (/announce/<key>)")
+                raise TrackerRefused("private torrent: announce with your key (/announce/<key>)",
+                                     Refusal.PRIVATE)
             return
         if key not in self.keys():
-            raise TrackerRefused("unknown or revoked key")
+            raise TrackerRefused("unknown or revoked key", Refusal.KEY)
         self.private.add(info_hash)
 
     def scrape_visible(self, hashes: list[bytes], key: str | None) -> dict:
         """Scrape; a private swarm shows zeros unless the key is valid."""
         if key is not None and key not in self.keys():
-            raise TrackerRefused("unknown or revoked key")
+            raise TrackerRefused("unknown or revoked key", Refusal.KEY)
         return {h: (0, 0, 0) if (h in self.private and key is None) else self.table.scrape(h)
                 for h in hashes}
 
-    def count(self, protocol: str, kind: str, result: str) -> None:
-        self._counters(protocol, kind, result).inc()
+    def count(self, protocol: Protocol, kind: Kind) -> None:
+        self._counters(protocol, kind, "ok").inc()
 
     def ip_trusted(self, ip: str) -> bool:
         try:
@@ -140,21 +169,29 @@ class Tracker:
             return False
         return any(address.version == n.version and address in n for n in self.trusted)
 
-    def announce(self, a: Announce, now: float) -> tuple[list[Peer], int, int]:
-        site, region = self.locality.where(a.ip)
-        peer = Peer(a.peer_id, a.ip, a.port, a.left, now,
-                    mirror=bool(self.config.mirrors) and f"{a.ip}:{a.port}" in self.config.mirrors,
-                    site=site, region=region, compact=compact_peer(a.ip, a.port))
-        swarm = self.table.announce(a.info_hash, peer, a.event, now)
+    def announce(self, a: Announce, now: float) -> tuple[Swarm, list[int], int, int]:
+        """The swarm, the slots of the peers to hand out, and the swarm's counts."""
+        config = self.config
+        peer = make_peer(a.peer_id, a.ip, a.port, a.left,
+                         mirror=bool(config.mirrors) and f"{a.ip}:{a.port}" in config.mirrors,
+                         place=self.locality.place(a.ip) if config.sites else 0)
+        swarm, slot = self.table.announce(a.info_hash, peer, a.event, now)
         complete, incomplete = swarm.counts()
-        if a.event == "stopped":
-            return [], complete, incomplete
-        peers = select_peers(swarm, peer, a.numwant, now, self.config.peer_ttl,
-                             tiered=bool(self.config.sites), rng=self.rng)
-        return peers, complete, incomplete
+        if slot < 0:
+            return swarm, [], complete, incomplete
+        peers = select_peers(swarm, slot, a.numwant, now, config.peer_ttl,
+                             tiered=bool(config.sites), rng=self.rng)
+        return swarm, peers, complete, incomplete
 
     def scrape(self, hashes: list[bytes]) -> dict[bytes, tuple[int, int, int]]:
         return {h: self.table.scrape(h) for h in hashes}
+
+    def expire(self, now: float) -> int:
+        dropped = self.table.expire(now)
+        table = self.table
+        if table.peer_count < table.max_peers and len(table.swarms) < table.max_swarms:
+            self._full_logged = False  # the next refusal for a bound is news again
+        return dropped
 
     def connection_id(self, addr: tuple, minute: int) -> int:
         # Keyed BLAKE2b is a MAC in one call, several times cheaper than HMAC-SHA256.
@@ -167,13 +204,24 @@ class Tracker:
         return (connection_id == self.connection_id(addr, minute)
                 or connection_id == self.connection_id(addr, minute - 1))
 
-    def refused(self, protocol: str, kind: str, reason: str) -> None:
-        self.count(protocol, kind, "refused")
+    def refused(self, protocol: Protocol, kind: Kind, error: TrackerRefused) -> None:
+        """Count a refusal, and log it: one line a minute for each (protocol, kind, reason),
+        saying how many more there were."""
+        self._counters(protocol, kind, "refused").inc()
+        self._refusal_counters(protocol, kind, error.reason).inc()
+        if error.reason is Refusal.FULL and not self._full_logged:
+            self._full_logged = True
+            log.warning("%s: new peers are refused until some expire ([tracker] max_swarms %d, "
+                        "max_peers %d)", error, self.table.max_swarms, self.table.max_peers)
+        key = (protocol, kind, error.reason)
         now = time.monotonic()
-        key = f"{protocol} {kind}: {reason}"
-        if now - self._refusals_logged.get(key, -60.0) >= 60:  # one line a minute per class
-            self._refusals_logged[key] = now
-            log.info("refused %s", key)
+        last, since = self._refusals_logged.get(key, (-REFUSAL_LOG_EVERY, 0))
+        if now - last < REFUSAL_LOG_EVERY:
+            self._refusals_logged[key] = (last, since + 1)
+            return
+        self._refusals_logged[key] = (now, 0)
+        log.info("refused %s %s (%s): %s%s", protocol, kind, error.reason, error,
+                 f"; and {since} more like it since the last line" if since else "")
 
 
 # -- HTTP -------------------------------------------------------------------------------------------
@@ -183,18 +231,24 @@ def _bencoded(body: bytes) -> web.Response:
     return web.Response(body=body, content_type="text/plain")
 
 
+def _raw_query(request: web.Request) -> str:
+    """The query string as the client sent it: aiohttp's `query_string` is already
+    percent-decoded once (yarl), which destroys raw info-hashes (wire.py)."""
+    return request.raw_path.partition("?")[2]
+
+
 async def http_announce(request: web.Request) -> web.Response:
     tracker = request.app[TRACKER]
     remote = request.remote or ""
     try:
-        a = parse_announce(request.query_string, remote, ip_trusted=tracker.ip_trusted(remote))
+        a = parse_announce(_raw_query(request), remote, ip_trusted=tracker.ip_trusted(remote))
         tracker.check_access(a.info_hash, request.match_info.get("key"))
-        peers, complete, incomplete = tracker.announce(a, time.time())
+        swarm, peers, complete, incomplete = tracker.announce(a, time.time())
     except TrackerRefused as e:
-        tracker.refused("http", "announce", str(e))
+        tracker.refused(Protocol.HTTP, Kind.ANNOUNCE, e)
         return _bencoded(failure_body(str(e)))
-    tracker.count("http", "announce", "ok")
-    return _bencoded(announce_body(peers, complete, incomplete,
+    tracker.count(Protocol.HTTP, Kind.ANNOUNCE)
+    return _bencoded(announce_body(swarm, peers, complete, incomplete,
                                    interval=tracker.config.interval,
                                    min_interval=tracker.config.min_interval,
                                    compact=a.compact, no_peer_id=a.no_peer_id))
@@ -203,20 +257,19 @@ async def http_announce(request: web.Request) -> web.Response:
 async def http_scrape(request: web.Request) -> web.Response:
     tracker = request.app[TRACKER]
     try:
-        hashes = parse_scrape(request.query_string)
+        hashes = parse_scrape(_raw_query(request))
         stats = tracker.scrape_visible(hashes, request.match_info.get("key"))
     except TrackerRefused as e:
-        tracker.refused("http", "scrape", str(e))
+        tracker.refused(Protocol.HTTP, Kind.SCRAPE, e)
         return _bencoded(failure_body(str(e)))
-    tracker.count("http", "scrape", "ok")
+    tracker.count(Protocol.HTTP, Kind.SCRAPE)
     return _bencoded(scrape_body(stats))
 
 
 async def stats(request: web.Request) -> web.Response:
     table = request.app[TRACKER].table
-    seeders = sum(s.counts()[0] for s in table.swarms.values())
     return web.json_response({"swarms": len(table.swarms), "peers": table.peer_count,
-                              "seeders": seeders})
+                              "seeders": table.seeders})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -224,7 +277,7 @@ async def metrics(request: web.Request) -> web.Response:
     table = tracker.table
     tracker.swarms_gauge.set(len(table.swarms))
     tracker.peers_gauge.set(table.peer_count)
-    tracker.seeders_gauge.set(sum(s.counts()[0] for s in table.swarms.values()))
+    tracker.seeders_gauge.set(table.seeders)
     return metrics_response(tracker.registry)
 
 
@@ -277,33 +330,36 @@ class UdpTracker:
         req = parse_udp(data)
         if req is None:
             return None  # too short to carry a transaction id: ignored
+        kind = UDP_KINDS.get(req.action, Kind.OTHER)
+        try:
+            answer = self._answer(req, kind, addr, now)
+        except TrackerRefused as e:
+            self.tracker.refused(Protocol.UDP, kind, e)
+            return udp_error(req.transaction_id, str(e))
+        self.tracker.count(Protocol.UDP, kind)
+        return answer
+
+    def _answer(self, req: UdpRequest, kind: Kind, addr, now: float) -> bytes:
         tracker = self.tracker
-        if req.action == CONNECT:
+        if kind is Kind.CONNECT:
             if req.connection_id != PROTOCOL_ID:
-                tracker.refused("udp", "connect", "bad protocol id")
-                return udp_error(req.transaction_id, "bad protocol id")
-            tracker.count("udp", "connect", "ok")
+                raise TrackerRefused("bad protocol id", Refusal.CONNECTION)
             minute = int(now // CONNECTION_WINDOW)
             return udp_connect_answer(req.transaction_id, tracker.connection_id(addr, minute))
         if not tracker.connection_ok(req.connection_id, addr, now):
-            tracker.refused("udp", "request", "unknown or expired connection id")
-            return udp_error(req.transaction_id, "unknown or expired connection id")
-        try:
-            if req.action == ANNOUNCE:
-                a = parse_udp_announce(req, addr[0])
-                tracker.check_access(a.info_hash, None)  # BEP 15 carries no key
-                peers, complete, incomplete = tracker.announce(a, now)
-                tracker.count("udp", "announce", "ok")
-                return udp_announce_answer(req.transaction_id, tracker.config.interval,
-                                           incomplete, complete, peers, v6=":" in addr[0])
-            if req.action == SCRAPE:
-                stats = tracker.scrape_visible(parse_udp_scrape(req), None)
-                tracker.count("udp", "scrape", "ok")
-                return udp_scrape_answer(req.transaction_id, [stats[h] for h in stats])
-            raise TrackerRefused("unknown action")
-        except (TrackerRefused, struct.error) as e:
-            tracker.refused("udp", str(req.action), str(e))
-            return udp_error(req.transaction_id, str(e))
+            raise TrackerRefused("unknown or expired connection id", Refusal.CONNECTION)
+        if kind is Kind.ANNOUNCE:
+            a = parse_udp_announce(req, addr[0])
+            tracker.check_access(a.info_hash, None)  # BEP 15 carries no key
+            swarm, peers, complete, incomplete = tracker.announce(a, now)
+            # an answer carries the family the request came in
+            return udp_announce_answer(req.transaction_id, tracker.config.interval,
+                                       incomplete, complete,
+                                       swarm.compact(peers, v6=is_v6(addr[0])))
+        if kind is Kind.SCRAPE:
+            stats = tracker.scrape_visible(parse_udp_scrape(req), None)
+            return udp_scrape_answer(req.transaction_id, [stats[h] for h in stats])
+        raise TrackerRefused(f"unknown action {req.action}", Refusal.ACTION)
 
 
 # -- the service: each resource in its own cleanup_ctx entry (peer/service.py) --------------
@@ -338,7 +394,7 @@ async def _expiry(app: web.Application) -> AsyncIterator[None]:
     async def expire() -> None:
         while True:
             await asyncio.sleep(min(60, tracker.config.peer_ttl))
-            dropped = tracker.table.expire(time.time())
+            dropped = tracker.expire(time.time())
             if dropped:
                 log.info("expired %d peers", dropped)
 

@@ -12,6 +12,8 @@ from functools import lru_cache
 from peer.config import REQUIRED, Section, Setting, Tables, parse_tables, port
 from peer.settings import HttpLimits, http_limits, http_settings
 
+from .swarm import PLACE_BITS, REGION_SHIFT, SITE_SHIFT
+
 
 @dataclass(frozen=True)
 class Site:
@@ -34,10 +36,22 @@ class TrackerConfig:
     mirrors: frozenset[str] = frozenset()
     keys_file: str | None = None
     trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    #: the table's bounds: both full (in the costliest mix of swarm sizes), the tracker's RSS
+    #: was 726 MiB, so it fits in 1 GiB (tracker/swarm.py; the README's tracker benchmark)
     max_swarms: int = 1_000_000
     max_peers: int = 5_000_000
     private_hashes: frozenset[bytes] = field(default_factory=frozenset)
     http: HttpLimits = HttpLimits()
+
+
+def _numbered(names) -> dict[str, int]:
+    """Each distinct name a number from 1 (0 is none), within a peer's PLACE_BITS."""
+    numbers: dict[str, int] = {}
+    for name in names:
+        numbers.setdefault(name, len(numbers) + 1)
+    if len(numbers) > PLACE_BITS:
+        raise ValueError(f"more than {PLACE_BITS} sites or regions")
+    return numbers
 
 
 def _network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
@@ -97,18 +111,29 @@ TRACKER = Section("tracker", (
             check=_info_hashes),
     Setting("trusted_proxies", list, ["127.0.0.0/8", "::1/128"],
             "addresses whose ip= is believed"),
-    Setting("max_swarms", int, 1_000_000, "swarms held in memory at most"),
-    Setting("max_peers", int, 5_000_000, "peers held in memory at most"),
+    Setting("max_swarms", int, 1_000_000,
+            "swarms held in memory at most (about 400 bytes each, with a first peer)"),
+    Setting("max_peers", int, 5_000_000,
+            "peers held in memory at most (under 100 bytes each); both full: under 800 MiB"),
     SITES,
 ), build=_tracker_config)
 
 
 class Locality:
-    """Which site and region an address is in, by the CIDR map (longest prefix wins)."""
+    """Which site and region an address is in, by the CIDR map (longest prefix wins); as
+    names (`where`), or as the numbers a packed peer keeps (`place`, tracker/swarm.py)."""
 
     def __init__(self, sites: tuple[Site, ...]):
         self.sites = sites
         self.where = lru_cache(maxsize=65536)(self._where)
+        self.place = lru_cache(maxsize=65536)(self._place)
+        self._site_numbers = _numbered(s.site for s in sites)
+        self._region_numbers = _numbered(s.region for s in sites if s.region)
+
+    def _place(self, ip: str) -> int:
+        site, region = self.where(ip)
+        return (self._site_numbers.get(site, 0) << SITE_SHIFT
+                | self._region_numbers.get(region, 0) << REGION_SHIFT)
 
     def _where(self, ip: str) -> tuple[str | None, str | None]:
         try:

@@ -2,20 +2,28 @@
 7, 48) from the raw query string, and BEP 15 UDP packets. Nothing here touches a socket.
 
 `info_hash` and `peer_id` arrive percent-encoded as raw bytes: the query string is split and
-decoded as bytes (`unquote_to_bytes`), never as UTF-8, which would destroy them.
+decoded as bytes (`unquote_to_bytes`), never as UTF-8, which would destroy them. The query
+string is the one the client sent (the request target's), not aiohttp's `query_string`,
+which yarl has already percent-decoded once: decoding that again turned an info-hash's
+`%2526` (the bytes `%26`) into `&`.
+
+Each parameter accepts exactly its grammar and nothing else: the query is RFC 3986 query
+characters with well-formed percent escapes (ASCII only); numbers are ASCII digits, no sign,
+space or `_` (which `int()` allows); `compact` and `no_peer_id` are 0 or 1. A refusal names
+the parameter; its `Refusal` is one of a fixed few (swarm.py).
 """
 
 from __future__ import annotations
 
-import functools
 import ipaddress
+import re
 import struct
 from typing import NamedTuple
 from urllib.parse import unquote_to_bytes
 
 from peer.bencode import bencode
 
-from .swarm import Peer, TrackerRefused
+from .swarm import Refusal, Swarm, TrackerRefused
 
 MAX_QUERY = 8192
 MAX_SCRAPE_HASHES = 74  # what fits one UDP answer; the same bound for HTTP
@@ -41,9 +49,21 @@ class Announce(NamedTuple):  # a tuple: built for every announce, cheaper than a
     key: bytes | None
 
 
+#: RFC 3986's query characters (pchar, "/" and "?"); "%" only as the start of an escape
+_QUERY_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+#: the digits of the largest number a parameter holds (2**63 - 1 has 19)
+MAX_DIGITS = 20
+
+
 def parse_query(raw: str) -> dict[bytes, list[bytes]]:
+    """The parameters of a raw (still percent-encoded) query string, names and values as
+    bytes, each name's values in order."""
     if len(raw) > MAX_QUERY:
-        raise TrackerRefused(f"query string longer than {MAX_QUERY} bytes")
+        raise TrackerRefused(f"query string longer than {MAX_QUERY} bytes", Refusal.TOO_LARGE)
+    if not (raw.isascii() and _QUERY_CHARS.fullmatch(raw)) or ("%" in raw
+                                                                and _BAD_ESCAPE.search(raw)):
+        raise TrackerRefused("query string is not percent-encoded ASCII", Refusal.MALFORMED)
     params: dict[bytes, list[bytes]] = {}
     for part in raw.split("&"):
         if not part:
@@ -58,7 +78,7 @@ def _one(params: dict, name: bytes, *, required: bool = True) -> bytes | None:
     values = params.get(name)
     if not values:
         if required:
-            raise TrackerRefused(f"missing {name.decode()}")
+            raise TrackerRefused(f"missing {name.decode()}", Refusal.MALFORMED)
         return None
     return values[0]
 
@@ -68,13 +88,43 @@ def _int(params: dict, name: bytes, *, default: int | None = None, low: int = 0,
     value = _one(params, name, required=default is None)
     if value is None:
         return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise TrackerRefused(f"{name.decode()} is not a number") from None
+    # bytes.isdigit is ASCII digits only (str.isdigit also takes "¹" and "١")
+    if not (value.isdigit() and len(value) <= MAX_DIGITS):
+        raise TrackerRefused(f"{name.decode()} is not a number", Refusal.MALFORMED)
+    number = int(value)
     if not low <= number <= high:
-        raise TrackerRefused(f"{name.decode()} out of range")
+        raise TrackerRefused(f"{name.decode()} out of range", Refusal.MALFORMED)
     return number
+
+
+def _numwant(params: dict) -> int | None:
+    """None for the client's default (absent, or -1 as some send); never refused for being
+    large (it is clamped), so any run of digits is taken."""
+    value = _one(params, b"numwant", required=False)
+    if value is None or value == b"-1":
+        return None
+    if not value.isdigit():
+        raise TrackerRefused("numwant is not a number", Refusal.MALFORMED)
+    return int(value) if len(value) <= MAX_DIGITS else 2**63 - 1
+
+
+def _flag(params: dict, name: bytes, default: bool) -> bool:
+    value = _one(params, name, required=False)
+    if value is None:
+        return default
+    if value not in (b"0", b"1"):
+        raise TrackerRefused(f"{name.decode()} must be 0 or 1", Refusal.MALFORMED)
+    return value == b"1"
+
+
+def _address(claimed: bytes) -> str:
+    """An `ip=` address: IPv4 or IPv6, without an IPv6 zone (`%eth0`)."""
+    try:
+        if b"%" in claimed:
+            raise ValueError("a zone")
+        return str(ipaddress.ip_address(claimed.decode("ascii")))
+    except (UnicodeDecodeError, ValueError):
+        raise TrackerRefused("ip is not an address", Refusal.MALFORMED) from None
 
 
 def parse_announce(raw_query: str, remote_ip: str, *, ip_trusted: bool) -> Announce:
@@ -82,20 +132,13 @@ def parse_announce(raw_query: str, remote_ip: str, *, ip_trusted: bool) -> Annou
     info_hash = _one(params, b"info_hash")
     peer_id = _one(params, b"peer_id")
     if len(info_hash) != 20:
-        raise TrackerRefused("info_hash must be 20 bytes")
+        raise TrackerRefused("info_hash must be 20 bytes", Refusal.MALFORMED)
     if len(peer_id) != 20:
-        raise TrackerRefused("peer_id must be 20 bytes")
+        raise TrackerRefused("peer_id must be 20 bytes", Refusal.MALFORMED)
     event = _one(params, b"event", required=False) or b""
     if event not in EVENTS:
-        raise TrackerRefused("unknown event")
-    numwant = _int(params, b"numwant", default=-1, low=-1)
-    ip = remote_ip
+        raise TrackerRefused("unknown event", Refusal.MALFORMED)
     claimed = _one(params, b"ip", required=False)
-    if claimed and ip_trusted:
-        try:
-            ip = str(ipaddress.ip_address(claimed.decode("ascii")))
-        except (UnicodeDecodeError, ValueError):
-            raise TrackerRefused("ip is not an address") from None
     return Announce(
         info_hash=info_hash, peer_id=peer_id,
         port=_int(params, b"port", low=1, high=65535),
@@ -103,49 +146,39 @@ def parse_announce(raw_query: str, remote_ip: str, *, ip_trusted: bool) -> Annou
         downloaded=_int(params, b"downloaded", default=0),
         left=_int(params, b"left", default=0),
         event=EVENTS[event],
-        numwant=None if numwant == -1 else numwant,
-        compact=(_one(params, b"compact", required=False) or b"1") != b"0",
-        no_peer_id=(_one(params, b"no_peer_id", required=False) or b"0") == b"1",
-        ip=ip, key=_one(params, b"key", required=False),
+        numwant=_numwant(params),
+        compact=_flag(params, b"compact", True),
+        no_peer_id=_flag(params, b"no_peer_id", False),
+        ip=_address(claimed) if claimed and ip_trusted else remote_ip,
+        key=_one(params, b"key", required=False),
     )
 
 
 def parse_scrape(raw_query: str) -> list[bytes]:
     hashes = parse_query(raw_query).get(b"info_hash", [])
     if any(len(h) != 20 for h in hashes):
-        raise TrackerRefused("info_hash must be 20 bytes")
+        raise TrackerRefused("info_hash must be 20 bytes", Refusal.MALFORMED)
     if len(hashes) > MAX_SCRAPE_HASHES:
-        raise TrackerRefused(f"at most {MAX_SCRAPE_HASHES} info_hash per scrape")
+        raise TrackerRefused(f"at most {MAX_SCRAPE_HASHES} info_hash per scrape",
+                             Refusal.TOO_LARGE)
     return hashes
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _packed(ip: str) -> bytes:
-    return ipaddress.ip_address(ip).packed
-
-
-def compact_peer(ip: str, port: int) -> bytes:
-    return _packed(ip) + port.to_bytes(2, "big")
-
-
-def _compact(p: Peer) -> bytes:
-    return p.compact or compact_peer(p.ip, p.port)
-
-
-def announce_body(peers: list[Peer], complete: int, incomplete: int, *, interval: int,
-                  min_interval: int, compact: bool, no_peer_id: bool) -> bytes:
+def announce_body(swarm: Swarm, peers: list[int], complete: int, incomplete: int, *,
+                  interval: int, min_interval: int, compact: bool, no_peer_id: bool) -> bytes:
+    """`peers` are slots of `swarm`."""
     body: dict = {"interval": interval, "min interval": min_interval, "complete": complete,
                   "incomplete": incomplete}
-    v4 = [p for p in peers if ":" not in p.ip]
-    v6 = [p for p in peers if ":" in p.ip]
     if compact:
-        body["peers"] = b"".join(_compact(p) for p in v4)
+        body["peers"] = swarm.compact(peers, v6=False)
+        v6 = swarm.compact(peers, v6=True)
         if v6:
-            body["peers6"] = b"".join(_compact(p) for p in v6)
+            body["peers6"] = v6
     else:
+        views = map(swarm.view, peers)
         body["peers"] = [
             {"ip": p.ip, "port": p.port, **({} if no_peer_id else {"peer id": p.peer_id})}
-            for p in peers
+            for p in views
         ]
     return bencode(body)
 
@@ -187,31 +220,31 @@ def udp_error(transaction_id: int, message: str) -> bytes:
 
 def parse_udp_announce(req: UdpRequest, remote_ip: str) -> Announce:
     if len(req.payload) < 82:
-        raise TrackerRefused("announce packet too short")
+        raise TrackerRefused("announce packet too short", Refusal.MALFORMED)
     (info_hash, peer_id, downloaded, left, uploaded, event, _ip, key, numwant,
      port) = struct.unpack_from(">20s20sQQQIIIiH", req.payload)
     if event not in UDP_EVENTS:
-        raise TrackerRefused("unknown event")
+        raise TrackerRefused("unknown event", Refusal.MALFORMED)
     if port == 0:
-        raise TrackerRefused("port 0")
+        raise TrackerRefused("port 0", Refusal.MALFORMED)
     return Announce(info_hash, peer_id, port, uploaded, downloaded, left, UDP_EVENTS[event],
                     None if numwant < 0 else numwant, True, True, remote_ip,
                     key.to_bytes(4, "big"))
 
 
 def udp_announce_answer(transaction_id: int, interval: int, leechers: int, seeders: int,
-                        peers: list[Peer], *, v6: bool) -> bytes:
-    head = struct.pack(">IIIII", ANNOUNCE, transaction_id, interval, leechers, seeders)
-    size = 18 if v6 else 6  # an answer carries the family the request came in
-    return head + b"".join(c for c in map(_compact, peers) if len(c) == size)
+                        peers: bytes) -> bytes:
+    """`peers` compact, of the family the request came in (Swarm.compact)."""
+    return struct.pack(">IIIII", ANNOUNCE, transaction_id, interval, leechers, seeders) + peers
 
 
 def parse_udp_scrape(req: UdpRequest) -> list[bytes]:
     if not req.payload or len(req.payload) % 20:
-        raise TrackerRefused("scrape needs whole 20-byte info hashes")
+        raise TrackerRefused("scrape needs whole 20-byte info hashes", Refusal.MALFORMED)
     hashes = [req.payload[i : i + 20] for i in range(0, len(req.payload), 20)]
     if len(hashes) > MAX_SCRAPE_HASHES:
-        raise TrackerRefused(f"at most {MAX_SCRAPE_HASHES} info hashes per scrape")
+        raise TrackerRefused(f"at most {MAX_SCRAPE_HASHES} info hashes per scrape",
+                             Refusal.TOO_LARGE)
     return hashes
 
 

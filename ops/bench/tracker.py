@@ -3,6 +3,7 @@
 30 peers asked per announce, one scrape per 100 announces, UDP connection ids reused.
 
 Run: .venv/bin/python ops/bench/tracker.py [--quick] [--seconds 8] [--runs 3] [--procs 3]
+     [--no-memory | --memory-only] [--mem-torrents 100000] [--mem-peers 1000000]
 Needs opentracker (Debian package opentracker), taskset and setpriv (util-linux), two cores, and
 root: opentracker refuses to run as root, so it runs as the unprivileged user `--ot-user`
 (default wsbench; create it with `useradd --system --no-create-home wsbench`). The Debian build
@@ -15,6 +16,11 @@ Protocols: UDP (BEP 15), HTTP with `Connection: close` for both, and HTTP keep-a
 (opentracker closes every connection). Runs alternate ours and opentracker; the table shows
 medians. With --profile (the default without --quick) ours runs once more per protocol under
 cProfile, and the time is grouped by where it goes. Progress goes to stderr, the table to stdout.
+
+Memory (issue 14; skip with --no-memory, or run alone with --memory-only): each tracker's RSS
+(from /proc) started fresh, then with 1,000,000 peers in 100,000 swarms (10 each, every peer
+announcing once over UDP); and, in this process with tracemalloc, what our table allocates
+for a swarm with its first peer and for a peer in swarms of 10 and of 1000.
 """
 
 from __future__ import annotations
@@ -82,6 +88,10 @@ class Plan:
     ot_user: str
     server_cpu: int
     load_cpu: int
+    throughput: bool
+    memory: bool
+    mem_torrents: int
+    mem_peers: int
 
 
 # -- the workload ---------------------------------------------------------------------------------
@@ -105,6 +115,14 @@ class Workload:
         hashes = [hashlib.sha1(f"weightswarm-bench-{i}".encode()).digest()
                   for i in range(torrents)]
         return cls(hashes, sizes, list(accumulate(weights)))
+
+    @classmethod
+    def even(cls, torrents: int, peers: int) -> Workload:
+        """`peers` spread evenly over `torrents` (the memory measurement's)."""
+        sizes = [peers // torrents + (i < peers % torrents) for i in range(torrents)]
+        hashes = [hashlib.sha1(f"weightswarm-bench-{i}".encode()).digest()
+                  for i in range(torrents)]
+        return cls(hashes, sizes, list(accumulate(sizes)))
 
     def pick(self, rng: random.Random) -> tuple[int, int]:
         i = min(bisect(self.cumulative, rng.random() * self.cumulative[-1]), len(self.sizes) - 1)
@@ -431,11 +449,13 @@ def populate(w: Workload, port: int) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
     sock.connect(("127.0.0.1", port))
     sock.settimeout(0.5)
-    conn = udp_connect(sock, rng)
+    conn, connected = udp_connect(sock, rng), time.monotonic()
     todo = [(i, j) for i, size in enumerate(w.sizes) for j in range(size)]
     for _ in range(5):  # resend what got no answer
         pending: dict[int, tuple[int, int]] = {}
         for start in range(0, len(todo), 64):
+            if time.monotonic() - connected > RECONNECT:  # a big fill outlives an id
+                conn, connected = udp_connect(sock, rng), time.monotonic()
             for i, j in todo[start:start + 64]:
                 tid = rng.getrandbits(32)
                 pending[tid] = (i, j)
@@ -573,16 +593,17 @@ def start_opentracker(work: Path, cpu: int, w: Workload, user: str) -> Server:
 
 #: (substring of a profiled function's file or name, group), first match wins
 GROUPS = [
-    ("tracker/swarm.py", "swarm table + peer selection (swarm.py)"),
-    ("random", "swarm table + peer selection (swarm.py)"),  # random.py and _random's methods
-    ("bit_length", "swarm table + peer selection (swarm.py)"),  # inside randrange/shuffle
+    ("tracker/swarm.py", "swarm table + peer selection (swarm.py, selection.py)"),
+    ("tracker/selection.py", "swarm table + peer selection (swarm.py, selection.py)"),
+    # random.py and _random's methods, and what randrange calls
+    ("random", "swarm table + peer selection (swarm.py, selection.py)"),
+    ("bit_length", "swarm table + peer selection (swarm.py, selection.py)"),
     ("tracker/wire.py", "wire parse/render (wire.py, urllib, struct, ipaddress)"),
     ("urllib/parse", "wire parse/render (wire.py, urllib, struct, ipaddress)"),
     ("ipaddress.py", "wire parse/render (wire.py, urllib, struct, ipaddress)"),
     ("bencode", "wire parse/render (wire.py, urllib, struct, ipaddress)"),
     ("struct", "wire parse/render (wire.py, urllib, struct, ipaddress)"),
-    ("hmac.py", "UDP connection ids (hmac + sha256)"),
-    ("_hashlib", "UDP connection ids (hmac + sha256)"),
+    ("blake2", "UDP connection ids (keyed blake2b)"),
     ("prometheus_client", "prometheus counters"),
     ("tracker/app.py", "handlers (app.py)"),
     ("tracker/config.py", "handlers (app.py)"),
@@ -657,6 +678,13 @@ def measure(name: str, kind: str, w: Workload, plan: Plan, work: Path,
 
 
 def bench(plan: Plan, work: Path) -> None:
+    if plan.throughput:
+        throughput(plan, work)
+    if plan.memory:
+        memory(plan, work)
+
+
+def throughput(plan: Plan, work: Path) -> None:
     w = Workload.make(plan.torrents, plan.peers)
     note(f"workload: {plan.torrents} torrents, {sum(w.sizes)} peers (largest swarm "
          f"{w.sizes[0]}), 75 % seeders, numwant {NUMWANT}, 1 scrape ({SCRAPE_HASHES} hashes) "
@@ -727,6 +755,104 @@ def bench(plan: Plan, work: Path) -> None:
         raise BenchError(f"announces returned no peers for {low}: the workload is broken")
 
 
+# -- memory -----------------------------------------------------------------------------------
+
+
+def rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise BenchError(f"no VmRSS for process {pid}")
+
+
+@dataclass(frozen=True)
+class Held:
+    idle: int  # RSS started, bytes
+    full: int  # RSS with the workload's peers
+    fill_rate: float  # announces/s while filling
+
+
+def fill(name: str, w: Workload, plan: Plan, work: Path) -> Held:
+    if name == "opentracker":
+        server = start_opentracker(work, plan.server_cpu, w, plan.ot_user)
+    else:
+        server = start_ours(work, plan.server_cpu)
+    try:
+        idle = rss(server.process.pid)
+        started = time.perf_counter()
+        populate(w, server.port)
+        rate = sum(w.sizes) / (time.perf_counter() - started)
+        held = Held(idle, rss(server.process.pid), rate)
+    finally:
+        server.stop()
+    note(f"  {name:<12} RSS {held.idle / 2**20:.1f} MiB started, {held.full / 2**20:.1f} MiB "
+         f"with {sum(w.sizes)} peers; filled at {rate:,.0f} announces/s")
+    return held
+
+
+#: what our table allocates per announce of a new peer (tracemalloc), in a fresh process (this
+#: script's folder would shadow the tracker package): argv swarms, peers each, seeder share
+TABLE_COST = """
+import gc, hashlib, sys, time, tracemalloc
+from tracker.app import Tracker
+from tracker.config import TrackerConfig
+from tracker.wire import Announce
+
+swarms, each = int(sys.argv[1]), int(sys.argv[2])
+tracker = Tracker(TrackerConfig(max_swarms=swarms + 1, max_peers=swarms * each + 1))
+announces = [Announce(hashlib.sha1(b"%d" % i).digest(), b"-WS0001-%012d" % j, 1024 + j, 0, 0,
+                      0 if j % 4 else 1 << 30, "started", 30, True, True,
+                      f"10.{j >> 16 & 255}.{j >> 8 & 255}.{j & 255}", None)
+             for i in range(swarms) for j in range(each)]
+gc.collect()
+tracemalloc.start()
+before = tracemalloc.get_traced_memory()[0]
+for a in announces:
+    tracker.announce(a, time.time())
+gc.collect()
+print((tracemalloc.get_traced_memory()[0] - before) / len(announces))
+"""
+
+
+def table_cost(swarms: int, peers_each: int, work: Path) -> float:
+    done = subprocess.run([sys.executable, "-c", TABLE_COST, str(swarms), str(peers_each)],
+                          capture_output=True, text=True, cwd=work, env=clean_env())
+    if done.returncode:
+        raise BenchError(f"measuring the table failed: {done.stderr[-500:]}")
+    return float(done.stdout)
+
+
+def memory(plan: Plan, work: Path) -> None:
+    w = Workload.even(plan.mem_torrents, plan.mem_peers)
+    note(f"memory: {sum(w.sizes)} peers in {len(w.sizes)} swarms, each announcing once")
+    held = {name: fill(name, w, plan, work) for name in ("weightswarm", "opentracker")}
+    reference = held["opentracker"]
+    print()
+    print(f"tracker memory: RSS (/proc) started, then with {sum(w.sizes):,} peers in "
+          f"{len(w.sizes):,} swarms ({w.sizes[0]} each, every peer announcing once over UDP, "
+          f"75 % seeders); each tracker one process on CPU {plan.server_cpu}")
+    print()
+    print("| tracker | RSS started | RSS with the peers | added per peer | fill, announces/s "
+          "| RSS vs opentracker | added vs opentracker |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, h in held.items():
+        print(f"| {name} | {h.idle / 2**20:.1f} MiB | {h.full / 2**20:.1f} MiB | "
+              f"{(h.full - h.idle) / sum(w.sizes):.0f} B | {h.fill_rate:,.0f} | "
+              f"{h.full / reference.full:.2f}x | "
+              f"{(h.full - h.idle) / max(1, reference.full - reference.idle):.2f}x |")
+    note("our table's cost in this process (tracemalloc)")
+    shapes = [("a swarm with its first peer", 20_000, 1), ("a peer, in swarms of 10", 2_000, 10),
+              ("a peer, in swarms of 1000", 20, 1000)]
+    print()
+    print("what our swarm table allocates (tracemalloc, Tracker.announce of new peers):")
+    print()
+    print("| for | bytes |")
+    print("|---|---:|")
+    for title, swarms, each in shapes:
+        print(f"| {title} | {table_cost(swarms, each, work):.0f} |")
+
+
 def ot_version() -> str:
     done = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", "opentracker"],
                           capture_output=True, text=True)
@@ -747,6 +873,14 @@ def main() -> None:
     parser.add_argument("--peers", type=int, default=20000,
                         help="peers over all torrents, shared by Zipf popularity [20000]")
     parser.add_argument("--no-profile", action="store_true", help="skip the cProfile breakdown")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="skip the memory measurement")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="only the memory measurement")
+    parser.add_argument("--mem-torrents", type=int, default=100_000,
+                        help="swarms of the memory measurement [100000]")
+    parser.add_argument("--mem-peers", type=int, default=1_000_000,
+                        help="peers of the memory measurement, spread evenly [1000000]")
     parser.add_argument("--ot-user", default="wsbench",
                         help="the user opentracker runs as (it refuses root) [wsbench]")
     args = parser.parse_args()
@@ -772,6 +906,10 @@ def main() -> None:
             ot_user=args.ot_user,
             server_cpu=cpus[0],
             load_cpu=cpus[1],
+            throughput=not args.memory_only,
+            memory=not args.no_memory,
+            mem_torrents=max(1, args.mem_torrents),
+            mem_peers=max(1, args.mem_peers),
         )
         # This script waits and aggregates, its children load: keep all off the trackers' core.
         os.sched_setaffinity(0, {cpus[1]})

@@ -138,6 +138,21 @@ A = "a" * 20  # 20 bytes: a valid info_hash or peer_id
     (f"info_hash={A}&peer_id={A}&port=1&left=-5", b"left"),
     (f"info_hash={A}&peer_id={A}&port=1&event=exploded", b"event"),
     ("x=" + "y" * 100_000, b"query"),
+    # what int() and a lenient percent-decoding let through before (issue 14)
+    (f"info_hash={A}&peer_id={A}&port=%2B80", b"port"),
+    (f"info_hash={A}&peer_id={A}&port=+80", b"port"),
+    (f"info_hash={A}&peer_id={A}&port=8_0", b"port"),
+    (f"info_hash={A}&peer_id={A}&port=%2080", b"port"),
+    (f"info_hash={A}&peer_id={A}&port=80%20", b"port"),
+    (f"info_hash={A}&peer_id={A}&port=%D9%A1", b"port"),
+    (f"info_hash={A}&peer_id={A}&port=1&left=%C2%B9", b"left"),
+    (f"info_hash={A}&peer_id={A}&port=1&numwant=%EF%BC%95", b"numwant"),
+    (f"info_hash={A}&peer_id={A}&port=1&compact=2", b"compact"),
+    (f"info_hash={A}&peer_id={A}&port=1&no_peer_id=yes", b"no_peer_id"),
+    (f"info_hash={A}&peer_id={A}&port=1&ip=fe80::1%25eth0", b"ip"),
+    (f"info_hash=%zz{A[3:]}&peer_id={A}&port=1", b"query"),
+    (f"info_hash={A}&peer_id={A}&port=1&x=%e", b"query"),
+    (f"info_hash={A}&peer_id={A}&port=1&x=<script>", b"query"),
 ])
 def test_hostile_announces_get_a_failure_reason_and_the_tracker_keeps_serving(tracker, query,
                                                                             reason):
@@ -145,6 +160,18 @@ def test_hostile_announces_get_a_failure_reason_and_the_tracker_keeps_serving(tr
     assert status == 200 and reason in body[b"failure reason"], body
     ok = announce(tracker.port, b"\x19" * 20, pid(1), 7001)
     assert b"failure reason" not in ok
+
+
+def test_an_info_hash_is_percent_decoded_exactly_once(tracker):
+    # The bytes "%26" are sent as %2526; decoded twice (aiohttp's query_string, then ours)
+    # they were "&" and the hash two bytes short.
+    h = b"%26%2B+&=" + b"\x1a" * 11
+    first = announce(tracker.port, h, pid(1), 7001)
+    assert b"failure reason" not in first, first
+    second = announce(tracker.port, h, pid(2), 7002)
+    assert compact(second[b"peers"]) == [("127.0.0.1", 7001)]
+    _, scraped = get(tracker.port, f"/scrape?info_hash={quote_from_bytes(h)}")
+    assert scraped[b"files"][h][b"incomplete"] == 2
 
 
 # -- UDP --------------------------------------------------------------------------------------------

@@ -11,7 +11,10 @@ from helpers import VENV_BIN
 from peer.bencode import bdecode
 
 
-def _listening(args: list[str], pattern: str, count: int) -> tuple[subprocess.Popen, list]:
+def _listening(args: list[str], pattern: str, count: int,
+               lines: list[str] | None = None) -> tuple[subprocess.Popen, list]:
+    """The command started, once it logged `count` ports (`pattern`'s group); every line it
+    logs is added to `lines` if given."""
     process = subprocess.Popen([str(VENV_BIN / "weightswarm"), *args], stderr=subprocess.PIPE,
                                text=True)
     found: list = []
@@ -19,6 +22,8 @@ def _listening(args: list[str], pattern: str, count: int) -> tuple[subprocess.Po
 
     def read() -> None:
         for line in process.stderr:
+            if lines is not None:
+                lines.append(line)
             match = re.search(pattern, line)
             if match:
                 found.append(int(match.group(1)))
