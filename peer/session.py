@@ -156,6 +156,13 @@ class PeerState:
     rate: int
 
 
+def _os_error(error: lt.error_code, filename) -> OSError:
+    """libtorrent's error as the OSError it stands for: its errno where it is a system error
+    (`generic`/`system` category), else 0; `filename` as libtorrent names it."""
+    errno = error.value() if error.category().name() in ("generic", "system") else 0
+    return OSError(errno, error.message(), str(filename) if filename not in (None, "") else None)
+
+
 class _Waiters:
     """Futures awaiting an alert, keyed by (what, info-hash): one registry for every kind, so
     that the pump resolves each kind the same way and `close()` cancels them all."""
@@ -249,6 +256,9 @@ class Session:
         # A mirror seeds thousands: auto-management would let only a handful run.
         params.flags &= ~lt.torrent_flags.auto_managed
         params.flags &= ~lt.torrent_flags.paused
+        # libtorrent puts a torrent whose write failed (a full disk) in upload mode, and its
+        # resume data keeps it there: the next pull would never download.
+        params.flags &= ~lt.torrent_flags.upload_mode
         self._handles[key] = self.lt.add_torrent(params)
         self.hash_failures.pop(key, None)
         return key
@@ -329,7 +339,11 @@ class Session:
         """Return once the torrent is complete and its bytes are on disk (flushed)."""
         handle = self._handles[info_hash]
         future = self._waiters.add("finished", info_hash)
-        if handle.status().is_seeding:
+        status = handle.status()
+        if status.errc.value():
+            # Stopped by an error already (its alert came before anyone waited).
+            self._waiters.fail("finished", info_hash, _os_error(status.errc, None))
+        elif status.is_seeding:
             handle.flush_cache()  # its cache_flushed alert resolves the future
         await future
 
@@ -406,11 +420,19 @@ class Session:
         self.hash_failures[key] = self.hash_failures.get(key, 0) + 1
         self._on_error(alert)
 
+    def _on_file_error(self, alert) -> None:
+        # libtorrent stops the torrent (a full disk, a read-only one): whoever awaits its
+        # completion gets the OSError, errno and file named, instead of waiting for ever.
+        self._on_error(alert)
+        self._waiters.fail("finished", _key(alert), _os_error(alert.error, alert.filename()))
+
     def _on_dropped(self, alert) -> None:
         log.warning("libtorrent dropped alerts: its queue was full")
 
     def _on_error(self, alert) -> None:
         message = alert.message()
+        if self.errors and self.errors[-1] == message:
+            return  # one line for a failure libtorrent reports block by block (a full disk)
         self.errors.append(message)
         del self.errors[:-ERRORS_KEPT]
         log.info("libtorrent: %s", message)
@@ -428,7 +450,7 @@ class Session:
         lt.hash_failed_alert: _on_hash_failed,
         lt.alerts_dropped_alert: _on_dropped,
         lt.tracker_error_alert: _on_error,
-        lt.file_error_alert: _on_error,
+        lt.file_error_alert: _on_file_error,
         lt.listen_failed_alert: _on_error,
         lt.torrent_error_alert: _on_error,
         lt.peer_ban_alert: _on_error,

@@ -146,6 +146,49 @@ def test_a_pull_into_a_cache_that_cannot_hold_it_is_refused_before_a_byte(small_
     assert not any(p.is_file() for p in cache.rglob("*")) if cache.exists() else True
 
 
+def test_a_disk_that_fills_during_a_pull_fails_it_in_one_line_and_the_next_pull_resumes(
+        small_disk, tmp_path):
+    """The space check passed, then something else took the disk while the bytes came over
+    BitTorrent (a mirror capped at 4 MiB/s): libtorrent's write fails, and the pull says so in
+    one line instead of waiting for ever; nothing is published, and once there is room the
+    next pull keeps the pieces it had and completes."""
+    from helpers import make_config, start_mirror
+    from mirror.catalog import Catalog
+    from mirror.importer import Importer
+    from peer.store import BlobStore
+
+    config = make_config(tmp_path / "mirror-home", egress_limit=4 * MiB)
+    catalog = Catalog(config.catalog_path)
+    Importer(catalog, BlobStore(config.store_dir)).import_path(
+        make_tiny_model(tmp_path / "model", big_size=24 * MiB), repo_id="org/big")
+    catalog.close()
+    mirror = start_mirror(config)
+    cache = small_disk / "hf-cache"
+    env = {**os.environ, "HF_HUB_CACHE": str(cache)}
+    argv = [str(VENV_BIN / "weightswarm"), "--home", str(tmp_path / "peer-home"), "pull",
+            "org/big", "--mirror", mirror.url, "--no-progress"]
+    try:
+        pulling = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: any(p.stat().st_size > 2 * MiB for p in cache.rglob("*")
+                                 if p.is_file()), 60, "the pull's first bytes", 0.1)
+            filler = fill(small_disk)
+            out, err = pulling.communicate(timeout=120)
+        finally:
+            pulling.kill()
+        line = one_error_line(subprocess.CompletedProcess(argv, pulling.returncode, out, err))
+        assert "no space left in" in line and str(cache) in line and "big.bin" in line, line
+        assert not list(cache.glob("models--org--big/snapshots/*/big.bin")), "nothing published"
+        filler.unlink()
+        again = ws(tmp_path / "peer-home", "pull", "org/big", "--mirror", mirror.url,
+                   "--no-progress", HF_HUB_CACHE=str(cache))
+        assert again.returncode == 0, again.stderr[-3000:]
+    finally:
+        mirror.stop()
+    assert len(list(cache.glob("models--org--big/snapshots/*/big.bin"))) == 1
+
+
 def test_the_free_space_figure_names_the_right_disk(small_disk):
     from peer.errors import out_of_space
 

@@ -81,7 +81,11 @@ class Pull:
                     swarm = BitTorrent(self.config, self.home, self.mirrors)
                     group.create_task(swarm.fetch(client, cache, large, result, bar))
         except* WeightswarmError as group_error:
-            raise group_error.exceptions[0] from None
+            # The first error, out of however many task groups deep it was raised.
+            first = group_error
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            raise first from None
         finally:
             bar.close()
 

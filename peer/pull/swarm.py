@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 from .. import atomic
 from ..bencode import bdecode, bencode
-from ..errors import IntegrityError, WeightswarmError
+from ..errors import IntegrityError, WeightswarmError, out_of_space
 from ..hashing import sha256_file
 from ..hfcache import RepoCache
 from ..manifest import ManifestFile
@@ -143,7 +143,12 @@ class BitTorrent:
     async def _complete(self, session, cache: RepoCache, item: Large) -> None:
         f = item.file
         tag = etag(f)
-        await session.finished(item.key)
+        try:
+            await session.finished(item.key)
+        except OSError as e:  # libtorrent could not write it (peer/session.py)
+            raise (out_of_space(e, cache.blobs, writing=f.path)
+                   or PullError(f"{f.path}: writing to {cache.blobs} failed: {e.strerror}")
+                   ) from None
         digest = await asyncio.to_thread(_sha256_synced, cache.staging(tag))
         if digest != f.sha256:
             # Every piece matched the torrent the manifest signs, yet the file does not: refuse.
