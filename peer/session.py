@@ -178,6 +178,9 @@ class _Waiters:
             if not future.done():
                 future.set_exception(error)
 
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return bool(self._futures.get(key))
+
     def cancel_all(self) -> None:
         waiting, self._futures = self._futures, {}
         for futures in waiting.values():
@@ -297,7 +300,16 @@ class Session:
         return list(status.pieces), peers, status.total_payload_download
 
     def set_piece_priorities(self, info_hash: str, priorities: list[int]) -> None:
-        self._handles[info_hash].prioritize_pieces(priorities)
+        handle = self._handles[info_hash]
+        handle.prioritize_pieces(priorities)
+        # A piece that passes while its priority is 0, every other piece had already, makes a
+        # seed of the torrent without a word: libtorrent 2.1 leaves it in state "finished"
+        # and posts no torrent_finished_alert, so whoever awaits `finished` would wait for
+        # ever (a pull of ops/bench/swarm.py hung so, its file complete on disk). Steering
+        # gives such a piece its priority back once it is had, which brings us here: flush,
+        # and the flushed alert resolves the waiters.
+        if ("finished", info_hash) in self._waiters and handle.status().is_seeding:
+            handle.flush_cache()
 
     def set_url_seeds(self, info_hash: str, urls: Iterable[str]) -> None:
         handle = self._handles[info_hash]

@@ -53,6 +53,42 @@ async def test_a_leecher_completes_from_a_seeder_and_the_bytes_are_on_disk(track
         leecher.close()
 
 
+async def test_a_torrent_completed_by_a_piece_passing_at_priority_0_is_finished(tmp_path):
+    """Steering skips a piece another pull owns while its blocks may be in flight already: the
+    piece passes at priority 0, every other piece had, and libtorrent makes a seed of the
+    torrent without a state change or an alert. Giving the piece its priority back (as
+    steering does once it is had) must let `finished` return."""
+    data, _, info = blob(tmp_path, 3 * 4 * 1024 * 1024)
+    piece = info["piece length"]
+    session = Session(SETTINGS, role="pull", fingerprint=PEER_ID)
+    session.start()
+    try:
+        key = session.add(info, tmp_path / "leech")
+        handle = session.handle(key)
+        session.set_piece_priorities(key, [4, 0, 4])
+        waiting = asyncio.ensure_future(session.finished(key))
+        await asyncio.sleep(0)  # it waits from now on
+
+        async def until(check) -> None:
+            while not check(handle.status()):
+                await asyncio.sleep(0.05)
+
+        async with asyncio.timeout(10):
+            for i in (0, 2):
+                handle.add_piece(i, data[i * piece:(i + 1) * piece], 0)
+            await until(lambda s: str(s.state) == "finished")  # every piece wanted is had
+            await asyncio.sleep(0.5)  # its alerts (finished, flushed) have come and gone
+            handle.add_piece(1, data[piece:2 * piece], 0)  # passes at priority 0
+            await until(lambda s: s.is_seeding)
+            await asyncio.sleep(0.5)  # what alerts there are have come
+            assert not waiting.done(), "libtorrent said nothing: the case this test is about"
+            session.set_piece_priorities(key, [4, 4, 4])
+            await waiting
+        assert (tmp_path / "leech" / info["name"]).read_bytes() == data
+    finally:
+        session.close()
+
+
 def test_a_mirror_unchokes_everyone_offers_no_allowed_fast_pieces_and_takes_few_queued_requests():
     """Every peer of one site shares a /24, so a seed's BEP 6 allowed-fast set is the same
     for all of them: they all fetched those pieces from the mirror at once (ops/bench/swarm.py:
