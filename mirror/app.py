@@ -39,7 +39,7 @@ from . import routes
 from .answers import CatalogAnswers
 from .catalog import Catalog
 from .config import Config
-from .distribution import Distribution, magnet, torrent_file
+from .distribution import Distribution, magnet, peer_address, torrent_file
 from .egress import Egress
 from .hfapi import TREE_PAGE, HubService, Located, parse_list_query, resolve_headers
 from .serving import blob_response
@@ -493,9 +493,14 @@ async def torrent(request: web.Request) -> web.Response:
     info, _ = await _answer(request, ("torrent", sha256), request.app[DISTRIBUTION].torrent,
                             sha256)
     trackers = list(request.app[CONFIG].mirror.trackers)
-    web_seed = f"{_base_url(request)}/blobs/sha256/{sha256}"
+    base = _base_url(request)
+    web_seed = f"{base}/blobs/sha256/{sha256}"
     if request.query.get("format") == "magnet":
-        return web.json_response({"magnet": magnet(info, trackers, web_seed)})
+        session = request.app[SESSION]
+        # This mirror as a peer too: a magnet has no metadata to show a tracker how much is
+        # left, and a client that takes `x.pe` needs no tracker's answer to start.
+        peers = [peer_address(base, session.port)] if session is not None else []
+        return web.json_response({"magnet": magnet(info, trackers, web_seed, peers)})
     return web.Response(body=torrent_file(info, trackers, web_seed),
                         content_type="application/x-bittorrent")
 

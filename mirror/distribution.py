@@ -8,7 +8,7 @@ hub prefix: blobs are content-addressed and shared by every hub.
 
 from __future__ import annotations
 
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -36,11 +36,21 @@ def torrent_file(info: dict, trackers: list[str], web_seed: str) -> bytes:
     return bencode(torrent)
 
 
-def magnet(info: dict, trackers: list[str], web_seed: str) -> str:
+def magnet(info: dict, trackers: list[str], web_seed: str, peers: list[str] = ()) -> str:
+    """A magnet link; `peers`: BitTorrent endpoints to dial at once (BEP 9 `x.pe`, host:port),
+    which a client that uses them (libtorrent's) needs no tracker for."""
     parts = [f"xt=urn:btih:{info_hash(info)}", f"dn={info['name']}", f"xl={info['length']}"]
     parts += [f"tr={quote(t, safe='')}" for t in trackers]
     parts.append(f"ws={quote(web_seed, safe='')}")
+    parts += [f"x.pe={quote(p, safe=':[]')}" for p in peers]
     return "magnet:?" + "&".join(parts)
+
+
+def peer_address(base_url: str, port: int) -> str:
+    """The mirror's BitTorrent endpoint as a magnet's `x.pe` names it: the host clients reach
+    its HTTP API by, and its BitTorrent port."""
+    host = urlsplit(base_url).hostname
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Distribution:

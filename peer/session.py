@@ -42,8 +42,14 @@ log = logging.getLogger(__name__)
 #: libtorrent's request size: a block_finished_alert stands for this many bytes (the last block
 #: of a torrent is shorter: the count is an upper bound by less than one block)
 BLOCK = 16 * 1024
-#: block requests a mirror accepts queued from one peer (libtorrent's default is 2000)
-MIRROR_REQUEST_QUEUE = 64
+#: block requests a mirror holds queued from one peer: libtorrent's default. It drops what comes
+#: beyond, and a client that neither honours `reqq` nor re-asks stalls (issue 14)
+MIRROR_REQUEST_QUEUE = 2000
+#: seconds a connection of ours may stay silent before it is closed; a keep-alive goes out
+#: after half of it without a message sent (libtorrent's default is 120)
+PEER_TIMEOUT = 20
+#: seconds of a source's rate a pull keeps requested from it (libtorrent's default is 3)
+PULL_REQUEST_QUEUE_TIME = 1
 #: errors kept in `Session.errors`, the latest
 ERRORS_KEPT = 100
 
@@ -70,12 +76,26 @@ _MIRROR_TUNING = {
     # ops/bench/swarm.py N=8, one run each: 4 slots 1.16x sent, 8 slots 1.11-1.17x, unlimited
     # 1.12-1.14x.
     "unchoke_slots_limit": -1,
-    # Few requests queued per peer (libtorrent tells peers this as `reqq`, and they take it as
-    # their own limit toward us): a pull's requests wait here no longer than a second or so,
-    # so it can still take a piece from a neighbour instead. With the default 2000, pulls had
-    # 3 pieces (11 MiB, 4 s) queued at a capped mirror, and fetched them from it after their
-    # neighbours held them.
+    # Every request a client sends is queued: libtorrent drops those beyond this queue, and
+    # tells only BEP 6 peers so (a reject). At 64 (the earlier setting, for the swarm's sake)
+    # rTorrent 0.9.8, which neither honours `reqq` nor asks again, stalled after 7 of 17
+    # pieces and Transmission 3.00 took 86 s instead of 26 (tests/e2e/test_foreign_clients.py,
+    # 64 MiB); at the default both complete. Our pulls bound their own queue at a mirror
+    # instead (`request_queue_time`, below).
     "max_allowed_in_request_queue": MIRROR_REQUEST_QUEUE,
+    # Clients that dial µTP first get it: Transmission 3.00 never fell back to TCP from a
+    # mirror refusing µTP (its attempt never times out in a session that has had no µTP peer
+    # yet: Transmission PR #4897), and stayed at 0 %. Outgoing µTP stays off: a mirror never
+    # dials.
+    "enable_incoming_utp": True,
+    # A keep-alive after half of this without a message sent. Transmission 3.00 reads the
+    # messages that arrive with a µTP handshake (the mirror's have-all among them) only once
+    # more data comes (Transmission issue #6909): with libtorrent's 120 s it sat idle, knowing
+    # no piece of the mirror, until the first keep-alive a minute later (77 s for 64 MiB);
+    # with 20 s it starts after 10 (26 s). A connection silent for this long is closed: our
+    # pulls send keep-alives as often (_PULL_TUNING), foreign clients send requests while
+    # they download.
+    "peer_timeout": PEER_TIMEOUT,
 }
 
 #: What a pull's session sets beyond the common pack: it counts every block received by the
@@ -86,9 +106,19 @@ _PULL_TUNING = {
     # one alert per 16 KiB block: a busy event loop must not lose any (the default queue holds
     # 2000, 31 MiB of blocks)
     "alert_queue_size": 1 << 20,
+    # A pull's requests wait at a mirror no longer than about a second, so it can still take
+    # a piece from a neighbour instead: libtorrent keeps this many seconds of a source's rate
+    # requested from it (at most the source's `reqq`). With 3 s and a mirror's queue of 2000,
+    # pulls had 3 pieces (11 MiB, 4 s) queued at a capped mirror, and fetched them from it
+    # after their neighbours held them; the mirror's queue bounded that before (64 blocks),
+    # and stalled foreign clients with it (_MIRROR_TUNING).
+    "request_queue_time": PULL_REQUEST_QUEUE_TIME,
     # No whole pieces at a time from a fast source: they jump the queue above by a whole
-    # piece (256 blocks) whatever the mirror's `reqq`.
+    # piece (256 blocks).
     "whole_pieces_threshold": 0,
+    # Keep-alives to a mirror as often as it expects them (_MIRROR_TUNING): a pull waiting for
+    # its neighbours' pieces asks the mirror nothing for a while, and must keep its connection.
+    "peer_timeout": PEER_TIMEOUT,
     # A pull waiting for the pieces other pulls own has every piece it asks for (steering.py):
     # libtorrent would call it finished, and close its connections to the other finished
     # pulls, the very peers it waits for.
@@ -184,6 +214,9 @@ class _Waiters:
         for future in self._futures.pop((what, key), []):
             if not future.done():
                 future.set_exception(error)
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        return bool(self._futures.get(key))
 
     def cancel_all(self) -> None:
         waiting, self._futures = self._futures, {}
@@ -307,7 +340,16 @@ class Session:
         return list(status.pieces), peers, status.total_payload_download
 
     def set_piece_priorities(self, info_hash: str, priorities: list[int]) -> None:
-        self._handles[info_hash].prioritize_pieces(priorities)
+        handle = self._handles[info_hash]
+        handle.prioritize_pieces(priorities)
+        # A piece that passes while its priority is 0, every other piece had already, makes a
+        # seed of the torrent without a word: libtorrent 2.1 leaves it in state "finished"
+        # and posts no torrent_finished_alert, so whoever awaits `finished` would wait for
+        # ever (a pull of ops/bench/swarm.py hung so, its file complete on disk). Steering
+        # gives such a piece its priority back once it is had, which brings us here: flush,
+        # and the flushed alert resolves the waiters.
+        if ("finished", info_hash) in self._waiters and handle.status().is_seeding:
+            handle.flush_cache()
 
     def set_url_seeds(self, info_hash: str, urls: Iterable[str]) -> None:
         handle = self._handles[info_hash]

@@ -67,6 +67,9 @@ def test_a_blob_torrent_is_deterministic_with_trackers_and_a_web_seed(mirror):
     magnet = json.loads(get(f"{mirror.url}/api/weightswarm/torrents/{sha}.torrent?format=magnet"))
     assert magnet["magnet"].startswith(f"magnet:?xt=urn:btih:{ti.info_hash().to_string().hex()}")
     assert "ws=http" in magnet["magnet"] and "tr=http" in magnet["magnet"]
+    port = json.loads(get(f"{mirror.url}/"))["bittorrent_port"]
+    assert magnet["magnet"].endswith(f"&x.pe=127.0.0.1:{port}"), "the mirror itself as a peer"
+    assert lt.parse_magnet_uri(magnet["magnet"]).peers == [("127.0.0.1", port)]
 
 
 def test_a_blob_only_a_gated_repo_holds_gets_no_torrent_yet(mirror, tmp_path):
