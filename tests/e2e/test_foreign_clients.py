@@ -310,7 +310,7 @@ def _sha256(path: Path) -> str | None:
 
 
 @pytest.mark.timeout(DEADLINE + 60)
-@pytest.mark.parametrize(("name", "mode"), _cases())
+@pytest.mark.parametrize(("name", "mode"), list(_cases()))
 def test_a_foreign_client_downloads_the_blob_from_the_mirror(mirror, name, mode, tmp_path):
     kind = CLIENTS[name]
     if kind.command and shutil.which(kind.command) is None:
