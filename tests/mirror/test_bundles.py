@@ -182,14 +182,20 @@ def test_a_full_bundle_imported_on_a_second_mirror_serves_identical_files_to_the
         running.stop()
 
 
-def test_an_incremental_bundle_from_the_state_file_carries_only_the_new_blobs(
-        connected, gapped, tmp_path):
+def carried_back(connected: Site, gapped: Site, tmp_path: Path) -> Path:
+    """A first full bundle imported on the far side, beta updated since on the connected one,
+    and the far side's export-state carried back out."""
     connected.export(tmp_path / "first")
     gapped.import_bundle(tmp_path / "first", trusted={connected.public_key})
     update_beta(connected, tmp_path)
-
     state = tmp_path / "state.msgpack"
     assert write_state(gapped.catalog, gapped.store, gapped.key, state) == (3, 9)
+    return state
+
+
+def test_an_incremental_bundle_from_the_state_file_carries_only_the_new_blobs(
+        connected, gapped, tmp_path):
+    state = carried_back(connected, gapped, tmp_path)
     second = connected.export(tmp_path / "second", holdings=read_state(state))
     assert (second.blobs, second.held) == (2, 9), "only beta's new config and weights travel"
     index, _ = read_index((tmp_path / "second" / "vol-001" / INDEX).read_bytes(),
@@ -209,11 +215,7 @@ def test_an_incremental_bundle_from_the_state_file_carries_only_the_new_blobs(
 
 def test_an_incremental_bundle_on_a_mirror_without_its_base_names_exactly_the_missing_blobs(
         connected, gapped, tmp_path):
-    connected.export(tmp_path / "first")
-    gapped.import_bundle(tmp_path / "first", trusted={connected.public_key})
-    update_beta(connected, tmp_path)
-    state = tmp_path / "state.msgpack"
-    write_state(gapped.catalog, gapped.store, gapped.key, state)
+    state = carried_back(connected, gapped, tmp_path)
     connected.export(tmp_path / "second", "hf:org/beta@main", holdings=read_state(state))
 
     elsewhere = make_site(tmp_path / "elsewhere")
