@@ -20,7 +20,6 @@ import secrets
 import shutil
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from tqdm import tqdm
 
 from peer import atomic
 from peer.errors import InsufficientSpace
+from peer.hashing import hash_threads
 from peer.manifest import RefStatement, sign_ref
 from peer.store import direct_aligned, open_direct, pwrite_all
 
@@ -333,7 +333,7 @@ class _Copier:
                 raise BundleError(f"{getattr(source, 'name', 'a blob')} ended "
                                   f"{size - written} bytes early")
             view = view[:got]
-            hashing = _hash_pool().submit(_update, hashers, view)
+            hashing = hash_threads().submit(_update, hashers, view)
             if fds is not None:
                 _write(fds, view, written)
             hashing.result()
@@ -358,13 +358,3 @@ def _write(fds: list, view, offset: int) -> None:
             os.close(fds[1])  # this file system refuses O_DIRECT after all
             fds[1] = None
     pwrite_all(fds[0], view, offset)
-
-
-_pool: ThreadPoolExecutor | None = None
-
-
-def _hash_pool() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bundle-hash")
-    return _pool
