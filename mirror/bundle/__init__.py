@@ -5,7 +5,7 @@ A bundle is a folder of numbered volume folders (`vol-001/`, `vol-002/`, ...), e
 enough for its medium and each standing alone:
 
     vol-001/index.msgpack                   the signed index (the same bytes in every volume)
-    vol-001/snapshots/<hub>/<type>/<repo>/<commit>.msgpack   every snapshot's signed manifest
+    vol-001/snapshots/ab/<sha256>.msgpack   every snapshot's signed manifest, by its sha256
     vol-001/blobs/ab/<sha256>               whole blobs
     vol-001/parts/<sha256>.001              parts of a blob split across volumes
 

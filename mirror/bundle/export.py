@@ -152,7 +152,7 @@ class Exporter:
             snapshot = self.catalog.snapshot(c.repo, c.commit)
             files = self.catalog.files(snapshot)
             signed = self.distribution.signed_manifest(c.repo, snapshot)
-            path = manifest_path(c.repo.hub, c.repo.type, c.repo.repo_id, c.commit)
+            path = manifest_path(signed)
             manifests[path] = signed
             refs = tuple(sign_ref(RefStatement(c.repo.hub, c.repo.type, c.repo.repo_id,
                                                full_ref(r), c.commit, r.seq), self.key)

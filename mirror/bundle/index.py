@@ -152,8 +152,11 @@ def part_path(sha256: str, k: int) -> str:
     return f"parts/{sha256}.{k:03d}"
 
 
-def manifest_path(hub: str, repo_type: str, repo_id: str, commit: str) -> str:
-    return f"snapshots/{hub}/{repo_type}/{repo_id}/{commit}.msgpack"
+def manifest_path(signed: bytes) -> str:
+    """Named by its own sha256, not by the repo: FAT32 folds case, and `Org/M` and `org/m`
+    are two repos."""
+    sha256 = hashlib.sha256(signed).hexdigest()
+    return f"snapshots/{sha256[:2]}/{sha256}.msgpack"
 
 
 @dataclass(frozen=True)

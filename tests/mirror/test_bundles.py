@@ -329,8 +329,9 @@ def test_a_truncated_volume_and_a_cut_off_export_are_refused(connected, gapped, 
 
 def test_a_missing_manifest_fails_its_snapshot(connected, gapped, bundle):
     commit = connected.commit("org/alpha")
-    (bundle / "vol-001" / "snapshots" / "huggingface" / "model" / "org" / "alpha" /
-     f"{commit}.msgpack").unlink()
+    index, _ = read_index((bundle / "vol-001" / INDEX).read_bytes(), {connected.public_key})
+    entry = next(s for s in index.snapshots if s.repo == "org/alpha")
+    (bundle / "vol-001" / entry.manifest_path).unlink()
     report = gapped.import_bundle(bundle, trusted={connected.public_key})
     assert [f.snapshot for f in report.failed] == [f"org/alpha@{commit[:12]}"]
     assert "manifest" in report.failed[0].reason and "missing" in report.failed[0].reason
