@@ -114,19 +114,18 @@ class Exporter:
         placed = self._lay_out(plan, volume_size, holdings)
         log.info("exporting %d snapshots, %d blobs into %d volumes of at most %d bytes",
                  len(plan.entries), len(placed), volume_count(placed), volume_size)
+        count = volume_count(placed)
         try:
             parts, resumed = self._write_blobs(to, placed, {b[0]: b[2] for b in plan.blobs})
-            count = volume_count(placed)
             self._write_meta(to, count, plan.manifests)
             volumes = self._volumes(to, placed, count)
+            data = sign_index(self._index(plan, parts, volumes, volume_size, holdings), self.key)
+            self._sweep(to, count, placed)
+            for number in range(1, count + 1):  # last: the mark of a finished volume
+                atomic.write_file(to / volume_name(number) / INDEX, data)
         except InsufficientSpace as e:
-            raise ExportCutOff(f"{e}. The bundle in {to} is not finished (no index written): "
-                               f"make room and run the same export again to continue") from e
-        index = self._index(plan, parts, volumes, volume_size, holdings)
-        data = sign_index(index, self.key)
-        self._sweep(to, count, placed)
-        for number in range(1, count + 1):  # last: the mark of a finished volume
-            atomic.write_file(to / volume_name(number) / INDEX, data)
+            raise ExportCutOff(f"{e}. The bundle in {to} is not finished: make room and run "
+                               f"the same export again to continue") from e
         return ExportResult(to, count, len(plan.entries), len(placed),
                             sum(b[1] for b in plan.blobs), plan.held, resumed, len(data),
                             holdings.base.sha256 if holdings.base else None,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,8 @@ import pytest
 from click.testing import CliRunner
 from huggingface_hub import snapshot_download
 
-from helpers import make_config, start_mirror
-from mirror.bundle.export import Exporter
+from helpers import make_config, start_mirror, tmpfs
+from mirror.bundle.export import ExportCutOff, Exporter
 from mirror.bundle.importing import BundleImporter, ImportReport
 from mirror.bundle.index import (
     INDEX,
@@ -409,6 +410,22 @@ def test_a_cut_off_export_is_never_taken_for_a_bundle_and_running_it_again_finis
     assert len(report.published) == 3 and report.failed == []
     with pytest.raises(BundleError, match="finished bundle"):
         connected.export(bundle, volume_size=MiB)
+
+
+def test_an_export_cut_off_by_a_full_disk_says_so_in_one_line_and_finishes_once_there_is_room(
+        connected, gapped, tmp_path):
+    with tmpfs(tmp_path / "usb", "1m") as usb:
+        with pytest.raises(ExportCutOff) as cut:
+            connected.export(usb / "bundle")  # 2.2 MiB onto a 1 MiB stick
+        message = str(cut.value)
+        assert "no space left" in message and "run the same export again" in message
+        assert "\n" not in message
+        assert not list(usb.rglob(INDEX)), "a cut-off export has no index"
+        subprocess.run(["mount", "-o", "remount,size=8m", str(usb)], check=True)
+        done = connected.export(usb / "bundle")
+        assert done.resumed >= 2, "the files written before the disk filled are kept"
+        report = gapped.import_bundle(usb / "bundle", trusted={connected.public_key})
+        assert len(report.published) == 3 and report.failed == []
 
 
 def test_the_commands_export_verify_import_and_say_what_they_did(connected, gapped, tmp_path):
