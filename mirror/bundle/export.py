@@ -96,13 +96,17 @@ class _Plan:
 class Exporter:
     def __init__(self, catalog: Catalog, store, key: Ed25519PrivateKey, *,
                  progress: bool = False, protect: Protect | None = None,
-                 parity_scheme: str | None = None):
+                 parity_scheme: str | None = None, parity_share: float = 0.0):
+        """`protect`, `parity_scheme`, `parity_share`: parity's hook (mirror/parity.py), the
+        function that writes a volume's recovery files, the code's name for the index, and
+        the recovery bytes per data byte it writes (0.05 for 5%), kept free in every volume."""
         self.catalog = catalog
         self.store = store
         self.key = key
         self.progress = progress
         self.protect = protect
         self.parity_scheme = parity_scheme
+        self.parity_share = parity_share if protect is not None else 0.0
         self.distribution = Distribution(catalog, key)
         self.copier = _Copier()
 
@@ -181,7 +185,8 @@ class Exporter:
         meta = sum(len(m) for m in plan.manifests.values()) + SLACK
         reserve = meta + 256 * (len(plan.blobs) + len(plan.entries))
         for _ in range(8):
-            placed = lay_out([(b[0], b[1]) for b in plan.blobs], volume_size - reserve)
+            room = int((volume_size - reserve) / (1 + self.parity_share))
+            placed = lay_out([(b[0], b[1]) for b in plan.blobs], room)
             dummy = self._index(plan, {}, [Volume(n, 0) for n in range(
                 1, volume_count(placed) + 1)], volume_size, holdings, placed=placed)
             need = meta + len(sign_index(dummy, self.key))

@@ -472,3 +472,36 @@ def test_a_state_file_that_was_tampered_with_is_refused(gapped, tmp_path):
     state.write_bytes(bytes(data))
     with pytest.raises(BundleError):
         read_state(state)
+
+
+def test_other_hubs_travel_in_their_own_namespace(connected, gapped, tmp_path):
+    folder = write_repo(tmp_path / "sources" / "ms", "org/alpha", 1000, 7)
+    Importer(connected.catalog, connected.store).import_path(folder, repo_id="org/alpha",
+                                                              hub="modelscope")
+    connected.export(tmp_path / "bundle", "ms:org/alpha")
+    report = gapped.import_bundle(tmp_path / "bundle", trusted={connected.public_key})
+    assert len(report.published) == 1
+    assert [(r.hub, r.repo_id) for r in gapped.catalog.repos()] == [("modelscope", "org/alpha")]
+
+
+def test_the_index_records_each_volumes_parity_files_and_verify_checks_them(
+        connected, gapped, tmp_path):
+    """The hook parity (mirror/parity.py) plugs into: `protect` writes recovery files into a
+    volume folder and names them; here a stand-in that writes one file per volume."""
+    def protect(folder: Path, files: list[str]) -> list[str]:
+        recovery = folder / "parity" / "volume.par"
+        recovery.parent.mkdir(exist_ok=True)
+        recovery.write_bytes(b"".join((folder / f).read_bytes()[:64] for f in sorted(files)))
+        return ["parity/volume.par"]
+
+    bundle = tmp_path / "bundle"
+    chosen = choose(connected.catalog, [], everything=True)
+    Exporter(connected.catalog, connected.store, connected.key, protect=protect,
+             parity_scheme="test", parity_share=0.01).export(chosen, bundle, volume_size=MiB)
+    index, _ = read_index((bundle / "vol-001" / INDEX).read_bytes(), {connected.public_key})
+    assert index.parity == "test"
+    assert [[p.path for p in v.parity] for v in index.volumes] == [["parity/volume.par"]] * 3
+    (bundle / "vol-002" / "parity" / "volume.par").write_bytes(b"damaged")
+    verified = CliRunner().invoke(cli, ["--home", str(connected.config.home), "mirror",
+                                        "verify-bundle", str(bundle), "--no-progress"])
+    assert verified.exit_code == 1 and "vol-002/parity/volume.par" in verified.output
