@@ -123,7 +123,10 @@ _trust = click.option("--trust", multiple=True, metavar="KEY",
 @click.pass_obj
 def import_bundle(state, folders, trust, allow_rollback, progress) -> None:
     """Import a bundle (or some of its volumes): every signature and blob checked, each
-    snapshot published whole once all its files are in, refs moved only forward."""
+    snapshot published whole once all its files are in, refs moved only forward.
+
+    Exits 1 when a snapshot failed or a volume given is unusable (a cut-off export); a
+    snapshot that waits for volumes not given yet is not a failure."""
     from .importing import BundleImporter
 
     config = state.config()
@@ -145,7 +148,7 @@ def import_bundle(state, folders, trust, allow_rollback, progress) -> None:
         for sha256 in failure.missing:
             click.echo(f"missing {sha256} ({failure.snapshot})", err=True)
     click.echo(report.summary())
-    if report.failed:
+    if report.failed or report.unusable:
         sys.exit(1)
 
 
