@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 from huggingface_hub import snapshot_download
 
-from helpers import make_config, start_mirror, tmpfs
+from helpers import VENV_BIN, make_config, start_mirror, tmpfs
 from mirror.bundle.export import ExportCutOff, Exporter
 from mirror.bundle.importing import BundleImporter, ImportReport
 from mirror.bundle.index import (
@@ -505,3 +505,14 @@ def test_the_index_records_each_volumes_parity_files_and_verify_checks_them(
     verified = CliRunner().invoke(cli, ["--home", str(connected.config.home), "mirror",
                                         "verify-bundle", str(bundle), "--no-progress"])
     assert verified.exit_code == 1 and "vol-002/parity/volume.par" in verified.output
+
+
+def test_the_command_says_a_refusal_in_one_line_and_exits_1(connected, gapped, bundle, tmp_path):
+    stranger = public_key_text(load_or_create(tmp_path / "stranger.key"))
+    done = subprocess.run([str(VENV_BIN / "weightswarm"), "--home", str(gapped.config.home),
+                           "mirror", "import-bundle", str(bundle), "--trust", stranger],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    lines = [line for line in done.stderr.splitlines() if " INFO " not in line]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "does not trust" in lines[0], \
+        done.stderr
