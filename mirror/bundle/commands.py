@@ -53,7 +53,8 @@ _progress = click.option("--progress/--no-progress", default=None,
 @click.option("--since", type=click.Path(exists=True, path_type=Path),
               help="an earlier bundle (or its index) the far side imported: leave out its blobs")
 @click.option("--volume-size", default="4G", show_default=True, metavar="SIZE",
-              help="the most a volume holds (4G fits FAT32 and a DVD's 4.7 GB)")
+              help="the most a volume holds (4G: a DVD's 4.7 GB; no file is ever over FAT32's "
+                   "4 GiB)")
 @_progress
 @click.pass_obj
 def export(state, specs, to, everything, state_file, since, volume_size, progress) -> None:

@@ -30,7 +30,7 @@ MiB = 1024 * 1024
 HUGE = 192 * MiB
 
 
-def connected_with(tmp_path: Path, repos: dict[str, dict[str, int]]):
+def connected_with(tmp_path: Path, repos: dict[str, dict[str, int]], *, export: bool = True):
     """A connected mirror holding `repos` (repo id → file → size; zeros for big ones,
     sparse: cheap to make, real bytes to copy and hash) and its bundle of all of them."""
     config = make_config(tmp_path / "connected")
@@ -48,8 +48,9 @@ def connected_with(tmp_path: Path, repos: dict[str, dict[str, int]]):
         importer.import_path(folder, repo_id=repo_id)
     key = load_or_create(config.key_path)
     bundle = tmp_path / "bundle"
-    Exporter(catalog, store, key).export(choose(catalog, [], everything=True), bundle,
-                                         volume_size=4 * 1024 * MiB)
+    if export:
+        Exporter(catalog, store, key).export(choose(catalog, [], everything=True), bundle,
+                                             volume_size=4 * 1024 * MiB)
     catalog.close()
     return public_key_text(key), bundle
 
@@ -103,18 +104,8 @@ def test_kill_9_during_an_import_then_the_same_command_finishes_without_redoing_
     home = tmp_path / "gapped"
     watcher = Watcher(home)
     watcher.start()
-    process = subprocess.Popen(import_command(home, bundle, key), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE)
     tmp_dir = home / "store" / "tmp"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        parts = list(tmp_dir.glob("*.part")) if tmp_dir.exists() else []
-        if any(p.stat().st_size > 32 * MiB for p in parts if p.exists()):
-            break
-        time.sleep(0.002)
-    assert process.poll() is None, "the import finished before it could be killed"
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait(10)
+    kill_once_writing(import_command(home, bundle, key), tmp_dir, "*.part")
     assert "zz/huge" not in watcher.seen, "the huge repo was visible before its blob was in"
 
     done = subprocess.run(import_command(home, bundle, key), capture_output=True, text=True,
@@ -128,6 +119,44 @@ def test_kill_9_during_an_import_then_the_same_command_finishes_without_redoing_
     assert f"{HUGE} bytes in 1 blobs, 5 blobs skipped as already present" in summary, summary
     assert watcher.violations == [], watcher.violations[:3]
     assert list(tmp_dir.glob("*.part")) == [], "the killed writer's temp file is gone"
+
+
+def kill_once_writing(command: list[str], folder: Path, pattern: str) -> None:
+    """Run `command`, and kill -9 it once a file matching `pattern` under `folder` passes
+    32 MiB (the large blob is being written)."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        found = list(folder.rglob(pattern)) if folder.exists() else []
+        if any(p.stat().st_size > 32 * MiB for p in found if p.exists()):
+            break
+        time.sleep(0.002)
+    assert process.poll() is None, f"{command[4:6]} finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait(10)
+
+
+def test_kill_9_during_an_export_leaves_no_bundle_and_the_same_command_finishes_it(tmp_path):
+    key, bundle = connected_with(tmp_path, {
+        "org/small": {"config.json": 300, "weights.bin": 200_000},
+        "zz/huge": {"huge.bin": HUGE},
+    }, export=False)
+    export = [sys.executable, "-m", "mirror.cli", "--home", str(tmp_path / "connected"),
+              "mirror", "export", "--all", "--to", str(bundle), "--no-progress"]
+    kill_once_writing(export, bundle, "*.wstmp")
+    assert not list(bundle.rglob("index.msgpack")), "a killed export left an index"
+    verify = subprocess.run(export[:6] + ["verify-bundle", str(bundle), "--no-progress"],
+                            capture_output=True, text=True, timeout=60)
+    assert verify.returncode == 1 and "cut off" in verify.stderr
+
+    done = subprocess.run(export, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "2 already written" in done.stdout, done.stdout
+    assert not list(bundle.rglob("*.wstmp")), "the killed writer's temp file is gone"
+    imported = subprocess.run(import_command(tmp_path / "gapped", bundle, key),
+                              capture_output=True, text=True, timeout=120)
+    assert imported.returncode == 0 and "2 snapshots published" in imported.stdout, \
+        imported.stderr
 
 
 def test_pull_from_an_air_gapped_mirror_believes_the_exporting_mirrors_key_and_it_seeds(
