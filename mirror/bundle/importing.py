@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from peer import atomic
 from peer.errors import BadRequest, InsufficientSpace, IntegrityError, NotFound
-from peer.hashing import Digests, blake3_file, hash_file, read_chunks
+from peer.hashing import Digests, blake3_file, hash_file, read_chunks, wants_pieces
 from peer.hfformat import FileEntry
 from peer.manifest import Manifest, ManifestError, RefStatement, read_manifest, read_ref
 from peer.store import BlobStore, Expected
@@ -269,9 +269,13 @@ class BundleImporter:
         if not self.store.has(sha256):
             return False
         record = self.catalog.blob(sha256)
-        if record is not None and record.size == size:
+        lfs = bool(blob and blob.lfs)
+        seedable = not wants_pieces(size, lfs) or bool(record and record.piece_length)
+        if record is not None and record.size == size and seedable:
             return blob is None or record.blake3 == blob.blake3
-        digests = hash_file(self.store.path_for(sha256), lfs=bool(blob and blob.lfs))
+        # No record (a killed import took the blob, not its record), or one without the piece
+        # hashes its torrent needs (the bytes came as a small git file before): hashed again.
+        digests = hash_file(self.store.path_for(sha256), lfs=lfs)
         if digests.sha256 != sha256 or digests.size != size:
             return False
         self.catalog.put_blob(digests)
