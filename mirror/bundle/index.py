@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from peer.errors import BadRequest, WeightswarmError
 from peer.keys import public_key_text
 from peer.manifest import ManifestError, check_snapshot_id, open_envelope, sign
-from peer.paths import check_repo_path, is_commit, is_sha256
+from peer.paths import check_repo_path, is_commit
 
 from ..catalog import ACCESS_LEVELS
 
@@ -209,16 +209,21 @@ def payload(index: Index) -> bytes:
     return msgpack.packb({
         "format": FORMAT, "kind": "bundle", "id": index.id, "created": index.created,
         "volume_size": index.volume_size, "parity": index.parity,
-        "volumes": [[v.number, v.size, [[p.path, p.size, p.blake3] for p in v.parity]]
+        "volumes": [[v.number, v.size, [[p.path, p.size, _bin(p.blake3)] for p in v.parity]]
                     for v in index.volumes],
-        "blobs": [[b.sha256, b.size, b.blake3, b.lfs,
-                   [[p.volume, p.path, p.size, p.blake3] for p in b.parts]]
+        "blobs": [[_bin(b.sha256), b.size, _bin(b.blake3), b.lfs,
+                   [[p.volume, p.path, p.size, _bin(p.blake3)] for p in b.parts]]
                   for b in index.blobs],
-        "snapshots": [[s.hub, s.type, s.repo, s.commit, s.manifest_path, s.manifest_sha256,
+        "snapshots": [[s.hub, s.type, s.repo, s.commit, s.manifest_path, _bin(s.manifest_sha256),
                        list(s.refs), s.access, s.title, s.parent, s.blobs]
                       for s in index.snapshots],
-        "base": [base.kind, base.sha256, base.key, base.created] if base else None,
+        "base": [base.kind, _bin(base.sha256), base.key, base.created] if base else None,
     }, use_bin_type=True)
+
+
+def _bin(hex64: str) -> bytes:
+    """Hashes travel as their 32 bytes: the index of a large bundle is half the size."""
+    return bytes.fromhex(hex64)
 
 
 def sign_index(index: Index, key: Ed25519PrivateKey) -> bytes:
@@ -292,9 +297,10 @@ def _number(value) -> float:
 
 
 def _hex64(value, what: str) -> str:
-    if not is_sha256(value):
-        raise HostileIndex(f"{what} is not 64 lower-case hex")
-    return value
+    """A 32-byte hash of the index, as the 64 lower-case hex used everywhere else."""
+    if not isinstance(value, bytes) or len(value) != 32:
+        raise HostileIndex(f"{what} is not a 32-byte hash")
+    return value.hex()
 
 
 def _path(value) -> str:
