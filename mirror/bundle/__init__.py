@@ -8,6 +8,7 @@ enough for its medium and each standing alone:
     vol-001/snapshots/ab/<sha256>.msgpack   every snapshot's signed manifest, by its sha256
     vol-001/blobs/ab/<sha256>               whole blobs
     vol-001/parts/<sha256>.001              parts of a blob split across volumes
+    vol-001/VOLUME                          the volume's number (its folder may be renamed)
 
 The index (msgpack, signed by the exporting mirror's ed25519 key) lists every blob with its
 size, sha256, blake3, LFS flag and where its bytes are (a volume and a file, or several parts
@@ -20,6 +21,7 @@ and fsynced: a volume without one is a cut-off export, never mistaken for a comp
 the export continues when run again.
 
 Modules: `index` (the pure format: layout, encoding, validation of what comes from outside),
-`state` (what a far side holds: export-state files and earlier bundles), `export`, `reading`
-(finding and checking volumes: verify-bundle), `importing` (import-bundle).
+`select` (which snapshots the specs name), `state` (what a far side holds: export-state files
+and earlier bundles), `export`, `reading` (finding and checking volumes: verify-bundle),
+`importing` (import-bundle), `commands` (the CLI).
 """
