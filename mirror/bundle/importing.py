@@ -31,10 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import blake3
 from tqdm import tqdm
 
-from peer import atomic
 from peer.errors import BadRequest, InsufficientSpace, IntegrityError, NotFound
 from peer.hashing import Digests, blake3_file, hash_file, read_chunks, wants_pieces
 from peer.hfformat import FileEntry
@@ -45,20 +43,12 @@ from ..catalog import Catalog, ref_of
 from ..snapshots import publish
 from .index import Blob, SnapshotEntry
 from .reading import Bundle, Problem, check_part, open_bundles, volume_label
+from .staging import SnapshotFailed, Staging
 
 log = logging.getLogger(__name__)
 
 #: parents followed to find whether a ref's commit descends from another
 MAX_ANCESTRY = 10_000
-
-
-class SnapshotFailed(Exception):
-    """One snapshot cannot be published from this bundle (the others go on)."""
-
-    def __init__(self, reason: str, missing: list[str] | None = None):
-        super().__init__(reason)
-        self.reason = reason
-        self.missing = missing or []
 
 
 @dataclass
@@ -90,46 +80,6 @@ class ImportReport:
         return (f"{len(self.published)} snapshots published ({len(self.present)} already "
                 f"here), {self.bytes} bytes in {self.blobs} blobs, {self.skipped} blobs skipped "
                 f"as already present, {len(self.failed)} failed{waiting}")
-
-
-class Staging:
-    """Parts of split blobs whose other parts are in volumes not given yet: copied aside
-    (checked against their blake3) so that volumes can be imported one at a time, as one disk
-    drive reads them, and assembled when the last one arrives."""
-
-    def __init__(self, folder: Path):
-        self.folder = folder
-
-    def path(self, blob: Blob, k: int) -> Path:
-        return self.folder / f"{blob.sha256}.{k + 1:03d}"
-
-    def absent(self, bundle: Bundle, blob: Blob) -> set[int]:
-        """The volumes holding parts of the blob that are neither given nor kept aside."""
-        return {p.volume for k, p in enumerate(blob.parts)
-                if p.volume not in bundle.volumes and not self.path(blob, k).is_file()}
-
-    def keep(self, bundle: Bundle, blob: Blob, progress: Callable[[int], None]) -> None:
-        for k, part in enumerate(blob.parts):
-            dest = self.path(blob, k)
-            if part.volume not in bundle.volumes or dest.is_file():
-                continue
-            hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-            source = bundle.file(part.volume, part.path)
-            try:
-                with open(source, "rb") as f, atomic.replacing(dest) as out:
-                    for chunk in read_chunks(f, part.size):
-                        hasher.update(chunk)
-                        out.write(chunk)
-                        progress(len(chunk))
-                    if hasher.hexdigest() != part.blake3:
-                        raise IntegrityError("blake3", part.blake3, hasher.hexdigest())
-            except (IntegrityError, OSError, BadRequest) as e:
-                raise SnapshotFailed(f"{volume_label(part.volume)}/{part.path}: {e} (a part of "
-                                     f"blob {blob.sha256}); nothing of it was kept") from None
-
-    def drop(self, blob: Blob) -> None:
-        for k in range(len(blob.parts)):
-            self.path(blob, k).unlink(missing_ok=True)
 
 
 @dataclass
