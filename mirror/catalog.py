@@ -134,8 +134,24 @@ def _m5(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE blobs ADD COLUMN corrupt_reason TEXT")
 
 
+def _m6(db: sqlite_utils.Database) -> None:
+    """Bundles (mirror/bundle/): the manifests as the exporting mirror signed them, served as
+    they are, and the newest ref statement imported from each exporting key (refs only move
+    forward)."""
+    db.execute(
+        "CREATE TABLE signed_manifests (hub TEXT NOT NULL, type TEXT NOT NULL, "
+        "repo_id TEXT NOT NULL, commit_id TEXT NOT NULL, envelope BLOB NOT NULL, "
+        "key TEXT NOT NULL, PRIMARY KEY (hub, type, repo_id, commit_id)) WITHOUT ROWID"
+    )
+    db.execute(
+        "CREATE TABLE bundle_refs (key TEXT NOT NULL, hub TEXT NOT NULL, type TEXT NOT NULL, "
+        "repo_id TEXT NOT NULL, ref TEXT NOT NULL, seq INTEGER NOT NULL, "
+        "commit_id TEXT NOT NULL, PRIMARY KEY (key, hub, type, repo_id, ref)) WITHOUT ROWID"
+    )
+
+
 #: MIGRATIONS[i] takes the schema from version i to i + 1.
-MIGRATIONS = [_m1, _m2, _m3, _m4, _m5]
+MIGRATIONS = [_m1, _m2, _m3, _m4, _m5, _m6]
 #: sort key of the listing API → column (all sorts are descending unless asked otherwise).
 SORTS = {
     "downloads": "downloads", "likes": "likes", "lastModified": "updated_at",
@@ -725,6 +741,39 @@ class Catalog:
             "', ' || repo_id || ', ' LIKE '%, ' || ? || ', %' ESCAPE '\\') "
             "ORDER BY started_at DESC LIMIT 1", (repo_id, _like_escape(repo_id))).fetchone()
         return row[0] if row else None
+
+    # -- what bundles brought (mirror/bundle/) ------------------------------------------------
+
+    def put_signed_manifest(self, hub: str, type: str, repo_id: str, commit: str,
+                            envelope: bytes, key: str) -> None:
+        """Keep a manifest as another mirror signed it (checked by the caller)."""
+        with self.transaction() as c:
+            c.execute(
+                "INSERT INTO signed_manifests (hub, type, repo_id, commit_id, envelope, key) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (hub, type, repo_id, commit, envelope, key))
+
+    def signed_manifest(self, hub: str, type: str, repo_id: str, commit: str) -> bytes | None:
+        row = self.conn.execute(
+            "SELECT envelope FROM signed_manifests WHERE hub = ? AND type = ? AND repo_id = ? "
+            "AND commit_id = ?", (hub, type, repo_id, commit)).fetchone()
+        return row[0] if row else None
+
+    def bundle_ref(self, key: str, hub: str, type: str, repo_id: str,
+                   ref: str) -> tuple[int, str] | None:
+        """(sequence, commit) of the newest statement about `ref` imported from `key`."""
+        row = self.conn.execute(
+            "SELECT seq, commit_id FROM bundle_refs WHERE key = ? AND hub = ? AND type = ? "
+            "AND repo_id = ? AND ref = ?", (key, hub, type, repo_id, ref)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def note_bundle_ref(self, key: str, hub: str, type: str, repo_id: str, ref: str, seq: int,
+                        commit: str) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "INSERT INTO bundle_refs (key, hub, type, repo_id, ref, seq, commit_id) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET seq = excluded.seq, "
+                "commit_id = excluded.commit_id", (key, hub, type, repo_id, ref, seq, commit))
 
     def blob_count(self) -> int:
         return self.conn.execute("SELECT count(*) FROM blobs").fetchone()[0]

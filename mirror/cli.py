@@ -24,6 +24,7 @@ from peer.errors import WeightswarmError, out_of_space
 from peer.store import BlobStore
 from tracker.cli import tracker as tracker_group
 
+from .bundle.commands import COMMANDS as BUNDLE_COMMANDS
 from .config import SECTIONS, Config, example_config, load_config
 
 log = logging.getLogger(__name__)
@@ -187,6 +188,10 @@ def mirror_import(state: State, path: Path, repo_id, hub, repo_type, revision, t
         refs = ", ".join(f"{k} {n}" for k, n in r.refs) or "no ref"
         click.echo(f"{r.repo_id}@{r.commit} ({refs}): {r.files} files, "
                    f"{r.new_blobs} new blobs, {r.bytes_copied} bytes copied")
+
+
+for _command in BUNDLE_COMMANDS:
+    mirror.add_command(_command)
 
 
 @mirror.command("sync")

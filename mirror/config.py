@@ -32,6 +32,7 @@ from peer.config import (
     render_example,
 )
 from peer.errors import ConfigError
+from peer.keys import parse_public_key
 from peer.settings import (
     PEER,
     HttpLimits,
@@ -143,6 +144,15 @@ class MirrorConfig:
     bittorrent: SessionSettings | None = None
     scrub_interval: float = 7 * 86400  # 0: never
     http: HttpLimits = HttpLimits()
+    #: keys (ed25519:<hex>) whose bundles `mirror import-bundle` believes
+    bundle_keys: tuple[str, ...] = ()
+
+
+def _keys(value: Any) -> list[str]:
+    """Every item an `ed25519:<64 hex>` public key."""
+    for key in value:
+        parse_public_key(key)  # ValueError says what is wrong
+    return value
 
 
 def _mirror_config(values: Mapping[str, Any]) -> MirrorConfig:
@@ -154,6 +164,7 @@ def _mirror_config(values: Mapping[str, Any]) -> MirrorConfig:
         syncs=values["sync"], egress_limit=values["egress_limit"],
         bittorrent=session_settings(values) if values["seed"] else None,
         scrub_interval=values["scrub_interval"], http=http_limits(values),
+        bundle_keys=tuple(values["bundle_keys"]),
     )
 
 
@@ -178,6 +189,9 @@ MIRROR = Section("mirror", (
     Setting("scrub_interval", str, "7d",
             "how often every blob is re-hashed (blake3) to find silent corruption; 0: never",
             check=duration()),
+    Setting("bundle_keys", list, [],
+            "keys (ed25519:<hex>) of the mirrors whose bundles `mirror import-bundle` "
+            "believes: their indexes, manifests and ref statements", check=_keys),
     SYNCS,
     Subsections("upstreams", {hub: _upstream(hub) for hub in hubs.HUBS}),
 ), build=_mirror_config)

@@ -17,7 +17,7 @@ from peer.errors import NotFound
 from peer.manifest import Manifest, ManifestFile, RefStatement, sign_manifest, sign_ref
 from peer.torrent import info_dict, info_hash
 
-from .catalog import BlobRecord, Catalog, ref_of
+from .catalog import BlobRecord, Catalog, Repo, Snapshot, ref_of
 
 
 def blob_info(record: BlobRecord, *, private: bool) -> dict | None:
@@ -70,13 +70,21 @@ class Distribution:
         if repo.access == "private":
             raise NotFound(f"no manifest for {repo_id}")
         snapshot = self.catalog.snapshot(repo, commit)
+        # A snapshot a bundle brought is served as the mirror that verified it signed it
+        # (mirror/bundle/): the trust a peer has in that mirror carries across the gap.
+        carried = self.catalog.signed_manifest(hub, repo_type, repo_id, commit)
+        return carried if carried is not None else self.signed_manifest(repo, snapshot)
+
+    def signed_manifest(self, repo: Repo, snapshot: Snapshot) -> bytes:
+        """This mirror's own signed manifest of a snapshot, whatever the repo's access."""
         files = []
         for f in self.catalog.files(snapshot):
             record = self.catalog.blob(f.sha256) if f.lfs else None
             info = blob_info(record, private=self._private(f.sha256)) if record else None
             files.append(ManifestFile(f.path, f.size, f.sha256, f.git_sha1, f.lfs,
                                       info_hash(info) if info else None))
-        return sign_manifest(Manifest(hub, repo_type, repo_id, commit, tuple(files)), self.key)
+        return sign_manifest(Manifest(repo.hub, repo.type, repo.repo_id, snapshot.commit,
+                                      tuple(files)), self.key)
 
     def snapshot(self, hub: str, repo_type: str, repo_id: str, revision: str) -> dict:
         """A revision resolved: its commit, a signed ref statement when it is a ref, and where

@@ -139,9 +139,16 @@ def _durable(f: BinaryIO) -> None:
 def replacing(dest: Path, *, mode: int = 0o644) -> Iterator[BinaryIO]:
     """A file to write `dest`'s new content into: on a clean exit it is fsynced and replaces
     `dest`; on an exception it is removed and `dest` is as it was."""
+    with replacing_path(dest, mode=mode) as (_, f):
+        yield f
+
+
+@contextlib.contextmanager
+def replacing_path(dest: Path, *, mode: int = 0o644) -> Iterator[tuple[Path, BinaryIO]]:
+    """`replacing`, with the temp file's path too: to open it a second way (O_DIRECT)."""
     dest = Path(dest)
     with _new_temp(dest, mode) as (tmp, f):
-        yield f
+        yield tmp, f
         _durable(f)
         place(tmp, dest)
 

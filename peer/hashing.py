@@ -39,7 +39,8 @@ _BATCH = 1 * MiB
 _pool: ThreadPoolExecutor | None = None
 
 
-def _threads() -> ThreadPoolExecutor:
+def hash_threads() -> ThreadPoolExecutor:
+    """The threads that hashing streams run on (hashlib and blake3 release the GIL)."""
     global _pool
     if _pool is None:
         _pool = ThreadPoolExecutor(max_workers=3, thread_name_prefix="hash")
@@ -145,7 +146,7 @@ class Hasher:
 
     def _dispatch(self, data: bytes) -> None:
         self._wait()
-        pool = _threads()
+        pool = hash_threads()
         self._pending = [pool.submit(stream, data) for stream in self._streams]
 
     def _wait(self) -> None:

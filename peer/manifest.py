@@ -28,7 +28,10 @@ from .paths import check_repo_id, check_repo_path, check_revision, is_commit, is
 FORMAT = 1
 MAX_ENVELOPE = 64 * 1024 * 1024
 MAX_FILES = 1_000_000
-_DOMAIN = {"manifest": b"weightswarm manifest v1\0", "ref": b"weightswarm ref statement v1\0"}
+_DOMAIN = {"manifest": b"weightswarm manifest v1\0", "ref": b"weightswarm ref statement v1\0",
+           # a bundle's index and the state an air-gapped mirror carries back (mirror/bundle/)
+           "bundle": b"weightswarm bundle index v1\0",
+           "bundle-state": b"weightswarm bundle state v1\0"}
 
 
 class ManifestError(WeightswarmError):
@@ -179,6 +182,11 @@ def _check_head(hub: str, type_: str, repo: str, commit: str) -> None:
         raise ManifestError(str(e)) from None
     if not is_commit(commit):
         raise ManifestError(f"commit {commit[:64]!r} is not 40 hex")
+
+
+def check_snapshot_id(hub: str, type_: str, repo: str, commit: str) -> None:
+    """A snapshot's (hub, type, repo, commit) from outside, checked: `ManifestError` if not."""
+    _check_head(hub, type_, repo, commit)
 
 
 def validate_manifest(m: Manifest) -> Manifest:

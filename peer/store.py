@@ -86,7 +86,7 @@ class _Writeback:
 _PAGE = 4096
 
 
-def _open_direct(path: Path) -> int | None:
+def open_direct(path: Path) -> int | None:
     """A second descriptor on `path` that writes around the page cache, where supported."""
     flag = getattr(os, "O_DIRECT", 0)
     if not flag:
@@ -97,7 +97,7 @@ def _open_direct(path: Path) -> int | None:
         return None  # tmpfs and some others refuse O_DIRECT
 
 
-def _pwrite_all(fd: int, data, offset: int) -> None:
+def pwrite_all(fd: int, data, offset: int) -> None:
     """Write all of `data` at `offset`. A write may take fewer bytes than it was given (Linux
     does, when the disk fills up mid-buffer): the rest is written again, so that a short write
     shows as the error of the next, never as bytes silently missing from a blob whose hash
@@ -110,7 +110,7 @@ def _pwrite_all(fd: int, data, offset: int) -> None:
         view, offset = view[done:], offset + done
 
 
-def _aligned(data, offset: int) -> bool:
+def direct_aligned(data, offset: int) -> bool:
     """O_DIRECT wants the file offset, the length and the memory address page-aligned."""
     if offset % _PAGE or len(data) % _PAGE or not len(data):
         return False
@@ -138,7 +138,7 @@ class BlobWriter:
             self.tmp_path, fd = self._open()
         self.file = os.fdopen(fd, "r+b" if self.written else "wb", buffering=0)
         self._writeback = _Writeback(fd)
-        self._direct = _open_direct(self.tmp_path)
+        self._direct = open_direct(self.tmp_path)
 
     def _open(self) -> tuple[Path, int]:
         path = self.store.tmp_dir / f"{os.getpid()}.{secrets.token_hex(8)}.part"
@@ -163,7 +163,7 @@ class BlobWriter:
         through the cache, with writeback started as it goes."""
         self.hasher.update(data)
         with self._space():
-            if self._direct is not None and _aligned(data, self.written):
+            if self._direct is not None and direct_aligned(data, self.written):
                 try:
                     if os.pwrite(self._direct, data, self.written) == len(data):
                         self.written += len(data)
@@ -174,7 +174,7 @@ class BlobWriter:
                     if e.errno != errno.EINVAL:
                         raise
                     self._close_direct()  # this file system refuses O_DIRECT after all
-            _pwrite_all(self.file.fileno(), data, self.written)
+            pwrite_all(self.file.fileno(), data, self.written)
         self.written += len(data)
         self._writeback.advance(self.written)
 

@@ -4,6 +4,7 @@ proxy that cuts a connection mid-stream. Nothing here fakes our own components."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -158,6 +159,23 @@ def wait_for(check: Callable[[], T], timeout: float, what: str, every: float = 0
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not after {timeout}s (last: {value!r})")
         time.sleep(every)
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str):
+    """A tmpfs of `size` (`40m`) mounted at `folder` for the test: a small disk to fill (root
+    only; the test is skipped with the reason elsewhere). `mount -o remount,size=...` grows it."""
+    import pytest
+
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'not root'})")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
 def flip_a_byte(path: Path, offset: int) -> None:

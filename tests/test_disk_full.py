@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from fakehub import FakeHub, tiny_repo_files
 
-from helpers import VENV_BIN, make_tiny_model, wait_for
+from helpers import VENV_BIN, make_tiny_model, tmpfs, wait_for
 
 MiB = 1024 * 1024
 
@@ -24,16 +24,8 @@ MiB = 1024 * 1024
 def small_disk(tmp_path):
     """A tmpfs of 40 MiB mounted at tmp_path/disk (tmpfs refuses O_DIRECT: the store writes
     through the page cache there, as on any such file system)."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(disk)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip() or 'not root'})")
-    try:
+    with tmpfs(tmp_path / "disk", "40m") as disk:
         yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
 def fill(disk: Path, name: str = "filler") -> Path:
