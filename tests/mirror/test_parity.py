@@ -66,11 +66,12 @@ def flip(path: Path, *offsets: int) -> None:
 
 # -- the plan: block sizes and counts, without par2 ---------------------------------------
 
-def test_a_volume_of_many_gib_gets_about_2000_blocks_of_a_few_mib():
+def test_a_volume_of_many_gib_gets_about_500_blocks_of_a_few_mib():
     sizes = [4 << 30, 3 << 30, 1 << 20, 700]
     block, count, files = parity.recovery_plan(sizes, 5)
     assert block % parity.BLOCK_ALIGN == 0
-    assert 1900 <= parity.source_blocks(sizes, block) <= 2100, block
+    assert 490 <= parity.source_blocks(sizes, block) <= 510, block
+    assert 8 << 20 <= block <= 16 << 20
     assert count == -(-parity.source_blocks(sizes, block) * 5 // 100)
     assert 1 <= files <= parity.MAX_RECOVERY_FILES
     assert count * block / files <= parity.RECOVERY_FILE_BYTES + block, "recovery files stay small"
