@@ -75,9 +75,20 @@ def cp_r(source: Path, dest: Path) -> None:
     run(["cp", "-r", source, dest])
 
 
+def files_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def cp_r_sync(source: Path, dest: Path) -> None:
+    """cp -r, then fsync of every copied file (coreutils' sync FILE...): the bytes on the
+    disk, as an export and an import leave them, not only in the page cache."""
+    cp_r(source, dest)
+    run(["sync", "--", *files_in(dest)])
+
+
 def cp_r_sha256sum(source: Path, dest: Path) -> None:
     cp_r(source, dest)
-    run(["sha256sum", *sorted(p for p in dest.rglob("*") if p.is_file())])
+    run(["sha256sum", "--", *files_in(dest)])
 
 
 def parity_cost(work: Path, size_mib: int, percent: float, runs: int) -> dict:
@@ -115,7 +126,8 @@ def bundle_cycle(work: Path, size_mib: int, runs: int) -> dict:
     run([WS, "mirror", "import", repo, "--repo", REPO, "--no-progress"], source)
     # the far side believes the exporting mirror's key, as [mirror] bundle_keys would say
     key = public_key_text(load_or_create(work / "source" / "mirror.key"))
-    samples: dict[str, list[float]] = {"export": [], "import": [], "cp": [], "cp+sha": []}
+    samples: dict[str, list[float]] = {"export": [], "import": [], "cp": [], "cp+sync": [],
+                                       "cp+sha": []}
     for i in range(-1, runs):  # run -1 warms the page cache and the imports; not counted
         seconds = one_cycle(work, repo, source, key, i)
         if i >= 0:
@@ -130,7 +142,7 @@ def bundle_cycle(work: Path, size_mib: int, runs: int) -> dict:
 def one_cycle(work: Path, repo: Path, source: dict, key: str, i: int) -> dict[str, float]:
     """One run of each, alternating, each into a fresh folder removed afterwards."""
     bundle, far = work / f"bundle-{i}", work / f"far-{i}"
-    copy, checked = work / f"cp-{i}", work / f"cps-{i}"
+    copy, synced, checked = work / f"cp-{i}", work / f"cpy-{i}", work / f"cps-{i}"
     seconds = {
         "export": timed(lambda: run([WS, "mirror", "export", f"hf:{REPO}", "--to", bundle,
                                      "--no-progress"], source)),
@@ -138,25 +150,28 @@ def one_cycle(work: Path, repo: Path, source: dict, key: str, i: int) -> dict[st
         "import": timed(lambda: run([WS, "mirror", "import-bundle", bundle, "--trust", key,
                                      "--no-progress"], clean_env(WEIGHTSWARM_HOME=str(far)))),
         "cp+sha": timed(lambda: cp_r_sha256sum(repo, checked)),
+        "cp+sync": timed(lambda: cp_r_sync(repo, synced)),
     }
-    for leftover in (bundle, far, copy, checked):
+    for leftover in (bundle, far, copy, synced, checked):
         shutil.rmtree(leftover, ignore_errors=True)
     return seconds
 
 
 def print_bundle_table(result: dict) -> None:
-    size, cp = result["bytes"], result["cp"]
+    size, cp, durable = result["bytes"], result["cp"], result["cp+sync"]
     rows = [("cp -r of the repo's files", cp, "reference"),
+            ("cp -r, then sync (fsync) of every copied file", result["cp+sync"], ""),
             ("cp -r, then sha256sum of every copied file", result["cp+sha"], ""),
             ("weightswarm mirror export (bundle folder, no parity)", result["export"], 0.9),
             ("weightswarm mirror import-bundle (every byte verified)", result["import"], 0.8)]
-    print(f"| {'what':<56} | {'MB/s':>6} | {'vs cp -r':>8} | {'target':<14} |")
-    print(f"|{'-' * 58}|{'-' * 8}|{'-' * 10}|{'-' * 16}|")
+    print(f"| {'what':<56} | {'MB/s':>6} | {'vs cp -r':>8} | {'target':<15} | "
+          f"{'vs cp -r + sync':>15} |")
+    print(f"|{'-' * 58}|{'-' * 8}|{'-' * 10}|{'-' * 17}|{'-' * 17}|")
     for what, seconds, target in rows:
         if isinstance(target, float):
             target = f">= {target:.2f}x " + ("met" if cp / seconds >= target else "MISSED")
         print(f"| {what:<56} | {size / seconds / 1e6:6.0f} | {cp / seconds:7.2f}x | "
-              f"{target:<14} |")
+              f"{target:<15} | {durable / seconds:14.2f}x |")
     print("Every run (MB/s): " + "; ".join(
         f"{w} " + " ".join(f"{size / s / 1e6:.0f}" for s in v)
         for w, v in result["samples"].items()))
