@@ -294,3 +294,33 @@ def test_the_report_reads_par2s_files_and_block_counts_and_takes_its_exit_code_v
     assert (report.blocks_needed, report.blocks_available, report.data_blocks) == (4, 13, 259)
     assert report.repairable and not report.intact and report.short == 0
     assert not parity.parse_verify(Path("v"), 2, VERIFY_OUTPUT).repairable
+
+
+def test_after_a_failed_repair_the_damaged_files_are_put_back_and_partial_ones_removed(volume):
+    before = contents(volume)
+    listing = parity._listing(volume)
+    files = dict.fromkeys(FILES, 1)
+    # what par2 repair does before it fails: rename the damaged file to NAME.1, begin the new
+    # one, and begin a missing one
+    damaged = volume / "blobs/aa/first.safetensors"
+    damaged.rename(damaged.with_name(damaged.name + ".1"))
+    damaged.write_bytes(b"partial")
+    (volume / "README.md").unlink()
+    listing.discard("README.md")
+    before.pop("README.md")
+    (volume / "README.md").write_bytes(b"partial")
+
+    parity._settle_backups(volume, files, listing, keep_repair=False)
+    assert contents(volume) == before
+
+
+def test_after_a_repair_that_worked_only_par2s_backups_are_removed(volume):
+    listing = parity._listing(volume)
+    damaged = volume / "blobs/aa/first.safetensors"
+    backup = damaged.with_name(damaged.name + ".1")
+    shutil.copy(damaged, backup)
+    (volume / "unrelated.1").write_bytes(b"not ours")
+
+    parity._settle_backups(volume, dict.fromkeys(FILES, 1), listing, keep_repair=True)
+    assert not backup.exists() and damaged.exists()
+    assert (volume / "unrelated.1").exists(), "only a protected file's backup is removed"
