@@ -324,3 +324,22 @@ def test_after_a_repair_that_worked_only_par2s_backups_are_removed(volume):
     parity._settle_backups(volume, dict.fromkeys(FILES, 1), listing, keep_repair=True)
     assert not backup.exists() and damaged.exists()
     assert (volume / "unrelated.1").exists(), "only a protected file's backup is removed"
+
+
+def test_a_file_named_like_a_par2_option_is_protected_as_a_file(par2, volume):
+    (volume / "-n5").write_bytes(os.urandom(8 * KiB))
+    protect(volume, [Path(n) for n in FILES] + [Path("-n5")], 5)
+    (volume / "-n5").unlink()
+    assert check(volume).missing == ("-n5",)
+    assert repair(volume).repaired == ("-n5",)
+
+
+def test_a_folder_of_the_volume_swapped_for_a_symlink_outside_is_refused(protected, tmp_path):
+    outside = tmp_path / "elsewhere"
+    shutil.move(protected / "blobs" / "bb", outside)
+    (protected / "blobs" / "bb").symlink_to(outside)
+    (outside / "second.safetensors").unlink()
+    for act in (check, repair):
+        with pytest.raises(UnsafePath, match="resolves outside"):
+            act(protected)
+    assert not (outside / "second.safetensors").exists(), "par2 never wrote through it"
