@@ -85,7 +85,8 @@ _OURS = re.compile(rf"^{BASE_NAME}(\.vol[0-9]+\+[0-9]+)?\.par2$", re.IGNORECASE)
 #: is four times faster and still spreads 5 % over 25 recovery blocks: a 4 GiB volume gets
 #: 8 MiB blocks and survives 25 bad sectors anywhere, or 200 MiB lost in one place.
 TARGET_BLOCKS = 500
-#: PAR 2.0 allows at most 32768 source blocks and 65535 recovery blocks in one set.
+#: PAR 2.0 allows at most 32768 source blocks in one set (and 65535 recovery blocks; at most
+#: 100 % we never need more than the source blocks).
 MAX_SOURCE_BLOCKS = 32768
 MAX_RECOVERY_BLOCKS = 32768
 #: Blocks are a multiple of 4 KiB (par2 needs a multiple of 4): a bad 4 KiB sector then spoils
@@ -285,7 +286,7 @@ def parse_verify(volume: Path, code: int, output: str) -> ParityReport:
     """The report for par2 verify's (or repair's) exit code and what it printed.
 
     The verdict is the exit code's; the text gives only the detail (which files, how many
-    blocks), in lines par2cmdline has printed unchanged since 0.4."""
+    blocks), in lines that par2cmdline 0.8.1 and par2cmdline-turbo 1.4.0 print alike."""
     damaged, missing = [], []
     needed = available = total = 0
     for line in re.split(r"[\r\n]+", output):
