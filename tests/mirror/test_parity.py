@@ -96,7 +96,7 @@ def test_a_percentage_out_of_range_is_refused(percent):
 
 # -- protect, check, repair with the real par2 -----------------------------------------------
 
-def test_protect_writes_par2_files_only_into_the_volumes_parity_folder(par2, volume):
+def test_protect_writes_only_its_par2_files_at_the_top_of_the_volume(par2, volume):
     before = contents(volume)
     made = protect(volume, [Path(n) for n in FILES], 5)
     assert [p.name for p in made] == ["parity.par2", "parity.vol00+23.par2"]
@@ -114,7 +114,7 @@ def test_an_undamaged_volume_checks_as_intact(protected):
     assert "all files are correct" in report.summary()
 
 
-def test_protect_again_replaces_the_parity_folder_whole(protected):
+def test_protect_again_replaces_the_whole_set(protected):
     (protected / "meta" / "config.json").write_bytes(b"{}")
     made = protect(protected, [Path(n) for n in FILES], 10)
     assert parity.recovery_files(protected) == made
