@@ -7,7 +7,7 @@ run as a subprocess, and not a PyPI library:
 - The far side of an air gap may hold only the disk. PAR 2.0 is a documented format that twenty
   years of tools read (par2cmdline on every Linux distribution, Homebrew and Windows builds,
   MultiPar, QuickPar, par2cmdline-turbo), so an operator with nothing of ours can still run
-  `par2 repair parity/volume.par2` in the volume by hand. Our own erasure coding would need
+  `par2 repair parity.par2` in the volume by hand. Our own erasure coding would need
   our own code to read.
 - par2cmdline is kept by the Parchive project, packaged and patched by Debian, and its exit
   codes are documented (libpar2.h: 0 all correct, 1 repair possible, 2 repair not possible,
@@ -40,9 +40,9 @@ every volume: its own blake3/sha256 pass finds damage faster, and `repair` (whic
 first, in the same par2 run) is for the volumes where that pass found a bad or missing file.
 
 Safety: every name a .par2 file holds is read by us (`protected_files`) and checked like any
-path from outside before par2 runs (relative, no '..', no NUL, resolved inside the volume, not
-not a .par2 file of ours), so a hostile .par2 cannot make par2 write outside the volume. A repair renames
-each damaged file to `NAME.1` (`.2`, ... if taken) before writing the rebuilt one; after a
+path from outside before par2 runs (relative, no '..', no NUL, resolved inside the volume,
+not a .par2 file of ours), so a hostile .par2 cannot make par2 write outside the volume. A
+repair renames each damaged file to `NAME.1` (`.2`, ... if taken) before writing the rebuilt one; after a
 repair that worked we delete exactly the backups it made, after one that failed we put them
 back.
 """
