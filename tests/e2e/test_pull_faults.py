@@ -84,6 +84,10 @@ def egress(url: str) -> int:
     return int(sum(float(v) for _, v in _EGRESS.findall(fetch(f"{url}/metrics").decode())))
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def settled_egress(url: str, quiet: float = 0.5) -> int:
     """`egress` once it has not moved for `quiet` seconds: a mirror counts libtorrent's sent
     bytes every 0.1 s, later on a loaded machine, and a test must not take the bytes of the
@@ -167,8 +171,10 @@ class Pull:
         for m in self.mirrors:
             args += ["--mirror", m]
         with open(self.stdout, "wb") as out, open(self.stderr, "wb") as err:
+            # Ctrl-C as a terminal delivers it: a test run as a background job of a script
+            # inherits SIGINT ignored, and a pull keeps what it inherits (as it should).
             self.proc = subprocess.Popen(args, env=env, stdout=out, stderr=err,
-                                         stdin=subprocess.DEVNULL)
+                                         stdin=subprocess.DEVNULL, preexec_fn=_default_sigint)
         return self
 
     def log(self) -> str:
