@@ -277,6 +277,8 @@ def check_names(volume: Path, names: Iterable[str]) -> list[str]:
 
 _TARGET = re.compile(r'^Target: "(.+)" - (found|missing|damaged)\.'
                      r'(?: Found (\d+) of (\d+) data blocks\.)?$')
+#: a file none of whose blocks par2 recognises (overwritten whole): damaged, as it exists
+_NO_DATA = re.compile(r'^File: "(.+)" - no data found\.$')
 _DATA_BLOCKS = re.compile(r"^You have (\d+) out of (\d+) data blocks available\.$")
 _RECOVERY_BLOCKS = re.compile(r"^You have (\d+) recovery blocks available\.$")
 _TOTAL_BLOCKS = re.compile(r"^There are a total of (\d+) data blocks\.$")
@@ -293,6 +295,8 @@ def parse_verify(volume: Path, code: int, output: str) -> ParityReport:
         line = line.strip()
         if m := _TARGET.match(line):
             (damaged if m[2] == "damaged" else missing if m[2] == "missing" else []).append(m[1])
+        elif m := _NO_DATA.match(line):
+            damaged.append(m[1])
         elif m := _DATA_BLOCKS.match(line):
             needed, total = int(m[2]) - int(m[1]), int(m[2])
         elif m := _RECOVERY_BLOCKS.match(line):

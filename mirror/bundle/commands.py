@@ -27,6 +27,30 @@ def parse_size(text: str) -> int:
     return size
 
 
+def parse_percent(text: str) -> float:
+    """`5%`, `5`, `0.5%`: a share of a volume, in percent (above 0, at most 100)."""
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*%?\s*", text)
+    if not match or not 0 < float(match.group(1)) <= 100:
+        raise click.BadParameter(f"{text!r} is not a share like 5% (above 0, at most 100)")
+    return float(match.group(1))
+
+
+def _parity(percent: float, show: bool) -> dict:
+    """The Exporter's parity hook: par2 recovery data for `percent` % of each volume."""
+    from tqdm import tqdm
+
+    from .. import parity
+
+    def protect(volume: Path, files: list[str]) -> list[str]:
+        total = sum((volume / f).stat().st_size for f in files)
+        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                  desc=f"parity {volume.name}", disable=not show, leave=False) as bar:
+            written = parity.protect(volume, files, percent, progress=bar.update)
+        return [p.name for p in written]  # at the volume's top
+
+    return {"protect": protect, "parity_scheme": "par2", "parity_share": percent / 100}
+
+
 def _open(config):
     from peer.store import BlobStore
 
@@ -55,9 +79,13 @@ _progress = click.option("--progress/--no-progress", default=None,
 @click.option("--volume-size", default="4G", show_default=True, metavar="SIZE",
               help="the most a volume holds (4G: a DVD's 4.7 GB; no file is ever over FAT32's "
                    "4 GiB)")
+@click.option("--parity", default=None, metavar="PERCENT",
+              help="recovery data in every volume (par2) to rebuild this share of it, e.g. 5%%: "
+                   "an import repairs a volume with damaged or missing files within it")
 @_progress
 @click.pass_obj
-def export(state, specs, to, everything, state_file, since, volume_size, progress) -> None:
+def export(state, specs, to, everything, state_file, since, volume_size, parity, progress,
+           ) -> None:
     """Write repos to a bundle for an air-gapped mirror: blobs, signed manifests and refs, and
     an index signed by this mirror, in volumes that each stand alone.
 
@@ -78,7 +106,8 @@ def export(state, specs, to, everything, state_file, since, volume_size, progres
     holdings = read_state(state_file) if state_file else read_since(since) if since else NOTHING
     catalog, store = _open(config)
     chosen = choose(catalog, parsed, everything=everything)
-    exporter = Exporter(catalog, store, load_or_create(config.key_path), progress=_show(progress))
+    exporter = Exporter(catalog, store, load_or_create(config.key_path), progress=_show(progress),
+                        **_parity(parse_percent(parity), _show(progress)) if parity else {})
     r = exporter.export(chosen, to, volume_size=parse_size(volume_size), holdings=holdings)
     base = f", base {r.base[:16]}" if r.base else ""
     click.echo(f"{r.to}: {r.volumes} volume(s), {r.snapshots} snapshots, {r.blobs} blobs, "
@@ -148,6 +177,8 @@ def import_bundle(state, folders, trust, allow_rollback, progress) -> None:
         click.echo(f"FAILED {failure.snapshot}: {failure.reason}", err=True)
         for sha256 in failure.missing:
             click.echo(f"missing {sha256} ({failure.snapshot})", err=True)
+    for name in report.repaired:
+        click.echo(f"repaired {name}")
     click.echo(report.summary())
     if report.failed or report.unusable:
         sys.exit(1)
@@ -157,12 +188,16 @@ def import_bundle(state, folders, trust, allow_rollback, progress) -> None:
 @click.argument("folders", nargs=-1, required=True, metavar="DIR...",
                 type=click.Path(exists=True, file_okay=False, path_type=Path))
 @_trust
+@click.option("--repair", is_flag=True,
+              help="rebuild damaged or missing files from the volumes' recovery data (par2); "
+                   "without it, only say whether they could be")
 @_progress
 @click.pass_obj
-def verify_bundle(state, folders, trust, progress) -> None:
+def verify_bundle(state, folders, trust, repair, progress) -> None:
     """Check a bundle (or some of its volumes) without importing it: the index's signature,
-    every file's size and blake3, every manifest."""
-    from .reading import open_bundles, verify
+    every file's size and blake3, every manifest; for a volume with damage and recovery data,
+    whether it can be rebuilt (and, with --repair, rebuild it)."""
+    from .reading import open_bundles
 
     config = state.config()
     # This mirror's own key too: verifying before the disk leaves the building.
@@ -173,9 +208,7 @@ def verify_bundle(state, folders, trust, progress) -> None:
     for line in unusable:
         click.echo(f"INCOMPLETE {line}", err=True)
     for bundle in bundles:
-        result = verify(bundle, progress=_show(progress))
-        for problem in result.problems:
-            click.echo(f"BAD {problem.describe(bundle)}", err=True)
+        result = _verify_repairing(bundle, repair, _show(progress))
         bad = bad or bool(result.problems)
         missing = bundle.missing_volumes
         click.echo(f"bundle {bundle.digest[:16]} signed by {bundle.key}: "
@@ -187,6 +220,27 @@ def verify_bundle(state, folders, trust, progress) -> None:
                    f"{len(result.problems)} problems")
     if bad:
         sys.exit(1)
+
+
+def _verify_repairing(bundle, repair: bool, progress: bool):
+    """`verify`, its problems printed; the damaged volumes repaired and verified again
+    (`repair`), or said whether they could be."""
+    from .reading import verify
+    from .repair import Repairs
+
+    result = verify(bundle, progress=progress)
+    damaged = sorted({p.volume for p in result.problems})
+    repairs = Repairs()
+    if repair and any([repairs.attempt(bundle, v) for v in damaged]):
+        for name in repairs.repaired:
+            click.echo(f"repaired {name}")
+        result = verify(bundle, progress=progress)
+    for problem in result.problems:
+        click.echo(f"BAD {problem.describe(bundle)}", err=True)
+    for volume in sorted({p.volume for p in result.problems}):
+        click.echo(f"parity: {repairs.failures.get(volume) or repairs.check(bundle, volume)}",
+                   err=True)
+    return result
 
 
 COMMANDS = (export, export_state, import_bundle, verify_bundle)

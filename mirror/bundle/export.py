@@ -122,7 +122,7 @@ class Exporter:
         try:
             parts, resumed = self._write_blobs(to, placed, {b[0]: b[2] for b in plan.blobs})
             self._write_meta(to, count, plan.manifests)
-            volumes = self._volumes(to, placed, count)
+            volumes = self._volumes(to, placed, count, sorted(plan.manifests))
             data = sign_index(self._index(plan, parts, volumes, volume_size, holdings), self.key)
             self._sweep(to, count, placed)
             for number in range(1, count + 1):  # last: the mark of a finished volume
@@ -252,9 +252,12 @@ class Exporter:
                     atomic.write_file(dest, data)
             atomic.write_file(folder / VOLUME_FILE, f"{number}\n".encode())
 
-    def _volumes(self, to: Path, placed: list[Placed], count: int) -> list[Volume]:
+    def _volumes(self, to: Path, placed: list[Placed], count: int,
+                 manifests: list[str]) -> list[Volume]:
+        """Each volume's record for the index, its recovery files written (parity protects
+        its blobs, parts and manifests: every volume carries every manifest)."""
         sizes = dict.fromkeys(range(1, count + 1), 0)
-        files: dict[int, list[str]] = {n: [] for n in sizes}
+        files: dict[int, list[str]] = {n: list(manifests) for n in sizes}
         for blob in placed:
             for volume, _, size, path in blob.pieces:
                 sizes[volume] += size

@@ -43,6 +43,7 @@ from ..catalog import Catalog, ref_of
 from ..snapshots import publish
 from .index import Blob, SnapshotEntry
 from .reading import Bundle, Problem, check_part, open_bundles, volume_label
+from .repair import Repairs
 from .staging import SnapshotFailed, Staging
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ class ImportReport:
     kept: list[str] = field(default_factory=list)
     moved: list[str] = field(default_factory=list)
     unusable: list[str] = field(default_factory=list)
+    #: files rebuilt from a volume's recovery data, `vol-NNN/path`
+    repaired: list[str] = field(default_factory=list)
     bytes: int = 0
     blobs: int = 0
     skipped: int = 0
@@ -79,7 +82,8 @@ class ImportReport:
         waiting = f", {len(self.waiting)} waiting for other volumes" if self.waiting else ""
         return (f"{len(self.published)} snapshots published ({len(self.present)} already "
                 f"here), {self.bytes} bytes in {self.blobs} blobs, {self.skipped} blobs skipped "
-                f"as already present, {len(self.failed)} failed{waiting}")
+                f"as already present, {len(self.repaired)} files repaired, {len(self.failed)} "
+                f"failed{waiting}")
 
 
 @dataclass
@@ -106,6 +110,7 @@ class BundleImporter:
         self.progress = progress
         self.min_free = min_free
         self.staging = Staging(store.partial_dir / "bundle-parts")
+        self.repairs = Repairs()
 
     def import_bundles(self, paths: list[Path]) -> ImportReport:
         bundles, unusable = open_bundles(paths, self.trusted)
@@ -153,17 +158,33 @@ class BundleImporter:
         for blob in one.needs:
             if blob.sha256 in failed:
                 raise failed[blob.sha256]
-            absent = self.staging.absent(bundle, blob)
             try:
-                if absent:
-                    self.staging.keep(bundle, blob, progress)
-                    waits |= absent
-                else:
-                    self._take(bundle, one.manifest, blob, report, progress)
+                waits |= self._take_or_keep(bundle, one.manifest, blob, report, progress)
             except SnapshotFailed as e:
                 failed[blob.sha256] = e
                 raise
         return sorted(waits)
+
+    def _take_or_keep(self, bundle: Bundle, manifest: Manifest, blob: Blob,
+                      report: ImportReport, progress: Callable[[int], None]) -> set[int]:
+        """The blob into the store, or its parts given kept aside; the volumes it still
+        needs. A wrong file of a volume with recovery data: the volume repaired (once), and
+        the blob read again."""
+        try:
+            absent = self.staging.absent(bundle, blob)
+            if absent:
+                self.staging.keep(bundle, blob, progress)
+            else:
+                self._take(bundle, manifest, blob, report, progress)
+            return absent
+        except SnapshotFailed as e:
+            if e.volume is None:
+                raise
+            if not self.repairs.attempt(bundle, e.volume):
+                raise SnapshotFailed(e.reason + self.repairs.why(e.volume), e.missing,
+                                     e.volume) from None
+            report.repaired = list(self.repairs.repaired)
+            return self._take_or_keep(bundle, manifest, blob, report, progress)
 
     def _manifest(self, bundle: Bundle, entry: SnapshotEntry) -> tuple[Manifest, bytes, str]:
         """The snapshot's manifest from the first volume whose copy is intact, believed; with
@@ -253,8 +274,8 @@ class BundleImporter:
             problem = self._culprit(bundle, blob) or Problem(
                 blob.parts[0].volume, blob.parts[0].path, str(e), blob.sha256)
             raise SnapshotFailed(f"{', '.join(paths)}: {volume_label(problem.volume)}/"
-                                 f"{problem.path}: {problem.what}; nothing of it was kept"
-                                 ) from None
+                                 f"{problem.path}: {problem.what}; nothing of it was kept",
+                                 volume=problem.volume) from None
         if digests.blake3 != blob.blake3:
             log.warning("blob %s: the index's blake3 differs from its bytes' (sha256 matches)",
                         blob.sha256)

@@ -21,10 +21,13 @@ from .reading import Bundle, volume_label
 class SnapshotFailed(Exception):
     """One snapshot cannot be published from this bundle (the others go on)."""
 
-    def __init__(self, reason: str, missing: list[str] | None = None):
+    def __init__(self, reason: str, missing: list[str] | None = None,
+                 volume: int | None = None):
         super().__init__(reason)
         self.reason = reason
         self.missing = missing or []
+        #: the volume whose file is wrong, where one is (a repair from parity may save it)
+        self.volume = volume
 
 
 class Staging:
@@ -58,7 +61,8 @@ class Staging:
                         raise IntegrityError("blake3", part.blake3, hasher.hexdigest())
             except (IntegrityError, OSError, BadRequest) as e:
                 raise SnapshotFailed(f"{volume_label(part.volume)}/{part.path}: {e} (a part of "
-                                     f"blob {blob.sha256}); nothing of it was kept") from None
+                                     f"blob {blob.sha256}); nothing of it was kept",
+                                     volume=part.volume) from None
 
     def drop(self, blob: Blob) -> None:
         for k in range(len(blob.parts)):
