@@ -226,13 +226,15 @@ class Exporter:
         with self.store.open(blob.sha256) as source:
             for volume, offset, size, path in blob.pieces:
                 dest = to / volume_name(volume) / path
-                hasher = blake3.blake3()
+                # A whole blob's one file: its hash is the blob's, computed once.
+                hasher = whole if len(blob.pieces) == 1 else blake3.blake3()
+                hashers = (whole,) if hasher is whole else (hasher, whole)
                 if _written(dest, size):
                     found += 1
                     with open(dest, "rb") as f:
-                        self.copier.copy(f, 0, size, (hasher, whole), progress)
+                        self.copier.copy(f, 0, size, hashers, progress)
                 else:
-                    self.copier.copy(source, offset, size, (hasher, whole), progress, dest)
+                    self.copier.copy(source, offset, size, hashers, progress, dest)
                 parts.append(Part(volume, path, size, hasher.hexdigest()))
         if whole.hexdigest() != expected_blake3:
             for p in parts:
