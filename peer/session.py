@@ -50,6 +50,8 @@ MIRROR_REQUEST_QUEUE = 2000
 PEER_TIMEOUT = 20
 #: seconds of a source's rate a pull keeps requested from it (libtorrent's default is 3)
 PULL_REQUEST_QUEUE_TIME = 1
+#: block requests a pull keeps outstanding at one source, at most (libtorrent's default 500)
+PULL_REQUEST_QUEUE = 64
 #: errors kept in `Session.errors`, the latest
 ERRORS_KEPT = 100
 
@@ -108,11 +110,17 @@ _PULL_TUNING = {
     "alert_queue_size": 1 << 20,
     # A pull's requests wait at a mirror no longer than about a second, so it can still take
     # a piece from a neighbour instead: libtorrent keeps this many seconds of a source's rate
-    # requested from it (at most the source's `reqq`). With 3 s and a mirror's queue of 2000,
-    # pulls had 3 pieces (11 MiB, 4 s) queued at a capped mirror, and fetched them from it
-    # after their neighbours held them; the mirror's queue bounded that before (64 blocks),
-    # and stalled foreign clients with it (_MIRROR_TUNING).
+    # requested from it (at most the source's `reqq`), and at most PULL_REQUEST_QUEUE
+    # blocks (1 MiB). With 3 s and a mirror's queue of 2000, pulls had 3 pieces (11 MiB, 4 s)
+    # queued at a capped mirror, and fetched them from it after their neighbours held them;
+    # the mirror's queue bounded that before (64 blocks), and stalled foreign clients with it
+    # (_MIRROR_TUNING). The second bound is the mirror's old one, kept by the pull: with the
+    # first alone, three pulls from a mirror capped at 8 MiB/s (tests/e2e/test_pull_faults.py)
+    # got 0.48-0.69 of their bytes from each other (one run in four under issue 7's floor of
+    # a half), with both 0.54-0.69 in five. 64 blocks in flight keep a LAN neighbour busy
+    # (1 MiB at a 1 ms round trip is 1 GB/s).
     "request_queue_time": PULL_REQUEST_QUEUE_TIME,
+    "max_out_request_queue": PULL_REQUEST_QUEUE,
     # No whole pieces at a time from a fast source: they jump the queue above by a whole
     # piece (256 blocks).
     "whole_pieces_threshold": 0,

@@ -132,6 +132,7 @@ def test_a_pull_keeps_its_connections_and_a_second_of_requests_at_a_source():
         assert s["peer_timeout"] == PEER_TIMEOUT
         assert s["whole_pieces_threshold"] == 0
         assert s["request_queue_time"] == 1
+        assert s["max_out_request_queue"] == 64
         assert s["peer_fingerprint"] == PEER_ID
     finally:
         pull.close()
