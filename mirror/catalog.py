@@ -150,8 +150,18 @@ def _m6(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m7(db: sqlite_utils.Database) -> None:
+    """Blobs a bundle import took in for a snapshot still waiting for other volumes: nothing
+    references them until it is published, and `gc` must not take them meanwhile (volumes may
+    come days apart, one drive at a time)."""
+    db.execute(
+        "CREATE TABLE pending_blobs (sha256 TEXT NOT NULL, snapshot TEXT NOT NULL, "
+        "since REAL NOT NULL, PRIMARY KEY (sha256, snapshot)) WITHOUT ROWID"
+    )
+
+
 #: MIGRATIONS[i] takes the schema from version i to i + 1.
-MIGRATIONS = [_m1, _m2, _m3, _m4, _m5, _m6]
+MIGRATIONS = [_m1, _m2, _m3, _m4, _m5, _m6, _m7]
 #: sort key of the listing API → column (all sorts are descending unless asked otherwise).
 SORTS = {
     "downloads": "downloads", "likes": "likes", "lastModified": "updated_at",
@@ -621,7 +631,8 @@ class Catalog:
         progress records its blobs before it publishes: the grace period keeps them)."""
         rows = self.conn.execute(
             "SELECT b.sha256 FROM blobs b WHERE NOT EXISTS "
-            "(SELECT 1 FROM files f WHERE f.sha256 = b.sha256) AND b.verified_at < ?",
+            "(SELECT 1 FROM files f WHERE f.sha256 = b.sha256) AND NOT EXISTS "
+            "(SELECT 1 FROM pending_blobs p WHERE p.sha256 = b.sha256) AND b.verified_at < ?",
             (touched_before,),
         ).fetchall()
         return [r[0] for r in rows]
@@ -632,6 +643,9 @@ class Catalog:
         with self.transaction() as c:
             if c.execute("SELECT 1 FROM files WHERE sha256 = ? LIMIT 1", (sha256,)).fetchone():
                 return False
+            if c.execute("SELECT 1 FROM pending_blobs WHERE sha256 = ? LIMIT 1",
+                         (sha256,)).fetchone():
+                return False
             row = c.execute("SELECT verified_at FROM blobs WHERE sha256 = ?", (sha256,)).fetchone()
             if row and row[0] is not None and row[0] >= touched_before:
                 return False
@@ -639,8 +653,27 @@ class Catalog:
             return True
 
     def referenced(self, sha256: str) -> bool:
+        """A snapshot's file, or held for one still waiting for bundle volumes."""
         return self.conn.execute(
-            "SELECT 1 FROM files WHERE sha256 = ? LIMIT 1", (sha256,)).fetchone() is not None
+            "SELECT 1 FROM files WHERE sha256 = ? UNION ALL "
+            "SELECT 1 FROM pending_blobs WHERE sha256 = ? LIMIT 1",
+            (sha256, sha256)).fetchone() is not None
+
+    def hold(self, snapshot: str, sha256s: Iterable[str], now: float | None = None) -> None:
+        """Keep these blobs from `gc` for `snapshot` (hub/type/repo@commit), until `release`."""
+        now = time.time() if now is None else now
+        with self.transaction() as c:
+            c.executemany("INSERT OR IGNORE INTO pending_blobs VALUES (?, ?, ?)",
+                          [(h, snapshot, now) for h in sha256s])
+
+    def release(self, snapshot: str) -> None:
+        with self.transaction() as c:
+            c.execute("DELETE FROM pending_blobs WHERE snapshot = ?", (snapshot,))
+
+    def pending(self) -> dict[str, int]:
+        """Snapshots waiting for bundle volumes → how many blobs are held for each."""
+        return dict(self.conn.execute(
+            "SELECT snapshot, count(*) FROM pending_blobs GROUP BY snapshot").fetchall())
 
     def mark_gone_upstream(self, repo: Repo, when: float | None) -> None:
         """Record (or clear, with None) that the upstream no longer has this repo."""

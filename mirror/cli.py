@@ -331,6 +331,10 @@ def mirror_gc(state: State, grace: float, dry_run: bool) -> None:
     for sha256 in collected.blobs:
         click.echo(f"{verb} {sha256}")
     click.echo(f"{verb} {len(collected.blobs)} blobs, {collected.bytes} bytes")
+    pending = catalog.pending()
+    if pending:
+        click.echo(f"kept {sum(pending.values())} blobs of {len(pending)} snapshots waiting for "
+                   f"bundle volumes: {', '.join(sorted(pending))}")
 
 
 @mirror.command("verify")

@@ -144,10 +144,14 @@ class BundleImporter:
                     waits = self._take_all(bundle, one, failed, report, bar.update)
                     if waits:
                         report.waiting[one.entry.name] = waits
+                        # What it took in stays until its last volume comes (`mirror gc`).
+                        self.catalog.hold(_pending_key(one.entry), [b.sha256 for b in one.needs])
                     else:
                         self._publish(one, report)
+                        self.catalog.release(_pending_key(one.entry))
                 except SnapshotFailed as e:
                     report.failed.append(Failure(one.entry.name, e.reason, e.missing))
+                    self.catalog.release(_pending_key(one.entry))
 
     def _take_all(self, bundle: Bundle, one: _Ready, failed: dict[str, SnapshotFailed],
                   report: ImportReport, progress: Callable[[int], None]) -> list[int]:
@@ -408,3 +412,7 @@ class BundleImporter:
             return True
         except NotFound:
             return False
+
+
+def _pending_key(entry: SnapshotEntry) -> str:
+    return f"{entry.hub}/{entry.type}/{entry.repo}@{entry.commit}"

@@ -9,6 +9,7 @@ import json
 import random
 import shutil
 import subprocess
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -601,3 +602,30 @@ def test_damage_beyond_the_parity_budget_fails_that_snapshot_with_a_clear_report
     assert {r for r, _ in snapshots_of(gapped)} == {"org/beta", "other/gamma"}
     assert not gapped.store.has(ruined.name)
     assert ruined.read_bytes() == bytes(ruined.stat().st_size), "a failed repair changes nothing"
+
+
+def test_gc_keeps_what_a_waiting_snapshot_took_in_until_its_last_volume_comes(
+        connected, gapped, tmp_path):
+    """Volumes may come days apart: the blobs volume 2 brought for alpha and gamma are
+    referenced by nothing until those are published, and `mirror gc` must leave them."""
+    from mirror.maintenance import collect_garbage
+
+    bundle = tmp_path / "bundle"
+    connected.export(bundle, volume_size=MiB)
+    trusted = {connected.public_key}
+    gapped.import_bundle(bundle / "vol-002", trusted=trusted)
+    held = {h for h in gapped.store.iter_blobs() if not gapped.catalog.conn.execute(
+        "SELECT 1 FROM files WHERE sha256 = ?", (h,)).fetchone()}
+    assert held, "volume 2 brought blobs of a snapshot that waits"
+    pending = gapped.catalog.pending()
+    assert sorted(p.split("@")[0] for p in pending) == [
+        "huggingface/model/org/alpha", "huggingface/model/other/gamma"]
+    later = time.time() + 30 * 24 * 3600
+    assert collect_garbage(gapped.catalog, gapped.store, grace=0, now=later).blobs == []
+    assert held <= set(gapped.store.iter_blobs())
+
+    rest = gapped.import_bundle(bundle / "vol-001", bundle / "vol-003", trusted=trusted)
+    assert len(rest.published) == 2 and gapped.catalog.pending() == {}
+    assert collect_garbage(gapped.catalog, gapped.store, grace=0, now=later).blobs == []
+    for repo_id in REPOS:
+        assert gapped.files(repo_id) == connected.files(repo_id)
