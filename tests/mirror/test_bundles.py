@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 from huggingface_hub import snapshot_download
 
-from helpers import VENV_BIN, make_config, start_mirror, tmpfs
+from helpers import VENV_BIN, flip_a_byte, make_config, start_mirror, tmpfs
 from mirror.bundle.export import ExportCutOff, Exporter
 from mirror.bundle.importing import BundleImporter, ImportReport
 from mirror.bundle.index import (
@@ -297,9 +297,7 @@ def blob_file(bundle: Path, site: Site, repo_id: str, path: str) -> Path:
 def test_a_flipped_byte_fails_its_snapshot_naming_file_repo_and_volume_and_the_rest_import(
         connected, gapped, bundle):
     damaged = blob_file(bundle, connected, "org/beta", "weights.bin")
-    data = bytearray(damaged.read_bytes())
-    data[1000] ^= 1
-    damaged.write_bytes(bytes(data))
+    flip_a_byte(damaged, 1000)
 
     verified = CliRunner().invoke(cli, ["--home", str(gapped.config.home), "mirror",
                                         "verify-bundle", str(bundle), "--trust",
@@ -540,12 +538,6 @@ def protected(connected, tmp_path) -> Path:
     return bundle
 
 
-def flip(path: Path, at: int = 1000) -> None:
-    data = bytearray(path.read_bytes())
-    data[at] ^= 0xFF
-    path.write_bytes(bytes(data))
-
-
 @needs_par2
 def test_a_byte_flipped_within_the_parity_budget_is_reported_then_repaired_by_the_import(
         connected, gapped, protected):
@@ -553,7 +545,7 @@ def test_a_byte_flipped_within_the_parity_budget_is_reported_then_repaired_by_th
     assert index.parity == "par2"
     assert [p.path for p in index.volumes[0].parity][0] == "parity.par2"
     damaged = blob_file(protected, connected, "org/beta", "weights.bin")
-    flip(damaged)
+    flip_a_byte(damaged, 1000)
 
     verified = mirror_cli(gapped, "verify-bundle", str(protected), "--trust",
                           connected.public_key)
