@@ -180,6 +180,9 @@ class TorrentStatus:
     download_rate: int
     is_seeding: bool
     hash_failures: int
+    #: payload received twice (the same block from two connections: the end game), part of
+    #: `downloaded`
+    redundant: int = 0
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,8 @@ class PeerState:
     pieces: list[bool]
     #: payload bytes/s received from it
     rate: int
+    #: found by local discovery (BEP 14): on this machine's LAN
+    lsd: bool = False
 
 
 def _os_error(error: lt.error_code, filename) -> OSError:
@@ -330,7 +335,7 @@ class Session:
             info_hash, s.name, "error" if s.errc.value() else str(s.state), s.progress,
             s.num_peers, s.num_seeds, s.total_payload_upload, s.total_payload_download,
             s.upload_payload_rate, s.download_payload_rate, s.is_seeding,
-            self.hash_failures.get(info_hash, 0))
+            self.hash_failures.get(info_hash, 0), s.total_redundant_bytes)
 
     def statuses(self) -> list[TorrentStatus]:
         return [self.status(key) for key in list(self._handles)]
@@ -344,7 +349,7 @@ class Session:
             web_seed = p.connection_type != lt.peer_info.standard_bittorrent
             peers.append(PeerState(bytes(p.pid.to_bytes()), p.ip[0], p.ip[1], web_seed,
                                    bool(p.flags & lt.peer_info.seed), list(p.pieces),
-                                   p.payload_down_speed))
+                                   p.payload_down_speed, bool(p.source & lt.peer_info.lsd)))
         return list(status.pieces), peers, status.total_payload_download
 
     def set_piece_priorities(self, info_hash: str, priorities: list[int]) -> None:
@@ -365,6 +370,31 @@ class Session:
             handle.remove_url_seed(url)
         for url in urls:
             handle.add_url_seed(url)
+
+    def keep_off(self, addresses: Iterable[str]) -> None:
+        """Refuse connections to and from `addresses` in every torrent not opened to them
+        with `reach`. Torrents are added closed (libtorrent applies the filter by default)."""
+        f = lt.ip_filter()
+        for address in addresses:
+            f.add_rule(address, address, 1)  # 1: blocked
+        self.lt.set_ip_filter(f)
+
+    def reach(self, info_hash: str, endpoints: Iterable[tuple[str, int]] | None) -> None:
+        """Open the torrent to the addresses `keep_off` holds back and dial `endpoints`, or
+        (None) close it to them: libtorrent drops those connections at once, and their
+        requests with them."""
+        handle = self._handles[info_hash]
+        if endpoints is None:
+            handle.set_flags(lt.torrent_flags.apply_ip_filter)
+            return
+        handle.unset_flags(lt.torrent_flags.apply_ip_filter)
+        self.dial(info_hash, endpoints)
+
+    def dial(self, info_hash: str, endpoints: Iterable[tuple[str, int]]) -> None:
+        """Connect the torrent to these peers, as if a tracker had named them."""
+        handle = self._handles[info_hash]
+        for endpoint in endpoints:
+            handle.connect_peer(endpoint)
 
     def force_recheck(self, info_hash: str) -> None:
         self._handles[info_hash].force_recheck()

@@ -66,12 +66,16 @@ def http_limits(values: Mapping[str, Any]) -> HttpLimits:
                       body_timeout=values["http_body_timeout"])
 
 
-def bittorrent_settings(listen_help: str) -> tuple[Setting, ...]:
-    """The `bt_*` keys of a section that runs a session (`[mirror]`, `[peer]`)."""
+def bittorrent_settings(listen_help: str, lsd: bool) -> tuple[Setting, ...]:
+    """The `bt_*` keys of a section that runs a session (`[mirror]`, `[peer]`). `lsd`: local
+    discovery's default, on for the peers of a site (they find each other when the WAN and
+    its tracker are gone, issue 16), off for a mirror facing the WAN (nobody on its LAN
+    needs its multicasts)."""
     return (
         Setting("bt_listen", str, "0.0.0.0:6881", listen_help, check=listen),
         Setting("bt_dht", bool, True, "join the DHT (BEP 5)"),
-        Setting("bt_lsd", bool, True, "local service discovery on the LAN (BEP 14)"),
+        Setting("bt_lsd", bool, lsd, "local service discovery on the LAN (BEP 14): peers of "
+                "one LAN find each other with no tracker"),
         Setting("bt_upnp", bool, False, "map the BitTorrent port with UPnP"),
         Setting("bt_natpmp", bool, False, "map the BitTorrent port with NAT-PMP"),
         Setting("bt_min_announce_interval", int, 300,
@@ -131,7 +135,7 @@ PEER = Section("peer", (
     Setting("host", str, "127.0.0.1", "address the peer daemon's /metrics binds"),
     Setting("port", int, 8471, "port of the peer daemon's /metrics (0: any)", check=port),
     *http_settings(),
-    *bittorrent_settings("the peer daemon's BitTorrent address, host:port"),
+    *bittorrent_settings("the peer daemon's BitTorrent address, host:port", lsd=True),
     Setting("pull_listen", str, "0.0.0.0:0", "a pull's BitTorrent address (port 0: ephemeral)",
             check=listen),
     Setting("web_seed_grace", float, 5.0,

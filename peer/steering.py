@@ -1,5 +1,6 @@
-"""Which pieces a pull asks the mirrors for: the mirror's pieces are shared out among the pulls
-fetching them, so a capped mirror sends each piece about once and the pulls trade the rest.
+"""Which pieces a pull asks the far sources for: the pieces only far sources hold are shared
+out among the pulls of one site, so each crosses the site's uplink about once, and the pulls
+trade the rest among themselves.
 
 libtorrent asks any peer that has a piece for it, and a mirror has every piece. Three pulls
 started together under a capped mirror each fetched from it pieces that another pull was
@@ -7,24 +8,38 @@ fetching at the same moment, or already held, and the mirror sent 1.5-1.9 copies
 three pulls (tests/e2e/test_pull_faults.py, before this module): nobody sees the pieces another
 peer has in flight, only the ones it has finished.
 
-So the pulls of a swarm split the mirror-only pieces between them without a word exchanged:
+So the pulls of a site split the far-only pieces between them without a word exchanged:
 every pull knows the others by their peer id (ours is chosen whole, so each pull knows its
 own), and with the owners sorted by peer id, piece i belongs to owner i mod n. Every pull
 computes the same owners, each owns an equal share (a hash per piece gave one pull of three 9
 of 16 pieces), and asks for:
 
-- a piece some other peer holds: normal priority, so it comes from that peer;
-- a piece only the mirrors hold that it owns: top priority, ahead of everything else the
-  mirror connection could be asked for;
-- a piece only the mirrors hold that another pull owns: not at all, until the owner has it.
+- a piece some near peer holds: normal priority, so it comes from that peer;
+- a piece only far sources hold that it owns: top priority, ahead of everything else the
+  far connections could be asked for;
+- a piece only far sources hold that another pull owns: not at all, until the owner has it.
+
+**Far** is a mirror, a web seed, or a peer of another site (issue 16): the source whose
+bytes cost the site's uplink. Which peers are of this site the pull learns from its tracker
+(`/api/weightswarm/sites`, from `[tracker] sites`) or from local discovery (BEP 14: a peer
+found on the LAN is near); with neither, every peer is near and only mirrors are far, as on
+one LAN. A mirror inside the site (a site cache) is near.
+
+And a pull with nothing to ask of the far sources says so (`needs_far` false): libtorrent
+fills a connection that has no request left with one block another connection is already
+fetching (its end game, which our skipped pieces bring early), so an idle mirror connection
+sent a stream of duplicates across the uplink, 0.36 of a model for eight pulls behind a
+40 Mbit/s link (tests/sites.py). The pull then closes its far connections until it owns a
+far-only piece again (pull/swarm.py).
 
 A pull counts as an owner while it makes progress: one whose piece count has not grown for a
 few piece-times (stopped, stalled, gone quiet) is left out, and its share passes to the rest.
 And when this pull itself has received nothing for a while, the split is dropped and every
 piece asked for from anyone, so a wrong guess about the others costs a pause, never a stall.
 
-Only weightswarm pulls (peer id `-WP`) own pieces: a foreign client does not know it should.
-Peers that are mirrors or web seeds are the source being shared, never owners.
+Only weightswarm pulls (peer id `-WP`) of this site own pieces: a foreign client does not know
+it should, and a pull of another site shares out its own site's far pieces. Far sources are
+the source being shared, never owners.
 
 Pure: no libtorrent here; `pull/swarm.py` reads the session into `PeerView`s and applies the answer.
 """
@@ -45,9 +60,9 @@ OWNER_PREFIX = PEER_FINGERPRINT[:3].encode()
 STALE_MIN, STALE_MAX = 10.0, 120.0
 #: bounds, seconds, of how long this pull waits with nothing received before it drops the split
 RELAX_MIN, RELAX_MAX = 3.0, 120.0
-#: a piece-time assumed before any rate from a mirror is known, seconds
+#: a piece-time assumed before any rate from the far sources is known, seconds
 FIRST_PIECE_TIME = 2.0
-#: how the peak rate from mirrors decays, per second (to a third in 20 s)
+#: how the peak rate from far sources decays, per second (to a third in 20 s)
 RATE_DECAY = 0.95
 
 
@@ -55,8 +70,9 @@ RATE_DECAY = 0.95
 class PeerView:
     """One connection of a torrent, as far as steering cares."""
     pid: bytes
-    #: a mirror (its peer id or endpoint) or a web seed: the source being shared
-    mirror: bool
+    #: a mirror (its peer id or endpoint), a web seed or a peer of another site, none of them
+    #: inside this pull's site: the source being shared
+    far: bool
     #: it has every piece
     seed: bool
     #: the pieces it has, as `piece_set` makes them
@@ -77,9 +93,12 @@ class Steering:
     own_id: bytes
     num_pieces: int
     piece_length: int
-    #: this pull's receive rate from mirrors, bytes/s: the peak, decaying slowly
-    mirror_rate: float = 0.0
+    #: this pull's receive rate from far sources, bytes/s: the peak, decaying slowly
+    far_rate: float = 0.0
     relaxed: bool = False
+    #: the last `decide` left something for the far sources to send: a piece of this pull's
+    #: share, or every piece (relaxed)
+    needs_far: bool = True
     #: pulls connected but left out of the owners: they made no progress for a while
     stalled: set[bytes] = field(default_factory=set)
     _seen: dict[bytes, _Seen] = field(default_factory=dict)
@@ -91,7 +110,7 @@ class Steering:
         self._all = piece_set([True] * self.num_pieces)
 
     def decide(self, now: float, have: int, peers: list[PeerView], received: int,
-               rate_from_mirrors: float) -> list[int]:
+               rate_from_far: float) -> list[int]:
         """The priority of every piece (those had are left at NORMAL: libtorrent skips
         them). `have`: this pull's pieces (`piece_set`); `received`: payload bytes received
         so far, from anyone."""
@@ -101,10 +120,10 @@ class Steering:
         # and an average of that made a piece-time of hours, so a pull whose neighbour froze
         # waited the full RELAX_MAX before asking the mirror for the neighbour's share.
         if self._rate_at is not None:
-            self.mirror_rate *= RATE_DECAY ** (now - self._rate_at)
+            self.far_rate *= RATE_DECAY ** (now - self._rate_at)
         self._rate_at = now
-        self.mirror_rate = max(self.mirror_rate, rate_from_mirrors)
-        piece_time = (self.piece_length / self.mirror_rate if self.mirror_rate
+        self.far_rate = max(self.far_rate, rate_from_far)
+        piece_time = (self.piece_length / self.far_rate if self.far_rate
                       else FIRST_PIECE_TIME)
         stale = min(max(3 * piece_time, STALE_MIN), STALE_MAX)
         relax_after = min(max(2 * piece_time, RELAX_MIN), RELAX_MAX)
@@ -113,7 +132,7 @@ class Steering:
         owners = [self.own_id]
         self.stalled = set()
         for p in peers:
-            if p.mirror:
+            if p.far:
                 continue
             held |= self._all if p.seed else p.pieces
             if p.seed or not p.pid.startswith(OWNER_PREFIX) or p.pid == self.own_id:
@@ -132,6 +151,7 @@ class Steering:
         self.relaxed = now - self._received_at >= relax_after
         out = [NORMAL] * self.num_pieces
         if self.relaxed:
+            self.needs_far = True
             return out
         got = (have | held).to_bytes(self.num_pieces, "little")
         missing = [i for i in range(self.num_pieces) if not got[i]]
@@ -140,12 +160,14 @@ class Steering:
             out[i] = SKIP
         for i in mine:
             out[i] = TOP
+        self.needs_far = bool(mine)
         return out
 
 
 def share_out(owners: list[bytes], own_id: bytes, missing: list[int]) -> list[int]:
-    """The pieces of `missing` (held by no peer) that `own_id` fetches from the mirrors: with
-    `owners` (pull peer ids, own_id among them) sorted, piece i belongs to owner i mod n."""
+    """The pieces of `missing` (held by no near peer) that `own_id` fetches from the far
+    sources: with `owners` (pull peer ids, own_id among them) sorted, piece i belongs to owner
+    i mod n."""
     owners = sorted(owners)
     n, k = len(owners), owners.index(own_id)
     return [i for i in missing if i % n == k]

@@ -272,6 +272,25 @@ async def stats(request: web.Request) -> web.Response:
                               "seeders": table.seeders})
 
 
+async def sites(request: web.Request) -> web.Response:
+    """Where the asker is by the CIDR map, and the networks of its own site and region: what a
+    pull needs to tell its site's peers (near, asked first) from the rest (far, shared out
+    so each piece crosses the site's uplink about once; peer/steering.py). The rest of the
+    map is not given away. With no map (or an address outside it) the site is null."""
+    tracker = request.app[TRACKER]
+    remote = request.remote or ""
+    asked = request.query.get("ip", "") if tracker.ip_trusted(remote) else ""
+    ip = asked or remote
+    site, region = tracker.locality.where(ip)
+    return web.json_response({
+        "ip": ip, "site": site, "region": region,
+        "site_networks": [str(s.network) for s in tracker.config.sites
+                          if site is not None and s.site == site],
+        "region_networks": [str(s.network) for s in tracker.config.sites
+                            if region is not None and s.region == region],
+    })
+
+
 async def metrics(request: web.Request) -> web.Response:
     tracker = request.app[TRACKER]
     table = tracker.table
@@ -417,6 +436,7 @@ def create_app(config: TrackerConfig) -> web.Application:
     app.router.add_get("/announce/{key}", http_announce)
     app.router.add_get("/scrape/{key}", http_scrape)
     app.router.add_get("/api/weightswarm/stats", stats)
+    app.router.add_get("/api/weightswarm/sites", sites)
     app.router.add_get("/metrics", metrics)
     return app
 

@@ -55,8 +55,11 @@ class PullResult:
     path: str = ""
     seconds: float = 0.0
     web_seeds_added: int = 0
-    #: payload libtorrent received that no block alert accounted for (0 unless alerts were
-    #: lost); kept apart rather than guessed
+    #: payload received twice (libtorrent's count: the same block from two connections, its
+    #: end game), whose senders no alert names
+    redundant: int = 0
+    #: payload libtorrent received that neither a block alert nor `redundant` accounts for
+    #: (0 unless alerts were lost); kept apart rather than guessed
     unattributed: int = 0
 
     @classmethod

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import secrets
@@ -45,6 +46,7 @@ from ..steering import NORMAL, PeerView, Steering, piece_set
 from ..torrent import info_hash
 from .http import MirrorClient, nearest_first
 from .place import etag
+from .site import Site, learn_site
 from .spec import PullError, PullResult
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,11 @@ WATCH_EVERY = 0.5
 STEER_EVERY = 0.2
 #: with peers connected, a torrent may stall this many times the grace before web seeds join
 PEERS_GRACE = 4
+#: seconds without progress before a pull says what it is waiting for
+STALL_REPORT = 15.0
+#: seconds between dials of the mirrors while a torrent needs them and has none connected
+REDIAL_EVERY = 5.0
+MiB = 1 << 20
 
 
 @dataclass
@@ -72,6 +79,8 @@ class Large:
     done: bool = False
     last_done: int = -1
     last_progress: float = 0.0
+    #: a stall has been reported and no progress made since
+    stall_reported: bool = False
 
     @property
     def pieces(self) -> int:
@@ -92,7 +101,8 @@ class BitTorrent:
         from ..session import Session
 
         larges = [await self._torrent(client, f, result.mirror) for f in files]
-        endpoints = await mirror_endpoints(client, self.mirrors)
+        endpoints, daemons = await source_endpoints(client, self.mirrors)
+        site = await learn_site(client, [t for item in larges for t in item.trackers])
         # A whole peer id, so this pull knows itself among the owners of pieces (steering.py).
         own_id = PEER_FINGERPRINT + secrets.token_hex(6)
         session = Session(self.config.pull_bt, role="pull", fingerprint=own_id)
@@ -102,9 +112,10 @@ class BitTorrent:
                 item.key = session.add(item.torrent, cache.blobs, trackers=item.trackers,
                                        resume=self.resume.read(item.file),
                                        name=cache.staging(etag(item.file)).name)
+                session.dial(item.key, daemons)
                 item.last_progress = time.monotonic()
-            await self._transfer(session, cache, larges, own_id.encode(), endpoints, result,
-                                 bar)
+            await self._transfer(session, cache, larges, Sources(own_id.encode(), endpoints, site),
+                                 result, bar)
         finally:
             session.close()
 
@@ -121,10 +132,10 @@ class BitTorrent:
                 errors.append(f"{mirror}: {e or type(e).__name__}")
         raise PullError(f"{f.path}: no mirror gave its torrent: " + "; ".join(errors))
 
-    async def _transfer(self, session, cache: RepoCache, larges: list[Large], own_id: bytes,
-                        endpoints: set[tuple[str, int]], result: PullResult, bar) -> None:
+    async def _transfer(self, session, cache: RepoCache, larges: list[Large], sources: Sources,
+                        result: PullResult, bar) -> None:
         watcher = asyncio.create_task(watch(session, larges, bar, self.config.web_seed_grace))
-        steerer = asyncio.create_task(steer(session, larges, own_id, endpoints))
+        steerer = asyncio.create_task(steer(session, larges, sources))
         try:
             async with asyncio.TaskGroup() as group:
                 for item in larges:
@@ -138,7 +149,7 @@ class BitTorrent:
             # The last blocks' alerts may trail the torrent's completion: take them in.
             await asyncio.sleep(0.2)
             session.drain()
-            account(session, larges, endpoints, result)
+            account(session, larges, sources.mirrors, result)
 
     async def _complete(self, session, cache: RepoCache, item: Large) -> None:
         f = item.file
@@ -233,101 +244,199 @@ async def watch(session, larges: list[Large], bar, grace: float) -> None:
             status = session.status(item.key)
             # Payload received, partial pieces included: a 4 MiB piece from a slow source
             # takes seconds to complete, and is progress all the while.
-            done = status.downloaded
-            total += done
-            if done > item.last_done:
-                item.last_done, item.last_progress = done, now
-            elif web_seeds_due(item, status, now, grace):
-                log.info("%s: no progress for %.0fs with %d peers: adding %d web seeds",
-                         item.file.path, now - item.last_progress, status.peers,
-                         len(item.web_seeds))
-                session.set_url_seeds(item.key, item.web_seeds)
-                item.seeded_web = True
+            total += status.downloaded
+            _watch_one(session, item, status, now, grace)
         bar.update(total - shown)
         shown = total
 
 
-# -- steering: the mirrors' pieces shared out (steering.py) ----------------------------------------
+def _watch_one(session, item: Large, status, now: float, grace: float) -> None:
+    """Progress of one torrent; web seeds added when it stalls, and a stall said once."""
+    if status.downloaded > item.last_done:
+        if item.stall_reported:
+            log.info("%s: moving again", item.file.path)
+            item.stall_reported = False
+        item.last_done, item.last_progress = status.downloaded, now
+        return
+    if web_seeds_due(item, status, now, grace):
+        log.info("%s: no progress for %.0fs with %d peers: adding %d web seeds",
+                 item.file.path, now - item.last_progress, status.peers, len(item.web_seeds))
+        session.set_url_seeds(item.key, item.web_seeds)
+        item.seeded_web = True
+    if (not item.stall_reported and not status.is_seeding
+            and now - item.last_progress >= STALL_REPORT):
+        # A cut link: the site's peers have traded what is inside, and the rest is far.
+        missing = item.file.size * (1 - status.progress)
+        log.warning("%s: %.1f of %.1f MiB here, and nothing more for %.0fs from the %d peers "
+                    "connected: the other %.1f MiB are at no source this pull reaches; it "
+                    "waits for them and goes on by itself when one comes back",
+                    item.file.path, (item.file.size - missing) / MiB, item.file.size / MiB,
+                    now - item.last_progress, status.peers, missing / MiB)
+        item.stall_reported = True
 
 
-async def steer(session, larges: list[Large], own_id: bytes,
-                mirrors: set[tuple[str, int]]) -> None:
-    """Share the mirrors' pieces out among the pulls fetching them (steering.py). Should it
-    fail, the pull goes on without it: every piece from anyone."""
+# -- steering: the far sources' pieces shared out (steering.py) -----------------------------------
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What a pull knows of its sources: its own peer id, the mirrors' BitTorrent endpoints,
+    and its site."""
+
+    own_id: bytes
+    mirrors: set[tuple[str, int]]
+    site: Site
+
+    def far(self, p) -> bool:
+        """A connection (`PeerState`) is far: a mirror or web seed not known to be at this
+        site, or a peer known to be elsewhere. A peer found by local discovery is near."""
+        near = True if p.lsd else self.site.near(p.ip)
+        if p.web_seed or _is_mirror(p.pid, p.ip, p.port, self.mirrors):
+            return near is not True
+        return near is False
+
+    @property
+    def closable(self) -> set[tuple[str, int]]:
+        """The mirrors a torrent is closed to while it needs nothing far: those outside the
+        site, when the site is known (without it a mirror may share its address with a
+        near peer: loopback, one machine)."""
+        if not self.site.known:
+            return set()
+        return {(ip, port) for ip, port in self.mirrors if self.site.near(ip) is False}
+
+
+async def steer(session, larges: list[Large], sources: Sources) -> None:
+    """Share the far sources' pieces out among the site's pulls (steering.py). Should it
+    fail, the pull goes on without it: every piece from anyone, every source open."""
     try:
-        await _steer_pieces(session, larges, own_id, mirrors)
+        await _steer_pieces(session, larges, sources)
     except Exception:
         log.exception("steering pieces failed: every piece from anyone from now on")
         for item in larges:
             with contextlib.suppress(Exception):
                 session.set_piece_priorities(item.key, [NORMAL] * item.pieces)
+                session.reach(item.key, sources.closable)
 
 
-async def _steer_pieces(session, larges: list[Large], own_id: bytes,
-                        mirrors: set[tuple[str, int]]) -> None:
-    steerings = {item.key: Steering(own_id, item.pieces, item.piece_length)
-                 for item in larges}
-    applied: dict[str, list[int]] = {}
+@dataclass
+class _Steered:
+    """One torrent's steering and what was last applied of it."""
+
+    steering: Steering
+    applied: list[int] | None = None
+    #: open to the far sources (`Session.reach`)
+    reached: bool = True
+    dialled: float = 0.0
+
+
+async def _steer_pieces(session, larges: list[Large], sources: Sources) -> None:
+    now = time.monotonic()
+    steered = {item.key: _Steered(Steering(sources.own_id, item.pieces, item.piece_length),
+                                  dialled=now) for item in larges}
+    closable = sources.closable
+    if closable:
+        for item in larges:
+            session.reach(item.key, closable)
+        session.keep_off({ip for ip, _ in closable if _is_address(ip)})
     while True:
         now = time.monotonic()
         for item in larges:
-            if item.done:
-                continue
-            try:
-                have, peers, received = session.swarm(item.key)
-            except KeyError:
-                continue
-            priorities = _decide(steerings[item.key], item.file.path, now, piece_set(have),
-                                 peers, received, mirrors)
-            if priorities != applied.get(item.key):
-                session.set_piece_priorities(item.key, priorities)
-                applied[item.key] = priorities
+            if not item.done:
+                _steer_one(session, item, steered[item.key], sources, closable, now)
         await asyncio.sleep(STEER_EVERY)
 
 
+def _steer_one(session, item: Large, state: _Steered, sources: Sources,
+               closable: set[tuple[str, int]], now: float) -> None:
+    """Decide one torrent's priorities again, and open or close it to the far sources."""
+    try:
+        have, peers, received = session.swarm(item.key)
+    except KeyError:
+        return
+    steering = state.steering
+    priorities = _decide(steering, item.file.path, now, piece_set(have), peers, received,
+                         sources)
+    if priorities != state.applied:
+        session.set_piece_priorities(item.key, priorities)
+        state.applied = priorities
+    if closable and steering.needs_far != state.reached:
+        state.reached = steering.needs_far
+        session.reach(item.key, closable if steering.needs_far else None)
+        log.debug("%s: %s", item.file.path, "far sources reopened" if steering.needs_far
+                  else "nothing left for the far sources: their connections closed")
+    elif steering.needs_far and now - state.dialled >= REDIAL_EVERY:
+        _redial(session, item.key, peers, sources)
+        state.dialled = now
+
+
+def _redial(session, key: str, peers: list, sources: Sources) -> None:
+    """Dial the mirrors when the torrent needs them and none is connected: libtorrent gives up
+    on a peer after a few failed attempts (a cut link), and the tracker that would name it
+    again may be behind the same link."""
+    if sources.mirrors and not any(_is_mirror(p.pid, p.ip, p.port, sources.mirrors)
+                                   for p in peers):
+        session.dial(key, sources.mirrors)
+
+
 def _decide(steering: Steering, path: str, now: float, have: int, peers: list,
-            received: int, mirrors: set[tuple[str, int]]) -> list[int]:
+            received: int, sources: Sources) -> list[int]:
     """One torrent's priorities from what its connections hold; logs what changed."""
-    views, from_mirrors = [], 0
+    views, from_far = [], 0
     for p in peers:
-        mirror = p.web_seed or _is_mirror(p.pid, p.ip, p.port, mirrors)
-        if mirror:
-            from_mirrors += p.rate
-        views.append(PeerView(p.pid, mirror, p.seed, piece_set(p.pieces)))
+        far = sources.far(p)
+        if far:
+            from_far += p.rate
+        views.append(PeerView(p.pid, far, p.seed, piece_set(p.pieces)))
     was_relaxed, was_stalled = steering.relaxed, steering.stalled
-    priorities = steering.decide(now, have, views, received, from_mirrors)
+    priorities = steering.decide(now, have, views, received, from_far)
     if steering.relaxed != was_relaxed:
         log.info("%s: %s", path, "nothing received for a while: every piece from anyone"
-                 if steering.relaxed else "mirror pieces shared out again")
+                 if steering.relaxed else "far pieces shared out again")
     for pid in steering.stalled - was_stalled:
-        log.info("%s: pull %s makes no progress: its share of the mirrors' pieces passes to "
+        log.info("%s: pull %s makes no progress: its share of the far pieces passes to "
                  "the others", path, pid.decode(errors="replace"))
     return priorities
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 # -- whose bytes -----------------------------------------------------------------------------------
 
 
-async def mirror_endpoints(client: MirrorClient, mirrors: list[str]) -> set[tuple[str, int]]:
-    """The mirrors' BitTorrent listen endpoints. Mirrors never dial out, so every connection
-    from a mirror is to one of these, whatever peer id it shows."""
-    endpoints = set()
-    for mirror in mirrors:
+async def source_endpoints(client: MirrorClient, urls: list[str]
+                           ) -> tuple[set[tuple[str, int]], set[tuple[str, int]]]:
+    """The BitTorrent listen endpoints of the mirrors and of the peer daemons (a site cache
+    relaying, issue 16) among `urls`. Mirrors never dial out, so every connection from a mirror
+    is to one of these, whatever peer id it shows; a daemon the pull asks is dialled at once,
+    tracker or none."""
+    mirrors, daemons = set(), set()
+    for url in urls:
         with contextlib.suppress(WeightswarmError, ValueError, TypeError, AttributeError):
-            info = await client.json(f"{mirror}/")
-            if info.get("service") == "weightswarm mirror" and info.get("bittorrent_port"):
-                endpoints.add((urlsplit(mirror).hostname, int(info["bittorrent_port"])))
-    return endpoints
+            info = await client.json(f"{url}/")
+            if not info.get("bittorrent_port"):
+                continue
+            port = int(info["bittorrent_port"])
+            found = {(address, port) for address in _addresses(urlsplit(url).hostname, port)}
+            if info.get("service") == "weightswarm mirror":
+                mirrors |= found
+            elif info.get("service") == "weightswarm peer":
+                daemons |= found
+    return mirrors, daemons
 
 
 def account(session, larges: list[Large], mirrors: set[tuple[str, int]],
             result: PullResult) -> None:
     """Who sent what, from every block libtorrent received (`session.sources`): a mirror by its
     peer id (-WM, peer/session.py) or its listen endpoint, a web seed by its URL's endpoint
-    (libtorrent gives web seeds a made-up peer id). libtorrent reports a block when its write
-    completes; a write completing after the last piece passed is reported by no alert (the
-    torrent, a seed by then, has dropped its piece picker): those few bytes are
-    `unattributed`."""
+    (libtorrent gives web seeds a made-up peer id). libtorrent reports each block once, when
+    its write completes: a block received twice (its end game) is `redundant` (libtorrent's
+    count, whose sender no alert names), and what neither accounts for is `unattributed`."""
     for item in larges:
         web_seeds = _endpoints(item.web_seeds)
         sources = session.sources.get(item.key, {})
@@ -343,8 +452,10 @@ def account(session, larges: list[Large], mirrors: set[tuple[str, int]],
             result.by_peer[name] = result.by_peer.get(name, 0) + n
         result.web_seeds_added += item.seeded_web
         with contextlib.suppress(KeyError):
-            received = session.status(item.key).downloaded
-            result.unattributed += max(0, received - sum(sources.values()))
+            status = session.status(item.key)
+            result.redundant += status.redundant
+            result.unattributed += max(0, status.downloaded - status.redundant
+                                       - sum(sources.values()))
 
 
 _MIRROR_PREFIX = MIRROR_FINGERPRINT[:3].encode()
@@ -362,12 +473,16 @@ def _endpoints(urls: list[str]) -> set[tuple[str, int]]:
     for url in urls:
         parts = urlsplit(url)
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        try:
-            for *_, address in socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_STREAM):
-                found.add((address[0], port))
-        except (OSError, UnicodeError):
-            continue
+        found |= {(address, port) for address in _addresses(parts.hostname, port)}
     return found
+
+
+def _addresses(host: str | None, port: int) -> set[str]:
+    """The addresses a host name (or address) resolves to; none if it does not."""
+    try:
+        return {a[0] for *_, a in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)}
+    except (OSError, UnicodeError):
+        return set()
 
 
 def _texts(value, what: str) -> list[str]:

@@ -49,6 +49,7 @@ from helpers import (
     wait_for,
 )
 from peer.bencode import bdecode, bencode
+from peer.session import PULL_REQUEST_QUEUE
 from tracker.config import TrackerConfig
 
 lt = pytest.importorskip("libtorrent")
@@ -58,6 +59,9 @@ pytestmark = pytest.mark.slow
 WEIGHTSWARM = str(VENV_BIN / "weightswarm")
 BIG = "model.safetensors"
 CACHE_FOLDER = "models--" + SAMPLE_REPO.replace("/", "--")
+#: What a pull may have requested from one source at once: a bound on what may go
+#: unreported when a torrent completes (see the aria2c test).
+IN_FLIGHT = PULL_REQUEST_QUEUE * 16 * 1024
 #: bound on one pull subprocess, seconds (a loopback pull of the model takes a few)
 PULL_TIMEOUT = 45
 MiB = 1024 * 1024
@@ -372,11 +376,12 @@ def test_three_peers_pull_at_once_and_the_stock_client_loads_it_offline(swarm, p
         assert result["present_bytes"] == 0
         assert result["http_bytes"] == total - big, "small files over HTTP, the big one not"
         assert [f["path"] for f in result["files"] if f["bittorrent"]] == [BIG]
-        # Every block received is credited to its sender: the file, and at most the blocks
-        # of failed pieces or end-game duplicates besides (none on loopback).
+        # Every block received is credited to its sender once: the file, and at most the
+        # blocks of failed pieces besides; end-game duplicates are counted apart.
         bt = result["from_peers"] + result["from_mirrors"] + result["from_web_seeds"]
-        assert big <= bt + result["unattributed"] and bt <= big * 1.1, result
-        assert result["unattributed"] <= big // 4, result
+        assert big <= bt + result["redundant"] + result["unattributed"], result
+        assert bt <= big * 1.1, result
+        assert result["unattributed"] <= IN_FLIGHT, result
         snapshot = peer.repo / "snapshots" / swarm.commit
         assert Path(result["path"]) == snapshot
         assert_identical(snapshot)
@@ -530,9 +535,10 @@ def test_the_fourth_peers_result_credits_the_daemon_as_a_peer_for_the_whole_file
     big = source_files()[BIG].stat().st_size
     daemon_peer = f"127.0.0.1:{relay.bt_port}"
     assert result["from_mirrors"] == 0, result
-    # A few blocks may go unreported by libtorrent (see the aria2c test below): unattributed.
-    assert result["from_peers"] + result["from_web_seeds"] + result["unattributed"] >= big, result
-    assert result["unattributed"] <= 1024 * 1024, result
+    # Blocks received twice are redundant (see the aria2c test below), not credited.
+    assert result["from_peers"] + result["from_web_seeds"] + result["redundant"] + result[
+        "unattributed"] >= big, result
+    assert result["unattributed"] <= IN_FLIGHT, result
     assert result["by_peer"].get(daemon_peer, 0) == result["from_peers"], result
 
 
@@ -617,13 +623,15 @@ def test_aria2c_seeding_beside_a_capped_mirror_serves_our_pull(swarm, tmp_path):
         # the mirror as a mirror.
         assert result["from_peers"] >= big // 2, result
         assert result["from_mirrors"] <= mirror_sent + 64 * 1024, result
-        # libtorrent reports a block when its write completes, and (by our reading of its
-        # source) none for a write that completes after the last piece passed, the torrent
-        # having dropped its piece picker as a seed: 1 and 9 blocks of 5547 in two runs of
-        # twelve. The pull reports those bytes as unattributed, never guesses their sender.
+        # libtorrent reports each block once, when its write completes: a block received
+        # twice (the end game asks a second source for a block in flight) is counted by
+        # libtorrent as redundant, its sender unnamed: 1 to 94 blocks of 5547 in a run (up
+        # to 1.5 MB, from aria2c and the mirror). The pull reports those bytes apart, never
+        # guesses their sender; what neither accounts for is unattributed, none but lost
+        # alerts.
         attributed = result["from_peers"] + result["from_mirrors"] + result["from_web_seeds"]
-        assert attributed + result["unattributed"] >= big, result
-        assert result["unattributed"] <= 1024 * 1024, result
+        assert attributed + result["redundant"] + result["unattributed"] >= big, result
+        assert result["unattributed"] <= IN_FLIGHT, result
     finally:
         if aria is not None:
             aria.terminate()

@@ -361,12 +361,13 @@ class Counted:
     """What a pull's session counted: (peer id, ip, port) → bytes, per info-hash, and the
     payload libtorrent says it received (by default, exactly what was counted)."""
 
-    def __init__(self, sources: dict, received: dict | None = None):
+    def __init__(self, sources: dict, received: dict | None = None, redundant: int = 0):
         self.sources = sources
         self.received = received or {k: sum(v.values()) for k, v in sources.items()}
+        self.redundant = redundant
 
     def status(self, key: str) -> SimpleNamespace:
-        return SimpleNamespace(downloaded=self.received[key])
+        return SimpleNamespace(downloaded=self.received[key], redundant=self.redundant)
 
 
 def test_payload_no_block_accounted_for_is_reported_apart_not_guessed():
@@ -376,6 +377,15 @@ def test_payload_no_block_accounted_for_is_reported_apart_not_guessed():
     result = PullResult("org/name", COMMIT, MIRROR, [], 100)
     account(session, [item], set(), result)
     assert (result.from_peers, result.unattributed) == (60, 40)
+
+
+def test_blocks_received_twice_are_redundant_not_unattributed():
+    item = Large(files("model.safetensors")[0], b"", [], [], 4 << 20, key="12" * 20)
+    session = Counted({"12" * 20: {(b"-WP0100-" + bytes(12), "127.0.0.1", 7000): 60}},
+                      received={"12" * 20: 100}, redundant=32)
+    result = PullResult("org/name", COMMIT, MIRROR, [], 100)
+    account(session, [item], set(), result)
+    assert (result.from_peers, result.redundant, result.unattributed) == (60, 32, 8)
 
 
 def test_bytes_are_credited_by_the_senders_peer_id_whatever_its_port():

@@ -15,11 +15,11 @@ def holding(*indices: int, n: int = 16) -> int:
     return piece_set([i in indices for i in range(n)])
 
 
-MIRROR = PeerView(b"-WM0100-" + bytes(12), mirror=True, seed=True, pieces=holding(*range(16)))
+MIRROR = PeerView(b"-WM0100-" + bytes(12), far=True, seed=True, pieces=holding(*range(16)))
 
 
 def pull(pid: bytes, pieces: int = 0) -> PeerView:
-    return PeerView(pid, mirror=False, seed=False, pieces=pieces)
+    return PeerView(pid, far=False, seed=False, pieces=pieces)
 
 
 def of(priorities: list[int], level: int) -> list[int]:
@@ -49,9 +49,9 @@ def test_a_piece_another_peer_holds_comes_from_it_and_what_this_pull_has_is_left
 
 
 def test_the_mirrors_pieces_are_not_held_and_foreign_clients_and_seeds_own_nothing():
-    foreign = PeerView(b"-qB4650-" + bytes(12), mirror=False, seed=False, pieces=0)
-    seed = PeerView(b"-WP0100-" + b"s" * 12, mirror=False, seed=True, pieces=0)
-    web_seed = PeerView(bytes(20), mirror=True, seed=True, pieces=holding(*range(16)))
+    foreign = PeerView(b"-qB4650-" + bytes(12), far=False, seed=False, pieces=0)
+    seed = PeerView(b"-WP0100-" + b"s" * 12, far=False, seed=True, pieces=0)
+    web_seed = PeerView(bytes(20), far=True, seed=True, pieces=holding(*range(16)))
     alone = Steering(A, 16, PIECE).decide(0.0, 0, [MIRROR, web_seed, foreign], 0, RATE)
     assert of(alone, TOP) == list(range(16)), "a lone pull owns every piece"
     with_seed = Steering(A, 16, PIECE).decide(0.0, 0, [MIRROR, seed], 0, RATE)
@@ -114,3 +114,38 @@ def test_a_piece_set_joins_counts_and_reads_back_libtorrents_bitfields():
     assert (a | b).bit_count() == 3 and a.bit_count() == 2
     assert (a | b).to_bytes(3, "little") == b"\x01\x01\x01"
     assert piece_set([False] * 70 + [True]).to_bytes(71, "little")[70] == 1
+
+
+# -- far sources (issue 16): mirrors and other sites' peers, shared out by this site's pulls ------
+
+
+def test_a_far_pulls_pieces_are_shared_out_and_it_owns_nothing():
+    other_site = PeerView(C, far=True, seed=False, pieces=holding(0, 1, 2, 3))
+    out = Steering(A, 16, PIECE).decide(0.0, 0, [MIRROR, other_site, pull(B)], 0, RATE)
+    # Pieces 0-3 are held only far away: shared out between A and B like the mirror's.
+    assert of(out, TOP) == share_out([A, B], A, list(range(16)))
+    assert of(out, NORMAL) == []
+
+
+def test_a_pull_with_nothing_of_its_own_left_needs_nothing_far_until_its_share_grows():
+    steering = Steering(A, 16, PIECE)
+    mine = share_out([A, B], A, list(range(16)))
+    theirs = [i for i in range(16) if i not in mine]
+    steering.decide(0.0, 0, [MIRROR, pull(B)], 0, RATE)
+    assert steering.needs_far
+    # A has its share; B holds some of its own: what is left is B's, from the far sources.
+    steering.decide(1.0, holding(*mine), [MIRROR, pull(B, holding(*theirs[:3]))], 100, RATE)
+    assert not steering.needs_far
+    # B makes no progress for long: its share passes to A, which needs the mirror again.
+    steering.decide(60.0, holding(*mine), [MIRROR, pull(B, holding(*theirs[:3]))], 200, RATE)
+    assert steering.stalled == {B}
+    assert steering.needs_far
+
+
+def test_a_relaxed_pull_needs_the_far_sources():
+    steering = Steering(A, 16, PIECE)
+    mine = share_out([A, B], A, list(range(16)))
+    steering.decide(0.0, holding(*mine), [MIRROR, pull(B)], 100, RATE)
+    assert not steering.needs_far
+    steering.decide(5.0, holding(*mine), [MIRROR, pull(B)], 100, RATE)
+    assert steering.relaxed and steering.needs_far
