@@ -55,12 +55,19 @@ class Host:
         return self.root / "hf-cache"
 
     def env(self, **extra: str) -> dict:
-        env = dict(os.environ)
-        env.pop("WEIGHTSWARM_PEER_TRUSTED_KEYS", None)
+        """A machine's settings are the defaults (every interface, local discovery on), not
+        the loopback ones the test suite sets for itself; no DHT: nothing to bootstrap from
+        inside the lab."""
+        env = real_world()
         env.update(WEIGHTSWARM_HOME=str(self.home), HF_HUB_CACHE=str(self.cache),
-                   # No DHT: nothing to bootstrap from inside the lab.
                    WEIGHTSWARM_PEER_BT_DHT="false", **extra)
         return env
+
+
+def real_world() -> dict:
+    """The environment without the suite's settings for loopback (tests/conftest.py)."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith(("WEIGHTSWARM_PEER_", "WEIGHTSWARM_MIRROR_"))}
 
 
 @dataclass
@@ -96,7 +103,7 @@ class TwoSites:
             f'[[tracker.sites]]\ncidr = "{s.network}"\nsite = "{s.name}"\n'
             for s in self.lab.sites.values()))
         address = self.lab.ip("a", HUB)
-        env = dict(os.environ, WEIGHTSWARM_HOME=str(home),
+        env = dict(real_world(), WEIGHTSWARM_HOME=str(home),
                    WEIGHTSWARM_MIRROR_BT_LISTEN=f"{address}:{BT_PORT}",
                    WEIGHTSWARM_MIRROR_BT_DHT="false",
                    WEIGHTSWARM_MIRROR_SCRUB_INTERVAL="0",

@@ -266,12 +266,21 @@ def _watch_one(session, item: Large, status, now: float, grace: float) -> None:
     if (not item.stall_reported and not status.is_seeding
             and now - item.last_progress >= STALL_REPORT):
         # A cut link: the site's peers have traded what is inside, and the rest is far.
-        missing = item.file.size * (1 - status.progress)
-        log.warning("%s: %.1f of %.1f MiB here, and nothing more for %.0fs from the %d peers "
-                    "connected: the other %.1f MiB are at no source this pull reaches; it "
-                    "waits for them and goes on by itself when one comes back",
-                    item.file.path, (item.file.size - missing) / MiB, item.file.size / MiB,
-                    now - item.last_progress, status.peers, missing / MiB)
+        have, peers, _ = session.swarm(item.key)
+        had = piece_set(have)
+        offered = 0
+        for p in peers:
+            if not (p.seed or p.web_seed):  # a seed connected yet silent: a far mirror
+                offered |= piece_set(p.pieces)
+        lacking = (offered & ~had).bit_count()
+        missing = item.pieces - had.bit_count()
+        log.warning("%s: %d of %d pieces here, and nothing more for %.0fs from the %d peers "
+                    "connected (who hold %d pieces this pull lacks): the other %d pieces "
+                    "(%.1f MiB) are at no source this pull reaches; it waits for them and "
+                    "goes on by itself when one comes back",
+                    item.file.path, item.pieces - missing, item.pieces,
+                    now - item.last_progress, status.peers, lacking, missing,
+                    missing * item.piece_length / MiB)
         item.stall_reported = True
 
 
