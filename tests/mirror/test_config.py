@@ -29,7 +29,7 @@ def test_every_role_from_defaults(tmp_path):
     assert (config.mirror.host, config.mirror.port, config.mirror.public_url) == (
         "127.0.0.1", 8470, None)
     assert config.mirror.bittorrent == SessionSettings(
-        listen="0.0.0.0:6881", dht=True, lsd=True, connections=500)
+        listen="0.0.0.0:6881", dht=True, lsd=False, connections=500)
     assert config.mirror.scrub_interval == 7 * 86400 and config.mirror.syncs == ()
     assert config.tracker == TrackerConfig(), "the declared defaults are the dataclass's"
     assert config.peer == PeerConfig(
