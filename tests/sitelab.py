@@ -214,8 +214,10 @@ class SiteLab(Namespaces):
         if delay_ms or loss:
             self.netem = has_netem()
             if not self.netem:
-                self.notes.append(f"this kernel has no sch_netem: the uplinks run rate-only "
-                                  f"(no {delay_ms:g} ms delay, no {loss:g} % loss)")
+                lacking = [f"no {delay_ms:g} ms delay"] if delay_ms else []
+                lacking += [f"no {loss:g} % loss"] if loss else []
+                self.notes.append("this kernel has no sch_netem: the uplinks run rate-only "
+                                  f"({', '.join(lacking)})")
 
     def _sysctl(self, ns: str, setting: str) -> None:
         self.run(ns, ["sysctl", "-qw", setting], check=True, capture_output=True, timeout=10)

@@ -131,8 +131,9 @@ def http_run(sites: TwoSites, root: Path, n: int, size: int, one_copy: float,
     if limit is None:
         return Row("http", n, wan, mirror, lan, max(times) / one_copy,
                    statistics.median(times) / one_copy)
+    # n copies at the rate the uplink carried (the mirror counts a response when it ends)
     elapsed = time.monotonic() - start
-    projected = elapsed * n / max(mirror, 1e-9) / one_copy  # n copies at the rate reached
+    projected = elapsed * n / max(wan, 1e-9) / one_copy
     return Row("http", n, float(n), float(n), lan, projected, projected, projected=True)
 
 

@@ -8,6 +8,8 @@ not from our own accounting.
   is byte-identical, and `transformers` loads it offline.
 - A fifth peer of site B, with the uplink down and the first four serving (`peer serve`, a
   site cache), pulls from them: it completes, and nothing crosses the uplink.
+- A stock libtorrent session at site B, told of no tracker and no peer, finds a `peer serve`
+  of the site by local discovery (BEP 14), the daemon's default.
 - The uplink is cut when half the model has entered site B: the pulls trade what is inside,
   say what they wait for, and complete when it comes back, fetching across it only what the
   site lacked.
@@ -21,6 +23,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import time
 
 import pytest
@@ -169,6 +172,49 @@ def test_a_fifth_peer_pulls_from_the_site_cache_with_the_uplink_down(site_b, fou
         site_b.lab.mend("b")
         for daemon in daemons:
             daemon.terminate()
+        for daemon in daemons:
+            daemon.wait(10)
+
+
+LSD_FETCH = """
+import sys, time
+import libtorrent as lt
+torrent, listen, out = sys.argv[1:4]
+# The info dict alone: no tracker, no web seed; nobody named.
+info = lt.torrent_info({b"info": lt.bdecode(open(torrent, "rb").read())[b"info"]})
+session = lt.session({"listen_interfaces": listen, "enable_lsd": True, "enable_dht": False,
+                      "enable_upnp": False, "enable_natpmp": False})
+params = lt.add_torrent_params()
+params.ti, params.save_path = info, out
+handle = session.add_torrent(params)
+deadline = time.monotonic() + 60
+while time.monotonic() < deadline and not handle.status().is_seeding:
+    time.sleep(0.2)
+lsd = [p.ip[0] for p in handle.get_peer_info() if p.source & lt.peer_info.lsd]
+print(handle.status().is_seeding, lsd)
+"""
+
+
+def test_local_discovery_finds_the_site_cache_with_no_tracker_and_no_address(site_b, four):
+    """A stock libtorrent session at p4, told of no tracker and no peer, finds the daemon
+    of p1 (`peer serve` with its defaults: local discovery on) on the LAN by BEP 14."""
+    daemon = _serve(site_b, "p1")
+    try:
+        wait_for(lambda: _seeding(site_b, "p1"), 30, "p1 serves what it pulled")
+        (torrent,) = (site_b.peers["p1"].home / "torrents").glob("*.torrent")
+        out = site_b.peers["p4"].root / "lsd"
+        out.mkdir(parents=True)
+        done = site_b.lab.run(site_b.lab.host_ns("b", "p4"),
+                              [sys.executable, "-c", LSD_FETCH, str(torrent),
+                               f"{site_b.lab.ip('b', 'p4')}:6881", str(out)],
+                              capture_output=True, text=True, timeout=90)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.startswith("True"), done.stdout
+        assert site_b.lab.ip("b", "p1") in done.stdout, "found by local discovery"
+        assert filecmp.cmp(site_b.model / BIG, next(out.iterdir()), shallow=False)
+    finally:
+        daemon.terminate()
+        daemon.wait(10)
 
 
 @pytest.fixture(scope="module")
