@@ -131,6 +131,16 @@ _PULL_TUNING = {
     # libtorrent would call it finished, and close its connections to the other finished
     # pulls, the very peers it waits for.
     "close_redundant_connections": False,
+    # A pull closes its far mirrors' addresses while it needs nothing from them (Session.
+    # keep_off): not its tracker's, which often shares the mirror's address (all-in-one), and
+    # which it needs to find its neighbours (issue 16: announces were "banned by IP filter").
+    "apply_ip_filter_to_trackers": False,
+    # A pull's sources are few and it lives minutes: it tries a lost one again every few
+    # seconds, for as long as it runs. libtorrent waits 60 s times the failures between
+    # attempts and gives a peer up after 3: after a cut uplink came back, pulls sat for a
+    # minute and more with their mirror "failed" (tests/e2e/test_sites.py).
+    "min_reconnect_time": 2,
+    "max_failcount": 1000,
 }
 
 #: A peer daemon seeds what its machine pulled, as any BitTorrent client does: the defaults.
@@ -158,11 +168,11 @@ def settings_pack(s: SessionSettings, role: Role, fingerprint: str | None = None
     }
     if not s.dht:
         pack["dht_bootstrap_nodes"] = ""
-    if s.fast:
-        pack.update(min_reconnect_time=1, tracker_backoff=1)
     if fingerprint:
         pack["peer_fingerprint"] = fingerprint
     pack.update(_TUNING[role])
+    if s.fast:
+        pack.update(min_reconnect_time=1, tracker_backoff=1)
     return pack
 
 

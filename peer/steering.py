@@ -114,17 +114,7 @@ class Steering:
         """The priority of every piece (those had are left at NORMAL: libtorrent skips
         them). `have`: this pull's pieces (`piece_set`); `received`: payload bytes received
         so far, from anyone."""
-        if received > self._received:
-            self._received, self._received_at = received, now
-        # The peak, not an average: libtorrent's rate of an idle connection decays to nothing,
-        # and an average of that made a piece-time of hours, so a pull whose neighbour froze
-        # waited the full RELAX_MAX before asking the mirror for the neighbour's share.
-        if self._rate_at is not None:
-            self.far_rate *= RATE_DECAY ** (now - self._rate_at)
-        self._rate_at = now
-        self.far_rate = max(self.far_rate, rate_from_far)
-        piece_time = (self.piece_length / self.far_rate if self.far_rate
-                      else FIRST_PIECE_TIME)
+        piece_time = self._piece_time(now, received, rate_from_far)
         stale = min(max(3 * piece_time, STALE_MIN), STALE_MAX)
         relax_after = min(max(2 * piece_time, RELAX_MIN), RELAX_MAX)
 
@@ -162,6 +152,35 @@ class Steering:
             out[i] = TOP
         self.needs_far = bool(mine)
         return out
+
+
+    def _piece_time(self, now: float, received: int, rate_from_far: float) -> float:
+        """Seconds a piece takes from the far sources, by the peak rate seen from them; the
+        clocks of received bytes and of the other pulls' progress moved on."""
+        if received > self._received:
+            self._received, self._received_at = received, now
+        elif self._rate_at is not None:
+            self._pause_clocks(now - self._rate_at)
+        # The peak, not an average: libtorrent's rate of an idle connection decays to nothing,
+        # and an average of that made a piece-time of hours, so a pull whose neighbour froze
+        # waited the full RELAX_MAX before asking the mirror for the neighbour's share.
+        # While the pull needs nothing far, the peak is kept: its far connections are idle or
+        # closed, and a decayed rate made a piece-time of minutes, so a pull whose share's
+        # owners disagreed after a cut link waited 90 s to relax (tests/e2e/test_sites.py).
+        if self._rate_at is not None and self.needs_far:
+            self.far_rate *= RATE_DECAY ** (now - self._rate_at)
+        self._rate_at = now
+        self.far_rate = max(self.far_rate, rate_from_far)
+        return self.piece_length / self.far_rate if self.far_rate else FIRST_PIECE_TIME
+
+    def _pause_clocks(self, elapsed: float) -> None:
+        """While this pull receives nothing, the other pulls' lack of progress says nothing of
+        them (a cut uplink stops every pull of the site at once): their clocks stand still.
+        Without this, every pull of a site took every other for stalled during a cut, owned
+        everything after it, and fetched the rest up to four times (tests/e2e/test_sites.py)."""
+        for seen in self._seen.values():
+            seen.first += elapsed
+            seen.grew += elapsed
 
 
 def share_out(owners: list[bytes], own_id: bytes, missing: list[int]) -> list[int]:

@@ -57,7 +57,9 @@ WATCH_EVERY = 0.5
 STEER_EVERY = 0.2
 #: with peers connected, a torrent may stall this many times the grace before web seeds join
 PEERS_GRACE = 4
-#: seconds without progress before a pull says what it is waiting for
+#: seconds without progress before a pull says what it is waiting for (blocks asked of a
+#: source just cut off are asked of the neighbours only once libtorrent drops it, after
+#: peer/session.py's PEER_TIMEOUT: a report may come before, and "moving again" follow)
 STALL_REPORT = 15.0
 #: seconds between dials of the mirrors while a torrent needs them and has none connected
 REDIAL_EVERY = 5.0

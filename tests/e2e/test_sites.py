@@ -241,13 +241,21 @@ def test_a_cut_uplink_the_site_trades_what_it_holds_and_completes_when_it_return
              0.1)
     sites.lab.cut("b")
 
-    def all_waiting() -> list[float]:
-        held = [WAITING.findall(sites.log(h).read_text()) for h in sites.hosts]
+    def waiting(host: str) -> tuple[int, ...] | None:
+        """What the pull's last report says, if it has not moved since."""
+        text = sites.log(host).read_text()
+        reports = list(WAITING.finditer(text))
+        if not reports or text.rfind("moving again") > reports[-1].start():
+            return None
+        return tuple(map(int, reports[-1].groups()))
+
+    def all_waiting() -> list[tuple[int, ...]] | None:
         for h, p in procs.items():
             assert p.poll() is None, f"{h} ended while cut off:\n{sites.log(h).read_text()}"
-        return all(held) and [tuple(map(int, m[-1])) for m in held]
+        held = [waiting(h) for h in sites.hosts]
+        return None if None in held else held
 
-    held = wait_for(all_waiting, 120, "every pull says what it waits for", 0.5)
+    held = wait_for(all_waiting, 180, "every pull says what it waits for", 0.5)
     print(f"cut at half: (pieces here, of, at neighbours) {held}")
     # What entered the site before the cut was traded inside it: every pull holds every
     # piece any of them completed (a piece in flight at the cut stays partial: its blocks

@@ -149,3 +149,19 @@ def test_a_relaxed_pull_needs_the_far_sources():
     assert not steering.needs_far
     steering.decide(5.0, holding(*mine), [MIRROR, pull(B)], 100, RATE)
     assert steering.relaxed and steering.needs_far
+
+
+def test_while_this_pull_receives_nothing_the_others_are_not_taken_for_stalled():
+    """A cut uplink stops every pull of a site at once: none may take the others for
+    stalled meanwhile, or each owns everything once the link is back."""
+    steering = Steering(A, 16, PIECE)
+    steering.decide(0.0, 0, [MIRROR, pull(B)], 100, RATE)
+    for t in range(1, 60):  # a minute of nothing, for everyone
+        steering.decide(float(t), 0, [MIRROR, pull(B)], 100, RATE)
+    assert steering.stalled == set()
+    # This pull receives again, B does not: B's clock runs from here.
+    steering.decide(61.0, 0, [MIRROR, pull(B)], 200, RATE)
+    assert steering.stalled == set()
+    for t in range(62, 80):
+        steering.decide(float(t), 0, [MIRROR, pull(B)], 100 * t, RATE)
+    assert steering.stalled == {B}
