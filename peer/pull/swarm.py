@@ -348,6 +348,7 @@ async def _steer_pieces(session, larges: list[Large], sources: Sources) -> None:
     if closable:
         for item in larges:
             session.reach(item.key, closable)
+            steered[item.key].steering.closes_far = True
         session.keep_off({ip for ip, _ in closable if _is_address(ip)})
     while True:
         now = time.monotonic()
@@ -375,7 +376,7 @@ def _steer_one(session, item: Large, state: _Steered, sources: Sources,
         session.reach(item.key, closable if steering.needs_far else None)
         log.debug("%s: %s", item.file.path, "far sources reopened" if steering.needs_far
                   else "nothing left for the far sources: their connections closed")
-    elif steering.needs_far and now - state.dialled >= REDIAL_EVERY:
+    elif closable and steering.needs_far and now - state.dialled >= REDIAL_EVERY:
         _redial(session, item.key, peers, sources)
         state.dialled = now
 

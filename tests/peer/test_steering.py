@@ -154,7 +154,7 @@ def test_a_relaxed_pull_needs_the_far_sources():
 def test_while_this_pull_receives_nothing_the_others_are_not_taken_for_stalled():
     """A cut uplink stops every pull of a site at once: none may take the others for
     stalled meanwhile, or each owns everything once the link is back."""
-    steering = Steering(A, 16, PIECE)
+    steering = Steering(A, 16, PIECE, closes_far=True)
     steering.decide(0.0, 0, [MIRROR, pull(B)], 100, RATE)
     for t in range(1, 60):  # a minute of nothing, for everyone
         steering.decide(float(t), 0, [MIRROR, pull(B)], 100, RATE)
