@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import secrets
@@ -349,7 +348,7 @@ async def _steer_pieces(session, larges: list[Large], sources: Sources) -> None:
         for item in larges:
             session.reach(item.key, closable)
             steered[item.key].steering.closes_far = True
-        session.keep_off({ip for ip, _ in closable if _is_address(ip)})
+        session.keep_off({ip for ip, _ in closable})
     while True:
         now = time.monotonic()
         for item in larges:
@@ -408,14 +407,6 @@ def _decide(steering: Steering, path: str, now: float, have: int, peers: list,
         log.info("%s: pull %s makes no progress: its share of the far pieces passes to "
                  "the others", path, pid.decode(errors="replace"))
     return priorities
-
-
-def _is_address(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 # -- whose bytes -----------------------------------------------------------------------------------
