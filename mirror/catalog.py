@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from peer import atomic
+from peer import atomic, hubs
 from peer.errors import InsufficientSpace, RepoNotFound, RevisionNotFound, out_of_space
 from peer.hashing import Digests
 from peer.hfformat import FileEntry, derive_tags
@@ -35,6 +35,13 @@ T = TypeVar("T")
 
 ACCESS_LEVELS = ("public", "gated", "private")
 REF_KINDS = ("branch", "tag", "pr", "convert")
+#: the default branch of Hugging Face and of ModelScope
+DEFAULT_BRANCHES = ("main", "master")
+#: what a file's bytes were checked against before publication: the upstream's sha256
+#: (HF's lfs.oid, ModelScope's Sha256), its git blob sha1 (HF's oid), an MD5 from the storage
+#: answer (Kaggle's x-goog-hash), or nothing the upstream published (a folder, a Kaggle file
+#: without x-goog-hash: trust rests on the mirror's own hashes)
+VERIFIED_BY = ("sha256", "git-sha1", "md5", "none")
 #: The metadata a model card's front matter contributes to a repo (issue 2).
 CARD_FIELDS = ("license", "tags", "pipeline_tag", "library_name", "base_model", "datasets",
                "language")
@@ -160,8 +167,15 @@ def _m7(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m8(db: sqlite_utils.Database) -> None:
+    """Which upstream hash each file was checked against (`VERIFIED_BY`): a Kaggle file's trust
+    rests on an MD5 from a storage header, or on nothing, and a user must be able to see that.
+    NULL for files published before this was recorded."""
+    db.execute("ALTER TABLE files ADD COLUMN verified_by TEXT")
+
+
 #: MIGRATIONS[i] takes the schema from version i to i + 1.
-MIGRATIONS = [_m1, _m2, _m3, _m4, _m5, _m6, _m7]
+MIGRATIONS = [_m1, _m2, _m3, _m4, _m5, _m6, _m7, _m8]
 #: sort key of the listing API → column (all sorts are descending unless asked otherwise).
 SORTS = {
     "downloads": "downloads", "likes": "likes", "lastModified": "updated_at",
@@ -242,6 +256,8 @@ class NewSnapshot:
     safetensors: dict | None = None
     invalid_safetensors: dict = field(default_factory=dict)
     access: str = "public"
+    #: path → one of VERIFIED_BY (files left out: not recorded)
+    verified_by: dict = field(default_factory=dict)
 
 
 #: bytes kept in reserve beside the catalog (`catalog.sqlite.reserve`), given up when the disk
@@ -401,6 +417,11 @@ class Catalog:
             kinds = (("convert", revision[13:]),)
         else:
             kinds = (("branch", revision), ("tag", revision))
+            if repo.hub == hubs.MODELSCOPE and revision in DEFAULT_BRANCHES:
+                # ModelScope's default branch is `master`, the HF clients ask for `main`:
+                # either name finds the other where the repo has only one of them.
+                other = DEFAULT_BRANCHES[1 - DEFAULT_BRANCHES.index(revision)]
+                kinds = (*kinds, ("branch", other))
         for kind, name in kinds:
             row = self.conn.execute(
                 "SELECT commit_id FROM refs WHERE repo = ? AND kind = ? AND name = ?",
@@ -438,6 +459,12 @@ class Catalog:
             (snapshot.id,),
         ).fetchall()
         return [FileEntry(p, s, h, g, bool(lfs)) for p, s, h, g, lfs in rows]
+
+    def verified_by(self, snapshot: Snapshot) -> dict[str, str]:
+        """path → what the file was checked against (VERIFIED_BY), where that was recorded."""
+        return dict(self.conn.execute(
+            "SELECT path, verified_by FROM files WHERE snapshot = ? AND verified_by IS NOT NULL "
+            "ORDER BY path", (snapshot.id,)).fetchall())
 
     def file(self, snapshot: Snapshot, path: str) -> FileEntry | None:
         row = self.conn.execute(
@@ -520,10 +547,13 @@ class Catalog:
                 json.dumps(new.invalid_safetensors) if new.invalid_safetensors else None,
             ),
         ).lastrowid
+        if any(v not in VERIFIED_BY for v in new.verified_by.values()):
+            raise ValueError(f"verified_by must be one of {VERIFIED_BY}")
         c.executemany(
-            "INSERT INTO files (snapshot, path, size, sha256, git_sha1, lfs) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            [(sid, f.path, f.size, f.sha256, f.git_sha1, int(f.lfs)) for f in new.files],
+            "INSERT INTO files (snapshot, path, size, sha256, git_sha1, lfs, verified_by) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(sid, f.path, f.size, f.sha256, f.git_sha1, int(f.lfs), new.verified_by.get(f.path))
+             for f in new.files],
         )
 
     def _move_ref(self, c: sqlite3.Connection, repo_pk: int, kind: str, name: str, commit: str,

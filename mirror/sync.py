@@ -12,6 +12,8 @@ from zero before the file, and so the sync, fails. Nothing is visible until the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
 import logging
 import mmap
 import re
@@ -34,14 +36,14 @@ from peer.errors import (
     WeightswarmError,
 )
 from peer.hashing import Digests
-from peer.hfformat import FileEntry, lfs_pointer_sha1
+from peer.hfformat import FileEntry, derived_commit, lfs_pointer_sha1
 from peer.paths import check_repo_id, check_repo_path, check_revision, is_commit, is_sha256
 from peer.patterns import select
 from peer.store import BlobStore, Expected
 
 from .catalog import BlobRecord, Catalog, ref_of
 from .snapshots import publish
-from .upstreams import RemoteFile, Upstream, UpstreamError
+from .upstreams import Answered, RemoteFile, Upstream, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +126,10 @@ class HostileListing(BadRequest):
     """The upstream's file list is unusable: a path, size or hash no honest hub would send."""
 
 
-def validate(files: Iterable[RemoteFile]) -> list[RemoteFile]:
+def validate(files: Iterable[RemoteFile], *, hashed: bool = True) -> list[RemoteFile]:
     """Refuse the whole listing if any entry is hostile or malformed: an upstream that lies
-    about one file is not trusted for the others."""
+    about one file is not trusted for the others. `hashed`: the upstream publishes a hash of
+    every file (sha256 for LFS files; sha256 or git sha1 for the rest); Kaggle does not."""
     seen: set[str] = set()
     good = []
     for f in files:
@@ -141,13 +144,22 @@ def validate(files: Iterable[RemoteFile]) -> list[RemoteFile]:
         seen.add(f.path)
         if not isinstance(f.size, int) or isinstance(f.size, bool) or not 0 <= f.size <= MAX_FILE_SIZE:
             raise HostileListing(f"{f.path}: size {f.size!r} is not a sane byte count")
-        if f.lfs:
-            if not is_sha256(f.sha256 or ""):
-                raise HostileListing(f"{f.path}: LFS file without a sha256 (lfs.oid)")
-        elif not is_commit(f.git_sha1 or ""):
-            raise HostileListing(f"{f.path}: no git sha1 (oid) to verify it against")
+        _check_hashes(f, hashed)
         good.append(f)
     return good
+
+
+def _check_hashes(f: RemoteFile, hashed: bool) -> None:
+    if f.sha256 is not None and not is_sha256(f.sha256):
+        raise HostileListing(f"{f.path}: {f.sha256!r} is not a sha256")
+    if f.git_sha1 is not None and not is_commit(f.git_sha1):
+        raise HostileListing(f"{f.path}: {f.git_sha1!r} is not a git sha1")
+    if not hashed:
+        return
+    if f.lfs and f.sha256 is None:
+        raise HostileListing(f"{f.path}: LFS file without a sha256 (lfs.oid)")
+    if not f.lfs and f.sha256 is None and f.git_sha1 is None:
+        raise HostileListing(f"{f.path}: no hash (oid or sha256) to verify it against")
 
 
 @dataclass
@@ -173,11 +185,24 @@ def plan(files: list[RemoteFile], known: Callable[[RemoteFile], BlobRecord | Non
     return result
 
 
-def entry_for(f: RemoteFile, sha256: str) -> FileEntry:
+def entry_for(f: RemoteFile, sha256: str, git_sha1: str | None) -> FileEntry:
     """The catalog's view of a verified file: for LFS files the git sha1 is our own
-    computation of the pointer's, for the rest the upstream's oid (which the bytes matched)."""
-    git_sha1 = lfs_pointer_sha1(sha256, f.size) if f.lfs else f.git_sha1
+    computation of the pointer's, for the rest that of the bytes (which matched the
+    upstream's oid where it published one)."""
+    if f.lfs:
+        git_sha1 = lfs_pointer_sha1(sha256, f.size)
+    if git_sha1 is None:
+        raise AssertionError(f"{f.path}: no git sha1 for a regular file")
     return FileEntry(f.path, f.size, sha256, git_sha1, f.lfs)
+
+
+def partial_key(upstream: str, repo_id: str, revision: str, f: RemoteFile) -> str:
+    """What a partial download is named by: the hash it must match, or for a file whose
+    upstream publishes none (Kaggle), a name made of where it comes from."""
+    if f.sha256 or f.git_sha1:
+        return f.sha256 if (f.lfs or not f.git_sha1) else f.git_sha1
+    where = "\0".join((upstream, repo_id, revision, f.path, str(f.size)))
+    return hashlib.sha256(where.encode()).hexdigest()
 
 
 # -- the executor --------------------------------------------------------------------------------
@@ -257,7 +282,7 @@ class Syncer:
 
     async def sync_repo(self, spec: SyncSpec) -> SyncResult:
         try:
-            commit = await self.upstream.resolve(spec.repo_type, spec.repo_id, spec.revision)
+            key = await self.upstream.resolve(spec.repo_type, spec.repo_id, spec.revision)
         except (RepoNotFound, RevisionNotFound) as e:
             repo = self._repo(spec)
             if not (self.archive and repo is not None):
@@ -271,6 +296,9 @@ class Syncer:
         repo = self._repo(spec)
         if repo is not None and repo.gone_upstream_at is not None:
             self.catalog.mark_gone_upstream(repo, None)  # back upstream
+        if self.upstream.derives_commit:
+            return await self._sync_version(spec, key)
+        commit = key
         refs = [ref_of(spec.revision)] if not is_commit(spec.revision) else []
         if self._current(spec) == commit or (not refs and self._has_snapshot(spec, commit)):
             log.info("%s: up to date at %s", spec, commit[:12])
@@ -280,21 +308,56 @@ class Syncer:
             # so an unchanged repo still costs one request).
             kind = await self.upstream.ref_kind(spec.repo_type, spec.repo_id, spec.revision)
             refs = [(kind, spec.revision)]
-        listed = await self.upstream.list_files(spec.repo_type, spec.repo_id, commit)
-        files = select(validate(listed), spec.include, spec.exclude)
-        the_plan = plan(files, self._known)
+        return await self._fetch_and_publish(spec, commit, commit, refs)
+
+    async def _sync_version(self, spec: SyncSpec, key: str) -> SyncResult:
+        """An upstream without commits (Kaggle): `key` names an immutable version, its refs
+        come from the upstream (`v{N}`, and `main` for the latest), and the commit is derived
+        from the files once they are verified (DESIGN.md section 2)."""
+        refs = await self.upstream.refs_for(spec.repo_type, spec.repo_id, spec.revision, key)
+        repo = self._repo(spec)
+        held = next((r.commit for r in self.catalog.refs(repo) if (r.kind, r.name) == refs[0]),
+                    None) if repo is not None else None
+        if held is None:
+            return await self._fetch_and_publish(spec, key, None, refs)
+        if all(self._points(repo, kind, name, held) for kind, name in refs):
+            log.info("%s: up to date at %s", spec, held[:12])
+            return SyncResult(str(spec), spec.repo_id, held, 0, 0, 0, unchanged=True)
+        # The version is here already; only a ref moves (a newer version became the latest).
+        snapshot = self.catalog.snapshot(repo, held)
+        publish(self.catalog, self.store, hub=spec.hub, repo_type=spec.repo_type,
+                repo_id=spec.repo_id, commit=held, files=self.catalog.files(snapshot),
+                refs=refs, access=repo.access, title=snapshot.title)
+        return SyncResult(str(spec), spec.repo_id, held, 0, 0, 0, unchanged=False)
+
+    def _points(self, repo, kind: str, name: str, commit: str) -> bool:
+        return any(r.kind == kind and r.name == name and r.commit == commit
+                   for r in self.catalog.refs(repo))
+
+    async def _fetch_and_publish(self, spec: SyncSpec, key: str, commit: str | None,
+                                 refs: list[tuple[str, str]]) -> SyncResult:
+        """List `key`, fetch and verify what the store lacks, publish it whole. `commit` None:
+        derive it from the verified files."""
+        listed = await self.upstream.list_files(spec.repo_type, spec.repo_id, key)
+        hashed = self.upstream.hashed
+        files = select(validate(listed, hashed=hashed), spec.include, spec.exclude)
+        the_plan = plan(files, self._known if hashed else lambda f: None)
         self._check_space(the_plan)
-        log.info("%s: %s has %d files, %d to fetch (%d bytes)", spec, commit[:12], len(files),
+        log.info("%s: %s has %d files, %d to fetch (%d bytes)", spec, key[:12], len(files),
                  len(the_plan.fetch), the_plan.fetch_bytes)
-        fetched = await self._fetch_all(spec, commit, the_plan)
+        fetched, verified_by = await self._fetch_all(spec, key, the_plan)
         entries = []
         for f in files:
-            sha256 = fetched[f.path].sha256 if f.path in fetched else the_plan.present[f.path].sha256
-            entries.append(entry_for(f, sha256))
+            got = fetched.get(f.path) or the_plan.present[f.path]
+            entries.append(entry_for(f, got.sha256, got.git_sha1))
+            verified_by.setdefault(f.path, f.verified_by)
+        commit = commit or derived_commit(entries)
         parent = self._current(spec)
+        when = self.upstream.created_at(spec.repo_type, spec.repo_id, key)
         publish(self.catalog, self.store, hub=spec.hub, repo_type=spec.repo_type,
                 repo_id=spec.repo_id, commit=commit, files=entries, refs=refs,
-                access="public", title=f"Synced from {self.upstream.name}", parent=parent)
+                access="public", title=f"Synced from {self.upstream.name}", parent=parent,
+                created_at=when, verified_by=verified_by)
         return SyncResult(str(spec), spec.repo_id, commit, len(files), len(fetched),
                           sum(d.size for d in fetched.values()), unchanged=False)
 
@@ -307,10 +370,15 @@ class Syncer:
             return False
 
     def _known(self, f: RemoteFile) -> BlobRecord | None:
-        record = (self.catalog.blob(f.sha256) if f.lfs and f.sha256
-                  else self.catalog.blob_by_git_sha1(f.git_sha1))
+        """The store's record of a file's bytes, found by the hash the upstream published."""
+        if f.sha256:
+            record = self.catalog.blob(f.sha256)
+        else:
+            record = self.catalog.blob_by_git_sha1(f.git_sha1)
         if record is None or not self.store.has(record.sha256):
             return None
+        if not f.lfs and record.git_sha1 is None:
+            return None  # held as an LFS blob only: fetch again for its git sha1 (rare)
         if f.lfs and f.size >= 4 * 1024 * 1024 and not record.piece_length:
             return None  # known only as a plain git blob: fetch again for its piece hashes
         return record
@@ -321,9 +389,12 @@ class Syncer:
             raise InsufficientSpace(the_plan.fetch_bytes, max(free, 0), str(self.store.root),
                                     reserve="mirror.min_free")
 
-    async def _fetch_all(self, spec: SyncSpec, commit: str, the_plan: Plan) -> dict[str, Digests]:
+    async def _fetch_all(self, spec: SyncSpec, key: str, the_plan: Plan
+                         ) -> tuple[dict[str, Digests], dict[str, str]]:
+        """The fetched files' digests, and what each was verified against (VERIFIED_BY)."""
         gate = asyncio.Semaphore(self.parallel)
         done: dict[str, Digests] = {}
+        verified_by: dict[str, str] = {}
         failures: list[FileFailed] = []
         refusals: list[WeightswarmError] = []
         bar = tqdm(total=the_plan.fetch_bytes, unit="B", unit_scale=True, unit_divisor=1024,
@@ -332,9 +403,11 @@ class Syncer:
         async def one(f: RemoteFile) -> None:
             async with gate:
                 try:
-                    done[f.path] = digests = await self._fetch(spec, commit, f, bar.update)
+                    digests, verified_by[f.path] = await self._fetch(spec, key, f, bar.update)
+                    done[f.path] = digests
                     self.catalog.put_blob(digests)
-                    log.info("%s: %s verified (%d bytes)", spec.repo_id, f.path, f.size)
+                    log.info("%s: %s verified by %s (%d bytes)", spec.repo_id, f.path,
+                             verified_by[f.path], f.size)
                 except FileFailed as e:
                     log.warning("%s: %s", spec.repo_id, e)
                     failures.append(e)
@@ -351,20 +424,27 @@ class Syncer:
             raise refusals[0]
         if failures:
             raise SyncFailed(spec.repo_id, sorted(failures, key=lambda e: e.path))
-        return done
+        return done, verified_by
 
-    async def _fetch(self, spec: SyncSpec, commit: str, f: RemoteFile,
-                     progress: Callable[[int], None]) -> Digests:
-        key = f.sha256 if f.lfs else f.git_sha1
-        expected = Expected(size=f.size, sha256=f.sha256 if f.lfs else None,
+    def _writer(self, spec: SyncSpec, key: str, f: RemoteFile):
+        expected = Expected(size=f.size, sha256=f.sha256,
                             git_sha1=None if f.lfs else f.git_sha1)
-        writer = await asyncio.to_thread(self.store.resumable_writer, key, f.size, lfs=f.lfs,
-                                         expected=expected)
+        return self.store.resumable_writer(
+            partial_key(self.upstream.name, spec.repo_id, key, f), f.size, lfs=f.lfs,
+            expected=expected, md5=self.upstream.md5_in_answers)
+
+    async def _fetch(self, spec: SyncSpec, key: str, f: RemoteFile,
+                     progress: Callable[[int], None]) -> tuple[Digests, str]:
+        writer = await asyncio.to_thread(self._writer, spec, key, f)
         progress(writer.written)
         for attempt in range(2):
+            answered = Answered()
             try:
-                await self._transfer(spec, commit, f, writer, progress)
-                return await asyncio.to_thread(writer.commit)
+                await self._transfer(spec, key, f, writer, progress, answered)
+                if answered.md5:
+                    writer.expected = dataclasses.replace(writer.expected, md5=answered.md5)
+                digests = await asyncio.to_thread(writer.commit)
+                return digests, "md5" if answered.md5 else f.verified_by
             except IntegrityError as e:
                 # The bytes are discarded (commit() already did): one more try from zero.
                 if not writer.done:
@@ -374,8 +454,7 @@ class Syncer:
                                              f"got: what its bytes hash to)") from e
                 log.warning("%s: %s: %s; fetching it again from the start", spec.repo_id,
                             f.path, e)
-                writer = await asyncio.to_thread(self.store.resumable_writer, key, f.size,
-                                                 lfs=f.lfs, expected=expected)
+                writer = await asyncio.to_thread(self._writer, spec, key, f)
             except Unavailable as e:
                 writer.pause()
                 raise FileFailed(f.path, str(e)) from e
@@ -385,7 +464,7 @@ class Syncer:
         raise AssertionError("unreachable")
 
     async def _transfer(self, spec: SyncSpec, commit: str, f: RemoteFile, writer,
-                        progress: Callable[[int], None]) -> None:
+                        progress: Callable[[int], None], answered: Answered) -> None:
         """Fill the writer up to the file's size, resuming with Range after every cut.
 
         Network chunks are copied into a ring of three page-aligned buffers and handed to the
@@ -409,7 +488,8 @@ class Syncer:
 
             try:
                 async for chunk in self.upstream.open(spec.repo_type, spec.repo_id, commit,
-                                                      f.path, writer.written, expect=f):
+                                                      f.path, writer.written, expect=f,
+                                                      answered=answered):
                     if writer.written + fill + len(chunk) > f.size:
                         raise IntegrityError("size", str(f.size),
                                              f"more than {f.size} bytes from upstream")

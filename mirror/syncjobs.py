@@ -109,7 +109,7 @@ async def _refetch(config: Config, sha256: str) -> bool:
                 if remote is None or (remote.lfs and remote.sha256 != sha256):
                     continue
                 syncer = Syncer(catalog, store, upstream, min_free=config.mirror.min_free)
-                digests = await syncer._fetch(spec, commit, remote, lambda n: None)
+                digests, _ = await syncer._fetch(spec, commit, remote, lambda n: None)
                 if digests.sha256 != sha256:
                     continue
                 catalog.put_blob(digests)

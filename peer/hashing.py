@@ -71,6 +71,8 @@ class Digests:
     piece_length: int
     #: the SHA-1 of each piece, concatenated (20 bytes each).
     pieces: bytes
+    #: MD5 of the content (hex), when asked for: the only hash Kaggle's storage publishes
+    md5: str | None = None
 
 
 class _PieceHasher:
@@ -108,7 +110,8 @@ class Hasher:
     `read_chunks` keeps to that.
     """
 
-    def __init__(self, size: int, *, lfs: bool, parallel: bool | None = None):
+    def __init__(self, size: int, *, lfs: bool, parallel: bool | None = None,
+                 md5: bool = False):
         self.size = size
         self.lfs = lfs
         self.received = 0
@@ -125,6 +128,13 @@ class Hasher:
             self._streams.append(self._git.update)
         if self._pieces is not None:
             self._streams.append(self._pieces.update)
+        self._md5 = hashlib.md5(usedforsecurity=False) if md5 else None
+        if self._md5 is not None:
+            self._streams.append(self._md5.update)
+
+    @property
+    def md5(self) -> bool:
+        return self._md5 is not None
 
     def update(self, data: bytes) -> None:
         if not data:
@@ -169,6 +179,7 @@ class Hasher:
             git_sha1=self._git.hexdigest() if self._git else None,
             piece_length=self._pieces.piece_length if self._pieces else 0,
             pieces=pieces,
+            md5=self._md5.hexdigest() if self._md5 else None,
         )
 
 

@@ -37,6 +37,8 @@ class Expected:
     size: int | None = None
     sha256: str | None = None
     git_sha1: str | None = None
+    #: hex; the writer computes MD5 only when made with `md5=True`
+    md5: str | None = None
 
 
 class _Writeback:
@@ -125,11 +127,12 @@ class BlobWriter:
     """A blob being written: bytes go to a unique temp file and through the hasher; `commit`
     checks them against what was expected and renames them into place."""
 
-    def __init__(self, store: BlobStore, size: int, *, lfs: bool, expected: Expected | None):
+    def __init__(self, store: BlobStore, size: int, *, lfs: bool, expected: Expected | None,
+                 md5: bool = False):
         self.store = store
         self.size = size
         self.expected = expected or Expected()
-        self.hasher = Hasher(size, lfs=lfs)
+        self.hasher = Hasher(size, lfs=lfs, md5=md5)
         self.done = False
         #: after commit: True when these bytes were new to the store, False when deduplicated.
         self.created = False
@@ -206,6 +209,8 @@ class BlobWriter:
             raise IntegrityError("sha256", e.sha256, d.sha256)
         if e.git_sha1 is not None and d.git_sha1 is not None and d.git_sha1 != e.git_sha1:
             raise IntegrityError("git sha1", e.git_sha1, d.git_sha1)
+        if e.md5 is not None and d.md5 != e.md5:
+            raise IntegrityError("md5", e.md5, d.md5 or "nothing (not computed)")
 
     def abort(self) -> None:
         self._close_direct()
@@ -229,11 +234,12 @@ class ResumableWriter(BlobWriter):
     network is not) and the download resumes at their end. A lock on the file keeps two
     fetches of one blob apart; `pause` keeps the bytes for later, `abort` discards them."""
 
-    def __init__(self, store: BlobStore, key: str, size: int, *, lfs: bool, expected: Expected):
+    def __init__(self, store: BlobStore, key: str, size: int, *, lfs: bool, expected: Expected,
+                 md5: bool = False):
         if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", key):
             raise ValueError(f"a partial blob is named by its expected hash, not {key!r}")
         self._key = key
-        super().__init__(store, size, lfs=lfs, expected=expected)
+        super().__init__(store, size, lfs=lfs, expected=expected, md5=md5)
 
     def _open(self) -> tuple[Path, int]:
         path = self.store.partial_dir / f"{self._key}.part"
@@ -265,7 +271,7 @@ class ResumableWriter(BlobWriter):
         """Drop what was written and start from zero (after a hash mismatch, say)."""
         os.ftruncate(self.file.fileno(), 0)
         self.written = 0
-        self.hasher = Hasher(self.size, lfs=self.hasher.lfs)
+        self.hasher = Hasher(self.size, lfs=self.hasher.lfs, md5=self.hasher.md5)
 
 
 
@@ -308,9 +314,9 @@ class BlobStore:
     def writer(self, size: int, *, lfs: bool, expected: Expected | None = None) -> BlobWriter:
         return BlobWriter(self, size, lfs=lfs, expected=expected)
 
-    def resumable_writer(self, key: str, size: int, *, lfs: bool,
-                         expected: Expected) -> ResumableWriter:
-        return ResumableWriter(self, key, size, lfs=lfs, expected=expected)
+    def resumable_writer(self, key: str, size: int, *, lfs: bool, expected: Expected,
+                         md5: bool = False) -> ResumableWriter:
+        return ResumableWriter(self, key, size, lfs=lfs, expected=expected, md5=md5)
 
     def ingest_file(
         self,

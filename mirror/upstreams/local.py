@@ -20,12 +20,12 @@ from peer.hfformat import FileEntry, derived_commit, is_lfs_by_rule, lfs_pointer
 from peer.paths import resolve_inside
 
 from ..importer import walk_folder  # the importer's rules for what a folder holds
-from . import RemoteFile
+from . import Answered, RemoteFile, UpstreamBase
 
 CHUNK = 4 * 1024 * 1024
 
 
-class LocalFolder:
+class LocalFolder(UpstreamBase):
     def __init__(self, root: Path):
         self.root = Path(root)
         self.name = f"local:{self.root}"
@@ -63,14 +63,9 @@ class LocalFolder:
                                    message=f"{self.name}: changed while being synced")
         return self._listing[1]
 
-    async def list_author(self, repo_type: str, author: str) -> list[str]:
-        return []
-
-    async def ref_kind(self, repo_type: str, repo_id: str, revision: str) -> str:
-        return "branch"  # a folder import moves a branch
-
     async def open(self, repo_type: str, repo_id: str, commit: str, path: str,
-                   offset: int = 0, *, expect: RemoteFile | None = None) -> AsyncIterator[bytes]:
+                   offset: int = 0, *, expect: RemoteFile | None = None,
+                   answered: Answered | None = None) -> AsyncIterator[bytes]:
         target = resolve_inside(self.root, path)
         f = await asyncio.to_thread(open, target, "rb")
         try:
@@ -79,6 +74,3 @@ class LocalFolder:
                 yield chunk
         finally:
             f.close()
-
-    async def close(self) -> None:
-        return None
