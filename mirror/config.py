@@ -45,6 +45,8 @@ from peer.settings import (
 )
 from tracker.config import TRACKER, TrackerConfig
 
+from .aliases import Aliases, read_aliases
+
 
 @dataclass(frozen=True)
 class UpstreamConfig:
@@ -73,10 +75,11 @@ _PUBLIC = {
     hubs.HUGGINGFACE: _Hub("Hugging Face", "https://huggingface.co",
                            ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN"),
                            "; 500 is Hugging Face's lower published limit"),
-    hubs.MODELSCOPE: _Hub("ModelScope", "https://www.modelscope.cn", ("MODELSCOPE_API_TOKEN",)),
+    hubs.MODELSCOPE: _Hub("ModelScope", "https://modelscope.cn", ("MODELSCOPE_API_TOKEN",)),
     # kagglehub sends KAGGLE_API_TOKEN as a bearer token, else KAGGLE_USERNAME and KAGGLE_KEY
     # as HTTP Basic: that pair is the token "username:key".
-    hubs.KAGGLE: _Hub("Kaggle", "https://www.kaggle.com",
+    # Its RPC base (kagglesdk's PROD; a local test server is http://localhost:7777/api).
+    hubs.KAGGLE: _Hub("Kaggle", "https://api.kaggle.com",
                       ("KAGGLE_API_TOKEN", ("KAGGLE_USERNAME", "KAGGLE_KEY"))),
 }
 
@@ -146,6 +149,8 @@ class MirrorConfig:
     http: HttpLimits = HttpLimits()
     #: keys (ed25519:<hex>) whose bundles `mirror import-bundle` believes
     bundle_keys: tuple[str, ...] = ()
+    #: old names (retired URLs, renamed repos) answered with a redirect (mirror/aliases.py)
+    aliases: Aliases = Aliases({}, ())
 
 
 def _keys(value: Any) -> list[str]:
@@ -153,6 +158,10 @@ def _keys(value: Any) -> list[str]:
     for key in value:
         parse_public_key(key)  # ValueError says what is wrong
     return value
+
+
+def _aliases(value: Any) -> Aliases:
+    return Aliases.parse(read_aliases(value))  # ValueError says what is wrong
 
 
 def _mirror_config(values: Mapping[str, Any]) -> MirrorConfig:
@@ -165,6 +174,8 @@ def _mirror_config(values: Mapping[str, Any]) -> MirrorConfig:
         bittorrent=session_settings(values) if values["seed"] else None,
         scrub_interval=values["scrub_interval"], http=http_limits(values),
         bundle_keys=tuple(values["bundle_keys"]),
+        aliases=values["aliases"] if isinstance(values["aliases"], Aliases)
+        else _aliases(values["aliases"]),
     )
 
 
@@ -193,6 +204,11 @@ MIRROR = Section("mirror", (
     Setting("bundle_keys", list, [],
             "keys (ed25519:<hex>) of the mirrors whose bundles `mirror import-bundle` "
             "believes: their indexes, manifests and ref statements", check=_keys),
+    Setting("aliases", object, {},
+            "old names answered with a redirect to a repo this mirror holds: a table of "
+            "retired URL or old repo (as a sync spec) = \"new repo as a sync spec\", or the "
+            "path of a TOML or YAML file of one (e.g. \"tfhub.dev/google/bert\" = "
+            "\"kaggle:google/bert/tensorFlow2/en-uncased\")", check=_aliases),
     SYNCS,
     Subsections("upstreams", {hub: _upstream(hub) for hub in hubs.HUBS}),
 ), build=_mirror_config)

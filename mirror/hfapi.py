@@ -110,7 +110,8 @@ class Located:
     headers: dict = field(default_factory=dict, compare=False, hash=False)
 
 
-def repo_info_json(repo: Repo, snapshot: Snapshot, files: list[FileEntry], *, blobs: bool) -> dict:
+def repo_info_json(repo: Repo, snapshot: Snapshot, files: list[FileEntry], *, blobs: bool,
+                   verified_by: dict | None = None) -> dict:
     card = snapshot.card_data or {}
     info = {
         "id": repo.repo_id,
@@ -135,9 +136,16 @@ def repo_info_json(repo: Repo, snapshot: Snapshot, files: list[FileEntry], *, bl
         info["spaces"] = []
         if snapshot.safetensors:
             info["safetensors"] = snapshot.safetensors
+    ours = {}
     if repo.gone_upstream_at is not None:
         # Ours (the client keeps unknown keys): an archive serves what its upstream lost.
-        info["weightswarm"] = {"goneUpstream": True, "goneUpstreamAt": iso_z(repo.gone_upstream_at)}
+        ours.update(goneUpstream=True, goneUpstreamAt=iso_z(repo.gone_upstream_at))
+    if verified_by:
+        # What each file's bytes were checked against before they were published: the
+        # upstream's sha256 or git sha1, an MD5 from storage (Kaggle), or none.
+        ours["verifiedBy"] = verified_by
+    if ours:
+        info["weightswarm"] = ours
     if snapshot.invalid_safetensors:
         # Ours, not HF's (the client keeps unknown keys): files served as they are, whose
         # safetensors header did not validate, with the reason.
@@ -285,7 +293,8 @@ class HubService:
 
     def repo_info(self, call: HubCall, *, blobs: bool) -> dict:
         repo, snapshot = self.snapshot(call)
-        return repo_info_json(repo, snapshot, self.catalog.files(snapshot), blobs=blobs)
+        return repo_info_json(repo, snapshot, self.catalog.files(snapshot), blobs=blobs,
+                              verified_by=self.catalog.verified_by(snapshot))
 
     def tree(self, call: HubCall, *, recursive: bool, expand: bool) -> list[dict]:
         repo, snapshot = self.snapshot(call)

@@ -44,6 +44,8 @@ from peer.store import BlobStore, Expected
 from .catalog import BlobRecord, Catalog, ref_of
 from .snapshots import publish
 from .upstreams import Answered, RemoteFile, Upstream, UpstreamError
+from .upstreams.kaggle import handle_of as kaggle_handle_of
+from .upstreams.kaggle import parse_handle as parse_kaggle_handle
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +59,23 @@ WRITE_BATCH = 4 * 1024 * 1024
 # -- specs ---------------------------------------------------------------------------------------
 
 
+#: the short forms of a spec (DESIGN.md section 8): prefix → (kind, repo type, hub)
+PREFIXES = {
+    "hf": ("hf", "model", hubs.HUGGINGFACE), "hf-datasets": ("hf", "dataset", hubs.HUGGINGFACE),
+    "ms": ("ms", "model", hubs.MODELSCOPE), "ms-datasets": ("ms", "dataset", hubs.MODELSCOPE),
+    "kaggle": ("kaggle", "model", hubs.KAGGLE),
+}
+#: an upstream's default branch, synced when a spec names no revision
+DEFAULT_REVISION = {"hf": "main", "ms": "master", "kaggle": "main"}
+
+
 @dataclass(frozen=True)
 class SyncSpec:
-    """What to keep synced: `hf:org/name@rev`, `hf:org/*`, `hf-datasets:org/name`, or
-    `mirror:<base-url>#org/name@rev` (another HF-compatible endpoint, prefix allowed)."""
+    """What to keep synced: `hf:org/name@rev`, `hf:org/*`, `hf-datasets:org/name`,
+    `ms:org/name@rev`, `ms-datasets:org/name`, `kaggle:owner/model/framework/variation[/N]`,
+    or `mirror:<base-url>#org/name@rev` (another HF-compatible endpoint, prefix allowed)."""
 
-    kind: str  # "hf", "mirror" or "local"
+    kind: str  # "hf", "ms", "kaggle", "mirror" or "local"
     repo_type: str
     repo_id: str  # may be "org/*": every repo of that author
     revision: str = "main"
@@ -77,46 +90,52 @@ class SyncSpec:
 
     def __str__(self) -> str:
         if self.kind in ("mirror", "local"):
-            where = f"{self.kind}:{self.endpoint}#"
-        else:
-            where = "hf-datasets:" if self.repo_type == "dataset" else "hf:"
-        return f"{where}{self.repo_id}@{self.revision}"
+            return f"{self.kind}:{self.endpoint}#{self.repo_id}@{self.revision}"
+        if self.kind == "kaggle":
+            return f"kaggle:{kaggle_handle_of(self.repo_id, self.revision)}"
+        prefix = self.kind + ("-datasets" if self.repo_type == "dataset" else "")
+        return f"{prefix}:{self.repo_id}@{self.revision}"
 
 
 def parse_spec(text: str, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> SyncSpec:
     text = text.strip()
     kind, sep, rest = text.partition(":")
-    if not sep or kind not in ("hf", "hf-datasets", "mirror", "local"):
-        raise BadRequest(f"{text!r}: a sync spec starts with hf:, hf-datasets:, mirror: or local:")
+    if not sep or kind not in (*PREFIXES, "mirror", "local"):
+        raise BadRequest(f"{text!r}: a sync spec starts with hf:, hf-datasets:, ms:, "
+                         f"ms-datasets:, kaggle:, mirror: or local:")
+    if kind == "kaggle":
+        repo_id, revision = parse_kaggle_handle(rest)
+        return SyncSpec("kaggle", "model", repo_id, revision, None, hubs.KAGGLE,
+                        tuple(include), tuple(exclude))
     endpoint, hub = None, hubs.DEFAULT
-    if kind == "local":
-        endpoint, sharp, rest = rest.partition("#")
-        if not sharp or not endpoint.startswith("/"):
-            raise BadRequest(f"{text!r}: local specs are local:<absolute folder>#<repo id>")
-        if rest.endswith("/*"):
-            raise BadRequest(f"{text!r}: a folder is one repo")
-    if kind == "mirror":
-        endpoint, sharp, rest = rest.partition("#")
-        if not sharp or not endpoint.startswith(("http://", "https://")):
-            raise BadRequest(f"{text!r}: mirror specs are mirror:<http(s) base URL>#<repo id>")
-        endpoint = endpoint.rstrip("/")
-        prefix = re.search(r"/hubs/([a-z0-9_-]+)$", endpoint)
+    if kind in ("local", "mirror"):
+        endpoint, rest = _where(text, kind, rest)
+        prefix = re.search(r"/hubs/([a-z0-9_-]+)$", endpoint) if kind == "mirror" else None
         if prefix:
             hub = hubs.check_hub(prefix.group(1))
     repo_id, at, revision = rest.partition("@")
-    revision = check_revision(revision) if at else "main"
+    name, repo_type, hub = PREFIXES.get(kind, (kind, "model", hub))
+    revision = check_revision(revision) if at else DEFAULT_REVISION.get(name, "main")
     if repo_id.endswith("/*"):
         check_repo_id(repo_id[:-2])
         if at:
             raise BadRequest(f"{text!r}: an author spec (org/*) follows each repo's main")
+        if kind == "local":
+            raise BadRequest(f"{text!r}: a folder is one repo")
     else:
         check_repo_id(repo_id)
-    return SyncSpec(
-        kind="hf" if kind == "hf-datasets" else kind,
-        repo_type="dataset" if kind == "hf-datasets" else "model",
-        repo_id=repo_id, revision=revision, endpoint=endpoint, hub=hub,
-        include=tuple(include), exclude=tuple(exclude),
-    )
+    return SyncSpec(kind=name, repo_type=repo_type, repo_id=repo_id, revision=revision,
+                    endpoint=endpoint, hub=hub, include=tuple(include), exclude=tuple(exclude))
+
+
+def _where(text: str, kind: str, rest: str) -> tuple[str, str]:
+    """(the folder or base URL, the rest) of a local: or mirror: spec."""
+    endpoint, sharp, rest = rest.partition("#")
+    if kind == "local" and (not sharp or not endpoint.startswith("/")):
+        raise BadRequest(f"{text!r}: local specs are local:<absolute folder>#<repo id>")
+    if kind == "mirror" and (not sharp or not endpoint.startswith(("http://", "https://"))):
+        raise BadRequest(f"{text!r}: mirror specs are mirror:<http(s) base URL>#<repo id>")
+    return (endpoint.rstrip("/") if kind == "mirror" else endpoint), rest
 
 
 # -- the plan (pure) -----------------------------------------------------------------------------
@@ -257,7 +276,8 @@ class Syncer:
             ids = await self.upstream.list_author(spec.repo_type, author)
             results = []
             for repo_id in ids:
-                one = SyncSpec(spec.kind, spec.repo_type, check_repo_id(repo_id), "main",
+                one = SyncSpec(spec.kind, spec.repo_type, check_repo_id(repo_id),
+                               DEFAULT_REVISION.get(spec.kind, "main"),
                                spec.endpoint, spec.hub, spec.include, spec.exclude)
                 try:
                     results.append(await self.sync_repo(one))

@@ -22,9 +22,16 @@ from .config import Config
 from .sync import Syncer, SyncResult, SyncSpec, parse_spec
 from .upstreams import Upstream
 from .upstreams.huggingface import HuggingFace
+from .upstreams.kaggle import Kaggle, stored_credentials
 from .upstreams.local import LocalFolder
+from .upstreams.modelscope import ModelScope
 
 log = logging.getLogger(__name__)
+
+
+#: the upstream class of each hub a spec's short form names
+_UPSTREAMS = {"hf": (hubs.HUGGINGFACE, HuggingFace), "ms": (hubs.MODELSCOPE, ModelScope),
+              "kaggle": (hubs.KAGGLE, Kaggle)}
 
 
 def upstream_for(config: Config, spec: SyncSpec) -> Upstream:
@@ -32,10 +39,13 @@ def upstream_for(config: Config, spec: SyncSpec) -> Upstream:
         return LocalFolder(Path(spec.endpoint))
     if spec.kind == "mirror":
         return HuggingFace(spec.endpoint, name=spec.endpoint, setting="the mirror: spec's URL")
-    settings = config.mirror.upstreams[hubs.HUGGINGFACE]
-    return HuggingFace(settings.endpoint, token=settings.token,
-                       requests_per_5min=settings.requests_per_5min,
-                       bandwidth=settings.bandwidth, retries=settings.retries)
+    hub, cls = _UPSTREAMS[spec.kind]
+    settings = config.mirror.upstreams[hub]
+    token = settings.token
+    if token is None and hub == hubs.KAGGLE:
+        token = stored_credentials()  # ~/.kaggle, as kagglehub reads it
+    return cls(settings.endpoint, token=token, requests_per_5min=settings.requests_per_5min,
+               bandwidth=settings.bandwidth, retries=settings.retries)
 
 
 @dataclass

@@ -272,7 +272,8 @@ def walk(sections: Iterable[Section]) -> Iterator[Section]:
 
 
 def _flatten(table: dict, arrays: set[str], prefix: str = "") -> Iterator[tuple[str, str, Any]]:
-    """(table, key, value) of a TOML document; an array of tables is one value."""
+    """(table, key, value) of a TOML document; an array of tables, or a table that is one
+    setting's value (an `object` setting), is one value."""
     for key, value in table.items():
         name = f"{prefix}.{key}" if prefix else key
         if isinstance(value, dict) and name not in arrays:
@@ -286,7 +287,8 @@ def _from_file(file: _File, sections: list[Section]):
     unknown keys are warned about and ignored."""
     declared = {(s.name, e.key): e for s in sections for e in s.entries
                 if isinstance(e, Setting | Tables)}
-    arrays = {f"{s}.{k}" for (s, k), e in declared.items() if isinstance(e, Tables)}
+    arrays = {f"{s}.{k}" for (s, k), e in declared.items()
+              if isinstance(e, Tables) or (isinstance(e, Setting) and e.type is object)}
     raws, tables = {}, {}
     for table, key, value in _flatten(file.data, arrays):
         entry = declared.get((table, key))
@@ -453,6 +455,9 @@ def toml_value(value: Any) -> str:
         return json.dumps(value, ensure_ascii=False)  # a JSON string is a TOML basic string
     if isinstance(value, list | tuple):
         return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table
+        return "{" + ", ".join(f"{json.dumps(str(k))} = {toml_value(v)}"
+                               for k, v in value.items()) + "}"
     raise TypeError(f"no TOML for {value!r}")
 
 

@@ -108,8 +108,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 
 def error_message(headers: Mapping[str, str], body: str) -> str:
-    """The server's own words: `X-Error-Message`, else the JSON body's `error` (text or a
-    list) or `errors[].message`, else the start of the body."""
+    """The server's own words: `X-Error-Message`, else the JSON body's `error` (text, a list,
+    or an object's `message`), `message` or `errors[].message`, else the start of the body."""
     if headers.get("X-Error-Message"):
         return headers["X-Error-Message"]
     try:
@@ -118,6 +118,10 @@ def error_message(headers: Mapping[str, str], body: str) -> str:
         data = None
     if isinstance(data, dict):
         error = data.get("error")
+        if isinstance(error, dict):  # Google's APIs (Kaggle): {"error": {"code", "message"}}
+            error = error.get("message")
+        if not error and isinstance(data.get("message"), str):  # Kaggle: {"code", "message"}
+            error = data["message"]
         if isinstance(error, list):
             error = "; ".join(str(e) for e in error)
         if isinstance(error, str) and error:

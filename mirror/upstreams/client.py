@@ -155,8 +155,8 @@ class HttpUpstream(UpstreamBase):
             if urlsplit(url).scheme not in ("http", "https"):
                 raise UpstreamError(f"{self.name}: refused a redirect to a {urlsplit(url).scheme}:"
                                     f" URL (only http and https are followed)")
-            if response.status == 303:
-                method, json = "GET", None
+            if response.status == 303 or (response.status in (301, 302) and method == "POST"):
+                method, json = "GET", None  # as browsers and requests do
         raise UpstreamError(f"{self.name}: more than {MAX_REDIRECTS} redirects at {url}")
 
     async def json(self, method: str, url: str, *, json=None):

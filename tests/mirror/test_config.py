@@ -85,8 +85,8 @@ def test_an_upstream_is_typed_for_every_hub_with_the_hubs_usual_token(tmp_path):
     upstreams = load(tmp_path).mirror.upstreams
     assert list(upstreams) == list(hubs.HUBS)
     assert upstreams[hubs.HUGGINGFACE] == UpstreamConfig("https://huggingface.co")
-    assert upstreams[hubs.MODELSCOPE] == UpstreamConfig("https://www.modelscope.cn")
-    assert upstreams[hubs.KAGGLE] == UpstreamConfig("https://www.kaggle.com")
+    assert upstreams[hubs.MODELSCOPE] == UpstreamConfig("https://modelscope.cn")
+    assert upstreams[hubs.KAGGLE] == UpstreamConfig("https://api.kaggle.com")
     env = {"HF_TOKEN": "hf", "MODELSCOPE_API_TOKEN": "ms", "KAGGLE_USERNAME": "u",
            "KAGGLE_KEY": "k"}
     upstreams = load(tmp_path, env=env).mirror.upstreams
