@@ -111,6 +111,14 @@ def sample_model_dir() -> Path:
 SAMPLE_REPO = "sentence-transformers/all-MiniLM-L6-v2"
 
 
+def sample_model_files(*, weights: bool = False) -> dict[str, bytes]:
+    """The package's real model as a repo's files: card, config and tokenizer (what
+    transformers loads offline), and with `weights` its 87 MiB model.safetensors."""
+    root = sample_model_dir()
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and (weights or p.suffix != ".safetensors")}
+
+
 def write_safetensors(path: Path, tensors: dict) -> None:
     from safetensors.numpy import save_file
 

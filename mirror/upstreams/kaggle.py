@@ -25,7 +25,7 @@ import aiohttp
 
 from peer.errors import BadRequest, RemoteError, RemoteRepoNotFound
 from peer.hfformat import is_lfs_by_rule
-from peer.http import MAX_ERROR_BODY, error_from
+from peer.http import error_from
 from peer.paths import ascii_digits, check_repo_id
 
 from . import Answered, RemoteFile, UpstreamError
@@ -151,17 +151,8 @@ class Kaggle(HttpUpstream):
         return {"Authorization": f"Bearer {self.token}"}
 
     async def refusal(self, response: aiohttp.ClientResponse) -> RemoteError:
-        try:
-            body = (await response.content.read(MAX_ERROR_BODY)).decode("utf-8", "replace")
-        except (aiohttp.ClientError, TimeoutError):
-            body = ""
-        finally:
-            response.release()
-        error = error_from(response.status, response.headers, body, str(response.url),
-                           self.name)
-        if response.status == 404:
-            error = _not_found(error)
-        return error
+        error = await super().refusal(response)
+        return _not_found(error) if error.http_status == 404 else error
 
     async def _rpc(self, method: str, body: dict) -> dict:
         url = f"{self.endpoint}/v1/{SERVICE}/{method}"
