@@ -45,6 +45,8 @@ TRUNCATION = 3000
 #: the most folders one walk visits, and entries it gathers, before it gives up
 MAX_FOLDERS = 100_000
 DATASET_PAGE = 200
+#: the client's own cap on a search page (its list_models), so likely the server's
+SEARCH_PAGE = 50
 PLURAL = {"model": "models", "dataset": "datasets"}
 
 
@@ -196,6 +198,10 @@ class ModelScope(HttpUpstream):
             query["Root"] = root
         data = await self._data(f"{self._api('model', repo_id)}/repo/files?{urlencode(query)}")
         files = data.get("Files") if isinstance(data, dict) else None
+        if isinstance(data, dict) and "Files" in data and files is None:
+            # how modelscope.cn answers a revision it does not have: 200, `Files: null`
+            raise RemoteRevisionNotFound(repo_id, revision, message=f"{self.name}: {repo_id} "
+                                         f"has no revision {revision!r} (Files: null)")
         if not isinstance(files, list):
             raise UpstreamError(f"{self.name}: {repo_id}@{revision}: a file list without Files")
         return files
@@ -236,7 +242,7 @@ class ModelScope(HttpUpstream):
     async def list_author(self, repo_type: str, author: str) -> list[str]:
         ids: list[str] = []
         for page in range(1, TRUNCATION):
-            query = urlencode({"owner": author, "page_number": page, "page_size": 100})
+            query = urlencode({"owner": author, "page_number": page, "page_size": SEARCH_PAGE})
             body, _ = await self.json("GET", f"{self.endpoint}/openapi/v1/{PLURAL[repo_type]}?"
                                       f"{query}")
             data = body.get("data") if isinstance(body, dict) else None
@@ -245,7 +251,7 @@ class ModelScope(HttpUpstream):
                 raise UpstreamError(f"{self.name}: a search answer without data.models")
             ids.extend(i["id"] for i in items if isinstance(i, dict)
                        and isinstance(i.get("id"), str) and i["id"].startswith(f"{author}/"))
-            if len(items) < 100 or page * 100 >= TRUNCATION:
+            if len(items) < SEARCH_PAGE or page * SEARCH_PAGE >= TRUNCATION:
                 return ids
         return ids
 
