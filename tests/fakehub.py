@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
+from fakeserver import LoopServers
 
 from mirror.routes import HubCall, parse
 from peer.errors import WeightswarmError
@@ -197,7 +198,9 @@ def _error_response(e: HubError) -> web.Response:
 # -- the shell -------------------------------------------------------------------------------
 
 
-class FakeHub:
+class FakeHub(LoopServers):
+    thread_name = "fakehub"
+
     """An upstream hub on 127.0.0.1 (see the module docstring); `start()` before use."""
 
     def __init__(self, *, page_size: int = 3, rate_limit_every: int = 0, retry_after: float = 0,
@@ -234,43 +237,13 @@ class FakeHub:
 
     # -- lifecycle
 
-    def start(self) -> FakeHub:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fakehub", daemon=True)
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start_servers(), self._loop).result(30)
-        return self
-
     async def _start_servers(self) -> None:
         hub = web.Application(middlewares=[self._hub_middleware])
         hub.router.add_route("*", "/{tail:.*}", self._hub_handler)
         cdn = web.Application(middlewares=[self._cdn_middleware])
         cdn.router.add_get("/blobs/{sha256}", self._cdn_handler)
-        ports = []
-        for app in (hub, cdn):
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
-            self._runners.append(runner)
-            ports.append(runner.addresses[0][1])
+        ports = [(await self._listen(app))[1] for app in (hub, cdn)]
         self.url, self.cdn_url = (f"http://127.0.0.1:{p}" for p in ports)
-
-    def stop(self) -> None:
-        if self._loop is None:
-            return
-        for runner in self._runners:
-            asyncio.run_coroutine_threadsafe(runner.cleanup(), self._loop).result(30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        assert self._thread is not None
-        self._thread.join(30)
-        self._loop.close()
-        self._loop, self._runners = None, []
-
-    def __enter__(self) -> FakeHub:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- content
 

@@ -39,6 +39,7 @@ from urllib.parse import quote, urlencode
 
 from aiohttp import web
 from fakehub import byte_range
+from fakeserver import LoopServers
 
 SERVICE = "models.ModelApiService"
 #: the port KAGGLE_API_ENVIRONMENT=TEST points kagglehub at (kagglesdk/kaggle_env.py)
@@ -349,7 +350,9 @@ def file_entries(version: _Version, *, as_string: bool) -> list[dict]:
 # -- the shell ------------------------------------------------------------------------------
 
 
-class FakeKaggle:
+class FakeKaggle(LoopServers):
+    thread_name = "fakekaggle"
+
     """Kaggle's API on 127.0.0.1:`port` and its storage on 127.0.0.1:0 (see the module
     docstring); `start()` before use. `token` requires `Authorization: Bearer <token>`, `basic`
     HTTP Basic with that (user, key); with both, either will do; with neither, anyone may."""
@@ -411,32 +414,13 @@ class FakeKaggle:
 
     # -- lifecycle
 
-    def start(self) -> FakeKaggle:
-        """Raises OSError (EADDRINUSE) when `port` is taken, having cleaned up."""
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fakekaggle",
-                                        daemon=True)
-        self._thread.start()
-        try:
-            asyncio.run_coroutine_threadsafe(self._start_servers(), self._loop).result(30)
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
     async def _start_servers(self) -> None:
         api = web.Application(middlewares=[self._api_middleware])
         api.router.add_route("*", "/api/v1/{service}/{method}", self._rpc)
         api.router.add_route("*", "/{tail:.*}", self._no_route)
         gcs = web.Application(middlewares=[self._gcs_middleware])
         gcs.router.add_route("*", "/{bucket}/{name:.+}", self._gcs_handler)
-        ports = []
-        for app, port in ((api, self.port), (gcs, 0)):
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            self._runners.append(runner)
-            await web.TCPSite(runner, "127.0.0.1", port).start()
-            ports.append(runner.addresses[0][1])
+        ports = [(await self._listen(app, port))[1] for app, port in ((api, self.port), (gcs, 0))]
         if self.port:
             await self._also_on_ipv6_localhost(self._runners[0], self.port)
         self.url, self.gcs_url = (f"http://127.0.0.1:{p}" for p in ports)
@@ -456,23 +440,6 @@ class FakeKaggle:
         except OSError as e:
             if e.errno == errno.EADDRINUSE:  # someone else answers localhost there
                 raise
-
-    def stop(self) -> None:
-        if self._loop is None:
-            return
-        for runner in self._runners:
-            asyncio.run_coroutine_threadsafe(runner.cleanup(), self._loop).result(30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        assert self._thread is not None
-        self._thread.join(30)
-        self._loop.close()
-        self._loop, self._runners = None, []
-
-    def __enter__(self) -> FakeKaggle:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- content
 

@@ -31,6 +31,7 @@ from urllib.parse import parse_qs, quote_plus
 
 from aiohttp import web
 from fakehub import byte_range
+from fakeserver import LoopServers
 
 from peer.hfformat import is_lfs_by_rule
 from peer.paths import check_repo_id
@@ -267,7 +268,9 @@ def _oss_error(status: int, code: str) -> web.Response:
 # -- the shell -------------------------------------------------------------------------------
 
 
-class FakeModelScope:
+class FakeModelScope(LoopServers):
+    thread_name = "fakems"
+
     """An upstream ModelScope on 127.0.0.1 (see the module docstring); `start()` before use.
 
     Knobs (plain attributes, settable while it runs): `token` (when set, every API request
@@ -318,27 +321,13 @@ class FakeModelScope:
 
     # -- lifecycle
 
-    def start(self) -> FakeModelScope:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fakems",
-                                        daemon=True)
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start_servers(), self._loop).result(30)
-        return self
-
     async def _start_servers(self) -> None:
         hub = web.Application(middlewares=[self._hub_middleware])
         self._add_hub_routes(hub.router)
         oss = web.Application()
         oss.router.add_get("/lfs/{sha256}", self._oss_handler)
         oss.router.add_route("*", "/{tail:.*}", self._oss_not_found)
-        ports = []
-        for app in (hub, oss):
-            runner = web.AppRunner(app, access_log=None)
-            await runner.setup()
-            await web.TCPSite(runner, "127.0.0.1", 0).start()
-            self._runners.append(runner)
-            ports.append(runner.addresses[0][1])
+        ports = [(await self._listen(app))[1] for app in (hub, oss)]
         self.url, self.oss_url = (f"http://127.0.0.1:{p}" for p in ports)
 
     def _add_hub_routes(self, router: web.UrlDispatcher) -> None:
@@ -352,23 +341,6 @@ class FakeModelScope:
         router.add_get("/openapi/v1/{plural:models|datasets}", self._search)
         # the region probe (`/api/v1/repos/internalAccelerationInfo`) and anything else
         router.add_route("*", "/{tail:.*}", self._not_found)
-
-    def stop(self) -> None:
-        if self._loop is None:
-            return
-        for runner in self._runners:
-            asyncio.run_coroutine_threadsafe(runner.cleanup(), self._loop).result(30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        assert self._thread is not None
-        self._thread.join(30)
-        self._loop.close()
-        self._loop, self._runners = None, []
-
-    def __enter__(self) -> FakeModelScope:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- content
 

@@ -111,6 +111,25 @@ def sample_model_dir() -> Path:
 SAMPLE_REPO = "sentence-transformers/all-MiniLM-L6-v2"
 
 
+def run_sync(config: Config, upstream, spec: str, **syncer_options):
+    """One sync in this process, as `weightswarm mirror sync` runs it: `upstream` (closed
+    afterwards) into the config's catalog and store."""
+    from mirror.catalog import Catalog
+    from mirror.sync import Syncer, parse_spec
+    from peer.store import BlobStore
+
+    async def run():
+        catalog = Catalog(config.catalog_path)
+        try:
+            syncer = Syncer(catalog, BlobStore(config.store_dir), upstream, **syncer_options)
+            return await syncer.sync(parse_spec(spec))
+        finally:
+            catalog.close()
+            await upstream.close()
+
+    return asyncio.run(run())
+
+
 def sample_model_files(*, weights: bool = False) -> dict[str, bytes]:
     """The package's real model as a repo's files: card, config and tokenizer (what
     transformers loads offline), and with `weights` its 87 MiB model.safetensors."""

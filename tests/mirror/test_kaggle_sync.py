@@ -19,14 +19,13 @@ from fakehub import tiny_repo_files
 from fakekaggle import BASIC, TOKEN, FakeKaggle
 from huggingface_hub import HfApi, snapshot_download
 
-from helpers import sample_model_files
+from helpers import run_sync, sample_model_files
 from mirror.catalog import Catalog
-from mirror.sync import HostileListing, Syncer, SyncFailed, parse_spec
+from mirror.sync import HostileListing, SyncFailed
 from mirror.upstreams.kaggle import Kaggle
 from peer import hubs
 from peer.errors import Refused, RepoNotFound, Unavailable
 from peer.hfformat import FileEntry, derived_commit
-from peer.store import BlobStore
 
 MiB = 1024 * 1024
 HANDLE = "google/gemma/transformers/2b"
@@ -35,19 +34,7 @@ WEIGHTSWARM = str(Path(os.environ.get("VIRTUAL_ENV", ".venv")) / "bin" / "weight
 
 
 def sync(config, kaggle: FakeKaggle, spec: str, *, token: str | None = TOKEN, **kwargs):
-    """One in-process sync, as `weightswarm mirror sync` runs it."""
-
-    async def run():
-        upstream = Kaggle(kaggle.endpoint, token=token, retries=3)
-        catalog = Catalog(config.catalog_path)
-        try:
-            syncer = Syncer(catalog, BlobStore(config.store_dir), upstream, **kwargs)
-            return await syncer.sync(parse_spec(spec))
-        finally:
-            catalog.close()
-            await upstream.close()
-
-    return asyncio.run(run())
+    return run_sync(config, Kaggle(kaggle.endpoint, token=token, retries=3), spec, **kwargs)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ and one torrent. Then the stock clients on the result: `huggingface_hub` through
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -21,14 +20,14 @@ from fakehub import FakeHub, tiny_repo_files
 from fakems import FakeModelScope
 from huggingface_hub import HfApi, snapshot_download
 
+from helpers import run_sync
 from mirror.catalog import Catalog
-from mirror.sync import HostileListing, Syncer, SyncFailed, parse_spec
+from mirror.sync import HostileListing, SyncFailed
 from mirror.upstreams import modelscope
 from mirror.upstreams.huggingface import HuggingFace
 from mirror.upstreams.modelscope import ModelScope
 from peer import hubs
 from peer.errors import Refused, RepoNotFound
-from peer.store import BlobStore
 
 MiB = 1024 * 1024
 REPO = "qwen/tiny"
@@ -40,17 +39,7 @@ LAST_YEAR = time.mktime((2025, 11, 1, 0, 0, 0, 0, 0, 0))
 
 
 def sync(config, ms: FakeModelScope, spec: str, *, token: str | None = TOKEN, **kwargs):
-    async def run():
-        upstream = ModelScope(ms.url, token=token, retries=3)
-        catalog = Catalog(config.catalog_path)
-        try:
-            syncer = Syncer(catalog, BlobStore(config.store_dir), upstream, **kwargs)
-            return await syncer.sync(parse_spec(spec))
-        finally:
-            catalog.close()
-            await upstream.close()
-
-    return asyncio.run(run())
+    return run_sync(config, ModelScope(ms.url, token=token, retries=3), spec, **kwargs)
 
 
 @pytest.fixture
@@ -193,17 +182,7 @@ def test_one_file_from_two_hubs_is_one_blob_and_one_torrent(ms, config, serve):
     with FakeHub(page_size=100, rate_limit_every=0) as hf:
         hf.add_repo(REPO, weights)
 
-        async def from_hf():
-            upstream = HuggingFace(hf.url)
-            catalog = Catalog(config.catalog_path)
-            try:
-                await Syncer(catalog, BlobStore(config.store_dir), upstream).sync(
-                    parse_spec(f"hf:{REPO}"))
-            finally:
-                catalog.close()
-                await upstream.close()
-
-        asyncio.run(from_hf())
+        run_sync(config, HuggingFace(hf.url), f"hf:{REPO}")
     [result] = sync(config, ms, f"ms:{REPO}")
     assert result.fetched == 0, "every byte was in the store already"
     catalog = Catalog(config.catalog_path)

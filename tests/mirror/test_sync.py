@@ -16,6 +16,7 @@ import pytest
 from fakehub import TOKEN, FakeHub, tiny_repo_files
 from huggingface_hub import HfApi, snapshot_download
 
+from helpers import run_sync
 from mirror.catalog import Catalog
 from mirror.sync import HostileListing, Syncer, SyncFailed, parse_spec
 from mirror.upstreams.huggingface import HuggingFace
@@ -26,21 +27,7 @@ MiB = 1024 * 1024
 
 
 def sync(config, hub: FakeHub, spec: str, *, token: str | None = None, **kwargs):
-    """One in-process sync, as `weightswarm mirror sync` runs it."""
-
-    async def run():
-        upstream = HuggingFace(hub.url, token=token)
-        try:
-            catalog = Catalog(config.catalog_path)
-            try:
-                syncer = Syncer(catalog, BlobStore(config.store_dir), upstream, **kwargs)
-                return await syncer.sync(parse_spec(spec))
-            finally:
-                catalog.close()
-        finally:
-            await upstream.close()
-
-    return asyncio.run(run())
+    return run_sync(config, HuggingFace(hub.url, token=token), spec, **kwargs)
 
 
 @pytest.fixture
