@@ -162,3 +162,52 @@ def test_an_unreachable_upstream_is_one_plain_line_with_the_setting_to_check(
         [sys.executable, "-m", "mirror.cli", "--home", str(home), "mirror", "status", "--json"],
         env=env, capture_output=True, text=True, timeout=60).stdout)
     assert runs[0]["status"] == "failed" and f"could not reach {host}: {cause}" in runs[0]["error"]
+
+
+def test_modelscope_and_kaggle_sync_from_the_cli_and_on_schedule(tmp_path, serve):
+    """`mirror sync ms:... kaggle:...` with the tokens in the hubs' usual variables, then both
+    kept synced by `[[mirror.sync]]` while the mirror serves."""
+    from fakekaggle import TOKEN as KAGGLE_TOKEN
+    from fakekaggle import FakeKaggle
+    from fakems import FakeModelScope
+
+    from mirror.config import load_config
+
+    with FakeModelScope(token="ms-secret") as ms, FakeKaggle(token=KAGGLE_TOKEN) as kaggle:
+        ms_commit = ms.add_repo("qwen/cli", {"config.json": b"{}"})
+        kaggle.add_version("google", "gemma", "jax", "2b", {"config.json": b"{}"})
+        home = tmp_path / "home"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("WEIGHTSWARM_")}
+        env.update(WEIGHTSWARM_HOME=str(home), MODELSCOPE_API_TOKEN="ms-secret",
+                   KAGGLE_API_TOKEN=KAGGLE_TOKEN,
+                   WEIGHTSWARM_MIRROR_UPSTREAMS_MODELSCOPE_ENDPOINT=ms.url,
+                   WEIGHTSWARM_MIRROR_UPSTREAMS_KAGGLE_ENDPOINT=kaggle.endpoint)
+        done = subprocess.run([sys.executable, "-m", "mirror.cli", "mirror", "sync", "ms:qwen/cli",
+                               "kaggle:google/gemma/jax/2b", "--no-progress"], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert f"ms:qwen/cli@master: qwen/cli@{ms_commit}" in done.stdout
+        assert "kaggle:google/gemma/jax/2b: google/gemma.jax.2b@" in done.stdout
+
+        later = tmp_path / "scheduled"
+        later.mkdir()
+        (later / "weightswarm.toml").write_text(
+            f'[mirror.upstreams.modelscope]\nendpoint = "{ms.url}"\ntoken = "ms-secret"\n\n'
+            f'[mirror.upstreams.kaggle]\nendpoint = "{kaggle.endpoint}"\n'
+            f'token = "{KAGGLE_TOKEN}"\n\n'
+            '[[mirror.sync]]\nspec = "ms:qwen/cli"\n\n'
+            '[[mirror.sync]]\nspec = "kaggle:google/gemma/jax/2b"\n')
+        config = load_config(home=later, env={}, overrides={("mirror", "port"): 0})
+        mirror = serve(config)
+        for endpoint, repo in ((f"{mirror.url}/hubs/modelscope", "qwen/cli"),
+                               (f"{mirror.url}/hubs/kaggle", "google/gemma.jax.2b")):
+            api = HfApi(endpoint=endpoint)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    api.model_info(repo)
+                    break
+                except RepositoryNotFoundError:
+                    time.sleep(0.1)
+            else:
+                pytest.fail(f"the scheduled sync never published {repo}")
