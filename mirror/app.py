@@ -35,7 +35,7 @@ from peer.service import start as start_service
 from peer.settings import MIRROR_FINGERPRINT
 from peer.store import BlobStore
 
-from . import routes
+from . import msapi, routes
 from .answers import CatalogAnswers
 from .catalog import Catalog
 from .config import Config
@@ -304,6 +304,136 @@ def _paginated(request: web.Request, items: list, page_size: int) -> web.Respons
     return web.json_response(page, headers=headers)
 
 
+# -- the ModelScope API (PROTOCOLS.md section 2; the pure parts in mirror/msapi.py) ----------
+
+
+async def ms_api(request: web.Request) -> web.StreamResponse:
+    """Every `/hubs/modelscope/api/v1/...` and `/openapi/v1/...` path: parsed, answered by its
+    call's handler, every error in the ModelScope envelope (never HF's, never a traceback)."""
+    rid = msapi.request_id(request.headers.get("X-Request-ID"))
+    request[ROUTE] = "ms_other"
+    try:
+        call = msapi.parse(request.raw_path)
+        request[ROUTE] = f"ms_{call.kind}"
+        methods = msapi.METHODS[call.kind]
+        if request.method not in methods:
+            raise msapi.MethodNotAllowed(request.method, methods)
+        return await _MS_CALLS[call.kind](request, call, rid)
+    except WeightswarmError as e:
+        return _ms_error(request, e, rid)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        return _ms_error(request, msapi.Refusal(e.status, e.reason), rid)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("request %s failed: %s %s", rid, request.method,
+                      header_safe(request.raw_path))
+        return _ms_error(request, WeightswarmError(f"internal error (request {rid})"), rid)
+
+
+def _ms_error(request: web.Request, error: WeightswarmError, rid: str) -> web.Response:
+    openapi = request.raw_path.startswith(msapi.OPENAPI)
+    status, body, headers = msapi.error_answer(error, rid, openapi=openapi)
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _ms_params(request: web.Request) -> dict[str, str]:
+    return msapi.query_params(request.rel_url.raw_query_string)
+
+
+def _ms_json(body: bytes, rid: str) -> web.Response:
+    return _json(body, {"X-Request-ID": rid})
+
+
+async def _ms_download(request: web.Request, call: msapi.MsCall, rid: str) -> web.StreamResponse:
+    params = _ms_params(request)
+    revision, path = msapi.parse_revision(params), msapi.parse_file_path(params)
+    located: Located = await _answer(request, ("ms-file", call, revision, path), msapi.locate,
+                                     request.app[SERVICE], call, revision, path)
+    headers = {**msapi.download_headers(located), "X-Request-ID": rid}
+    return blob_response(request, located.blob, located.entry.size, located.entry.sha256,
+                         headers, request.app[EGRESS],
+                         request.app[METRICS].egress_counter("resolve"))
+
+
+async def _ms_files(request: web.Request, call: msapi.MsCall, rid: str) -> web.Response:
+    listing = msapi.parse_listing(_ms_params(request))
+    data = await _answer(request, ("ms-files", call, listing), msapi.files_data,
+                         request.app[SERVICE], call, listing)
+    return _ms_json(msapi.envelope(data, rid), rid)
+
+
+async def _ms_tree(request: web.Request, call: msapi.MsCall, rid: str) -> web.Response:
+    """`repo/tree` (datasets): the whole listing kept once, served a page at a time (or
+    whole, asked for no page)."""
+    params = _ms_params(request)
+    listing, page = msapi.parse_listing(params), msapi.parse_tree_page(params)
+    entries = await _answer(request, ("ms-tree", call, listing), msapi.files_entries,
+                            request.app[SERVICE], call, listing)
+    if page is not None:
+        entries = entries[page.start:page.start + page.size]
+    data = msapi.dumps({"Files": entries})
+    return _ms_json(msapi.envelope(data, rid), rid)
+
+
+async def _ms_revisions(request: web.Request, call: msapi.MsCall, rid: str) -> web.Response:
+    end_time = msapi.parse_end_time(_ms_params(request))
+    data = await _answer(request, ("ms-revisions", call, end_time), msapi.revisions_data,
+                         request.app[SERVICE], call, end_time)
+    return _ms_json(msapi.envelope(data, rid), rid)
+
+
+async def _ms_info(request: web.Request, call: msapi.MsCall, rid: str) -> web.Response:
+    revision = msapi.parse_revision(_ms_params(request), default=None)
+    data = await _answer(request, ("ms-info", call, revision), msapi.legacy_info_data,
+                         request.app[SERVICE], call, revision)
+    return _ms_json(msapi.envelope(data, rid), rid)
+
+
+async def _ms_openapi_info(request: web.Request, call: msapi.MsCall, rid: str) -> web.Response:
+    data = await _answer(request, ("ms-openapi", call), msapi.openapi_info_data,
+                         request.app[SERVICE], call)
+    return _ms_json(msapi.openapi_envelope(data, rid), rid)
+
+
+async def _ms_search(request: web.Request, call: msapi.MsCall, rid: str) -> web.Response:
+    search = msapi.parse_search(_ms_params(request))
+    data = await _answer(request, ("ms-search", call, search), msapi.search_data,
+                         request.app[SERVICE], call.repo_type, search)
+    return _ms_json(msapi.openapi_envelope(data, rid), rid)
+
+
+async def _ms_legacy_search(request: web.Request, call: msapi.MsCall, rid: str) -> web.Response:
+    if (request.content_length or 0) > msapi.MAX_LEGACY_BODY:
+        raise BadRequest(f"the body is larger than {msapi.MAX_LEGACY_BODY} bytes")
+    try:
+        async with asyncio.timeout(request.app[LIMITS].body_timeout):
+            body = await request.content.read(msapi.MAX_LEGACY_BODY + 1)
+    except TimeoutError:
+        raise RequestTimeout("the request's body did not arrive in time") from None
+    if len(body) > msapi.MAX_LEGACY_BODY:
+        raise BadRequest(f"the body is larger than {msapi.MAX_LEGACY_BODY} bytes")
+    search = msapi.parse_legacy_search(body)
+    data = await _answer(request, ("ms-legacy-search", call, search), msapi.legacy_search_data,
+                         request.app[SERVICE], call.repo_type, search)
+    return _ms_json(msapi.envelope(data, rid), rid)
+
+
+#: each ModelScope API call (msapi.MsCall.kind, its methods in msapi.METHODS): its handler
+_MS_CALLS = {
+    "download": _ms_download,
+    "files": _ms_files,
+    "tree": _ms_tree,
+    "revisions": _ms_revisions,
+    "info": _ms_info,
+    "openapi_info": _ms_openapi_info,
+    "search": _ms_search,
+    "legacy_search": _ms_legacy_search,
+}
+
+
 async def blob(request: web.Request) -> web.StreamResponse:
     request[ROUTE] = "blob"
     sha256 = request.match_info["sha256"]
@@ -541,6 +671,10 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/api/weightswarm/torrents", torrents)
     app.router.add_get("/api/weightswarm/torrents/{sha256}.torrent", torrent)
     app.router.add_get("/blobs/sha256/{sha256}", blob)
+    # The ModelScope API before the catch-all, which is the HF API (`/hubs/modelscope/api/
+    # models/...` included).
+    app.router.add_route("*", f"{msapi.LEGACY}{{tail:.*}}", ms_api)
+    app.router.add_route("*", f"{msapi.OPENAPI}{{tail:.*}}", ms_api)
     app.router.add_route("*", "/{tail:.*}", hub_api)
     return app
 

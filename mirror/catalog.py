@@ -170,8 +170,11 @@ def _m7(db: sqlite_utils.Database) -> None:
 def _m8(db: sqlite_utils.Database) -> None:
     """Which upstream hash each file was checked against (`VERIFIED_BY`): a Kaggle file's trust
     rests on an MD5 from a storage header, or on nothing, and a user must be able to see that.
-    NULL for files published before this was recorded."""
+    NULL for files published before this was recorded. And when the upstream made each ref
+    (ModelScope's `CreatedAt`: tags on one commit keep their own dates, and its client picks
+    a tag by them); NULL: when this mirror first set it (`updated_at`)."""
     db.execute("ALTER TABLE files ADD COLUMN verified_by TEXT")
+    db.execute("ALTER TABLE refs ADD COLUMN created_at REAL")
 
 
 #: MIGRATIONS[i] takes the schema from version i to i + 1.
@@ -226,6 +229,8 @@ class Ref:
     commit: str
     seq: int
     updated_at: float
+    #: when the upstream made it, if it said (else None: see `updated_at`)
+    created_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -258,6 +263,8 @@ class NewSnapshot:
     access: str = "public"
     #: path → one of VERIFIED_BY (files left out: not recorded)
     verified_by: dict = field(default_factory=dict)
+    #: (kind, name) → when the upstream made that ref
+    ref_times: dict = field(default_factory=dict)
 
 
 #: bytes kept in reserve beside the catalog (`catalog.sqlite.reserve`), given up when the disk
@@ -399,7 +406,7 @@ class Catalog:
 
     def refs(self, repo: Repo) -> list[Ref]:
         rows = self.conn.execute(
-            "SELECT kind, name, commit_id, seq, updated_at FROM refs WHERE repo = ? "
+            "SELECT kind, name, commit_id, seq, updated_at, created_at FROM refs WHERE repo = ? "
             "ORDER BY kind, name", (repo.id,)
         ).fetchall()
         return [Ref(*row) for row in rows]
@@ -493,7 +500,8 @@ class Catalog:
             repo_pk = self._put_repo(c, new, now)
             self._put_snapshot(c, repo_pk, new, now)
             for kind, name in new.refs:
-                self._move_ref(c, repo_pk, kind, name, new.commit, now)
+                self._move_ref(c, repo_pk, kind, name, new.commit, now,
+                               new.ref_times.get((kind, name)))
         return self.snapshot(self.repo(new.hub, new.type, new.repo_id), new.commit)
 
     @staticmethod
@@ -513,7 +521,9 @@ class Catalog:
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (new.hub, new.type, new.repo_id, new.access, now, now),
             ).lastrowid
-        if any(kind == "branch" and name == "main" for kind, name in new.refs) or not row:
+        # ModelScope's default branch is master (DEFAULT_BRANCHES)
+        if any(kind == "branch" and name in DEFAULT_BRANCHES for kind, name in new.refs) \
+                or not row:
             card = {k: new.card_data.get(k) for k in CARD_FIELDS
                     if new.card_data.get(k) is not None}
             c.execute(
@@ -557,7 +567,7 @@ class Catalog:
         )
 
     def _move_ref(self, c: sqlite3.Connection, repo_pk: int, kind: str, name: str, commit: str,
-                  now: float) -> None:
+                  now: float, created: float | None = None) -> None:
         """Point a ref at `commit`, with the next sequence number (unless it points there)."""
         current = c.execute(
             "SELECT commit_id FROM refs WHERE repo = ? AND kind = ? AND name = ?",
@@ -566,11 +576,11 @@ class Catalog:
         if current and current[0] == commit:
             return
         c.execute(
-            "INSERT INTO refs (repo, kind, name, commit_id, seq, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (repo, kind, name) DO UPDATE SET "
+            "INSERT INTO refs (repo, kind, name, commit_id, seq, updated_at, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (repo, kind, name) DO UPDATE SET "
             "commit_id = excluded.commit_id, seq = excluded.seq, "
-            "updated_at = excluded.updated_at",
-            (repo_pk, kind, name, commit, self._next_seq(c), now),
+            "updated_at = excluded.updated_at, created_at = excluded.created_at",
+            (repo_pk, kind, name, commit, self._next_seq(c), now, created),
         )
 
     @staticmethod

@@ -12,12 +12,13 @@ from urllib.parse import quote, urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from peer import hubs
 from peer.bencode import bencode
 from peer.errors import NotFound
 from peer.manifest import Manifest, ManifestFile, RefStatement, sign_manifest, sign_ref
 from peer.torrent import info_dict, info_hash
 
-from .catalog import BlobRecord, Catalog, Repo, Snapshot, ref_of
+from .catalog import DEFAULT_BRANCHES, BlobRecord, Catalog, Repo, Snapshot, ref_of
 
 
 def blob_info(record: BlobRecord, *, private: bool) -> dict | None:
@@ -98,7 +99,10 @@ class Distribution:
                   "manifest": f"/api/weightswarm/manifests/{hub}/{repo_type}/{repo_id}/{commit}"}
         kind, name = ref_of(revision)
         for ref in self.catalog.refs(repo):
-            if ref.name == name and (ref.kind == kind or kind == "branch"):
+            # `main` may be ModelScope's `master` (Catalog.resolve): the ref that resolved
+            if ref.commit == commit and (ref.kind == kind or kind == "branch") and (
+                    ref.name == name or (repo.hub == hubs.MODELSCOPE
+                                         and {name, ref.name} == set(DEFAULT_BRANCHES))):
                 statement = RefStatement(hub, repo_type, repo_id, revision, ref.commit, ref.seq)
                 answer["ref_statement"] = sign_ref(statement, self.key).hex()
                 break

@@ -44,14 +44,14 @@ def describe(store: BlobStore, repo_id: str, files: list[FileEntry]) -> tuple[di
 def publish(catalog: Catalog, store: BlobStore, *, hub: str, repo_type: str, repo_id: str,
             commit: str, files: list[FileEntry], refs: list[tuple[str, str]], access: str,
             title: str, parent: str | None = None, created_at: float | None = None,
-            verified_by: dict | None = None) -> Snapshot:
+            verified_by: dict | None = None, ref_times: dict | None = None) -> Snapshot:
     card, safetensors, invalid = describe(store, repo_id, files)
     snapshot = catalog.publish(
         NewSnapshot(
             hub=hub, type=repo_type, repo_id=repo_id, commit=commit, files=files, refs=refs,
             title=title, parent=parent if parent != commit else None, card_data=card,
             safetensors=safetensors, invalid_safetensors=invalid, access=access,
-            created_at=created_at, verified_by=verified_by or {},
+            created_at=created_at, verified_by=verified_by or {}, ref_times=ref_times or {},
         )
     )
     log.info("published %s %s@%s (%d files), refs %s", hub, repo_id, commit[:12], len(files),

@@ -377,7 +377,8 @@ class Syncer:
         publish(self.catalog, self.store, hub=spec.hub, repo_type=spec.repo_type,
                 repo_id=spec.repo_id, commit=commit, files=entries, refs=refs,
                 access="public", title=f"Synced from {self.upstream.name}", parent=parent,
-                created_at=when, verified_by=verified_by)
+                created_at=when, verified_by=verified_by,
+                ref_times=dict.fromkeys(refs, when) if when else None)
         return SyncResult(str(spec), spec.repo_id, commit, len(files), len(fetched),
                           sum(d.size for d in fetched.values()), unchanged=False)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -201,3 +202,25 @@ def test_one_file_from_two_hubs_is_one_blob_and_one_torrent(ms, config, serve):
     torrents = _json(f"{mirror.url}/api/weightswarm/torrents")["torrents"]
     mine = [t for t in torrents if t["sha256"] == record.sha256]
     assert len(mine) == 1, "one torrent, one swarm, whichever hub the bytes came from"
+
+
+def test_pull_gets_a_synced_modelscope_repo(ms, config, serve, tmp_path):
+    """`weightswarm pull --hub modelscope` of a synced repo: by its default branch, which the
+    pull asks for as main (the catalog finds master). The stock modelscope client on synced
+    repos: tests/mirror/test_msapi.py."""
+    files = files_of(7)
+    ms.add_repo(REPO, files)
+    sync(config, ms, f"ms:{REPO}")
+    mirror = serve(config)
+    home, cache = tmp_path / "peer-home", tmp_path / "peer-cache"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WEIGHTSWARM_", "HF_"))}
+    env.update(WEIGHTSWARM_HOME=str(home), HF_HUB_CACHE=str(cache),
+               WEIGHTSWARM_PEER_PULL_LISTEN="127.0.0.1:0", WEIGHTSWARM_PEER_BT_LSD="false")
+    done = subprocess.run([WEIGHTSWARM, "pull", "--hub", "modelscope", REPO, "--mirror",
+                           mirror.url, "--json", "--no-progress"], env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    folder = Path(result.get("path") or result.get("snapshot") or result["folder"])
+    for path, data in files.items():
+        assert (folder / path).read_bytes() == data, path
