@@ -23,7 +23,7 @@ from multidict import MultiDict
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from peer import hubs
-from peer.errors import BadRequest, NotFound, RequestTimeout, WeightswarmError
+from peer.errors import BadRequest, NotFound, RepoNotFound, RequestTimeout, WeightswarmError
 from peer.hfformat import REPO_TYPES
 from peer.http import answer_errors, header_safe
 from peer.keys import load_or_create, public_key_text
@@ -36,6 +36,7 @@ from peer.settings import MIRROR_FINGERPRINT
 from peer.store import BlobStore
 
 from . import msapi, routes
+from .aliases import redirected as aliases_redirect
 from .answers import CatalogAnswers
 from .catalog import Catalog
 from .config import Config
@@ -187,13 +188,50 @@ async def observe(request: web.Request, handler):
 
 
 async def hub_api(request: web.Request) -> web.StreamResponse:
-    """Every HF API path: parsed (routes.py), then answered by the call's own handler."""
-    call = routes.parse(request.raw_path)
+    """Every HF API path: parsed (routes.py), then answered by the call's own handler; an
+    old name (`[mirror] aliases`) that the catalog lacks, redirected to its new one."""
+    aliases = request.app[CONFIG].mirror.aliases
+    try:
+        call = routes.parse(request.raw_path)
+    except NotFound:
+        moved = aliases.for_url(request.raw_path.split("?", 1)[0].lstrip("/")) \
+            if aliases else None
+        if moved is None:
+            raise
+        request[ROUTE] = "alias"
+        raise web.HTTPFound(moved) from None
     request[ROUTE] = call.kind
     methods, answer = _HUB_CALLS[call.kind]
     if request.method not in methods:
         raise web.HTTPMethodNotAllowed(request.method, list(methods))
-    return await answer(request, call)
+    try:
+        return await answer(request, call)
+    except RepoNotFound:
+        target = aliases.for_repo(call) if aliases and call.repo_id else None
+        moved = aliases_redirect(call, request.raw_path, target) if target else None
+        if moved is None:
+            raise
+        request[ROUTE] = "alias"
+        query = request.rel_url.raw_query_string
+        # 307: the same method again at the new name, as the Hub answers for a renamed repo
+        raise web.HTTPTemporaryRedirect(moved + (f"?{query}" if query else "")) from None
+
+
+async def alias(request: web.Request) -> web.Response:
+    """`/api/weightswarm/aliases?url=<a retired URL>`: a redirect to where it lives now;
+    without `url`, the table of aliases."""
+    request[ROUTE] = "alias"
+    aliases = request.app[CONFIG].mirror.aliases
+    url = request.query.get("url")
+    if url is None:
+        return web.json_response({
+            "repos": {f"{hub}:{repo_type}:{repo_id}": target.repo_info_path()
+                      for (hub, repo_type, repo_id), target in aliases.repos.items()},
+            "urls": {key: target.repo_info_path() for key, target in aliases.urls}})
+    moved = aliases.for_url(url)
+    if moved is None:
+        raise NotFound(f"no alias covers {url[:200]!r}")
+    raise web.HTTPFound(moved)
 
 
 def _query(request: web.Request) -> MultiDict[str]:
@@ -671,6 +709,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/api/weightswarm/torrents", torrents)
     app.router.add_get("/api/weightswarm/torrents/{sha256}.torrent", torrent)
     app.router.add_get("/blobs/sha256/{sha256}", blob)
+    app.router.add_get("/api/weightswarm/aliases", alias)
     # The ModelScope API before the catch-all, which is the HF API (`/hubs/modelscope/api/
     # models/...` included).
     app.router.add_route("*", f"{msapi.LEGACY}{{tail:.*}}", ms_api)
