@@ -295,6 +295,9 @@ class FakeModelScope(LoopServers):
         self.cut_large_files = cut_large_files
         self.large_file = large_file
         self.send_rate = send_rate
+        #: False: RevisionMap entries carry no CommitId (third-party code reads it; the
+        #: legacy API does not promise it)
+        self.commit_ids = True
         self.url = ""
         self.oss_url = ""
         #: (method, path with query) of every request to the hub, in order
@@ -508,7 +511,12 @@ class FakeModelScope(LoopServers):
         repo = self._repo(request)
         query = _query(request)
         end_time = _int(query, "EndTime", 0) if query.get("EndTime") else None
-        return web.json_response(envelope(revision_map(repo, end_time)))
+        data = revision_map(repo, end_time)
+        if not self.commit_ids:
+            for entries in data["RevisionMap"].values():
+                for entry in entries:
+                    del entry["CommitId"]
+        return web.json_response(envelope(data))
 
     def _listing(self, repo: _Repo, query: dict[str, str]) -> list[dict] | None:
         """The entries a listing answers; None for a revision that names nothing."""

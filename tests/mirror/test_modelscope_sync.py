@@ -224,3 +224,22 @@ def test_pull_gets_a_synced_modelscope_repo(ms, config, serve, tmp_path):
     folder = Path(result.get("path") or result.get("snapshot") or result["folder"])
     for path, data in files.items():
         assert (folder / path).read_bytes() == data, path
+
+
+def test_without_commit_ids_the_commit_is_the_content_commit(ms, config):
+    """A RevisionMap without CommitId: the snapshot's commit is derived from the listed
+    files' Sha256 before a byte is fetched (DESIGN.md section 2), so a re-sync of the same
+    files is up to date and a change makes a new commit."""
+    from peer.hfformat import FileEntry, derived_commit
+
+    ms.commit_ids = False
+    files = {"config.json": b"{}", "sub/a.txt": b"a\n"}
+    ms.add_repo(REPO, files)
+    [first] = sync(config, ms, f"ms:{REPO}")
+    assert first.commit == derived_commit(
+        FileEntry(p, len(d), hashlib.sha256(d).hexdigest(), "", False) for p, d in files.items())
+    [again] = sync(config, ms, f"ms:{REPO}")
+    assert again.unchanged and again.commit == first.commit
+    ms.add_repo(REPO, {**files, "sub/a.txt": b"b\n"})
+    [changed] = sync(config, ms, f"ms:{REPO}")
+    assert changed.commit != first.commit and changed.fetched == 1
