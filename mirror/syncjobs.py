@@ -113,19 +113,10 @@ async def _refetch(config: Config, sha256: str) -> bool:
                                        repo_id=repo_id, revision=commit)
             upstream = upstream_for(config, spec)
             try:
-                listed = {f.path: f for f in await upstream.list_files(repo_type, repo_id,
-                                                                       commit)}
-                remote = listed.get(path)
-                if remote is None or (remote.lfs and remote.sha256 != sha256):
-                    continue
-                syncer = Syncer(catalog, store, upstream, min_free=config.mirror.min_free)
-                digests, _ = await syncer._fetch(spec, commit, remote, lambda n: None)
-                if digests.sha256 != sha256:
-                    continue
-                catalog.put_blob(digests)
-                log.info("blob %s fetched again from %s (%s@%s %s)", sha256, upstream.name,
-                         repo_id, commit[:12], path)
-                return True
+                if await _refetch_one(catalog, store, config, upstream, spec, path, sha256):
+                    log.info("blob %s fetched again from %s (%s@%s %s)", sha256,
+                             upstream.name, repo_id, commit[:12], path)
+                    return True
             except WeightswarmError as e:
                 log.warning("blob %s: %s could not give it again: %s", sha256, spec, e)
             finally:
@@ -133,6 +124,29 @@ async def _refetch(config: Config, sha256: str) -> bool:
         return False
     finally:
         catalog.close()
+
+
+async def _refetch_one(catalog: Catalog, store: BlobStore, config: Config, upstream: Upstream,
+                       spec: SyncSpec, path: str, sha256: str) -> bool:
+    """One file of one snapshot (`spec.revision` is its commit) from the upstream again."""
+    key = spec.revision
+    if upstream.derives_commit:
+        # No commits upstream (Kaggle): the version is the tag that names this snapshot.
+        repo = catalog.repo(spec.hub, spec.repo_type, spec.repo_id)
+        tags = [r.name for r in catalog.refs(repo) if r.kind == "tag" and r.commit == key]
+        if not tags:
+            return False
+        key = await upstream.resolve(spec.repo_type, spec.repo_id, tags[0])
+    listed = {f.path: f for f in await upstream.list_files(spec.repo_type, spec.repo_id, key)}
+    remote = listed.get(path)
+    if remote is None or (remote.sha256 is not None and remote.sha256 != sha256):
+        return False
+    syncer = Syncer(catalog, store, upstream, min_free=config.mirror.min_free)
+    digests, _ = await syncer._fetch(spec, key, remote, lambda n: None)
+    if digests.sha256 != sha256:
+        return False
+    catalog.put_blob(digests)
+    return True
 
 
 @dataclass(frozen=True)

@@ -21,11 +21,12 @@ from huggingface_hub import HfApi, snapshot_download
 
 from helpers import run_sync, sample_model_files
 from mirror.catalog import Catalog
-from mirror.sync import HostileListing, SyncFailed
+from mirror.sync import HostileListing, SyncFailed, parse_spec
 from mirror.upstreams.kaggle import Kaggle
 from peer import hubs
 from peer.errors import Refused, RepoNotFound, Unavailable
 from peer.hfformat import FileEntry, derived_commit
+from peer.store import BlobStore
 
 MiB = 1024 * 1024
 HANDLE = "google/gemma/transformers/2b"
@@ -256,3 +257,25 @@ def test_the_stock_clients_and_pull_get_a_kaggle_model(kaggle, config, serve, tm
     folder = Path(result.get("path") or result.get("snapshot") or result["folder"])
     for path, data in files.items():
         assert (folder / path).read_bytes() == data, path
+
+
+def test_a_corrupt_blob_is_fetched_again_from_kaggle(kaggle, tmp_path):
+    """Scrub's last resort (syncjobs.refetch_blob) works for a hub without commits: the
+    version is found by the tag that names the snapshot, and the bytes are checked again."""
+    from mirror.config import load_config
+    from mirror.syncjobs import refetch_blob, run_specs
+
+    weights = os.urandom(300_000)
+    kaggle.add_version("google", "gemma", "transformers", "2b",
+                       {"config.json": b"{}", "model.safetensors": weights})
+    section = "mirror.upstreams.kaggle"
+    config = load_config(home=tmp_path / "home", env={}, overrides={
+        (section, "endpoint"): kaggle.endpoint, (section, "token"): TOKEN})
+    outcome = asyncio.run(run_specs(config, [parse_spec(f"kaggle:{HANDLE}")]))
+    assert not outcome.failures
+    sha256 = hashlib.sha256(weights).hexdigest()
+    stored = BlobStore(config.store_dir).path_for(sha256)
+    stored.chmod(0o644)
+    stored.unlink()
+    assert refetch_blob(config, sha256)
+    assert stored.read_bytes() == weights
