@@ -35,7 +35,7 @@ from peer.service import start as start_service
 from peer.settings import MIRROR_FINGERPRINT
 from peer.store import BlobStore
 
-from . import msapi, routes
+from . import feed, msapi, routes
 from .aliases import redirected as aliases_redirect
 from .answers import CatalogAnswers
 from .catalog import Catalog
@@ -685,6 +685,18 @@ async def torrents(request: web.Request) -> web.Response:
     })
 
 
+async def catalog_feed(request: web.Request) -> web.Response:
+    """`/api/weightswarm/catalog?since=SEQ[&limit=N]`: the signed feed of what changed after
+    `since`, for the index (mirror/feed.py); the same poll is answered from memory until the
+    catalog changes."""
+    request[ROUTE] = "catalog"
+    since, limit = feed.parse_query(_query(request))
+    distribution = request.app[DISTRIBUTION]
+    body = await _answer(request, ("catalog", since, limit), feed.build_feed,
+                         distribution.catalog, distribution.key, since, limit=limit)
+    return web.Response(body=body, content_type="application/msgpack")
+
+
 def _distribution_repo(request: web.Request) -> tuple[str, str, str]:
     hub, repo_type, repo_id = (request.match_info[k] for k in ("hub", "type", "repo"))
     if hub not in hubs.HUBS or repo_type not in REPO_TYPES:
@@ -707,6 +719,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/api/weightswarm/snapshots/{hub}/{type}/{repo:.+}", snapshot_info)
     app.router.add_get("/api/weightswarm/manifests/{hub}/{type}/{repo:.+}/{commit}", manifest)
     app.router.add_get("/api/weightswarm/torrents", torrents)
+    app.router.add_get("/api/weightswarm/catalog", catalog_feed)
     app.router.add_get("/api/weightswarm/torrents/{sha256}.torrent", torrent)
     app.router.add_get("/blobs/sha256/{sha256}", blob)
     app.router.add_get("/api/weightswarm/aliases", alias)

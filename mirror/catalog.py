@@ -177,8 +177,28 @@ def _m8(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE refs ADD COLUMN created_at REAL")
 
 
+def _m9(db: sqlite_utils.Database) -> None:
+    """The catalog feed (mirror/feed.py; issue 18): each repo's sequence number at its last
+    change a reader of the feed must learn, and the repos a reader must forget (removed, or
+    made private) with the number of that. Every repo there is gets a number of its own,
+    past every ref's, so that a reader from 0 is sent them all."""
+    db.execute("ALTER TABLE repos ADD COLUMN seq INTEGER NOT NULL DEFAULT 0")
+    base = db.execute("SELECT value FROM state WHERE key = 'seq'").fetchone()[0]
+    ids = [row[0] for row in db.execute("SELECT id FROM repos ORDER BY id").fetchall()]
+    db.conn.executemany("UPDATE repos SET seq = ? WHERE id = ?",
+                        [(base + n, rid) for n, rid in enumerate(ids, 1)])
+    db.execute("UPDATE state SET value = ? WHERE key = 'seq'", (base + len(ids),))
+    db.execute("CREATE INDEX repos_seq ON repos (seq)")
+    db.execute(
+        "CREATE TABLE feed_tombstones (hub TEXT NOT NULL, type TEXT NOT NULL, "
+        "repo_id TEXT NOT NULL, seq INTEGER NOT NULL, PRIMARY KEY (hub, type, repo_id)) "
+        "WITHOUT ROWID"
+    )
+    db.execute("CREATE INDEX feed_tombstones_seq ON feed_tombstones (seq)")
+
+
 #: MIGRATIONS[i] takes the schema from version i to i + 1.
-MIGRATIONS = [_m1, _m2, _m3, _m4, _m5, _m6, _m7, _m8]
+MIGRATIONS = [_m1, _m2, _m3, _m4, _m5, _m6, _m7, _m8, _m9]
 #: sort key of the listing API → column (all sorts are descending unless asked otherwise).
 SORTS = {
     "downloads": "downloads", "likes": "likes", "lastModified": "updated_at",
@@ -497,11 +517,14 @@ class Catalog:
         if any(kind not in REF_KINDS for kind, _ in new.refs):
             raise ValueError(f"ref kind must be one of {REF_KINDS}")
         with self.transaction() as c:
+            key = (new.hub, new.type, new.repo_id)
+            before, seq_before = _feed_view(c, key), self._seq(c)
             repo_pk = self._put_repo(c, new, now)
             self._put_snapshot(c, repo_pk, new, now)
             for kind, name in new.refs:
                 self._move_ref(c, repo_pk, kind, name, new.commit, now,
                                new.ref_times.get((kind, name)))
+            self._note_change(c, key, before, seq_before)
         return self.snapshot(self.repo(new.hub, new.type, new.repo_id), new.commit)
 
     @staticmethod
@@ -588,8 +611,67 @@ class Catalog:
         c.execute("UPDATE state SET value = value + 1 WHERE key = 'seq'")
         return c.execute("SELECT value FROM state WHERE key = 'seq'").fetchone()[0]
 
+    @staticmethod
+    def _seq(c: sqlite3.Connection) -> int:
+        return c.execute("SELECT value FROM state WHERE key = 'seq'").fetchone()[0]
+
     def sequence(self) -> int:
-        return self.conn.execute("SELECT value FROM state WHERE key = 'seq'").fetchone()[0]
+        return self._seq(self.conn)
+
+    def _note_change(self, c: sqlite3.Connection, key: tuple[str, str, str],
+                     before: tuple | None, seq_before: int) -> None:
+        """In the transaction that changed a repo: give it the sequence number of the change
+        (the last ref it moved, else a new one; nothing when a reader would see no change),
+        and keep its tombstone: a repo removed or made private is one a reader must forget,
+        while one that is visible again is sent whole, tombstone or not (mirror/feed.py)."""
+        after = _feed_view(c, key)
+        moved = self._seq(c)
+        if moved == seq_before and after == before:
+            return  # the same commit published again: no number burnt
+        seq = moved if moved > seq_before else self._next_seq(c)
+        c.execute("UPDATE repos SET seq = ? WHERE hub = ? AND type = ? AND repo_id = ?",
+                  (seq, *key))
+        if after is not None and after[0] != "private":
+            c.execute("DELETE FROM feed_tombstones WHERE hub = ? AND type = ? AND repo_id = ?",
+                      key)
+        elif before is not None and before[0] != "private":
+            # A repo private from the start is never named: no reader ever knew it.
+            c.execute("INSERT INTO feed_tombstones (hub, type, repo_id, seq) VALUES (?, ?, ?, ?) "
+                      "ON CONFLICT DO UPDATE SET seq = excluded.seq", (*key, seq))
+
+    # -- the catalog feed (mirror/feed.py) ------------------------------------------------------
+
+    @contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: every query in it sees the catalog as it was at its first."""
+        self.conn.execute("BEGIN")
+        try:
+            yield self.conn
+        finally:
+            if self.conn.in_transaction:
+                self.conn.execute("COMMIT")
+
+    def feed_repos(self, since: int, limit: int) -> list[tuple[int, Repo]]:
+        """(sequence, repo) of the repos a feed reader sees (public and gated) whose last
+        change came after `since`, oldest change first."""
+        rows = self.conn.execute(
+            f"SELECT seq, {_REPO_COLUMNS} FROM repos WHERE seq > ? AND access != 'private' "
+            "ORDER BY seq LIMIT ?", (since, limit)).fetchall()
+        return [(row[0], _repo(row[1:])) for row in rows]
+
+    def feed_tombstones(self, since: int, limit: int) -> list[tuple[int, str, str, str]]:
+        """(sequence, hub, type, repo id) of the repos removed or made private after `since`
+        (and not visible again since), oldest first."""
+        return [tuple(row) for row in self.conn.execute(
+            "SELECT seq, hub, type, repo_id FROM feed_tombstones WHERE seq > ? ORDER BY seq "
+            "LIMIT ?", (since, limit)).fetchall()]
+
+    def snapshot_sizes(self, repo: Repo) -> list[tuple[str, float, int, int]]:
+        """(commit, created at, file count, total bytes) of each of the repo's snapshots."""
+        return [tuple(row) for row in self.conn.execute(
+            "SELECT s.commit_id, s.created_at, count(f.path), coalesce(sum(f.size), 0) "
+            "FROM snapshots s LEFT JOIN files f ON f.snapshot = s.id WHERE s.repo = ? "
+            "GROUP BY s.id ORDER BY s.created_at, s.id", (repo.id,)).fetchall()]
 
     def search(
         self,
@@ -638,7 +720,9 @@ class Catalog:
         """Remove a whole repo, or one revision of it: a commit (with the refs naming it) or
         a ref (and its snapshot, if no other ref names it). Returns the commits removed.
         Blobs stay in the store until `gc`."""
+        key = (repo.hub, repo.type, repo.repo_id)
         with self.transaction() as c:
+            before, seq_before = _feed_view(c, key), self._seq(c)
             if revision is None:
                 commits = [r[0] for r in c.execute(
                     "SELECT commit_id FROM snapshots WHERE repo = ?", (repo.id,))]
@@ -664,6 +748,7 @@ class Catalog:
             left = c.execute("SELECT count(*) FROM snapshots WHERE repo = ?", (repo.id,)).fetchone()
             if revision is None or left[0] == 0:
                 c.execute("DELETE FROM repos WHERE id = ?", (repo.id,))
+            self._note_change(c, key, before, seq_before)
         return commits
 
     def unreferenced_blobs(self, touched_before: float) -> list[str]:
@@ -949,6 +1034,16 @@ def _ref_key(revision: str, c: sqlite3.Connection, repo_pk: int) -> tuple[str, s
                      (repo_pk, kind, revision)).fetchone():
             return kind, revision
     return "branch", revision
+
+
+def _feed_view(c: sqlite3.Connection, key: tuple[str, str, str]) -> tuple | None:
+    """What a feed reader sees of a repo, access first (None: no such repo): a change of it
+    moves the repo's sequence number (with the refs' numbers, which move by themselves)."""
+    return c.execute(
+        "SELECT r.access, r.license, r.pipeline_tag, r.library_name, r.tags, r.base_model, "
+        "r.datasets, r.language, (SELECT count(*) FROM snapshots s WHERE s.repo = r.id), "
+        "(SELECT count(*) FROM refs f WHERE f.repo = r.id) FROM repos r "
+        "WHERE r.hub = ? AND r.type = ? AND r.repo_id = ?", key).fetchone()
 
 
 def _repo(row: tuple) -> Repo:

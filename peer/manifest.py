@@ -31,7 +31,9 @@ MAX_FILES = 1_000_000
 _DOMAIN = {"manifest": b"weightswarm manifest v1\0", "ref": b"weightswarm ref statement v1\0",
            # a bundle's index and the state an air-gapped mirror carries back (mirror/bundle/)
            "bundle": b"weightswarm bundle index v1\0",
-           "bundle-state": b"weightswarm bundle state v1\0"}
+           "bundle-state": b"weightswarm bundle state v1\0",
+           # a mirror's catalog feed for the index (mirror/feed.py)
+           "catalog": b"weightswarm catalog feed v1\0"}
 
 
 class ManifestError(WeightswarmError):
