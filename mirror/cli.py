@@ -212,8 +212,8 @@ def mirror_sync(state: State, specs, include, exclude, parallel, progress) -> No
       ms:org/name[@rev]        a ModelScope repo, master by default
                                (mirror.upstreams.modelscope.endpoint); ms:org/* every model
       ms-datasets:org/name[@rev]
-      kaggle:owner/model/framework/variation[/N]   a Kaggle model instance, its latest
-                               version or version N, as the repo
+      kaggle:owner/model/framework/variation[/N|/*]   a Kaggle model instance: its
+                               latest version, version N, or every version, as the repo
                                owner/model.framework.variation (tag vN; main: the latest)
       mirror:<base-url>#org/name[@rev]   any HF-compatible endpoint, e.g. another mirror,
                                its base URL with /hubs/<hub> for another hub's repos

@@ -44,6 +44,7 @@ from peer.store import BlobStore, Expected
 from .catalog import BlobRecord, Catalog, ref_of
 from .snapshots import publish
 from .upstreams import Answered, RemoteFile, Upstream, UpstreamError
+from .upstreams.kaggle import EVERY_VERSION as KAGGLE_EVERY_VERSION
 from .upstreams.kaggle import handle_of as kaggle_handle_of
 from .upstreams.kaggle import parse_handle as parse_kaggle_handle
 
@@ -87,6 +88,11 @@ class SyncSpec:
     @property
     def is_author(self) -> bool:
         return self.repo_id.endswith("/*")
+
+    @property
+    def every_version(self) -> bool:
+        """`kaggle:owner/model/framework/variation/*`: each version, a tag of its own."""
+        return self.kind == "kaggle" and self.revision == KAGGLE_EVERY_VERSION
 
     def __str__(self) -> str:
         if self.kind in ("mirror", "local"):
@@ -271,6 +277,10 @@ class Syncer:
         self.archive = archive
 
     async def sync(self, spec: SyncSpec) -> list[SyncResult]:
+        if spec.every_version:
+            numbers = await self.upstream.versions(spec.repo_id)
+            return [await self.sync_repo(dataclasses.replace(spec, revision=f"v{n}"))
+                    for n in numbers]
         if spec.is_author:
             author = spec.repo_id[:-2]
             ids = await self.upstream.list_author(spec.repo_type, author)

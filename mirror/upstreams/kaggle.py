@@ -52,8 +52,13 @@ def framework_enum(framework: str) -> str:
     return f"MODEL_FRAMEWORK_{name}"
 
 
+#: the revision of a spec that names every version of an instance (`.../variation/*`)
+EVERY_VERSION = "*"
+
+
 def parse_handle(handle: str) -> tuple[str, str]:
-    """`owner/model/framework/variation[/version]` → (repo id, revision: `v{N}` or `main`)."""
+    """`owner/model/framework/variation[/version|/*]` → (repo id, revision: `v{N}`, `main`,
+    or `*` for every version)."""
     parts = handle.strip("/").split("/")
     if len(parts) not in (4, 5) or not all(_SLUG.fullmatch(p) for p in parts[:4]):
         raise BadRequest(f"{handle!r}: a Kaggle handle is owner/model/framework/variation"
@@ -61,7 +66,9 @@ def parse_handle(handle: str) -> tuple[str, str]:
     owner, model, framework, variation = parts[:4]
     framework_enum(framework)
     revision = "main"
-    if len(parts) == 5:
+    if len(parts) == 5 and parts[4] == EVERY_VERSION:
+        revision = EVERY_VERSION
+    elif len(parts) == 5:
         number = ascii_digits(parts[4])
         if number is None or number < 1 or len(parts[4]) > 9:
             raise BadRequest(f"{handle!r}: the version is a number from 1")
@@ -89,6 +96,8 @@ def handle_of(repo_id: str, revision: str) -> str:
     for i, part in enumerate(parts[1:-1], start=1):
         if part.replace("_", "").lower() in _BY_LOWER:
             handle = f"{owner}/{'.'.join(parts[:i])}/{part}/{'.'.join(parts[i + 1:])}"
+            if revision == EVERY_VERSION:
+                return f"{handle}/{EVERY_VERSION}"
             return handle + (f"/{revision[1:]}" if revision.startswith("v") else "")
     raise BadRequest(f"{repo_id!r} is no Kaggle repo id (owner/model.framework.variation)")
 
@@ -173,6 +182,21 @@ class Kaggle(HttpUpstream):
                 raise UpstreamError(f"{self.name}: {handle_of(repo_id, 'main')}: no version")
             self._latest[repo_id] = number
         return self._latest[repo_id]
+
+    async def versions(self, repo_id: str) -> list[int]:
+        """Every version number of the instance, oldest first."""
+        body, numbers = {**instance(repo_id), "pageSize": 100}, set()
+        for _ in range(MAX_PAGES):
+            answer = await self._rpc("ListModelInstanceVersions", body)
+            listed = (answer.get("versionList") or {}).get("versions") or []
+            for v in listed if isinstance(listed, list) else []:
+                number = v.get("versionNumber") if isinstance(v, dict) else None
+                if isinstance(number, int) and not isinstance(number, bool) and number > 0:
+                    numbers.add(number)
+            if not answer.get("nextPageToken"):
+                return sorted(numbers)
+            body["pageToken"] = answer["nextPageToken"]
+        raise UpstreamError(f"{self.name}: more than {MAX_PAGES} pages of versions")
 
     async def resolve(self, repo_type: str, repo_id: str, revision: str) -> str:
         if repo_type != "model":

@@ -279,3 +279,18 @@ def test_a_corrupt_blob_is_fetched_again_from_kaggle(kaggle, tmp_path):
     stored.unlink()
     assert refetch_blob(config, sha256)
     assert stored.read_bytes() == weights
+
+
+def test_every_version_of_an_instance_for_an_archive(kaggle, config):
+    """`.../variation/*`: every version a tag, oldest first, the latest also main; what is
+    here already is not fetched again."""
+    for i in range(3):
+        kaggle.add_version("google", "gemma", "transformers", "2b", {"config.json": b"%d" % i})
+    sync(config, kaggle, f"kaggle:{HANDLE}/2")
+    spec = parse_spec(f"kaggle:{HANDLE}/*")
+    assert spec.every_version and str(spec) == f"kaggle:{HANDLE}/*"
+    results = sync(config, kaggle, f"kaggle:{HANDLE}/*")
+    assert [r.unchanged for r in results] == [False, True, False]
+    refs = held(config)
+    assert {name for _, name in refs} == {"v1", "v2", "v3", "main"}
+    assert refs[("branch", "main")] == refs[("tag", "v3")] == results[-1].commit
