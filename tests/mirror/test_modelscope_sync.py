@@ -21,7 +21,7 @@ from fakehub import FakeHub, tiny_repo_files
 from fakems import FakeModelScope
 from huggingface_hub import HfApi, snapshot_download
 
-from helpers import run_sync
+from helpers import run_sync, sample_model_files
 from mirror.catalog import Catalog
 from mirror.sync import HostileListing, SyncFailed
 from mirror.upstreams import modelscope
@@ -204,11 +204,14 @@ def test_one_file_from_two_hubs_is_one_blob_and_one_torrent(ms, config, serve):
     assert len(mine) == 1, "one torrent, one swarm, whichever hub the bytes came from"
 
 
-def test_pull_gets_a_synced_modelscope_repo(ms, config, serve, tmp_path):
-    """`weightswarm pull --hub modelscope` of a synced repo: by its default branch, which the
-    pull asks for as main (the catalog finds master). The stock modelscope client on synced
-    repos: tests/mirror/test_msapi.py."""
-    files = files_of(7)
+def test_pull_gets_a_synced_modelscope_repo_and_transformers_loads_it(ms, config, serve,
+                                                                      tmp_path):
+    """`weightswarm pull --hub modelscope` of a synced repo by its default branch, which the
+    pull asks for as main (the catalog finds master); transformers then loads its config and
+    tokenizer (the package's real ones) offline from the pull's cache. The stock modelscope
+    client on synced repos: tests/mirror/test_msapi.py."""
+    files = {**sample_model_files(), **{k: v for k, v in files_of(7).items()
+                                        if k.endswith(".safetensors")}}
     ms.add_repo(REPO, files)
     sync(config, ms, f"ms:{REPO}")
     mirror = serve(config)
@@ -224,6 +227,15 @@ def test_pull_gets_a_synced_modelscope_repo(ms, config, serve, tmp_path):
     folder = Path(result.get("path") or result.get("snapshot") or result["folder"])
     for path, data in files.items():
         assert (folder / path).read_bytes() == data, path
+    code = ("from transformers import AutoConfig, AutoTokenizer\n"
+            f"c = AutoConfig.from_pretrained({REPO!r})\n"
+            f"t = AutoTokenizer.from_pretrained({REPO!r})\n"
+            "print(c.model_type, t('hello world')['input_ids'])\n")
+    env.update(HF_HUB_OFFLINE="1", HF_HUB_DISABLE_UPDATE_CHECK="1")
+    loaded = subprocess.run([str(Path(WEIGHTSWARM).with_name("python")), "-c", code], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert loaded.stdout.strip().splitlines()[-1] == "bert [101, 7592, 2088, 102]"
 
 
 def test_without_commit_ids_the_commit_is_the_content_commit(ms, config):
