@@ -29,7 +29,7 @@ from peer.http import answer_errors, header_safe
 from peer.keys import load_or_create, public_key_text
 from peer.metrics import Children, metrics_response
 from peer.paths import ascii_digits, check_repo_id, check_revision, is_commit, is_sha256
-from peer.service import LIMITS, LOOPS, Service, background, listening
+from peer.service import LIMITS, LISTENER, LOOPS, Service, background, listening
 from peer.service import serve as serve_services
 from peer.service import start as start_service
 from peer.settings import MIRROR_FINGERPRINT
@@ -626,6 +626,50 @@ async def _access_log(app: web.Application) -> AsyncIterator[None]:
         _flush_handlers(access_log)
 
 
+#: seconds between a mirror's registrations with its index (well inside the index's 10 minutes)
+REGISTER_EVERY = 240.0
+
+
+async def _registration(app: web.Application) -> AsyncIterator[None]:
+    """With `[mirror] index`: register at start and every REGISTER_EVERY seconds. A failure is
+    one log line and is tried again next time; it never stops the mirror."""
+    config = app[CONFIG]
+    if not config.mirror.index:
+        yield
+        return
+    task = app[LOOPS].spawn(_register_every(app, config.mirror.index), "index registration")
+    try:
+        yield
+    finally:
+        await app[LOOPS].stop([task])
+
+
+async def _register_every(app: web.Application, index: str) -> None:
+    import aiohttp
+
+    from tracker.index import build_registration
+
+    config, session = app[CONFIG], app[SESSION]
+    host, port = app[LISTENER].getsockname()[:2]
+    netloc = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, host)
+    base = config.mirror.public_url or f"http://{netloc}:{port}"
+    bittorrent = f"{netloc}:{session.port}" if session is not None else None
+    key = load_or_create(config.key_path)
+    timeout = aiohttp.ClientTimeout(total=30, connect=10)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        while True:
+            body = build_registration(key, base, bittorrent=bittorrent, now=time.time())
+            try:
+                async with http.post(f"{index}/api/weightswarm/register", data=body) as answer:
+                    if answer.status != 200:
+                        log.warning("registering with the index %s: HTTP %d %s", index,
+                                    answer.status, (await answer.text())[:300])
+            except (aiohttp.ClientError, TimeoutError, OSError) as e:
+                log.warning("registering with the index %s failed (tried again in %.0fs): %s",
+                            index, REGISTER_EVERY, e)
+            await asyncio.sleep(REGISTER_EVERY)
+
+
 def _flush_handlers(logger: logging.Logger) -> None:
     for handler in logger.handlers:
         handler.flush()
@@ -711,7 +755,7 @@ def create_app(config: Config) -> web.Application:
     app[METRICS] = Metrics()
     app.cleanup_ctx.extend([
         listening(config.mirror.host, config.mirror.port), background("mirror"), _catalog,
-        _identity, _egress, _session, _seeder, _scheduler, _access_log,
+        _identity, _egress, _session, _seeder, _scheduler, _access_log, _registration,
     ])
     app.router.add_get("/", index)
     app.router.add_get("/metrics", metrics)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, TypeVar
 from peer import atomic, hubs
 from peer.errors import InsufficientSpace, RepoNotFound, RevisionNotFound, out_of_space
 from peer.hashing import Digests
-from peer.hfformat import FileEntry, derive_tags
+from peer.hfformat import REF_KINDS, FileEntry, derive_tags
 from peer.paths import is_commit
 
 if TYPE_CHECKING:
@@ -34,7 +34,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ACCESS_LEVELS = ("public", "gated", "private")
-REF_KINDS = ("branch", "tag", "pr", "convert")
 #: the default branch of Hugging Face and of ModelScope
 DEFAULT_BRANCHES = ("main", "master")
 #: what a file's bytes were checked against before publication: the upstream's sha256

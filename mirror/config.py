@@ -151,6 +151,8 @@ class MirrorConfig:
     bundle_keys: tuple[str, ...] = ()
     #: old names (retired URLs, renamed repos) answered with a redirect (mirror/aliases.py)
     aliases: Aliases = Aliases({}, ())
+    #: the index this mirror registers with (its tracker's base URL), if any
+    index: str | None = None
 
 
 def _keys(value: Any) -> list[str]:
@@ -176,6 +178,7 @@ def _mirror_config(values: Mapping[str, Any]) -> MirrorConfig:
         bundle_keys=tuple(values["bundle_keys"]),
         aliases=values["aliases"] if isinstance(values["aliases"], Aliases)
         else _aliases(values["aliases"]),
+        index=values["index"],
     )
 
 
@@ -209,6 +212,8 @@ MIRROR = Section("mirror", (
             "retired URL or old repo (as a sync spec) = \"new repo as a sync spec\", or the "
             "path of a TOML or YAML file of one (e.g. \"tfhub.dev/google/bert\" = "
             "\"kaggle:google/bert/tensorFlow2/en-uncased\")", check=_aliases),
+    Setting("index", str, None, "the index this mirror registers with, at start and every few "
+            "minutes (the tracker's base URL, e.g. http://tracker:6969)", check=http_url),
     SYNCS,
     Subsections("upstreams", {hub: _upstream(hub) for hub in hubs.HUBS}),
 ), build=_mirror_config)
@@ -285,5 +290,6 @@ def load_config(
         raise ConfigError(f"config file {path} does not exist")
     built = read_settings(SECTIONS, path=path if path.is_file() else None, env=env,
                           overrides=overrides or {})
-    return Config(home=home, mirror=built["mirror"], tracker=built["tracker"],
+    return Config(home=home, mirror=built["mirror"],
+                  tracker=dataclasses.replace(built["tracker"], home=home),
                   peer=dataclasses.replace(built["peer"], home=home))

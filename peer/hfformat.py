@@ -16,6 +16,8 @@ WEIGHT_EXTENSIONS = frozenset(
     ".safetensors .bin .pt .pth .ckpt .gguf .onnx .h5 .msgpack .npz .pkl".split()
 )
 REPO_TYPES = ("model", "dataset")
+#: the kinds of git ref a repo has (a bare name is a branch)
+REF_KINDS = ("branch", "tag", "pr", "convert")
 #: URL segment of each repo type: /api/{plural}/..., and /{prefix}{repo}/resolve/...
 TYPE_PLURAL = {"model": "models", "dataset": "datasets"}
 TYPE_URL_PREFIX = {"model": "", "dataset": "datasets/"}

@@ -33,7 +33,9 @@ _DOMAIN = {"manifest": b"weightswarm manifest v1\0", "ref": b"weightswarm ref st
            "bundle": b"weightswarm bundle index v1\0",
            "bundle-state": b"weightswarm bundle state v1\0",
            # a mirror's catalog feed for the index (mirror/feed.py)
-           "catalog": b"weightswarm catalog feed v1\0"}
+           "catalog": b"weightswarm catalog feed v1\0",
+           # a mirror's registration with the index (tracker/index.py)
+           "register": b"weightswarm mirror registration v1\0"}
 
 
 class ManifestError(WeightswarmError):
@@ -164,7 +166,7 @@ def _text(body: dict, name: str) -> str:
 
 def _int(value, what: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 60:
-        raise ManifestError(f"{what} must be a non-negative integer, got {value!r}")
+        raise ManifestError(f"{what} must be a non-negative integer, got {str(value)[:40]}")
     return value
 
 

@@ -8,8 +8,9 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
-from peer.config import REQUIRED, Section, Setting, Tables, parse_tables, port
+from peer.config import REQUIRED, Section, Setting, Tables, parse_tables, port, positive
 from peer.settings import HttpLimits, http_limits, http_settings
 
 from .swarm import PLACE_BITS, REGION_SHIFT, SITE_SHIFT
@@ -42,6 +43,15 @@ class TrackerConfig:
     max_peers: int = 5_000_000
     private_hashes: frozenset[bytes] = field(default_factory=frozenset)
     http: HttpLimits = HttpLimits()
+    #: the home folder (Config.home): the index keeps index.sqlite and index.key there; None
+    #: (a tracker built without one) runs no index. Not a setting: left out of comparisons
+    home: Path | None = field(default=None, compare=False)
+    #: run the federated index (registration, feed polling) beside the tracker
+    index: bool = True
+    #: accepted mirror keys, one `ed25519:<hex> [name]` a line (tracker/index.py)
+    mirror_keys: str | None = None
+    #: seconds between polls of every registered mirror's catalog feed
+    poll_interval: float = 60.0
 
 
 def _numbered(names) -> dict[str, int]:
@@ -95,6 +105,8 @@ def _tracker_config(values) -> TrackerConfig:
         keys_file=values["keys_file"], trusted_proxies=tuple(values["trusted_proxies"]),
         max_swarms=values["max_swarms"], max_peers=values["max_peers"],
         private_hashes=values["private_hashes"], http=http_limits(values),
+        index=values["index"], mirror_keys=values["mirror_keys"],
+        poll_interval=values["poll_interval"],
     )
 
 
@@ -115,6 +127,13 @@ TRACKER = Section("tracker", (
             "swarms held in memory at most (about 400 bytes each, with a first peer)"),
     Setting("max_peers", int, 5_000_000,
             "peers held in memory at most (under 100 bytes each); both full: under 800 MiB"),
+    Setting("index", bool, True, "run the federated index beside the tracker: mirrors register, "
+            "it polls their catalog feeds (state in the home folder)"),
+    Setting("mirror_keys", str, None, "file of the mirror keys the index accepts, one "
+            "`ed25519:<hex> [name]` a line; removing a line revokes that mirror",
+            unset="no mirror accepted"),
+    Setting("poll_interval", float, 60.0, "seconds between the index's polls of each mirror",
+            check=positive("seconds")),
     SITES,
 ), build=_tracker_config)
 

@@ -14,9 +14,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from helpers import make_config, make_tiny_model
 from mirror.catalog import Catalog, NewSnapshot
 from mirror.distribution import Distribution
-from mirror.feed import MAX_ENTRIES, MAX_FEED_BYTES, MAX_REFS, apply, build_feed, read_feed
+from mirror.feed import build_feed
 from mirror.importer import Importer
 from peer.errors import BadRequest
+from peer.feed import MAX_ENTRIES, MAX_FEED_BYTES, MAX_REFS, apply, read_feed
 from peer.hfformat import FileEntry
 from peer.keys import public_key_text
 from peer.manifest import BadSignature, ManifestError, StaleRef, UnknownKey, sign

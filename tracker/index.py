@@ -1,0 +1,557 @@
+"""The federated index's registry and store (issue 18, items 1, 2 and 7; DESIGN.md flow 6).
+
+Mirrors whose keys the operator lists in `[tracker] mirror_keys` register with a signed
+envelope (domain "register", peer/manifest.py); the index then polls each one's signed catalog
+feed and keeps what the feeds say, per mirror, in sqlite at `<home>/index.sqlite`. The index
+believes nothing a mirror says of itself alone: each feed is checked whole before it is applied
+(in one transaction, so a refused feed loses nothing), and every round it spot-checks a random
+snapshot: the manifest's digest and signature, then a HEAD of a few of its blobs.
+
+The pure parts (the key file, a registration, the bounds) are plain functions; `IndexStore` is
+the sqlite shell, used from one thread; `Poller` is the asyncio loop around both.
+
+The feed reader is peer/feed.py's (the mirror builds feeds in mirror/feed.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import json
+import logging
+import random
+import re
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgpack
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from peer.errors import WeightswarmError
+from peer.feed import MAX_FEED_BYTES, read_feed
+from peer.keys import parse_public_key, public_key_text
+from peer.manifest import FORMAT, ManifestError, StaleRef, open_envelope, read_manifest, sign
+
+log = logging.getLogger(__name__)
+
+#: a registration older than this, or from further ahead than CLOCK_SKEW, is refused
+REGISTRATION_MAX_AGE = 600
+CLOCK_SKEW = 30
+MAX_REGISTRATION_BYTES = 64 * 1024
+MAX_NETBLOCKS = 64
+MAX_URL = 512
+#: repos, refs and snapshots held for one mirror at most; a feed that would pass it is refused
+MAX_ROWS_PER_MIRROR = 500_000
+#: feeds followed (`more`) in one poll of one mirror
+MAX_PAGES_PER_POLL = 100
+#: seconds: one feed request, one spot-check request
+FEED_TIMEOUT = 60.0
+CHECK_TIMEOUT = 10.0
+#: blobs HEADed per spot-check
+BLOBS_PER_CHECK = 3
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_ENDPOINT = re.compile(r"[A-Za-z0-9.\-]{1,253}:\d{1,5}|\[[0-9A-Fa-f:.]{2,45}\]:\d{1,5}")
+_REGISTRATION_FIELDS = frozenset({"format", "kind", "key", "base_url", "bittorrent", "site",
+                                  "region", "netblocks", "timestamp"})
+
+
+class IndexRefused(WeightswarmError):
+    """A registration or feed the index does not take; the message says why."""
+
+    status = 400
+
+
+class UnknownMirror(IndexRefused):
+    status = 403
+
+
+class UrlTaken(IndexRefused):
+    status = 409
+
+
+# -- the operator's list of accepted mirrors ------------------------------------------------------
+
+
+def parse_mirror_keys(text: str) -> tuple[dict[str, str | None], list[str]]:
+    """(key -> name or None, problems) from a `mirror_keys` file: one `ed25519:<hex>` key a
+    line, an optional name after it, `#` starting a comment. A bad line is a problem, not the
+    end of the list: the other mirrors stay accepted."""
+    keys: dict[str, str | None] = {}
+    problems = []
+    for number, line in enumerate(text.splitlines(), 1):
+        words = line.partition("#")[0].split()
+        if not words:
+            continue
+        try:
+            parse_public_key(words[0])
+        except ValueError as e:
+            problems.append(f"line {number}: {e}")
+            continue
+        keys[words[0]] = " ".join(words[1:])[:128] or None
+    return keys, problems
+
+
+def read_mirror_keys(path: str | Path | None) -> dict[str, str | None]:
+    """The accepted keys, read afresh (each registration and each poll round): removing a
+    line revokes that mirror at once. An unreadable file accepts nobody."""
+    if not path:
+        return {}
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        log.warning("index: mirror_keys %s unreadable, no mirror accepted: %s", path, e)
+        return {}
+    keys, problems = parse_mirror_keys(text)
+    for problem in problems:
+        log.warning("index: mirror_keys %s %s (line ignored)", path, problem)
+    return keys
+
+
+# -- a registration: pure ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Registration:
+    key: str
+    base_url: str
+    bittorrent: str | None
+    site: str | None
+    region: str | None
+    netblocks: tuple[str, ...]
+    timestamp: float
+
+
+def build_registration(key: Ed25519PrivateKey, base_url: str, *, bittorrent: str | None = None,
+                       site: str | None = None, region: str | None = None,
+                       netblocks: tuple[str, ...] = (), now: float) -> bytes:
+    """A mirror's signed registration (what `[mirror] index` sends)."""
+    payload = {"format": FORMAT, "kind": "register", "key": public_key_text(key),
+               "base_url": base_url.rstrip("/"), "bittorrent": bittorrent, "site": site,
+               "region": region, "netblocks": list(netblocks), "timestamp": now}
+    return sign("register", msgpack.packb(payload, use_bin_type=True), key)
+
+
+def read_registration(data: bytes, accepted: set[str] | frozenset[str],
+                      now: float) -> Registration:
+    """A registration checked whole: signed by an accepted key (`UnknownKey` otherwise, a
+    `ManifestError`), fresh, every field well-formed (`IndexRefused` says which is not)."""
+    if len(data) > MAX_REGISTRATION_BYTES:
+        raise IndexRefused(f"a registration is at most {MAX_REGISTRATION_BYTES} bytes")
+    body, key = open_envelope("register", data, accepted)
+    if set(body) != _REGISTRATION_FIELDS:
+        raise IndexRefused(f"a registration holds exactly {', '.join(sorted(_REGISTRATION_FIELDS))}")
+    if body["key"] != key:
+        raise IndexRefused("the registration names another key than the one that signed it")
+    stamp = body["timestamp"]
+    if isinstance(stamp, bool) or not isinstance(stamp, int | float):
+        raise IndexRefused("timestamp must be seconds since the epoch")
+    if stamp < now - REGISTRATION_MAX_AGE:
+        raise IndexRefused(f"stale registration: made {now - stamp:.0f} s ago "
+                           f"(at most {REGISTRATION_MAX_AGE} s)")
+    if stamp > now + CLOCK_SKEW:
+        raise IndexRefused(f"registration from the future: {stamp - now:.0f} s ahead")
+    return Registration(key, _base_url(body["base_url"]), _endpoint(body["bittorrent"]),
+                        _label(body["site"], "site"), _label(body["region"], "region"),
+                        _netblocks(body["netblocks"]), float(stamp))
+
+
+def _base_url(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > MAX_URL:
+        raise IndexRefused(f"base_url must be text of at most {MAX_URL} characters")
+    m = re.fullmatch(r"(https?)://([A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(:\d{1,5})?(/[A-Za-z0-9._~/\-]*)?",
+                     value)
+    if not m or (m.group(3) and not 0 < int(m.group(3)[1:]) < 65536):
+        raise IndexRefused(f"base_url is not a plain http(s) URL: {value[:80]!r}")
+    return value.rstrip("/")
+
+
+def _endpoint(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _ENDPOINT.fullmatch(value) or \
+            not 0 < int(value.rpartition(":")[2]) < 65536:
+        raise IndexRefused(f"bittorrent must be host:port, got {str(value)[:80]!r}")
+    return value
+
+
+def _label(value: Any, what: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise IndexRefused(f"{what} must be a short name (letters, digits, . _ -)")
+    return value
+
+
+def _netblocks(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or len(value) > MAX_NETBLOCKS:
+        raise IndexRefused(f"netblocks must be a list of at most {MAX_NETBLOCKS} networks")
+    blocks = []
+    for item in value:
+        try:
+            if not isinstance(item, str) or len(item) > 64:
+                raise ValueError
+            blocks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise IndexRefused(f"netblock {str(item)[:64]!r} is not a network (CIDR)") from None
+    return tuple(blocks)
+
+
+# -- the store: sqlite, one thread ----------------------------------------------------------------
+
+_M1 = """
+CREATE TABLE mirrors (
+    key TEXT PRIMARY KEY, name TEXT, base_url TEXT NOT NULL UNIQUE, bittorrent TEXT,
+    site TEXT, region TEXT, netblocks TEXT NOT NULL DEFAULT '[]',
+    registered_at REAL NOT NULL, last_polled REAL, last_verified REAL, last_error TEXT,
+    demoted INTEGER NOT NULL DEFAULT 0, demoted_reason TEXT, upto INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE repos (
+    mirror TEXT NOT NULL, hub TEXT NOT NULL, type TEXT NOT NULL, repo_id TEXT NOT NULL,
+    seq INTEGER NOT NULL, gated INTEGER NOT NULL, updated_at REAL NOT NULL,
+    tags TEXT NOT NULL, license TEXT, pipeline_tag TEXT, library_name TEXT,
+    PRIMARY KEY (mirror, hub, type, repo_id));
+CREATE TABLE refs (
+    mirror TEXT NOT NULL, hub TEXT NOT NULL, type TEXT NOT NULL, repo_id TEXT NOT NULL,
+    kind TEXT NOT NULL, name TEXT NOT NULL, commit_id TEXT NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (mirror, hub, type, repo_id, kind, name));
+CREATE TABLE snapshots (
+    mirror TEXT NOT NULL, hub TEXT NOT NULL, type TEXT NOT NULL, repo_id TEXT NOT NULL,
+    commit_id TEXT NOT NULL, manifest_sha256 TEXT NOT NULL, size INTEGER NOT NULL,
+    files INTEGER NOT NULL, created_at REAL NOT NULL,
+    PRIMARY KEY (mirror, hub, type, repo_id, commit_id));
+CREATE INDEX repos_by_id ON repos (hub, type, repo_id);
+"""
+#: MIGRATIONS[i] takes the schema from version i to i + 1
+MIGRATIONS = [_M1]
+SCHEMA_VERSION = len(MIGRATIONS)
+_TABLES = ("repos", "refs", "snapshots")
+
+
+@dataclass(frozen=True)
+class MirrorRow:
+    key: str
+    name: str | None
+    base_url: str
+    bittorrent: str | None
+    site: str | None
+    region: str | None
+    netblocks: tuple[str, ...]
+    registered_at: float
+    last_polled: float | None
+    last_verified: float | None
+    last_error: str | None
+    demoted: bool
+    demoted_reason: str | None
+    upto: int
+
+
+class IndexStore:
+    """What the index holds, in sqlite (WAL), used from one thread."""
+
+    def __init__(self, path: Path, *, max_rows_per_mirror: int = MAX_ROWS_PER_MIRROR):
+        self.path = Path(path)
+        self.max_rows = max_rows_per_mirror
+        self.conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA busy_timeout = 5000")
+        if self.conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+            self.conn.execute("PRAGMA journal_mode = WAL")
+        self._migrate()
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _migrate(self) -> None:
+        with self.transaction():
+            version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise RuntimeError(f"index {self.path} has schema {version}, newer than this "
+                                   f"weightswarm ({SCHEMA_VERSION}): upgrade weightswarm")
+            for script in MIGRATIONS[version:]:
+                for statement in filter(str.strip, script.split(";")):
+                    self.conn.execute(statement)
+            self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # -- mirrors --
+
+    def register(self, reg: Registration, name: str | None, now: float) -> bool:
+        """Upsert a mirror; True if it is new. `UrlTaken` if another key holds its URL."""
+        with self.transaction() as c:
+            other = c.execute("SELECT key FROM mirrors WHERE base_url = ? AND key != ?",
+                              (reg.base_url, reg.key)).fetchone()
+            if other:
+                raise UrlTaken(f"{reg.base_url} is registered by another mirror's key")
+            new = c.execute("SELECT 1 FROM mirrors WHERE key = ?", (reg.key,)).fetchone() is None
+            c.execute(
+                "INSERT INTO mirrors (key, name, base_url, bittorrent, site, region, netblocks,"
+                " registered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET"
+                " name = excluded.name, base_url = excluded.base_url,"
+                " bittorrent = excluded.bittorrent, site = excluded.site,"
+                " region = excluded.region, netblocks = excluded.netblocks,"
+                " registered_at = excluded.registered_at",
+                (reg.key, name, reg.base_url, reg.bittorrent, reg.site, reg.region,
+                 json.dumps(list(reg.netblocks)), now))
+        return new
+
+    def mirrors(self) -> list[MirrorRow]:
+        rows = self.conn.execute(
+            "SELECT key, name, base_url, bittorrent, site, region, netblocks, registered_at,"
+            " last_polled, last_verified, last_error, demoted, demoted_reason, upto"
+            " FROM mirrors ORDER BY base_url").fetchall()
+        return [MirrorRow(*r[:6], tuple(json.loads(r[6])), *r[7:11], bool(r[11]), *r[12:])
+                for r in rows]
+
+    def mirror(self, key: str) -> MirrorRow | None:
+        return next((m for m in self.mirrors() if m.key == key), None)
+
+    def keep_only(self, accepted: dict[str, str | None]) -> list[str]:
+        """Forget every mirror whose key is no longer accepted (its rows with it), and take
+        the names the key file gives now; the base URLs of those dropped."""
+        with self.transaction() as c:
+            dropped = [(k, url) for k, url in c.execute("SELECT key, base_url FROM mirrors")
+                       if k not in accepted]
+            for key, _ in dropped:
+                self._drop_rows(c, key)
+                c.execute("DELETE FROM mirrors WHERE key = ?", (key,))
+            for key, name in accepted.items():
+                c.execute("UPDATE mirrors SET name = ? WHERE key = ?", (name, key))
+        return [url for _, url in dropped]
+
+    def repo_counts(self) -> dict[str, int]:
+        return dict(self.conn.execute("SELECT mirror, count(*) FROM repos GROUP BY mirror"))
+
+    def repos_of(self, key: str) -> list[tuple[str, str, str]]:
+        return self.conn.execute("SELECT hub, type, repo_id FROM repos WHERE mirror = ?"
+                                 " ORDER BY hub, type, repo_id", (key,)).fetchall()
+
+    def rows_of(self, key: str) -> int:
+        return sum(self.conn.execute(f"SELECT count(*) FROM {t} WHERE mirror = ?",  # noqa: S608
+                                     (key,)).fetchone()[0] for t in _TABLES)
+
+    def record_poll(self, key: str, now: float, error: str | None) -> None:
+        with self.transaction() as c:
+            c.execute("UPDATE mirrors SET last_polled = ?, last_error = ? WHERE key = ?",
+                      (now, error, key))
+
+    def record_check(self, key: str, now: float, failure: str | None) -> None:
+        """A spot-check's outcome: a pass records when, and lifts a demotion; a failure
+        demotes, with why."""
+        with self.transaction() as c:
+            if failure is None:
+                c.execute("UPDATE mirrors SET last_verified = ?, demoted = 0,"
+                          " demoted_reason = NULL WHERE key = ?", (now, key))
+            else:
+                c.execute("UPDATE mirrors SET demoted = 1, demoted_reason = ? WHERE key = ?",
+                          (failure[:500], key))
+
+    def random_snapshot(self, key: str, rng: random.Random) -> tuple | None:
+        """(hub, type, repo id, commit, manifest sha256) of one snapshot the mirror lists."""
+        count = self.conn.execute("SELECT count(*) FROM snapshots WHERE mirror = ?",
+                                  (key,)).fetchone()[0]
+        if not count:
+            return None
+        return self.conn.execute(
+            "SELECT hub, type, repo_id, commit_id, manifest_sha256 FROM snapshots"
+            " WHERE mirror = ? ORDER BY hub, type, repo_id, commit_id LIMIT 1 OFFSET ?",
+            (key, rng.randrange(count))).fetchone()
+
+    # -- feeds --
+
+    def apply_feed(self, key: str, feed, now: float) -> None:
+        """A checked feed (mirror/feed.py's `Feed`) into the mirror's rows, in one transaction:
+        a full feed replaces them all; an incremental one drops its tombstones' repos and
+        replaces its repos whole. A sequence that went back, or rows beyond the bound, refuse
+        the whole feed (`StaleRef`, `IndexRefused`) and leave what was held."""
+        with self.transaction() as c:
+            upto = c.execute("SELECT upto FROM mirrors WHERE key = ?", (key,)).fetchone()
+            if upto is None:
+                raise UnknownMirror("not a registered mirror")
+            if feed.since != upto[0]:
+                raise StaleRef(f"the feed starts at {feed.since}, the index holds up to {upto[0]}")
+            if feed.full:
+                self._drop_rows(c, key)
+            for tombstone in feed.removed:
+                self._drop_rows(c, key, tombstone.key)
+            for repo in feed.repos:
+                if not feed.full:
+                    _forward(c, key, repo)
+                self._drop_rows(c, key, repo.key)
+                _insert_repo(c, key, repo)
+            rows = self.rows_of(key)
+            if rows > self.max_rows:
+                raise IndexRefused(f"the feed would make {rows} rows for this mirror, more than "
+                                   f"{self.max_rows}")
+            c.execute("UPDATE mirrors SET upto = ? WHERE key = ?", (feed.upto, key))
+
+    @staticmethod
+    def _drop_rows(c: sqlite3.Connection, key: str, repo: tuple | None = None) -> None:
+        where, args = ("mirror = ?", (key,)) if repo is None else \
+            ("mirror = ? AND hub = ? AND type = ? AND repo_id = ?", (key, *repo))
+        for table in _TABLES:
+            c.execute(f"DELETE FROM {table} WHERE {where}", args)  # noqa: S608
+
+
+def _forward(c: sqlite3.Connection, key: str, repo) -> None:
+    """An incremental entry must move its repo and each of its refs forward (as
+    mirror/feed.py's `apply`)."""
+    held = c.execute("SELECT seq FROM repos WHERE mirror = ? AND hub = ? AND type = ?"
+                     " AND repo_id = ?", (key, *repo.key)).fetchone()
+    if held is None:
+        return
+    if repo.seq <= held[0]:
+        raise StaleRef(f"{repo.repo_id}: sequence {repo.seq} is not after {held[0]}, "
+                       "already held")
+    refs = {(k, n): (commit, seq) for k, n, commit, seq in c.execute(
+        "SELECT kind, name, commit_id, seq FROM refs WHERE mirror = ? AND hub = ? AND type = ?"
+        " AND repo_id = ?", (key, *repo.key))}
+    for ref in repo.refs:
+        old = refs.get((ref.kind, ref.name))
+        if old is not None and (ref.seq < old[1] or (ref.seq == old[1] and ref.commit != old[0])):
+            raise StaleRef(f"{repo.repo_id}@{ref.name}: sequence {ref.seq} goes back from "
+                           f"{old[1]}")
+
+
+def _insert_repo(c: sqlite3.Connection, key: str, repo) -> None:
+    head = (key, *repo.key)
+    c.execute("INSERT INTO repos VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+              (*head, repo.seq, int(repo.gated), repo.updated_at, json.dumps(list(repo.tags)),
+               repo.license, repo.pipeline_tag, repo.library_name))
+    c.executemany("INSERT INTO refs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                  [(*head, r.kind, r.name, r.commit, r.seq) for r in repo.refs])
+    c.executemany("INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  [(*head, s.commit, s.manifest_sha256, s.size, s.files, s.created_at)
+                   for s in repo.snapshots])
+
+
+def mirrors_view(rows: list[MirrorRow], counts: dict[str, int]) -> list[dict]:
+    """`GET /api/weightswarm/mirrors`: each accepted, registered mirror."""
+    return [{"key": m.key, "name": m.name, "base_url": m.base_url, "bittorrent": m.bittorrent,
+             "site": m.site, "region": m.region, "netblocks": list(m.netblocks),
+             "repos": counts.get(m.key, 0), "registered_at": m.registered_at,
+             "last_polled": m.last_polled, "last_verified": m.last_verified,
+             "last_error": m.last_error, "demoted": m.demoted,
+             "demoted_reason": m.demoted_reason, "upto": m.upto} for m in rows]
+
+
+# -- polling: the asyncio shell -----------------------------------------------------------------
+
+
+async def _bounded_body(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    if response.status != 200:
+        raise IndexRefused(f"HTTP {response.status} from {response.url}")
+    body = bytearray()
+    async for chunk in response.content.iter_chunked(1 << 16):
+        body += chunk
+        if len(body) > limit:
+            raise IndexRefused(f"an answer larger than {limit} bytes")
+    return bytes(body)
+
+
+class Poller:
+    """One round: re-read the key file, forget revoked mirrors, poll every registered one
+    (its feeds in order, then a spot-check). `on_store(fn, *args)` runs on the store's thread."""
+
+    def __init__(self, on_store, store: IndexStore, keys_file: str | None,
+                 http: aiohttp.ClientSession, metrics, rng: random.Random | None = None):
+        self.on_store, self.store = on_store, store
+        self.keys_file, self.http, self.metrics = keys_file, http, metrics
+        self.rng = rng or random.Random()
+
+    async def round(self) -> None:
+        accepted = read_mirror_keys(self.keys_file)
+        for url in await self.on_store(self.store.keep_only, accepted):
+            log.info("index: %s revoked (its key left mirror_keys): its rows dropped", url)
+        mirrors = await self.on_store(self.store.mirrors)
+        limit = asyncio.Semaphore(8)
+
+        async def one(m: MirrorRow) -> None:
+            async with limit:
+                if await self.poll(m):
+                    await self.check(m)
+
+        await asyncio.gather(*(one(m) for m in mirrors))
+
+    async def poll(self, m: MirrorRow) -> bool:
+        """The mirror's feeds from its cursor until `more` is off; False if one was refused
+        (the mirror's last error says why; what the index held stays)."""
+        cursor = m.upto
+        try:
+            for _ in range(MAX_PAGES_PER_POLL):
+                feed = await self._feed(m, cursor)
+                await self.on_store(self.store.apply_feed, m.key, feed, time.time())
+                self.metrics.feeds("applied")
+                if feed.upto != cursor:
+                    log.info("index: %s feed %d..%d applied (%d repos, %d removed)",
+                             m.base_url, cursor, feed.upto, len(feed.repos), len(feed.removed))
+                cursor = feed.upto
+                if not feed.more:
+                    break
+        except (ManifestError, IndexRefused, aiohttp.ClientError, TimeoutError, OSError) as e:
+            error = f"{type(e).__name__}: {e}"[:500]
+            self.metrics.feeds("refused")
+            log.warning("index: feed of %s refused: %s", m.base_url, error)
+            await self.on_store(self.store.record_poll, m.key, time.time(), error)
+            return False
+        await self.on_store(self.store.record_poll, m.key, time.time(), None)
+        return True
+
+    async def _feed(self, m: MirrorRow, cursor: int):
+        url = f"{m.base_url}/api/weightswarm/catalog"
+        async with asyncio.timeout(FEED_TIMEOUT), \
+                self.http.get(url, params={"since": str(cursor)}) as response:
+            data = await _bounded_body(response, MAX_FEED_BYTES)
+        return read_feed(data, m.key, after=cursor)
+
+    async def check(self, m: MirrorRow) -> None:
+        """Spot-check one random snapshot: its manifest's digest and signature, then a HEAD of
+        a few of its blobs. A failure demotes the mirror until a later check passes."""
+        picked = await self.on_store(self.store.random_snapshot, m.key, self.rng)
+        if picked is None:
+            return
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT):
+                failure = await self._check(m, picked)
+        except (aiohttp.ClientError, TimeoutError, OSError, IndexRefused) as e:
+            failure = f"{'/'.join(picked[:3])}@{picked[3][:12]}: {type(e).__name__}: {e}"
+        was = m.demoted
+        await self.on_store(self.store.record_check, m.key, time.time(), failure)
+        if failure is not None and not was:
+            log.warning("index: %s demoted: %s", m.base_url, failure)
+        elif failure is None and was:
+            log.info("index: %s passed a spot-check again: no longer demoted", m.base_url)
+
+    async def _check(self, m: MirrorRow, picked: tuple) -> str | None:
+        hub, type_, repo_id, commit, digest = picked
+        url = f"{m.base_url}/api/weightswarm/manifests/{hub}/{type_}/{repo_id}/{commit}"
+        async with self.http.get(url) as response:
+            data = await _bounded_body(response, 64 * 1024 * 1024)
+        where = f"{hub}/{type_}/{repo_id}@{commit[:12]}"
+        if hashlib.sha256(data).hexdigest() != digest:
+            return f"{where}: the manifest served is not the one the feed lists"
+        try:
+            manifest, _ = read_manifest(data, {m.key})
+        except ManifestError as e:
+            return f"{where}: manifest refused: {e}"
+        files = list(manifest.files)
+        for f in self.rng.sample(files, min(BLOBS_PER_CHECK, len(files))):
+            async with self.http.head(f"{m.base_url}/blobs/sha256/{f.sha256}") as response:
+                size = response.headers.get("Content-Length")
+                if response.status != 200 or size != str(f.size):
+                    return (f"{where}: blob {f.sha256[:12]} ({f.path}) answered HTTP "
+                            f"{response.status}, size {size}, expected {f.size}")
+        return None
