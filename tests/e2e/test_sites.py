@@ -250,12 +250,18 @@ def test_a_cut_uplink_the_site_trades_what_it_holds_and_completes_when_it_return
         return tuple(map(int, reports[-1].groups()))
 
     def all_waiting() -> list[tuple[int, ...]] | None:
+        """Every pull's report, once they agree: a report can predate the last piece a
+        neighbour passed on (a loaded machine trades slowly), and a later one follows it."""
         for h, p in procs.items():
             assert p.poll() is None, f"{h} ended while cut off:\n{sites.log(h).read_text()}"
         held = [waiting(h) for h in sites.hosts]
-        return None if None in held else held
+        if None in held or len({here for here, _, _ in held}) != 1 or any(
+                lacking for _, _, lacking in held):
+            return None
+        return held
 
-    held = wait_for(all_waiting, 180, "every pull says what it waits for", 0.5)
+    held = wait_for(all_waiting, 180, "every pull says it waits for the same pieces, and for "
+                    "none its neighbours hold", 0.5)
     print(f"cut at half: (pieces here, of, at neighbours) {held}")
     # What entered the site before the cut was traded inside it: every pull holds every
     # piece any of them completed (a piece in flight at the cut stays partial: its blocks
