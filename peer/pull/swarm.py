@@ -147,9 +147,7 @@ class BitTorrent:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await self._save_resume(session, larges)
-            # The last blocks' alerts may trail the torrent's completion: take them in.
-            await asyncio.sleep(0.2)
-            session.drain()
+            await settle(session, larges)
             account(session, larges, sources.mirrors, result)
 
     async def _complete(self, session, cache: RepoCache, item: Large) -> None:
@@ -433,6 +431,31 @@ async def source_endpoints(client: MirrorClient, urls: list[str]
     return mirrors, daemons
 
 
+#: the longest a finished pull waits for its last blocks' alerts (a block is reported when its
+#: write completes, which a slow disk can hold back after the torrent is complete)
+SETTLE = 2.0
+
+
+async def settle(session, larges: list[Large], most: float = SETTLE) -> None:
+    """Take in the alerts that trail completion until every byte received is accounted for
+    (`account`), or `most` seconds have passed."""
+    deadline = time.monotonic() + most
+    while True:
+        await asyncio.sleep(0.05)
+        session.drain()
+        if time.monotonic() >= deadline or not any(_unaccounted(session, item) for item in larges):
+            return
+
+
+def _unaccounted(session, item: Large) -> int:
+    try:
+        status = session.status(item.key)
+    except KeyError:
+        return 0
+    received = sum(session.sources.get(item.key, {}).values())
+    return max(0, status.downloaded - status.redundant - received)
+
+
 def account(session, larges: list[Large], mirrors: set[tuple[str, int]],
             result: PullResult) -> None:
     """Who sent what, from every block libtorrent received (`session.sources`): a mirror by its
@@ -455,10 +478,8 @@ def account(session, larges: list[Large], mirrors: set[tuple[str, int]],
             result.by_peer[name] = result.by_peer.get(name, 0) + n
         result.web_seeds_added += item.seeded_web
         with contextlib.suppress(KeyError):
-            status = session.status(item.key)
-            result.redundant += status.redundant
-            result.unattributed += max(0, status.downloaded - status.redundant
-                                       - sum(sources.values()))
+            result.redundant += session.status(item.key).redundant
+        result.unattributed += _unaccounted(session, item)
 
 
 _MIRROR_PREFIX = MIRROR_FINGERPRINT[:3].encode()
