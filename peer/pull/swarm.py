@@ -437,14 +437,24 @@ SETTLE = 2.0
 
 
 async def settle(session, larges: list[Large], most: float = SETTLE) -> None:
-    """Take in the alerts that trail completion until every byte received is accounted for
-    (`account`), or `most` seconds have passed."""
-    deadline = time.monotonic() + most
+    """Take in the alerts that trail completion until every byte a complete torrent received
+    is accounted for (`account`), or `most` seconds have passed. An unfinished torrent (a
+    pull stopped or failed) holds nothing up: it is still downloading, and what comes after
+    its resume data was saved would be fetched again by the next run."""
+    deadline = time.monotonic() + 0.2 if not all(_complete(session, i) for i in larges) \
+        else time.monotonic() + most
     while True:
         await asyncio.sleep(0.05)
         session.drain()
         if time.monotonic() >= deadline or not any(_unaccounted(session, item) for item in larges):
             return
+
+
+def _complete(session, item: Large) -> bool:
+    try:
+        return session.status(item.key).is_seeding
+    except KeyError:
+        return False
 
 
 def _unaccounted(session, item: Large) -> int:
