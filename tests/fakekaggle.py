@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from urllib.parse import quote, urlencode
 
 from aiohttp import web
-from fakehub import byte_range
+from fakehub import _flip_middle_byte, byte_range
 from fakeserver import LoopServers
 
 SERVICE = "models.ModelApiService"
@@ -227,14 +227,6 @@ def check_path(path: str) -> str:
             or any(part in ("", ".", "..") for part in path.split("/"))):
         raise ValueError(f"not a relative file path: {path!r}")
     return path
-
-
-def _flip_middle_byte(data: bytes) -> bytes:
-    if not data:
-        return data
-    out = bytearray(data)
-    out[len(out) // 2] ^= 0xFF
-    return bytes(out)
 
 
 def _gcs_error(status: int, code: str, message: str) -> web.Response:

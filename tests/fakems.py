@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from urllib.parse import parse_qs, quote_plus
 
 from aiohttp import web
-from fakehub import byte_range
+from fakehub import _flip_middle_byte, byte_range
 from fakeserver import LoopServers
 
 from peer.hfformat import is_lfs_by_rule
@@ -245,14 +245,6 @@ def _int(query: dict[str, str], name: str, default: int) -> int:
         return int(query.get(name) or default)
     except ValueError:
         raise MsError(400, f"{name} must be an integer") from None
-
-
-def _flip_middle_byte(data: bytes) -> bytes:
-    if not data:
-        return data
-    out = bytearray(data)
-    out[len(out) // 2] ^= 0xFF
-    return bytes(out)
 
 
 def _signature(sha256: str, expires: str) -> str:

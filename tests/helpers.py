@@ -130,6 +130,21 @@ def run_sync(config: Config, upstream, spec: str, **syncer_options):
     return asyncio.run(run())
 
 
+def pull_by_hub(mirror_url: str, hub: str, repo_id: str, root: Path) -> tuple[Path, dict]:
+    """`weightswarm pull --hub HUB REPO --mirror URL` as a fresh machine runs it (its own home
+    and HF cache under `root`, none of the suite's settings): (the snapshot folder, the env)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WEIGHTSWARM_", "HF_"))}
+    env.update(WEIGHTSWARM_HOME=str(root / "peer-home"), HF_HUB_CACHE=str(root / "peer-cache"),
+               WEIGHTSWARM_PEER_PULL_LISTEN="127.0.0.1:0", WEIGHTSWARM_PEER_BT_LSD="false")
+    weightswarm = Path(sys.executable).with_name("weightswarm")
+    done = subprocess.run([str(weightswarm), "pull", "--hub", hub, repo_id, "--mirror",
+                           mirror_url, "--json", "--no-progress"], env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    return Path(result.get("path") or result.get("snapshot") or result["folder"]), env
+
+
 def sample_model_files(*, weights: bool = False) -> dict[str, bytes]:
     """The package's real model as a repo's files: card, config and tokenizer (what
     transformers loads offline), and with `weights` its 87 MiB model.safetensors."""

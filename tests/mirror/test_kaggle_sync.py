@@ -19,7 +19,7 @@ from fakehub import tiny_repo_files
 from fakekaggle import BASIC, TOKEN, FakeKaggle
 from huggingface_hub import HfApi, snapshot_download
 
-from helpers import run_sync, sample_model_files
+from helpers import pull_by_hub, run_sync, sample_model_files
 from mirror.catalog import Catalog
 from mirror.sync import HostileListing, SyncFailed, parse_spec
 from mirror.upstreams.kaggle import Kaggle
@@ -245,16 +245,7 @@ def test_the_stock_clients_and_pull_get_a_kaggle_model(kaggle, config, serve, tm
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "bert [101, 7592, 2088, 102]", done.stdout
 
-    home, hf_cache = tmp_path / "peer-home", tmp_path / "peer-cache"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WEIGHTSWARM_", "HF_"))}
-    env.update(WEIGHTSWARM_HOME=str(home), HF_HUB_CACHE=str(hf_cache),
-               WEIGHTSWARM_PEER_PULL_LISTEN="127.0.0.1:0", WEIGHTSWARM_PEER_BT_LSD="false")
-    done = subprocess.run([WEIGHTSWARM, "pull", "--hub", "kaggle", REPO, "--mirror",
-                           mirror.url, "--json", "--no-progress"], env=env,
-                          capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    folder = Path(result.get("path") or result.get("snapshot") or result["folder"])
+    folder, _ = pull_by_hub(mirror.url, "kaggle", REPO, tmp_path)
     for path, data in files.items():
         assert (folder / path).read_bytes() == data, path
 

@@ -21,7 +21,7 @@ from fakehub import FakeHub, tiny_repo_files
 from fakems import FakeModelScope
 from huggingface_hub import HfApi, snapshot_download
 
-from helpers import run_sync, sample_model_files
+from helpers import pull_by_hub, run_sync, sample_model_files
 from mirror.catalog import Catalog
 from mirror.sync import HostileListing, SyncFailed
 from mirror.upstreams import modelscope
@@ -215,16 +215,7 @@ def test_pull_gets_a_synced_modelscope_repo_and_transformers_loads_it(ms, config
     ms.add_repo(REPO, files)
     sync(config, ms, f"ms:{REPO}")
     mirror = serve(config)
-    home, cache = tmp_path / "peer-home", tmp_path / "peer-cache"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WEIGHTSWARM_", "HF_"))}
-    env.update(WEIGHTSWARM_HOME=str(home), HF_HUB_CACHE=str(cache),
-               WEIGHTSWARM_PEER_PULL_LISTEN="127.0.0.1:0", WEIGHTSWARM_PEER_BT_LSD="false")
-    done = subprocess.run([WEIGHTSWARM, "pull", "--hub", "modelscope", REPO, "--mirror",
-                           mirror.url, "--json", "--no-progress"], env=env,
-                          capture_output=True, text=True, timeout=180)
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    folder = Path(result.get("path") or result.get("snapshot") or result["folder"])
+    folder, env = pull_by_hub(mirror.url, "modelscope", REPO, tmp_path)
     for path, data in files.items():
         assert (folder / path).read_bytes() == data, path
     code = ("from transformers import AutoConfig, AutoTokenizer\n"
