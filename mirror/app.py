@@ -27,6 +27,7 @@ from peer.errors import BadRequest, NotFound, RepoNotFound, RequestTimeout, Weig
 from peer.hfformat import REPO_TYPES
 from peer.http import answer_errors, header_safe
 from peer.keys import load_or_create, public_key_text
+from peer.listing import next_link, parse_list_query
 from peer.metrics import Children, metrics_response
 from peer.paths import ascii_digits, check_repo_id, check_revision, is_commit, is_sha256
 from peer.service import LIMITS, LISTENER, LOOPS, Service, background, listening
@@ -42,7 +43,7 @@ from .catalog import Catalog
 from .config import Config
 from .distribution import Distribution, magnet, peer_address, torrent_file
 from .egress import Egress
-from .hfapi import TREE_PAGE, HubService, Located, parse_list_query, resolve_headers
+from .hfapi import TREE_PAGE, HubService, Located, resolve_headers
 from .serving import blob_response
 
 log = logging.getLogger(__name__)
@@ -324,10 +325,7 @@ _HUB_CALLS = {
 def _next_link(request: web.Request, cursor: int) -> str:
     """An absolute `Link: rel="next"` (httpx does not resolve relative ones), keeping every
     query parameter, built from `public_url` or the request's own origin."""
-    query = [(k, v) for k, v in request.query.items() if k != "cursor"]
-    query.append(("cursor", str(cursor)))
-    url = request.url.with_query(query)
-    return f'<{_base_url(request)}{url.raw_path_qs}>; rel="next"'
+    return next_link(_base_url(request), request.url, cursor)
 
 
 def _paginated(request: web.Request, items: list, page_size: int) -> web.Response:
@@ -650,6 +648,7 @@ async def _register_every(app: web.Application, index: str) -> None:
     from tracker.index import build_registration
 
     config, session = app[CONFIG], app[SESSION]
+    mirror = config.mirror
     host, port = app[LISTENER].getsockname()[:2]
     netloc = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(host, host)
     base = config.mirror.public_url or f"http://{netloc}:{port}"
@@ -658,7 +657,9 @@ async def _register_every(app: web.Application, index: str) -> None:
     timeout = aiohttp.ClientTimeout(total=30, connect=10)
     async with aiohttp.ClientSession(timeout=timeout) as http:
         while True:
-            body = build_registration(key, base, bittorrent=bittorrent, now=time.time())
+            body = build_registration(key, base, bittorrent=bittorrent, site=mirror.site,
+                                      region=mirror.region, netblocks=mirror.netblocks,
+                                      weight=mirror.weight, now=time.time())
             try:
                 async with http.post(f"{index}/api/weightswarm/register", data=body) as answer:
                     if answer.status != 200:

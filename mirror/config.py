@@ -9,7 +9,9 @@ The CLI builds one frozen `Config` and passes it down; nothing reads the environ
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,6 +155,12 @@ class MirrorConfig:
     aliases: Aliases = Aliases({}, ())
     #: the index this mirror registers with (its tracker's base URL), if any
     index: str | None = None
+    #: what the mirror tells its index of where it is (the index's `locate` ranks by them)
+    site: str | None = None
+    region: str | None = None
+    netblocks: tuple[str, ...] = ()
+    #: this mirror's share among equally near ones in the index's weighted random order
+    weight: float = 1.0
 
 
 def _keys(value: Any) -> list[str]:
@@ -178,8 +186,25 @@ def _mirror_config(values: Mapping[str, Any]) -> MirrorConfig:
         bundle_keys=tuple(values["bundle_keys"]),
         aliases=values["aliases"] if isinstance(values["aliases"], Aliases)
         else _aliases(values["aliases"]),
-        index=values["index"],
+        index=values["index"], site=values["site"], region=values["region"],
+        netblocks=tuple(values["netblocks"]), weight=values["weight"],
     )
+
+
+def _netblocks(value: Any) -> list[str]:
+    """Every item a network (CIDR)."""
+    for block in value:
+        try:
+            ipaddress.ip_network(block, strict=False)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"{block!r} is not a network (CIDR): {e}") from None
+    return value
+
+
+def _place_name(value: Any) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value):
+        raise ValueError("must be a short name: letters, digits, . _ - (at most 64)")
+    return value
 
 
 MIRROR = Section("mirror", (
@@ -214,6 +239,14 @@ MIRROR = Section("mirror", (
             "\"kaggle:google/bert/tensorFlow2/en-uncased\")", check=_aliases),
     Setting("index", str, None, "the index this mirror registers with, at start and every few "
             "minutes (the tracker's base URL, e.g. http://tracker:6969)", check=http_url),
+    Setting("site", str, None, "the site this mirror is at, told to the index (its locate "
+            "ranks mirrors at the asker's site next after netblocks)", check=_place_name),
+    Setting("region", str, None, "the region this mirror is in, told to the index",
+            check=_place_name),
+    Setting("netblocks", list, [], "networks (CIDR) this mirror serves first: the index's "
+            "locate ranks it nearest for addresses in them", check=_netblocks),
+    Setting("weight", float, 1.0, "this mirror's share among equally near mirrors in the "
+            "index's weighted random order", check=positive("a share")),
     SYNCS,
     Subsections("upstreams", {hub: _upstream(hub) for hub in hubs.HUBS}),
 ), build=_mirror_config)

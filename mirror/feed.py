@@ -16,7 +16,7 @@ import msgpack
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from peer.errors import BadRequest
-from peer.feed import _BUDGET, FEED_LIMIT, MAX_ENTRIES, _check_repo
+from peer.feed import _BUDGET, FEED_LIMIT, MAX_ENTRIES, MAX_TORRENTS, _check_repo
 from peer.keys import public_key_text
 from peer.manifest import FORMAT, ManifestError, sign
 from peer.paths import ascii_digits
@@ -96,13 +96,21 @@ def _collect(catalog: Catalog, distribution: Distribution, changes: list, limit:
     return repos, removed, current, False
 
 
+def _torrents(manifest: bytes) -> list[str]:
+    """The info-hashes a signed manifest names (the first MAX_TORRENTS by path): our own bytes,
+    so read without checking the signature again."""
+    files = msgpack.unpackb(msgpack.unpackb(manifest)["payload"])["files"]
+    return [f[5] for f in files if f[5]][:MAX_TORRENTS]
+
+
 def _repo_entry(catalog: Catalog, distribution: Distribution, seq: int, repo: Repo) -> dict:
     refs = [[r.kind, r.name, r.commit, r.seq] for r in catalog.refs(repo)]
     snapshots = []
     for commit, created, files, size in catalog.snapshot_sizes(repo):
         # A snapshot a bundle brought is served (and so digested) as its signer signed it.
         manifest = distribution.manifest(repo.hub, repo.type, repo.repo_id, commit)
-        snapshots.append([commit, hashlib.sha256(manifest).hexdigest(), size, files, created])
+        snapshots.append([commit, hashlib.sha256(manifest).hexdigest(), size, files, created,
+                          _torrents(manifest)])
     card = repo.card
     return {"hub": repo.hub, "type": repo.type, "id": repo.repo_id, "seq": seq,
             "gated": repo.access == "gated", "updated_at": repo.updated_at,

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import mimetypes
 import posixpath
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
 from peer.errors import (
-    BadRequest,
     BlobMissing,
     EntryNotFound,
     GatedRepo,
@@ -30,72 +28,14 @@ from peer.hfformat import (
     iso_z,
     sibling_json,
 )
-from peer.paths import ascii_digits, is_commit
+from peer.listing import ListQuery
+from peer.paths import is_commit
 from peer.store import BlobStore
 
-from .catalog import SORTS, Catalog, Ref, Repo, Snapshot
+from .catalog import Catalog, Ref, Repo, Snapshot
 from .routes import HubCall
 
 TREE_PAGE = 1000
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-LIST_PAGE = 1000
-
-
-@dataclass(frozen=True)
-class ListQuery:
-    search: list[str]
-    author: str | None
-    tags: list[str]
-    sort: str | None
-    ascending: bool
-    offset: int
-    limit: int
-    full: bool
-    card: bool
-
-
-def parse_list_query(params) -> ListQuery:
-    """The query of /api/models or /api/datasets (a MultiDict: lists are repeated keys)."""
-
-    def flag(name: str) -> bool:
-        return params.get(name, "").lower() in ("1", "true", "yes")
-
-    def number(name: str, default: int, low: int, high: int) -> int:
-        text = params.get(name)
-        if text is None or text == "":
-            return default
-        value = ascii_digits(text)
-        if value is None or len(text) > 12 or value < low:
-            raise BadRequest(f"{name} must be an integer of at least {low}")
-        return min(value, high)
-
-    sort = params.get("sort") or None
-    if sort is not None and sort not in SORTS:
-        raise BadRequest(f"sort must be one of {', '.join(SORTS)}")
-    direction = params.get("direction", "-1")
-    if direction not in ("1", "-1", "asc", "desc"):
-        raise BadRequest("direction must be -1 (descending) or 1 (ascending)")
-    search = [t for t in params.getall("search", []) if t]
-    if any(len(t) > 256 for t in search):
-        raise BadRequest("search terms are at most 256 characters")
-    author = params.get("author") or None
-    tags = [t for t in params.getall("filter", []) if t]
-    # No repo id, author or tag holds a control character; sqlite's full-text index refuses
-    # a NUL in its query ("unterminated string": a 500 the HTTP fuzzer found).
-    if any(_CONTROL.search(t) for t in (*search, *tags, author or "")):
-        raise BadRequest("search, author and filter hold no control characters")
-    return ListQuery(
-        search=search,
-        author=author,
-        tags=tags,
-        sort=sort,
-        ascending=direction in ("1", "asc"),
-        offset=number("cursor", 0, 0, 10**12),
-        # A larger limit is served a page at a time: the client follows Link until it has all.
-        limit=number("limit", LIST_PAGE, 1, LIST_PAGE),
-        full=flag("full"),
-        card=flag("cardData") or flag("full"),
-    )
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,8 @@ MAX_ENTRIES = 10_000
 MAX_REFS = 20_000
 MAX_SNAPSHOTS = 20_000
 MAX_TAGS = 1000
+#: info-hashes per snapshot: the builder sends the first ones (by path) beyond this
+MAX_TORRENTS = 1000
 MAX_TEXT = 1024
 #: the largest feed a reader takes; a builder stops adding entries past a third of it
 MAX_FEED_BYTES = 48 * 1024 * 1024
@@ -62,6 +64,9 @@ class FeedSnapshot:
     size: int
     files: int
     created_at: float
+    #: the info-hashes (40 hex, v1) of its large files' torrents, at most MAX_TORRENTS: the
+    #: index counts their seeders in its own swarm table
+    torrents: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -217,10 +222,10 @@ def _refs(value, repo_id: str, repo_seq: int, commits: set[str]) -> tuple[FeedRe
 def _snapshots(value, repo_id: str) -> tuple[FeedSnapshot, ...]:
     snapshots, seen = [], set()
     for snap in _list(value, MAX_SNAPSHOTS, f"{repo_id}: snapshots"):
-        if not isinstance(snap, list) or len(snap) != 5:
+        if not isinstance(snap, list) or len(snap) not in (5, 6):
             raise ManifestError(f"{repo_id}: each snapshot is [commit, manifest sha256, size, "
-                                "files, created at]")
-        commit, digest, size, files, created = snap
+                                "files, created at, info-hashes]")
+        commit, digest, size, files, created = snap[:5]
         if not is_commit(commit):
             raise ManifestError(f"{repo_id}: commit {str(commit)[:64]!r} is not 40 hex")
         if not is_sha256(digest):
@@ -228,9 +233,14 @@ def _snapshots(value, repo_id: str) -> tuple[FeedSnapshot, ...]:
         if commit in seen:
             raise ManifestError(f"{repo_id}: snapshot {commit} is listed twice")
         seen.add(commit)
+        torrents = _list(snap[5], MAX_TORRENTS, f"{repo_id}@{commit}: info-hashes") \
+            if len(snap) == 6 else []
+        if not all(is_commit(t) for t in torrents):
+            raise ManifestError(f"{repo_id}@{commit}: an info-hash is not 40 hex")
         snapshots.append(FeedSnapshot(commit, digest, _int(size, f"{repo_id}@{commit}: size"),
                                       _int(files, f"{repo_id}@{commit}: files"),
-                                      _time(created, f"{repo_id}@{commit}: created at")))
+                                      _time(created, f"{repo_id}@{commit}: created at"),
+                                      tuple(torrents)))
     return tuple(snapshots)
 
 

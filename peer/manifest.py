@@ -35,7 +35,11 @@ _DOMAIN = {"manifest": b"weightswarm manifest v1\0", "ref": b"weightswarm ref st
            # a mirror's catalog feed for the index (mirror/feed.py)
            "catalog": b"weightswarm catalog feed v1\0",
            # a mirror's registration with the index (tracker/index.py)
-           "register": b"weightswarm mirror registration v1\0"}
+           "register": b"weightswarm mirror registration v1\0",
+           # the index's answers: where a revision is, and the mirror keys it accepts
+           # (peer/locate.py)
+           "locate": b"weightswarm locate answer v1\0",
+           "keys": b"weightswarm accepted keys v1\0"}
 
 
 class ManifestError(WeightswarmError):

@@ -13,38 +13,24 @@ import asyncio
 import enum
 import hashlib
 import ipaddress
-import json
 import logging
 import os
 import random
 import secrets
 import socket
-import sqlite3
 import time
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 
-import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from peer.keys import load_or_create, public_key_text
-from peer.manifest import ManifestError
 from peer.metrics import Children, metrics_response
 from peer.service import LIMITS, LOOPS, Service, background, listening, port_of
 from peer.service import serve as serve_services
 from peer.service import start as start_service
 
 from .config import Locality, TrackerConfig
-from .index import (
-    IndexRefused,
-    IndexStore,
-    Poller,
-    UnknownMirror,
-    mirrors_view,
-    read_mirror_keys,
-    read_registration,
-)
+from .indexhttp import INDEX, add_routes, index_context
 from .selection import select_peers
 from .swarm import Refusal, Swarm, SwarmTable, TrackerRefused, is_v6, make_peer
 from .wire import (
@@ -72,7 +58,6 @@ log = logging.getLogger(__name__)
 
 TRACKER = web.AppKey("tracker", "Tracker")
 CONFIG = web.AppKey("config", TrackerConfig)
-INDEX = web.AppKey("index", "Index")
 CONNECTION_WINDOW = 60  # seconds; an id is accepted in its minute and the next
 REFUSAL_LOG_EVERY = 60  # seconds between log lines for one kind of refusal
 
@@ -399,118 +384,10 @@ class UdpTracker:
         raise TrackerRefused(f"unknown action {req.action}", Refusal.ACTION)
 
 
-# -- the index (tracker/index.py): registration, feed polling, the mirrors' view --------------
-
-
-class Index:
-    """The index's store on a thread of its own, its key, its metrics and its poller."""
-
-    def __init__(self, config: TrackerConfig, registry: CollectorRegistry):
-        self.config = config
-        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index")
-        self.store: IndexStore | None = None
-        self.key = load_or_create(config.home / "index.key")
-        self.public_key = public_key_text(self.key)
-        self.registered = Gauge("weightswarm_index_mirrors", "Mirrors registered and accepted",
-                                registry=registry)
-        self.demoted = Gauge("weightswarm_index_mirrors_demoted",
-                             "Mirrors demoted by a failed spot-check", registry=registry)
-        self.feed_results = Counter("weightswarm_index_feeds", "Catalog feeds polled, by result",
-                                    ["result"], registry=registry)
-        self.registrations = Counter("weightswarm_index_registrations",
-                                     "Registrations, by result", ["result"], registry=registry)
-
-    def feeds(self, result: str) -> None:
-        self.feed_results.labels(result).inc()
-
-    async def run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.thread, fn, *args)
-
-    async def register(self, data: bytes, now: float) -> dict:
-        accepted = read_mirror_keys(self.config.mirror_keys)
-        try:
-            reg = read_registration(data, frozenset(accepted), now)
-        except ManifestError as e:
-            raise UnknownMirror(str(e)) from None
-        await self.run(self.store.keep_only, accepted)
-        new = await self.run(self.store.register, reg, accepted[reg.key], now)
-        if new:
-            log.info("index: mirror %s (%s) registered", reg.base_url, accepted[reg.key] or reg.key)
-        return {"registered": reg.base_url, "key": reg.key, "index_key": self.public_key}
-
-    async def view(self) -> list[dict]:
-        rows = await self.run(self.store.mirrors)
-        counts = await self.run(self.store.repo_counts)
-        self.registered.set(len(rows))
-        self.demoted.set(sum(m.demoted for m in rows))
-        return mirrors_view(rows, counts)
-
-
-def _index_of(request: web.Request) -> Index:
-    index = request.app.get(INDEX)
-    if index is None:
-        raise web.HTTPNotFound(text=json.dumps({"error": "this tracker runs no index"}),
-                               content_type="application/json")
-    return index
-
-
-async def register(request: web.Request) -> web.Response:
-    index = _index_of(request)
-    if (request.content_length or 0) > 65536:
-        return web.json_response({"error": "a registration is at most 65536 bytes"}, status=413)
-    try:
-        body = await index.register(await request.content.read(65537), time.time())
-    except IndexRefused as e:
-        index.registrations.labels("refused").inc()
-        log.info("index: registration from %s refused: %s", request.remote, e)
-        return web.json_response({"error": str(e)}, status=e.status)
-    index.registrations.labels("ok").inc()
-    return web.json_response(body)
-
-
-async def index_key(request: web.Request) -> web.Response:
-    return web.json_response({"key": _index_of(request).public_key})
-
-
-async def mirrors(request: web.Request) -> web.Response:
-    return web.json_response({"mirrors": await _index_of(request).view()})
-
-
 async def _index(app: web.Application) -> AsyncIterator[None]:
-    """The index, when `[tracker] index` is on and the tracker has a home folder."""
-    config = app[CONFIG]
-    if not config.index or config.home is None:
+    """The index (tracker/indexhttp.py), when `[tracker] index` is on and there is a home."""
+    async for _ in index_context(app, app[CONFIG], app[TRACKER]):
         yield
-        return
-    config.home.mkdir(parents=True, exist_ok=True)
-    index = Index(config, app[TRACKER].registry)
-    try:
-        index.store = await index.run(IndexStore, config.home / "index.sqlite")
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60, connect=10)) \
-                as http:
-            app[INDEX] = index
-            poller = Poller(index.run, index.store, config.mirror_keys, http, index)
-            task = app[LOOPS].spawn(_poll(poller, config.poll_interval), "index polls")
-            log.info("index: key %s, mirrors accepted from %s, polled every %gs",
-                     index.public_key, config.mirror_keys or "(no mirror_keys file)",
-                     config.poll_interval)
-            try:
-                yield
-            finally:
-                await app[LOOPS].stop([task])
-    finally:
-        if index.store is not None:
-            await index.run(index.store.close)
-        index.thread.shutdown(wait=True)
-
-
-async def _poll(poller: Poller, interval: float) -> None:
-    while True:
-        try:
-            await poller.round()
-        except (sqlite3.Error, OSError) as e:  # the next round tries again
-            log.warning("index: a poll round failed: %s", e)
-        await asyncio.sleep(interval)
 
 
 # -- the service: each resource in its own cleanup_ctx entry (peer/service.py) --------------
@@ -570,9 +447,7 @@ def create_app(config: TrackerConfig) -> web.Application:
     app.router.add_get("/api/weightswarm/stats", stats)
     app.router.add_get("/api/weightswarm/sites", sites)
     app.router.add_get("/metrics", metrics)
-    app.router.add_post("/api/weightswarm/register", register)
-    app.router.add_get("/api/weightswarm/key", index_key)
-    app.router.add_get("/api/weightswarm/mirrors", mirrors)
+    add_routes(app)
     return app
 
 

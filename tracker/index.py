@@ -39,6 +39,8 @@ from peer.feed import MAX_FEED_BYTES, read_feed
 from peer.keys import parse_public_key, public_key_text
 from peer.manifest import FORMAT, ManifestError, StaleRef, open_envelope, read_manifest, sign
 
+from . import search
+
 log = logging.getLogger(__name__)
 
 #: a registration older than this, or from further ahead than CLOCK_SKEW, is refused
@@ -59,7 +61,9 @@ BLOBS_PER_CHECK = 3
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _ENDPOINT = re.compile(r"[A-Za-z0-9.\-]{1,253}:\d{1,5}|\[[0-9A-Fa-f:.]{2,45}\]:\d{1,5}")
 _REGISTRATION_FIELDS = frozenset({"format", "kind", "key", "base_url", "bittorrent", "site",
-                                  "region", "netblocks", "timestamp"})
+                                  "region", "netblocks", "weight", "timestamp"})
+#: a mirror's share in the weighted random order among equally near ones
+MAX_WEIGHT = 1000.0
 
 
 class IndexRefused(WeightswarmError):
@@ -126,15 +130,18 @@ class Registration:
     region: str | None
     netblocks: tuple[str, ...]
     timestamp: float
+    weight: float = 1.0
 
 
 def build_registration(key: Ed25519PrivateKey, base_url: str, *, bittorrent: str | None = None,
                        site: str | None = None, region: str | None = None,
-                       netblocks: tuple[str, ...] = (), now: float) -> bytes:
+                       netblocks: tuple[str, ...] = (), weight: float = 1.0,
+                       now: float) -> bytes:
     """A mirror's signed registration (what `[mirror] index` sends)."""
     payload = {"format": FORMAT, "kind": "register", "key": public_key_text(key),
                "base_url": base_url.rstrip("/"), "bittorrent": bittorrent, "site": site,
-               "region": region, "netblocks": list(netblocks), "timestamp": now}
+               "region": region, "netblocks": list(netblocks), "weight": weight,
+               "timestamp": now}
     return sign("register", msgpack.packb(payload, use_bin_type=True), key)
 
 
@@ -157,9 +164,13 @@ def read_registration(data: bytes, accepted: set[str] | frozenset[str],
                            f"(at most {REGISTRATION_MAX_AGE} s)")
     if stamp > now + CLOCK_SKEW:
         raise IndexRefused(f"registration from the future: {stamp - now:.0f} s ahead")
+    weight = body["weight"]
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or \
+            not 0 < weight <= MAX_WEIGHT:
+        raise IndexRefused(f"weight must be a number above 0, at most {MAX_WEIGHT:g}")
     return Registration(key, _base_url(body["base_url"]), _endpoint(body["bittorrent"]),
                         _label(body["site"], "site"), _label(body["region"], "region"),
-                        _netblocks(body["netblocks"]), float(stamp))
+                        _netblocks(body["netblocks"]), float(stamp), float(weight))
 
 
 def _base_url(value: Any) -> str:
@@ -227,8 +238,8 @@ CREATE TABLE snapshots (
     PRIMARY KEY (mirror, hub, type, repo_id, commit_id));
 CREATE INDEX repos_by_id ON repos (hub, type, repo_id);
 """
-#: MIGRATIONS[i] takes the schema from version i to i + 1
-MIGRATIONS = [_M1]
+#: MIGRATIONS[i] takes the schema from version i to i + 1: a script, or a list of statements
+MIGRATIONS = [_M1, search.M2]
 SCHEMA_VERSION = len(MIGRATIONS)
 _TABLES = ("repos", "refs", "snapshots")
 
@@ -273,8 +284,12 @@ class IndexStore:
                 raise RuntimeError(f"index {self.path} has schema {version}, newer than this "
                                    f"weightswarm ({SCHEMA_VERSION}): upgrade weightswarm")
             for script in MIGRATIONS[version:]:
-                for statement in filter(str.strip, script.split(";")):
+                statements = script if isinstance(script, list) else script.split(";")
+                for statement in filter(str.strip, statements):
                     self.conn.execute(statement)
+            if 0 < version < 2:  # the entries began with version 2: made from the rows held
+                search.touch_mirror(self.conn, None)
+                search.refresh(self.conn)
             self.conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     @contextmanager
@@ -299,13 +314,14 @@ class IndexStore:
             new = c.execute("SELECT 1 FROM mirrors WHERE key = ?", (reg.key,)).fetchone() is None
             c.execute(
                 "INSERT INTO mirrors (key, name, base_url, bittorrent, site, region, netblocks,"
-                " registered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET"
+                " weight, registered_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET"
                 " name = excluded.name, base_url = excluded.base_url,"
                 " bittorrent = excluded.bittorrent, site = excluded.site,"
                 " region = excluded.region, netblocks = excluded.netblocks,"
-                " registered_at = excluded.registered_at",
+                " weight = excluded.weight, registered_at = excluded.registered_at",
                 (reg.key, name, reg.base_url, reg.bittorrent, reg.site, reg.region,
-                 json.dumps(list(reg.netblocks)), now))
+                 json.dumps(list(reg.netblocks)), reg.weight, now))
         return new
 
     def mirrors(self) -> list[MirrorRow]:
@@ -326,8 +342,11 @@ class IndexStore:
             dropped = [(k, url) for k, url in c.execute("SELECT key, base_url FROM mirrors")
                        if k not in accepted]
             for key, _ in dropped:
+                search.touch_mirror(c, key)
                 self._drop_rows(c, key)
                 c.execute("DELETE FROM mirrors WHERE key = ?", (key,))
+            if dropped:
+                search.refresh(c)
             for key, name in accepted.items():
                 c.execute("UPDATE mirrors SET name = ? WHERE key = ?", (name, key))
         return [url for _, url in dropped]
@@ -384,18 +403,21 @@ class IndexStore:
             if feed.since != upto[0]:
                 raise StaleRef(f"the feed starts at {feed.since}, the index holds up to {upto[0]}")
             if feed.full:
+                search.touch_mirror(c, key)
                 self._drop_rows(c, key)
+            search.touch(c, [t.key for t in feed.removed] + [r.key for r in feed.repos])
             for tombstone in feed.removed:
                 self._drop_rows(c, key, tombstone.key)
             for repo in feed.repos:
                 if not feed.full:
                     _forward(c, key, repo)
-                self._drop_rows(c, key, repo.key)
+                    self._drop_rows(c, key, repo.key)
                 _insert_repo(c, key, repo)
             rows = self.rows_of(key)
             if rows > self.max_rows:
                 raise IndexRefused(f"the feed would make {rows} rows for this mirror, more than "
                                    f"{self.max_rows}")
+            search.refresh(c)
             c.execute("UPDATE mirrors SET upto = ? WHERE key = ?", (feed.upto, key))
 
     @staticmethod
@@ -433,9 +455,9 @@ def _insert_repo(c: sqlite3.Connection, key: str, repo) -> None:
                repo.license, repo.pipeline_tag, repo.library_name))
     c.executemany("INSERT INTO refs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                   [(*head, r.kind, r.name, r.commit, r.seq) for r in repo.refs])
-    c.executemany("INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                  [(*head, s.commit, s.manifest_sha256, s.size, s.files, s.created_at)
-                   for s in repo.snapshots])
+    c.executemany("INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  [(*head, s.commit, s.manifest_sha256, s.size, s.files, s.created_at,
+                    json.dumps(list(s.torrents))) for s in repo.snapshots])
 
 
 def mirrors_view(rows: list[MirrorRow], counts: dict[str, int]) -> list[dict]:
