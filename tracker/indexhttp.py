@@ -148,8 +148,7 @@ class Index:
     async def locate(self, hub: str, type_: str, repo_id: str, revision: str,
                      address: str | None, now: float) -> bytes:
         stale_before = now - STALE_ROUNDS * self.config.poll_interval
-        found = await self.read(search.holders, hub, type_, repo_id, revision,
-                                stale_before=stale_before)
+        found = await self.read(search.holders, hub, type_, repo_id, revision, stale_before)
         where = self.tracker.locality.where(address) if address else (None, None)
         mirrors = search.order(found, address, where, self.rng)
         newest = next((m.commit for m in mirrors if not m.behind), None)

@@ -279,7 +279,7 @@ class Holder:
 
 
 def holders(conn: sqlite3.Connection, hub: str, type_: str, repo_id: str, revision: str,
-            *, stale_before: float) -> list[Holder]:
+            stale_before: float) -> list[Holder]:
     """Every mirror holding `revision` of the repo: a commit it has a snapshot of, or a ref
     (a branch or tag of that name; `main` and `master` stand for each other, as a mirror
     resolves them) naming a snapshot it has."""
