@@ -796,11 +796,16 @@ async def serve(config: Config, *, with_tracker: bool = False) -> None:
         if with_tracker:
             from tracker import app as tracker_app
 
-            tracker = await tracker_app.start(config.tracker)
+            # The node's own mirror is in its own index unless another index is named.
+            own = frozenset({public_key_text(load_or_create(config.key_path))})
+            tracker = await tracker_app.start(dataclasses.replace(config.tracker, own_keys=own))
             started.append(tracker)
-            if not config.mirror.trackers:
-                mirror = dataclasses.replace(config.mirror, trackers=(f"{tracker.url}/announce",))
-                config = dataclasses.replace(config, mirror=mirror)
+            mirror = config.mirror
+            if not mirror.trackers:
+                mirror = dataclasses.replace(mirror, trackers=(f"{tracker.url}/announce",))
+            if not mirror.index and config.tracker.index:
+                mirror = dataclasses.replace(mirror, index=tracker.url)
+            config = dataclasses.replace(config, mirror=mirror)
         started.append(await start(config))
     except BaseException:
         for service in reversed(started):

@@ -52,6 +52,9 @@ class TrackerConfig:
     mirror_keys: str | None = None
     #: seconds between polls of every registered mirror's catalog feed
     poll_interval: float = 60.0
+    #: mirror keys accepted besides the file's: the all-in-one node's own mirror. Not a
+    #: setting: left out of comparisons
+    own_keys: frozenset[str] = field(default=frozenset(), compare=False)
 
 
 def _numbered(names) -> dict[str, int]:

@@ -102,20 +102,23 @@ def parse_mirror_keys(text: str) -> tuple[dict[str, str | None], list[str]]:
     return keys, problems
 
 
-def read_mirror_keys(path: str | Path | None) -> dict[str, str | None]:
+def read_mirror_keys(path: str | Path | None,
+                     own: frozenset[str] = frozenset()) -> dict[str, str | None]:
     """The accepted keys, read afresh (each registration and each poll round): removing a
-    line revokes that mirror at once. An unreadable file accepts nobody."""
+    line revokes that mirror at once. An unreadable file accepts nobody but `own` (the
+    all-in-one node's own mirror, always accepted)."""
+    accepted: dict[str, str | None] = dict.fromkeys(own, "this node")
     if not path:
-        return {}
+        return accepted
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        log.warning("index: mirror_keys %s unreadable, no mirror accepted: %s", path, e)
-        return {}
+        log.warning("index: mirror_keys %s unreadable, no mirror accepted from it: %s", path, e)
+        return accepted
     keys, problems = parse_mirror_keys(text)
     for problem in problems:
         log.warning("index: mirror_keys %s %s (line ignored)", path, problem)
-    return keys
+    return accepted | keys
 
 
 # -- a registration: pure ---------------------------------------------------------------------
@@ -489,13 +492,15 @@ class Poller:
     (its feeds in order, then a spot-check). `on_store(fn, *args)` runs on the store's thread."""
 
     def __init__(self, on_store, store: IndexStore, keys_file: str | None,
-                 http: aiohttp.ClientSession, metrics, rng: random.Random | None = None):
+                 http: aiohttp.ClientSession, metrics, rng: random.Random | None = None,
+                 own_keys: frozenset[str] = frozenset()):
         self.on_store, self.store = on_store, store
-        self.keys_file, self.http, self.metrics = keys_file, http, metrics
+        self.keys_file, self.own_keys = keys_file, own_keys
+        self.http, self.metrics = http, metrics
         self.rng = rng or random.Random()
 
     async def round(self) -> None:
-        accepted = read_mirror_keys(self.keys_file)
+        accepted = read_mirror_keys(self.keys_file, self.own_keys)
         for url in await self.on_store(self.store.keep_only, accepted):
             log.info("index: %s revoked (its key left mirror_keys): its rows dropped", url)
         mirrors = await self.on_store(self.store.mirrors)

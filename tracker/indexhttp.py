@@ -10,6 +10,7 @@ through a read-only connection of their own, so a long feed being applied never 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import logging
@@ -67,6 +68,8 @@ class Index:
         self.key = load_or_create(config.home / "index.key")
         self.public_key = public_key_text(self.key)
         self.rng = random.Random()
+        #: set by a new mirror's registration: the next poll round starts at once
+        self.wake = asyncio.Event()
         registry = tracker.registry
         self.registered = Gauge("weightswarm_index_mirrors", "Mirrors registered and accepted",
                                 registry=registry)
@@ -113,7 +116,7 @@ class Index:
         self.reads.shutdown(wait=True)
 
     async def register(self, data: bytes, now: float) -> dict:
-        accepted = read_mirror_keys(self.config.mirror_keys)
+        accepted = read_mirror_keys(self.config.mirror_keys, self.config.own_keys)
         try:
             reg = read_registration(data, frozenset(accepted), now)
         except ManifestError as e:
@@ -122,6 +125,7 @@ class Index:
         new = await self.run(self.store.register, reg, accepted[reg.key], now)
         if new:
             log.info("index: mirror %s (%s) registered", reg.base_url, accepted[reg.key] or reg.key)
+            self.wake.set()
         return {"registered": reg.base_url, "key": reg.key, "index_key": self.public_key}
 
     async def view(self) -> list[dict]:
@@ -140,7 +144,7 @@ class Index:
         return min(self.tracker.table.scrape(bytes.fromhex(t))[0] for t in torrents)
 
     async def key_list(self, now: float) -> bytes:
-        accepted = read_mirror_keys(self.config.mirror_keys)
+        accepted = read_mirror_keys(self.config.mirror_keys, self.config.own_keys)
         urls = {m.key: m.base_url for m in await self.run(self.store.mirrors)}
         keys = [AcceptedKey(k, name, urls.get(k)) for k, name in sorted(accepted.items())]
         return sign_key_list(keys, self.key, now)
@@ -260,8 +264,10 @@ async def index_context(app: web.Application, config: TrackerConfig, tracker: An
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60, connect=10)) \
                 as http:
             app[INDEX] = index
-            poller = Poller(index.run, index.store, config.mirror_keys, http, index)
-            task = app[LOOPS].spawn(_poll(poller, config.poll_interval), "index polls")
+            poller = Poller(index.run, index.store, config.mirror_keys, http, index,
+                            own_keys=config.own_keys)
+            task = app[LOOPS].spawn(_poll(poller, config.poll_interval, index.wake),
+                                    "index polls")
             log.info("index: key %s, mirrors accepted from %s, polled every %gs",
                      index.public_key, config.mirror_keys or "(no mirror_keys file)",
                      config.poll_interval)
@@ -273,13 +279,16 @@ async def index_context(app: web.Application, config: TrackerConfig, tracker: An
         await index.close()
 
 
-async def _poll(poller: Poller, interval: float) -> None:
+async def _poll(poller: Poller, interval: float, wake: asyncio.Event) -> None:
+    """A round every `interval` seconds, or at once when a new mirror registers."""
     while True:
+        wake.clear()
         try:
             await poller.round()
         except (sqlite3.Error, OSError) as e:  # the next round tries again
             log.warning("index: a poll round failed: %s", e)
-        await asyncio.sleep(interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), interval)
 
 
 def _answered(handler: Callable) -> Callable:
