@@ -30,7 +30,14 @@ from peer.errors import NotFound
 from peer.http import answer_errors
 from peer.keys import load_or_create, public_key_text
 from peer.listing import next_link, parse_list_query
-from peer.locate import AcceptedKey, Located, check_locate_target, sign_key_list, sign_located
+from peer.locate import (
+    MAX_LOCATED,
+    AcceptedKey,
+    Located,
+    check_locate_target,
+    sign_key_list,
+    sign_located,
+)
 from peer.manifest import ManifestError
 from peer.service import LOOPS
 
@@ -154,7 +161,7 @@ class Index:
         stale_before = now - STALE_ROUNDS * self.config.poll_interval
         found = await self.read(search.holders, hub, type_, repo_id, revision, stale_before)
         where = self.tracker.locality.where(address) if address else (None, None)
-        mirrors = search.order(found, address, where, self.rng)
+        mirrors = search.order(found, address, where, self.rng)[:MAX_LOCATED]
         newest = next((m.commit for m in mirrors if not m.behind), None)
         located = Located(self.public_key, hub, type_, repo_id, revision, newest, address, now,
                           tuple(mirrors))

@@ -130,26 +130,23 @@ class _Entry:
 def _entry(key: RepoKey, mirrors: dict[str, tuple], heads: dict, snaps: dict) -> _Entry:
     """One repo's entry: each mirror's head is its main (or master) branch, else its newest
     snapshot; the newest head by date is the repo's; the mirrors at another are behind."""
-    newest, holding, first = None, {}, None
+    holding: dict[str, tuple] = {}
     for mirror in mirrors:
         own = {s[0]: s for s in snaps.get((*key, mirror), ())}
         head = heads.get((*key, mirror))
         snap = own.get(head) if head else max(own.values(), key=lambda s: s[1], default=None)
-        created = [s[1] for s in own.values()]
-        first = min([first, *created]) if first is not None else min(created, default=None)
-        if snap is None:
-            continue
-        holding[mirror] = snap[0]
-        if newest is None or (snap[1], snap[0]) > (newest[1], newest[0]):
-            newest, chosen = snap, mirror
-    if newest is None:  # refs without snapshots: a feed refuses those, so only defensively
+        if snap is not None:
+            holding[mirror] = snap
+    if not holding:  # refs without snapshots: a feed refuses those, so only defensively
         return _Entry("0" * 40, 0, len(mirrors), 0, 0, 0.0, 0.0, False, ("[]", None, None, None),
                       "[]")
-    gated, *card = mirrors[chosen]
-    count = sum(commit == newest[0] for commit in holding.values())
+    chosen = max(holding, key=lambda m: (holding[m][1], holding[m][0]))
+    newest = holding[chosen]
+    count = sum(snap[0] == newest[0] for snap in holding.values())
+    first = min(s[1] for m in mirrors for s in snaps.get((*key, m), ()))
+    _gated, *card = mirrors[chosen]
     return _Entry(newest[0], count, len(mirrors) - count, newest[2], newest[3], newest[1],
-                  first if first is not None else newest[1],
-                  any(m[0] for m in mirrors.values()), tuple(card), newest[4])
+                  first, any(m[0] for m in mirrors.values()), tuple(card), newest[4])
 
 
 def _write_entry(c: sqlite3.Connection, key: RepoKey, e: _Entry) -> None:
