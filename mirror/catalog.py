@@ -196,8 +196,14 @@ def _m9(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX feed_tombstones_seq ON feed_tombstones (seq)")
 
 
+def _m10(db: sqlite_utils.Database) -> None:
+    """Where a sync run's bytes came from (mirror/network.py `sources_record`): the upstream,
+    other mirrors (issue 18, item 6). NULL for runs before this was recorded."""
+    db.execute("ALTER TABLE sync_runs ADD COLUMN sources TEXT")
+
+
 #: MIGRATIONS[i] takes the schema from version i to i + 1.
-MIGRATIONS = [_m1, _m2, _m3, _m4, _m5, _m6, _m7, _m8, _m9]
+MIGRATIONS = [_m1, _m2, _m3, _m4, _m5, _m6, _m7, _m8, _m9, _m10]
 #: sort key of the listing API → column (all sorts are descending unless asked otherwise).
 SORTS = {
     "downloads": "downloads", "likes": "likes", "lastModified": "updated_at",
@@ -813,18 +819,20 @@ class Catalog:
 
     def finish_run(self, run_id: int, now: float, *, status: str, repo_id: str | None = None,
                    commit: str | None = None, files: int = 0, fetched: int = 0,
-                   nbytes: int = 0, error: str | None = None) -> None:
+                   nbytes: int = 0, error: str | None = None,
+                   sources: str | None = None) -> None:
         with self.transaction() as c:
             c.execute(
                 "UPDATE sync_runs SET finished_at = ?, status = ?, repo_id = ?, commit_id = ?, "
-                "files = ?, fetched = ?, bytes = ?, error = ? WHERE id = ?",
-                (now, status, repo_id, commit, files, fetched, nbytes, error, run_id),
+                "files = ?, fetched = ?, bytes = ?, error = ?, sources = ? WHERE id = ?",
+                (now, status, repo_id, commit, files, fetched, nbytes, error, sources, run_id),
             )
 
     def runs(self, limit: int = 50) -> list[dict]:
         cursor = self.conn.execute(
             "SELECT id, spec, pid, started_at, finished_at, status, repo_id, commit_id, files, "
-            "fetched, bytes, error FROM sync_runs ORDER BY started_at DESC, id DESC LIMIT ?",
+            "fetched, bytes, error, sources FROM sync_runs ORDER BY started_at DESC, id DESC "
+            "LIMIT ?",
             (limit,),
         )
         names = [d[0] for d in cursor.description]

@@ -221,6 +221,7 @@ def mirror_sync(state: State, specs, include, exclude, parallel, progress) -> No
     """
     import asyncio
 
+    from .network import sources_text
     from .sync import parse_spec
     from .syncjobs import run_specs
 
@@ -235,6 +236,8 @@ def mirror_sync(state: State, specs, include, exclude, parallel, progress) -> No
             text = "up to date"
         else:
             text = f"{r.files} files, {r.fetched} fetched, {r.bytes_fetched} bytes"
+            if r.fetched:
+                text += f" ({sources_text(r.from_upstream, r.from_mirrors, r.dropped_mirrors)})"
         click.echo(f"{r.spec}: {r.repo_id}@{r.commit}: {text}")
     for spec, error in outcome.failures:
         click.echo(f"error: {spec}: {error}", err=True)
@@ -252,12 +255,16 @@ def mirror_status(state: State, limit: int, as_json: bool) -> None:
 
     from peer.atomic import pid_alive
 
+    from .network import read_sources
+
     catalog, _ = _open(state.config())
     runs = catalog.runs(limit)
     for run in runs:
         if run["status"] == "running" and not pid_alive(run["pid"] or 0):
             run["status"] = "interrupted"
     if as_json:
+        for run in runs:
+            run["sources"] = json.loads(run["sources"]) if run["sources"] else None
         click.echo(json.dumps(runs, indent=2))
         return
     for run in runs:
@@ -267,6 +274,8 @@ def mirror_status(state: State, limit: int, as_json: bool) -> None:
         detail = run["error"] or (
             f"{run['repo_id'] or ''} {(run['commit_id'] or '')[:12]} {run['files'] or 0} files, "
             f"{run['fetched'] or 0} fetched, {run['bytes'] or 0} bytes")
+        if run["fetched"] and read_sources(run["sources"]):
+            detail += f" ({read_sources(run['sources'])})"
         click.echo(f"{when} {run['status']:<11} {run['spec']}{took}: {detail}")
 
 

@@ -161,6 +161,8 @@ class MirrorConfig:
     netblocks: tuple[str, ...] = ()
     #: this mirror's share among equally near ones in the index's weighted random order
     weight: float = 1.0
+    #: with `index` set: a sync takes its bytes from mirrors the index locates first
+    sync_from_network: bool = True
 
 
 def _keys(value: Any) -> list[str]:
@@ -188,6 +190,7 @@ def _mirror_config(values: Mapping[str, Any]) -> MirrorConfig:
         else _aliases(values["aliases"]),
         index=values["index"], site=values["site"], region=values["region"],
         netblocks=tuple(values["netblocks"]), weight=values["weight"],
+        sync_from_network=values["sync_from_network"],
     )
 
 
@@ -247,6 +250,9 @@ MIRROR = Section("mirror", (
             "locate ranks it nearest for addresses in them", check=_netblocks),
     Setting("weight", float, 1.0, "this mirror's share among equally near mirrors in the "
             "index's weighted random order", check=positive("a share")),
+    Setting("sync_from_network", bool, True, "with index set: take a sync's bytes from the "
+            "mirrors the index locates holding the upstream's commit, each file still checked "
+            "against the upstream's hashes (the upstream then serves only the listing)"),
     SYNCS,
     Subsections("upstreams", {hub: _upstream(hub) for hub in hubs.HUBS}),
 ), build=_mirror_config)

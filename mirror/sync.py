@@ -7,6 +7,8 @@ partial files (store/partial/<hash>.part: a cut connection continues with Range,
 process continues where it stopped), hashing as it writes, and checks each file against the
 upstream's published hash (sha256 for LFS, git sha1 otherwise); a mismatch is retried once
 from zero before the file, and so the sync, fails. Nothing is visible until the publish.
+With an index (mirror/network.py), the bytes come first from mirrors that already hold the
+upstream's commit, through the same partial files and the same checks.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from peer.patterns import select
 from peer.store import BlobStore, Expected
 
 from .catalog import BlobRecord, Catalog, ref_of
+from .network import MIRROR_STALLS, MirrorSource, Network, Sources
 from .snapshots import publish
 from .upstreams import Answered, RemoteFile, Upstream, UpstreamError
 from .upstreams.kaggle import EVERY_VERSION as KAGGLE_EVERY_VERSION
@@ -262,12 +265,17 @@ class SyncResult:
     unchanged: bool
     #: the upstream no longer has it; an archive keeps serving what it holds
     gone: bool = False
+    #: where the bytes came from (mirror/network.py): received from the upstream, from each
+    #: mirror (by base URL), and the mirrors dropped during the sync with the reason
+    from_upstream: int = 0
+    from_mirrors: dict[str, int] = field(default_factory=dict)
+    dropped_mirrors: dict[str, str] = field(default_factory=dict)
 
 
 class Syncer:
     def __init__(self, catalog: Catalog, store: BlobStore, upstream: Upstream, *,
                  parallel: int = 4, min_free: int = 0, progress: bool = False,
-                 archive: bool = False):
+                 archive: bool = False, network: Network | None = None):
         self.catalog = catalog
         self.store = store
         self.upstream = upstream
@@ -275,6 +283,8 @@ class Syncer:
         self.min_free = min_free
         self.progress = progress
         self.archive = archive
+        #: where to ask for mirrors that already hold a commit (None: the upstream only)
+        self.network = network
 
     async def sync(self, spec: SyncSpec) -> list[SyncResult]:
         if spec.every_version:
@@ -375,7 +385,11 @@ class Syncer:
         self._check_space(the_plan)
         log.info("%s: %s has %d files, %d to fetch (%d bytes)", spec, key[:12], len(files),
                  len(the_plan.fetch), the_plan.fetch_bytes)
-        fetched, verified_by = await self._fetch_all(spec, key, the_plan)
+        sources = await self._sources(spec, commit, the_plan)
+        try:
+            fetched, verified_by = await self._fetch_all(spec, key, the_plan, sources)
+        finally:
+            await sources.close()
         entries = []
         for f in files:
             got = fetched.get(f.path) or the_plan.present[f.path]
@@ -390,7 +404,19 @@ class Syncer:
                 created_at=when, verified_by=verified_by,
                 ref_times=dict.fromkeys(refs, when) if when else None)
         return SyncResult(str(spec), spec.repo_id, commit, len(files), len(fetched),
-                          sum(d.size for d in fetched.values()), unchanged=False)
+                          sum(d.size for d in fetched.values()), unchanged=False,
+                          from_upstream=sources.from_upstream,
+                          from_mirrors=sources.from_mirrors,
+                          dropped_mirrors=dict(sources.dropped))
+
+    async def _sources(self, spec: SyncSpec, commit: str | None, the_plan: Plan) -> Sources:
+        """Where this sync's bytes come from: mirrors that hold `commit` already, when there
+        is anything to fetch and the upstream's hashes can check their bytes."""
+        if (self.network is None or not the_plan.fetch or not is_commit(commit or "")
+                or not self.upstream.hashed or spec.kind == "local"):
+            return Sources(self.upstream.name)
+        return await self.network.sources(spec.hub, spec.repo_type, spec.repo_id, commit,
+                                          self.upstream.name)
 
     def _has_snapshot(self, spec: SyncSpec, commit: str) -> bool:
         try:
@@ -420,7 +446,7 @@ class Syncer:
             raise InsufficientSpace(the_plan.fetch_bytes, max(free, 0), str(self.store.root),
                                     reserve="mirror.min_free")
 
-    async def _fetch_all(self, spec: SyncSpec, key: str, the_plan: Plan
+    async def _fetch_all(self, spec: SyncSpec, key: str, the_plan: Plan, sources: Sources
                          ) -> tuple[dict[str, Digests], dict[str, str]]:
         """The fetched files' digests, and what each was verified against (VERIFIED_BY)."""
         gate = asyncio.Semaphore(self.parallel)
@@ -434,7 +460,8 @@ class Syncer:
         async def one(f: RemoteFile) -> None:
             async with gate:
                 try:
-                    digests, verified_by[f.path] = await self._fetch(spec, key, f, bar.update)
+                    digests, verified_by[f.path] = await self._fetch(spec, key, f, bar.update,
+                                                                     sources)
                     done[f.path] = digests
                     self.catalog.put_blob(digests)
                     log.info("%s: %s verified by %s (%d bytes)", spec.repo_id, f.path,
@@ -465,13 +492,22 @@ class Syncer:
             expected=expected, md5=self.upstream.md5_in_answers)
 
     async def _fetch(self, spec: SyncSpec, key: str, f: RemoteFile,
-                     progress: Callable[[int], None]) -> tuple[Digests, str]:
+                     progress: Callable[[int], None], sources: Sources | None = None
+                     ) -> tuple[Digests, str]:
         writer = await asyncio.to_thread(self._writer, spec, key, f)
         progress(writer.written)
+        sources = sources or Sources(self.upstream.name)
+        mirror = sources.pick()
+        if mirror is not None:
+            digests, writer = await self._from_mirror(spec, key, f, writer, progress, mirror,
+                                                      sources)
+            if digests is not None:
+                return digests, f.verified_by
+        progress = sources.counting(self.upstream.name, progress)
         for attempt in range(2):
             answered = Answered()
             try:
-                await self._transfer(spec, key, f, writer, progress, answered)
+                await self._transfer(spec, key, f, writer, progress, answered, self.upstream)
                 if answered.md5:
                     writer.expected = dataclasses.replace(writer.expected, md5=answered.md5)
                 digests = await asyncio.to_thread(writer.commit)
@@ -494,8 +530,39 @@ class Syncer:
                 raise
         raise AssertionError("unreachable")
 
+    async def _from_mirror(self, spec: SyncSpec, key: str, f: RemoteFile, writer,
+                           progress: Callable[[int], None], mirror: MirrorSource,
+                           sources: Sources):
+        """(digests, writer) when `mirror`'s copy of `f` verified against the upstream's
+        hashes; else (None, a writer to go on with from the upstream), the mirror dropped for
+        the rest of the sync. Bytes that fail the check are discarded (commit() does), those
+        of a cut transfer kept: the upstream goes on from there, and the whole file is checked
+        again at its end (a mismatch then starts it from zero)."""
+        counted = sources.counting(mirror.name, progress)
+        try:
+            await self._transfer(spec, key, f, writer, counted, Answered(), mirror,
+                                 stalls=MIRROR_STALLS)
+            digests = await asyncio.to_thread(writer.commit)
+            log.info("%s: %s from %s", spec.repo_id, f.path, mirror.name)
+            return digests, writer
+        except IntegrityError as e:
+            if not writer.done:
+                writer.abort()
+            sources.drop(mirror, f"its {f.path} did not verify: {e}")
+        except InsufficientSpace:
+            writer.pause()  # our disk, not the mirror: the sync stops as it would from upstream
+            raise
+        except WeightswarmError as e:  # unreachable, cut, a 404: the upstream has the file
+            writer.pause()
+            sources.drop(mirror, f"{f.path}: {e}")
+        except BaseException:
+            writer.pause()
+            raise
+        return None, await asyncio.to_thread(self._writer, spec, key, f)
+
     async def _transfer(self, spec: SyncSpec, commit: str, f: RemoteFile, writer,
-                        progress: Callable[[int], None], answered: Answered) -> None:
+                        progress: Callable[[int], None], answered: Answered, source: Upstream,
+                        stalls: int = STALLS) -> None:
         """Fill the writer up to the file's size, resuming with Range after every cut.
 
         Network chunks are copied into a ring of three page-aligned buffers and handed to the
@@ -505,7 +572,7 @@ class Syncer:
         one fills (see `read_chunks`)."""
         ring = [mmap.mmap(-1, WRITE_BATCH) for _ in range(3)]
         turn = 0
-        stalls = 0
+        patience, stalls = stalls, 0
         while writer.written < f.size or (f.size == 0 and stalls == 0):
             before = writer.written
             buffer, fill = memoryview(ring[turn % 3]), 0
@@ -518,12 +585,11 @@ class Syncer:
                 buffer, fill = memoryview(ring[turn % 3]), 0
 
             try:
-                async for chunk in self.upstream.open(spec.repo_type, spec.repo_id, commit,
-                                                      f.path, writer.written, expect=f,
-                                                      answered=answered):
+                async for chunk in source.open(spec.repo_type, spec.repo_id, commit, f.path,
+                                               writer.written, expect=f, answered=answered):
                     if writer.written + fill + len(chunk) > f.size:
                         raise IntegrityError("size", str(f.size),
-                                             f"more than {f.size} bytes from upstream")
+                                             f"more than {f.size} bytes from {source.name}")
                     position = 0
                     while position < len(chunk):
                         take = min(len(chunk) - position, WRITE_BATCH - fill)
@@ -536,13 +602,13 @@ class Syncer:
                     await hand_over()
                 if f.size == 0 or writer.written == f.size:
                     return
-                raise UpstreamError(f"{f.path}: the upstream ended the file at {writer.written} "
-                                    f"of {f.size} bytes")
+                raise UpstreamError(f"{f.path}: {source.name} ended the file at "
+                                    f"{writer.written} of {f.size} bytes")
             except Unavailable:
                 if fill:
                     await hand_over()
                 stalls = 0 if writer.written > before else stalls + 1
-                if stalls >= STALLS:
+                if stalls >= patience:
                     raise
                 log.info("%s: %s cut at %d of %d bytes; resuming", spec.repo_id, f.path,
                          writer.written, f.size)

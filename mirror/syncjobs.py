@@ -19,6 +19,7 @@ from peer.store import BlobStore
 
 from .catalog import Catalog
 from .config import Config
+from .network import network_for, sources_record
 from .sync import Syncer, SyncResult, SyncSpec, parse_spec
 from .upstreams import Upstream
 from .upstreams.huggingface import HuggingFace
@@ -58,6 +59,7 @@ async def run_specs(config: Config, specs: list[SyncSpec], *, parallel: int = 4,
                     progress: bool = False) -> Outcome:
     catalog, store = Catalog(config.catalog_path), BlobStore(config.store_dir)
     outcome = Outcome([], [])
+    network = network_for(config)
     try:
         for spec in specs:
             run_id = catalog.start_run(str(spec), os.getpid(), time.time())
@@ -65,7 +67,7 @@ async def run_specs(config: Config, specs: list[SyncSpec], *, parallel: int = 4,
             try:
                 syncer = Syncer(catalog, store, upstream, parallel=parallel,
                                 min_free=config.mirror.min_free, progress=progress,
-                                archive=config.mirror.archive)
+                                archive=config.mirror.archive, network=network)
                 results = await syncer.sync(spec)
             except WeightswarmError as e:
                 # Recorded even on a full disk (the catalog gives up its reserve for it).
@@ -87,7 +89,7 @@ async def run_specs(config: Config, specs: list[SyncSpec], *, parallel: int = 4,
                 repo_id=", ".join(r.repo_id for r in results)[:1000] or None,
                 commit=last.commit if last and len(results) == 1 else None,
                 files=sum(r.files for r in results), fetched=sum(r.fetched for r in results),
-                nbytes=sum(r.bytes_fetched for r in results),
+                nbytes=sum(r.bytes_fetched for r in results), sources=sources_record(results),
             )
             outcome.results.extend(results)
     finally:

@@ -365,9 +365,10 @@ def test_a_catalog_from_before_the_feed_is_migrated_with_every_repo_in_its_first
     catalog = Catalog(config.catalog_path)
     _publish_many(catalog, 3)
     before = catalog.sequence()
-    # The schema as it was before the feed (version 8).
+    # The schema as it was before the feed (version 8), and what later versions added.
     for statement in ("DROP INDEX repos_seq", "ALTER TABLE repos DROP COLUMN seq",
-                      "DROP TABLE feed_tombstones", "PRAGMA user_version = 8"):
+                      "DROP TABLE feed_tombstones", "ALTER TABLE sync_runs DROP COLUMN sources",
+                      "PRAGMA user_version = 8"):
         catalog.conn.execute(statement)
     catalog.close()
     catalog = Catalog(config.catalog_path)
