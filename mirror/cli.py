@@ -19,6 +19,7 @@ import click
 from peer import hubs
 from peer.cli import peer as peer_group
 from peer.cli import pull as pull_command
+from peer.cli import search as search_command
 from peer.config import describe
 from peer.errors import WeightswarmError, out_of_space
 from peer.store import BlobStore
@@ -114,6 +115,7 @@ def serve(state: State, host: str | None, port: int | None, tracker_port: int | 
 
 cli.add_command(tracker_group)
 cli.add_command(pull_command)
+cli.add_command(search_command)
 cli.add_command(peer_group)
 
 

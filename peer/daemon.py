@@ -80,8 +80,11 @@ class PeerDaemon:
     def scan(self) -> list[str]:
         """Read manifests not seen before; returns the sha256 of blobs newly held."""
         new = []
-        # A pull may have pinned a mirror's key since the last scan: read the pins again.
+        # A pull may have pinned a mirror's key since the last scan: read the pins again,
+        # and the index's key list the last pull believed (peer/trust.py).
         self.trust = Trust(self.home, self.config.trusted_keys)
+        if self.config.index:
+            self.trust.delegated = self.trust.delegated_on_disk(self.config.index)
         trusted = self.trust.keys()
         for path in sorted((self.home / "manifests").glob("*/*/**/*.msgpack")):
             mtime = path.stat().st_mtime

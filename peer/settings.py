@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import Section, Setting, listen, port, positive
+from .config import Section, Setting, http_url, listen, port, positive
 
 #: the start of our peer ids, so a downloader can tell a mirror's bytes from a peer's
 MIRROR_FINGERPRINT = "-WM0100-"
@@ -101,6 +101,9 @@ class PeerConfig:
     home: Path = Path(".")
     mirrors: tuple[str, ...] = ()
     trusted_keys: tuple[str, ...] = ()
+    #: the index's base URL: where a pull asks which mirrors hold a revision when no mirror
+    #: is given, and whose signed list of accepted mirror keys it believes
+    index: str | None = None
     host: str = "127.0.0.1"
     port: int = 8471
     #: the daemon's session (`peer serve`)
@@ -121,6 +124,7 @@ def _peer_config(values: Mapping[str, Any]) -> PeerConfig:
     return PeerConfig(
         mirrors=tuple(m.rstrip("/") for m in values["mirrors"]),
         trusted_keys=tuple(values["trusted_keys"]),
+        index=values["index"],
         host=values["host"], port=values["port"],
         serve_bt=serve_bt, pull_bt=dataclasses.replace(serve_bt, listen=values["pull_listen"]),
         web_seed_grace=values["web_seed_grace"], cache=values["cache"],
@@ -131,7 +135,12 @@ def _peer_config(values: Mapping[str, Any]) -> PeerConfig:
 PEER = Section("peer", (
     Setting("mirrors", list, [], "mirror base URLs a pull asks, nearest first"),
     Setting("trusted_keys", list, [],
-            "mirror keys (ed25519:<hex>) whose manifests are believed, besides pinned ones"),
+            "mirror keys (ed25519:<hex>) whose manifests are believed, besides pinned ones; "
+            "an index's key here is believed without pinning"),
+    Setting("index", str, None, "the index a pull asks which mirrors hold a revision when no "
+            "mirror is given, and whose signed list of accepted mirror keys it believes (the "
+            "tracker's base URL, e.g. http://tracker:6969; its key is pinned on first use "
+            "unless listed in trusted_keys)", check=http_url),
     Setting("host", str, "127.0.0.1", "address the peer daemon's /metrics binds"),
     Setting("port", int, 8471, "port of the peer daemon's /metrics (0: any)", check=port),
     *http_settings(),

@@ -3,18 +3,28 @@ key on first use, pinned from then on in `$WEIGHTSWARM_HOME/known_mirrors` (one 
 URL, key), like ssh's known_hosts. A pinned mirror that shows another key is refused: that is a
 replaced key or somebody else answering. Ref statements already believed are remembered, so an
 older one (a replay, a rolled-back mirror) is refused.
+
+Trust delegated (issue 18, item 5): the index's own key is believed if it is configured, else
+pinned on first use for the index's URL as a mirror's is. The mirror keys its fresh, signed
+key list names are then believed too, for this run only (`delegate`): a key the index revoked
+is not believed by the next pull. The list is kept in `$WEIGHTSWARM_HOME/index_keys.msgpack`
+for the peer daemon, which reads it again however old (`delegated_on_disk`) only to know which
+manifests of what this machine already verified and holds it may seed. A key that only a
+locate answer or an unsigned answer named is never believed, nor pinned.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 
 from . import atomic
 from .errors import ConfigError, WeightswarmError
 from .keys import parse_public_key
-from .manifest import RefLedger, RefStatement
+from .locate import read_key_list
+from .manifest import ManifestError, RefLedger, RefStatement
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +43,10 @@ class Trust:
                 raise ConfigError(f"peer.trusted_keys: {key!r} is not ed25519:<64 hex>: {e}")\
                     from None
         self.configured = frozenset(trusted_keys)
+        #: the mirror keys an index this peer trusts vouches for (`delegate`)
+        self.delegated: frozenset[str] = frozenset()
         self.known_path = home / "known_mirrors"
+        self.delegation_path = home / "index_keys.msgpack"
         self.ledger_path = home / "refs_seen.json"
         #: orders the writers of both files (two pulls at once each keep what the other added)
         self.lock_path = home / ".trust.lock"
@@ -91,7 +104,40 @@ class Trust:
         return key
 
     def keys(self) -> frozenset[str]:
-        return self.configured | frozenset(self.pinned.values())
+        return self.configured | frozenset(self.pinned.values()) | self.delegated
+
+    # -- the index -----------------------------------------------------------------------------
+
+    def trust_index(self, index: str, key: str) -> str:
+        """The index's key: believed if configured, else pinned on first use for its URL."""
+        if key in self.configured:
+            return key
+        return self.pin(index, key)
+
+    def delegate(self, data: bytes, index_key: str, *, now: float) -> frozenset[str]:
+        """Believe the mirror keys of the index's signed key list `data` (`ManifestError` if
+        it is not signed by `index_key`, or stale), and keep the list for the peer daemon."""
+        accepted = frozenset(k.key for k in read_key_list(data, index_key, now=now))
+        self.delegated = accepted
+        atomic.write_file(self.delegation_path, data)
+        return accepted
+
+    def delegated_on_disk(self, index: str) -> frozenset[str]:
+        """The keys of the list a pull kept, if the index's key it believes signed it."""
+        try:
+            data = self.delegation_path.read_bytes()
+        except FileNotFoundError:
+            return frozenset()
+        candidates = [self.pinned.get(index.rstrip("/")), *sorted(self.configured)]
+        for key in filter(None, candidates):
+            try:
+                listed = read_key_list(data, key, now=time.time(), max_age=None)
+            except ManifestError:
+                continue
+            return frozenset(k.key for k in listed)
+        log.warning("%s is not signed by the key believed for %s: not used",
+                    self.delegation_path, index)
+        return frozenset()
 
     # -- ref statements -----------------------------------------------------------------------
 

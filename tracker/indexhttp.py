@@ -161,8 +161,9 @@ class Index:
         stale_before = now - STALE_ROUNDS * self.config.poll_interval
         found = await self.read(search.holders, hub, type_, repo_id, revision, stale_before)
         where = self.tracker.locality.where(address) if address else (None, None)
-        mirrors = search.order(found, address, where, self.rng)[:MAX_LOCATED]
+        mirrors = search.order(found, address, where, self.rng)
         newest = next((m.commit for m in mirrors if not m.behind), None)
+        mirrors = mirrors[:MAX_LOCATED]
         located = Located(self.public_key, hub, type_, repo_id, revision, newest, address, now,
                           tuple(mirrors))
         return sign_located(located, self.key)

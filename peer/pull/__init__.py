@@ -1,9 +1,11 @@
 """`weightswarm pull`: a model from nearby peers into the Hugging Face cache (DESIGN.md
 section 4, flow 5), in four steps, one module each:
 
-1. `believe`: ask the configured mirrors, nearest first, what the revision is (the commit and,
-   for a ref, a signed ref statement), and fetch its signed manifest; believe them only if a
-   trusted key signed them (peer/trust.py). Nothing else is fetched before this.
+0. `index` (with `[peer] index` set): believe the mirror keys the index vouches for and, with
+   no mirror given, ask it which mirrors hold the revision, nearest first (issue 18).
+1. `believe`: ask the configured (or located) mirrors, nearest first, what the revision is (the
+   commit and, for a ref, a signed ref statement), and fetch its signed manifest; believe them
+   only if a trusted key signed them (peer/trust.py). Nothing else is fetched before this.
 2. `http`: the small files, over HTTP from the first mirror that has them.
 3. `swarm`: the large files, over BitTorrent, all at once, in one session on an ephemeral
    port. The mirrors' web seeds are held back and join a torrent only when no peer has

@@ -4,9 +4,11 @@ The configured mirrors are asked in order, nearest first (`/api/weightswarm/snap
 the commit and, for a ref, a signed ref statement. Then the signed manifest of that commit.
 Nothing else is fetched before this step has believed both:
 
-- a mirror's key is pinned on first use (peer/trust.py); a mirror showing another key later is
-  refused, as ssh refuses a changed host key. A peer daemon relaying has no key of its own: it
-  passes on what mirrors signed.
+- a configured mirror's key is pinned on first use (peer/trust.py); a mirror showing another
+  key later is refused, as ssh refuses a changed host key. A peer daemon relaying has no key of
+  its own: it passes on what mirrors signed. Mirrors an index located (peer/pull/index.py) are
+  never pinned (`pin` False): what they serve must be signed by a configured, pinned or
+  delegated key.
 - a ref statement must be signed by a trusted key, name exactly the repo, ref and commit asked
   and answered, and be no older than the last one this machine saw from that key (the ledger
   of peer/trust.py refuses a replayed or rolled-back ref);
@@ -45,16 +47,19 @@ class Believed:
 
 
 async def believe(client: MirrorClient, spec: PullSpec, mirrors: list[str], trust: Trust,
-                  home: Path) -> Believed:
+                  home: Path, *, pin: bool = True) -> Believed:
     """The first mirror's answer that has one; what it signed is kept in `home` for the peer
-    daemon to relay."""
+    daemon to relay. `pin`: pin each mirror's key on first use (mirrors configured, not
+    located)."""
     errors: list[WeightswarmError] = []
     for mirror in mirrors:
         try:
-            return await _believe_from(client, spec, mirror, trust, home)
+            return await _believe_from(client, spec, mirror, trust, home, pin)
         except (ManifestError, IntegrityError) as e:
             raise PullError(f"{mirror}: refused: {e}") from e
         except (RemoteError, PullError) as e:
+            log.info("%s: no answer for %s@%s (%s); asking the next mirror", mirror,
+                     spec.repo_id, spec.revision, e)
             errors.append(e)
     said = "; ".join(str(e) for e in errors)
     if all(isinstance(e, Unavailable) for e in errors):
@@ -65,10 +70,11 @@ async def believe(client: MirrorClient, spec: PullSpec, mirrors: list[str], trus
 
 
 async def _believe_from(client: MirrorClient, spec: PullSpec, mirror: str, trust: Trust,
-                        home: Path) -> Believed:
-    with contextlib.suppress(NotFound):  # a peer daemon relaying has no key of its own
-        answer = await client.json(f"{mirror}/api/weightswarm/key")
-        trust.pin(mirror, answer["key"])
+                        home: Path, pin: bool) -> Believed:
+    if pin:
+        with contextlib.suppress(NotFound):  # a peer daemon relaying has no key of its own
+            answer = await client.json(f"{mirror}/api/weightswarm/key")
+            trust.pin(mirror, answer["key"])
     trusted = trust.keys()
     base = f"{mirror}/api/weightswarm/snapshots/{spec.hub}/{spec.repo_type}/{spec.repo_id}"
     snap = await client.json(f"{base}?revision={quote(spec.revision, safe='')}")

@@ -27,30 +27,37 @@ from .spec import PullError, PullResult
 
 #: small files fetched at once
 HTTP_PARALLEL = 8
+#: what an unreachable server's error names as the setting to check
+MIRRORS_SETTING = "peer.mirrors or --mirror"
 
 
 class MirrorClient:
+    """The calls of a pull; `setting` is what an unreachable server's error tells to check
+    (the mirrors' settings, or peer.index for the index)."""
+
     def __init__(self, session: aiohttp.ClientSession):
         self.http = session
 
     @contextlib.asynccontextmanager
-    async def _get(self, url: str) -> AsyncIterator[aiohttp.ClientResponse]:
+    async def _get(self, url: str, setting: str = MIRRORS_SETTING
+                   ) -> AsyncIterator[aiohttp.ClientResponse]:
         try:
             async with self.http.get(url) as r:
                 await raise_for_status(r)
                 yield r
         except (TimeoutError, aiohttp.ClientError) as e:
-            raise unreachable(url, e, setting="peer.mirrors or --mirror") from e
+            raise unreachable(url, e, setting=setting) from e
 
-    async def json(self, url: str):
-        async with self._get(url) as r:
+    async def json(self, url: str, *, setting: str = MIRRORS_SETTING):
+        async with self._get(url, setting) as r:
             try:
                 return await r.json(content_type=None)
             except ValueError:
                 raise PullError(f"{url}: the answer is not JSON") from None
 
-    async def bytes(self, url: str, limit: int = 64 << 20) -> bytes:
-        async with self._get(url) as r:
+    async def bytes(self, url: str, limit: int = 64 << 20, *,
+                    setting: str = MIRRORS_SETTING) -> bytes:
+        async with self._get(url, setting) as r:
             data = await r.content.read(limit + 1)
             if len(data) > limit:
                 raise PullError(f"{url}: larger than {limit} bytes")
@@ -77,8 +84,13 @@ class MirrorClient:
 
 
 def nearest_first(first: str, mirrors: list[str]) -> list[str]:
-    """The mirrors to ask, the one that answered the revision first, then the others in order."""
-    return [first] + [m for m in mirrors if m != first]
+    """The mirrors to ask, the one that answered the revision first, then those after it, and
+    last those before it: they gave no answer (a nearest mirror stopped), so they are asked
+    again only when every other has failed."""
+    if first not in mirrors:
+        return [first, *mirrors]
+    at = mirrors.index(first)
+    return mirrors[at:] + mirrors[:at]
 
 
 async def fetch_small(client: MirrorClient, mirrors: list[str], cache: RepoCache,

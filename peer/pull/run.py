@@ -15,8 +15,9 @@ from ..manifest import ManifestFile
 from ..patterns import select
 from ..settings import PeerConfig
 from ..trust import Trust
-from .believe import believe
+from .believe import Believed, believe
 from .http import MirrorClient, fetch_small, nearest_first
+from .index import consult
 from .place import check_space, missing, publish, repo_cache
 from .spec import PullResult, PullSpec
 from .swarm import BitTorrent
@@ -33,8 +34,9 @@ class Pull:
         self.home = home
         self.spec = spec
         self.mirrors = [m.rstrip("/") for m in (mirrors or config.mirrors)]
-        if not self.mirrors:
-            raise BadRequest("no mirror to ask: set [peer] mirrors or pass --mirror URL")
+        if not self.mirrors and not config.index:
+            raise BadRequest("no mirror to ask: set [peer] mirrors or [peer] index, or pass "
+                             "--mirror URL")
         self.trust = Trust(home, config.trusted_keys)
         self.progress = progress
         self.echo = echo
@@ -44,7 +46,7 @@ class Pull:
         async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
             client = MirrorClient(http)
             # 1 and 2: what the revision is, believed; what of it is asked for.
-            believed = await believe(client, self.spec, self.mirrors, self.trust, self.home)
+            believed = await self._believe(client)
             files = select(believed.manifest.files, self.spec.include, self.spec.exclude)
             result = PullResult.of(self.spec.repo_id, believed.commit, believed.mirror, files)
             if self.spec.dry_run:
@@ -62,6 +64,15 @@ class Pull:
             result.path = publish(cache, self.spec, files, believed.commit)
         result.seconds = time.monotonic() - started
         return result
+
+    async def _believe(self, client: MirrorClient) -> Believed:
+        """Steps 1 and 2, after the index (if there is one) has said whom it vouches for and,
+        with no mirror given, which mirrors hold the revision (those are not pinned)."""
+        given = bool(self.mirrors)
+        if self.config.index:
+            self.mirrors = await consult(client, self.config.index, self.trust, self.spec,
+                                         self.mirrors)
+        return await believe(client, self.spec, self.mirrors, self.trust, self.home, pin=given)
 
     def _list(self, files: list[ManifestFile], commit: str) -> None:
         for f in files:

@@ -251,6 +251,83 @@ def test_configured_keys_are_trusted_without_a_pin(tmp_path):
     assert not (tmp_path / "home" / "known_mirrors").exists()
 
 
+# -- trust delegated by an index (issue 18, item 5) -------------------------------------------
+
+
+INDEX = "http://index.example:6969"
+
+
+def test_an_index_key_is_pinned_on_first_use_unless_configured(tmp_path):
+    key = key_text()
+    trust = Trust(tmp_path / "home")
+    assert trust.trust_index(INDEX + "/", key) == key
+    assert (tmp_path / "home" / "known_mirrors").read_text() == f"{INDEX} {key}\n"
+    with pytest.raises(KeyMismatch):
+        Trust(tmp_path / "home").trust_index(INDEX, key_text())
+    configured = Trust(tmp_path / "other", [key])
+    assert configured.trust_index(INDEX, key) == key
+    assert not (tmp_path / "other" / "known_mirrors").exists()
+
+
+def test_the_keys_an_index_vouches_for_are_believed_for_this_run_only(tmp_path):
+    from peer.locate import AcceptedKey, sign_key_list
+
+    index = Ed25519PrivateKey.generate()
+    vouched = [key_text(), key_text()]
+    data = sign_key_list([AcceptedKey(k, None, None) for k in vouched], index, 1000.0)
+    home = tmp_path / "home"
+    trust = Trust(home)
+    trust.trust_index(INDEX, public_key_text(index))
+    assert trust.delegate(data, public_key_text(index), now=1000.0) == set(vouched)
+    assert set(vouched) <= trust.keys()
+    assert set(vouched).isdisjoint(Trust(home).keys()), "not pinned, not kept for later pulls"
+    assert set(vouched).isdisjoint(Trust(home).pinned.values())
+    # The daemon reads the kept list however old, only if the index's believed key signed it.
+    assert Trust(home).delegated_on_disk(INDEX) == set(vouched)
+    assert Trust(home).delegated_on_disk("http://another.example") == frozenset()
+    assert Trust(home, [public_key_text(index)]).delegated_on_disk("http://x") == set(vouched)
+
+
+def test_a_key_list_signed_by_another_key_delegates_nothing(tmp_path):
+    from peer.locate import AcceptedKey, sign_key_list
+    from peer.manifest import ManifestError
+
+    index, liar = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    trust = Trust(tmp_path / "home")
+    data = sign_key_list([AcceptedKey(key_text(), None, None)], liar, 1000.0)
+    with pytest.raises(ManifestError):
+        trust.delegate(data, public_key_text(index), now=1000.0)
+    assert trust.delegated == frozenset()
+    assert not (tmp_path / "home" / "index_keys.msgpack").exists()
+    with pytest.raises(ManifestError, match="stale"):
+        trust.delegate(sign_key_list([], index, 0.0), public_key_text(index), now=10_000.0)
+
+
+def test_located_mirrors_are_asked_in_the_indexs_order_those_behind_last():
+    from peer.locate import Located, LocatedMirror
+    from peer.pull.index import mirror_order
+
+    new, old = "a" * 40, "b" * 40
+
+    def at(url: str, commit: str) -> LocatedMirror:
+        return LocatedMirror(key_text(), None, url, None, None, None, commit, "0" * 64,
+                             commit != new, "other", False, False, None)
+
+    answer = Located(key_text(), "huggingface", "model", "org/name", "main", new, None, 0.0,
+                     (at("http://behind", old), at("http://near", new), at("http://far", new),
+                      at("http://near", new)))
+    assert mirror_order(answer) == ["http://near", "http://far", "http://behind"]
+    assert mirror_order(answer, most=1) == ["http://near"]
+
+
+def test_after_the_mirror_that_answered_come_those_after_it_then_those_that_did_not():
+    from peer.pull.http import nearest_first
+
+    assert nearest_first("b", ["a", "b", "c"]) == ["b", "c", "a"]
+    assert nearest_first("a", ["a", "b"]) == ["a", "b"]
+    assert nearest_first("x", ["a", "b"]) == ["x", "a", "b"]
+
+
 def ref(seq: int, commit: str = COMMIT, name: str = "main") -> RefStatement:
     return RefStatement("huggingface", "model", "org/name", name, commit, seq)
 
@@ -406,8 +483,10 @@ def test_bytes_are_credited_by_the_senders_peer_id_whatever_its_port():
 
 
 def test_a_pull_needs_a_mirror_to_ask():
-    with pytest.raises(BadRequest):
+    with pytest.raises(BadRequest, match="index"):
         Pull(PeerConfig(), Path("/nonexistent"), PullSpec("org/name"))
+    assert Pull(PeerConfig(index="http://i"), Path("/nonexistent"),
+                PullSpec("org/name")).mirrors == [], "the index will say where"
     job = Pull(PeerConfig(mirrors=("http://a/",)), Path("/nonexistent"), PullSpec("org/name"))
     assert job.mirrors == ["http://a"]
 
