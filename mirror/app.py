@@ -23,7 +23,14 @@ from multidict import MultiDict
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from peer import hubs
-from peer.errors import BadRequest, NotFound, RepoNotFound, RequestTimeout, WeightswarmError
+from peer.errors import (
+    BadRequest,
+    BlobMissing,
+    NotFound,
+    RepoNotFound,
+    RequestTimeout,
+    WeightswarmError,
+)
 from peer.hfformat import REPO_TYPES
 from peer.http import answer_errors, header_safe
 from peer.keys import load_or_create, public_key_text
@@ -476,6 +483,10 @@ async def blob(request: web.Request) -> web.StreamResponse:
     if not is_sha256(sha256):
         raise BadRequest("a blob is named by 64 lower-case hex characters")
     path, size = await _answer(request, ("blob", sha256), request.app[SERVICE].public_blob, sha256)
+    if not path.is_file():
+        # The lookup is a cached answer; a web seed's or the index's HEAD must not hear 200
+        # for a blob gone from the store since (a stat is cheap).
+        raise BlobMissing(sha256)
     return blob_response(request, path, size, sha256, {"Content-Type": "application/octet-stream"},
                          request.app[EGRESS], request.app[METRICS].egress_counter("webseed"))
 

@@ -100,3 +100,16 @@ def test_small_files_and_gated_blobs_get_no_torrent_and_hostile_names_a_400(mirr
         with pytest.raises(urllib.error.HTTPError) as e:
             get(f"{mirror.url}/api/weightswarm/{path}")
         assert e.value.code == code, path
+
+
+def test_a_web_seed_head_of_a_blob_gone_from_the_store_is_not_a_200(mirror):
+    """The lookup is cached; the HEAD (a web seed's, the index's spot-check) looks again."""
+    sha = hashlib.sha256((mirror.tiny / "big.bin").read_bytes()).hexdigest()
+    url = f"{mirror.url}/blobs/sha256/{sha}"
+    head = urllib.request.Request(url, method="HEAD")
+    with urllib.request.urlopen(head) as r:  # the answer is now cached
+        assert r.status == 200 and r.headers["Content-Length"] == str(5 * 1024 * 1024)
+    BlobStore(mirror.config.store_dir).path_for(sha).unlink()
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(head)
+    assert e.value.code == 503, "our fault, not the client's 'not found'"
