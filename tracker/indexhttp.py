@@ -16,6 +16,7 @@ import json
 import logging
 import random
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -59,19 +60,24 @@ INDEX = web.AppKey("index", "Index")
 #: a mirror not polled successfully for this many poll intervals is stale: ordered last
 STALE_ROUNDS = 3
 MSGPACK = "application/msgpack"
+#: threads answering searches and locates, each with its own connection (sqlite runs a query
+#: without the GIL, so two use both cores of a small machine)
+READERS = 2
 
 
 class Index:
-    """The index's store on a thread of its own, a reader on another, its key, its metrics and
+    """The index's store on a thread of its own, readers on others, its key, its metrics and
     its poller. `tracker` is the tracker it runs beside: its swarm table gives the seeders, its
     sites map and trusted proxies place the asking address."""
 
     def __init__(self, config: TrackerConfig, tracker: Any):
         self.config, self.tracker = config, tracker
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index")
-        self.reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-read")
+        self.reads = ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="index-read")
         self.store: IndexStore | None = None
-        self.reader: sqlite3.Connection | None = None
+        #: each reading thread's own read-only connection, opened on its first read
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
         self.key = load_or_create(config.home / "index.key")
         self.public_key = public_key_text(self.key)
         self.rng = random.Random()
@@ -100,27 +106,29 @@ class Index:
         return await asyncio.get_running_loop().run_in_executor(self.thread, fn, *args)
 
     async def read(self, fn: Callable, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.reads, fn, self.reader,
+        return await asyncio.get_running_loop().run_in_executor(self.reads, self._read, fn,
                                                                 *args)
 
-    def _open_reader(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(f"file:{self.config.home / 'index.sqlite'}?mode=ro", uri=True,
-                               check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 5000")
-        return conn
+    def _read(self, fn: Callable, *args):
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = sqlite3.connect(
+                f"file:{self.config.home / 'index.sqlite'}?mode=ro", uri=True,
+                check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout = 5000")
+            self._readers.append(conn)
+        return fn(conn, *args)
 
     async def open(self) -> None:
         self.store = await self.run(IndexStore, self.config.home / "index.sqlite")
-        self.reader = await asyncio.get_running_loop().run_in_executor(self.reads,
-                                                                       self._open_reader)
 
     async def close(self) -> None:
-        if self.reader is not None:
-            await asyncio.get_running_loop().run_in_executor(self.reads, self.reader.close)
+        self.reads.shutdown(wait=True)
+        for conn in self._readers:
+            conn.close()
         if self.store is not None:
             await self.run(self.store.close)
         self.thread.shutdown(wait=True)
-        self.reads.shutdown(wait=True)
 
     async def register(self, data: bytes, now: float) -> dict:
         accepted = read_mirror_keys(self.config.mirror_keys, self.config.own_keys)

@@ -58,6 +58,8 @@ M2 = [
     INSERT INTO entries_fts(entries_fts, rowid, repo_id) VALUES ('delete', old.id, old.repo_id);
     DELETE FROM entry_tags WHERE entry = old.id; END""",
 ]
+#: deleting an entry's tags (each refresh, and the delete trigger) finds them by entry
+M3 = ["""CREATE INDEX IF NOT EXISTS entry_tags_by_entry ON entry_tags (entry)"""]
 
 
 # -- the entries: kept in step with the mirrors' rows -----------------------------------------
@@ -87,13 +89,13 @@ def refresh(c: sqlite3.Connection) -> int:
     held: dict[RepoKey, dict[str, tuple]] = {}
     for row in c.execute(
             "SELECT r.hub, r.type, r.repo_id, r.mirror, r.gated, r.tags, r.license,"
-            " r.pipeline_tag, r.library_name FROM temp.touched t JOIN repos r"
+            " r.pipeline_tag, r.library_name FROM temp.touched t CROSS JOIN repos r"
             " ON r.hub = t.hub AND r.type = t.type AND r.repo_id = t.repo_id"):
         held.setdefault(row[:3], {})[row[3]] = row[4:]
     heads: dict[tuple, str] = {}
     for hub, type_, repo_id, mirror, name, commit in c.execute(
             "SELECT f.hub, f.type, f.repo_id, f.mirror, f.name, f.commit_id FROM temp.touched t"
-            " JOIN refs f ON f.hub = t.hub AND f.type = t.type AND f.repo_id = t.repo_id"
+            " CROSS JOIN refs f ON f.hub = t.hub AND f.type = t.type AND f.repo_id = t.repo_id"
             " WHERE f.kind = 'branch' AND f.name IN ('main', 'master')"):
         slot = (hub, type_, repo_id, mirror)
         if name == "main" or slot not in heads:
@@ -101,7 +103,7 @@ def refresh(c: sqlite3.Connection) -> int:
     snaps: dict[tuple, list[tuple]] = {}
     for row in c.execute(
             "SELECT s.hub, s.type, s.repo_id, s.mirror, s.commit_id, s.created_at, s.size,"
-            " s.files, s.torrents FROM temp.touched t JOIN snapshots s ON s.hub = t.hub"
+            " s.files, s.torrents FROM temp.touched t CROSS JOIN snapshots s ON s.hub = t.hub"
             " AND s.type = t.type AND s.repo_id = t.repo_id"):
         snaps.setdefault(row[:4], []).append(row[4:])
     keys = [tuple(k) for k in c.execute("SELECT hub, type, repo_id FROM temp.touched")]
@@ -201,15 +203,29 @@ def _like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
+#: a search term or tag matching at most this many entries is searched from its matches (then
+#: sorted); one matching more, by walking the listing's order until a page is found
+FEW = 2000
+
+
 def search(conn: sqlite3.Connection, hub: str, type_: str, q: ListQuery) -> list[EntryRow]:
     """The entries a listing asks for, `q.limit` + 1 of them (the extra one says there is a
-    next page): search terms are case-insensitive substrings of the id (FTS5 trigram; LIKE
-    under three characters), `author` the namespace, every `filter` tag present."""
-    where, args = ["hub = ?", "type = ?"], [hub, type_]
+    next page): search terms are case-insensitive substrings of the id, `author` the
+    namespace, every `filter` tag present.
+
+    A term or tag with few matches (FEW) is searched from them: the full-text index (FTS5
+    trigram) or the tag's rows, then sorted. One with many is checked row by row while the
+    listing's own index is walked in order (LIKE: ids are ASCII, so it matches as the trigram
+    index does), which stops after a page: each found at least every N/FEW rows. Either way a
+    page costs about FEW rows at most, not every match nor every entry (issue 18's benchmark)."""
+    where, args, few = ["hub = ?", "type = ?"], [hub, type_], False
     for term in q.search:
-        if len(term) >= 3:
-            where.append("id IN (SELECT rowid FROM entries_fts WHERE entries_fts MATCH ?)")
-            args.append('"' + term.replace('"', '""') + '"')
+        matches = [] if len(term) < 3 else [row[0] for row in conn.execute(
+            "SELECT rowid FROM entries_fts WHERE entries_fts MATCH ? LIMIT ?",
+            ('"' + term.replace('"', '""') + '"', FEW + 1))]
+        if len(term) >= 3 and len(matches) <= FEW:
+            where.append(f"id IN ({', '.join(map(str, matches)) or 'NULL'})")
+            few = True
         else:
             where.append("repo_id LIKE ? ESCAPE '\\'")
             args.append("%" + _like_escape(term) + "%")
@@ -217,13 +233,23 @@ def search(conn: sqlite3.Connection, hub: str, type_: str, q: ListQuery) -> list
         where.append("author = ?")
         args.append(q.author)
     for tag in q.tags:
-        where.append("id IN (SELECT entry FROM entry_tags WHERE tag = ?)")
+        count = conn.execute("SELECT count(*) FROM (SELECT 1 FROM entry_tags WHERE tag = ?"
+                             " LIMIT ?)", (tag, FEW + 1)).fetchone()[0]
+        if count <= FEW:
+            where.append("id IN (SELECT entry FROM entry_tags WHERE tag = ?)")
+            few = True
+        else:
+            where.append("EXISTS (SELECT 1 FROM entry_tags WHERE tag = ? AND entry = entries.id)")
         args.append(tag)
     column = SORTS[q.sort or "id"]
     order = "ASC" if q.ascending or column == "repo_id" else "DESC"
+    # `repo_id` twice would keep sqlite from the author index (it satisfies one, not both)
+    then = "" if column == "repo_id" else ", repo_id ASC"
+    # From the matches by rowid, then sorted: no index walked (sqlite would walk the order's)
+    source = "entries NOT INDEXED" if few else "entries"
     rows = conn.execute(
-        f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE {' AND '.join(where)}"  # noqa: S608
-        f" ORDER BY {column} {order}, repo_id ASC LIMIT ? OFFSET ?",
+        f"SELECT {_ENTRY_COLUMNS} FROM {source} WHERE {' AND '.join(where)}"  # noqa: S608
+        f" ORDER BY {column} {order}{then} LIMIT ? OFFSET ?",
         (*args, q.limit + 1, q.offset)).fetchall()
     return [EntryRow(*r[:11], bool(r[11]), tuple(json.loads(r[12])), *r[13:16],
                      tuple(json.loads(r[16]))) for r in rows]
