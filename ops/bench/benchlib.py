@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
+import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -105,3 +108,54 @@ def two_cores(servers: str) -> list[int]:
         raise BenchError(f"needs two cores (one for the {servers}, one for the load), "
                          f"this process may use {len(cpus)}")
     return cpus
+
+
+@dataclass
+class Server:
+    """A server a benchmark started in a process (and session) of its own."""
+
+    name: str
+    process: subprocess.Popen
+    port: int
+    log: Path
+    #: what asks it to stop cleanly (our tracker takes SIGINT as a user's Ctrl-C)
+    stop_signal: int = signal.SIGTERM
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float = 60) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(self.stop_signal)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+    def memory(self) -> dict[str, int]:
+        """VmRSS and VmHWM (the peak), bytes."""
+        found = {}
+        with open(f"/proc/{self.process.pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    found[key] = int(value.split()[0]) * 1024
+        return found
+
+
+def await_port(server: Server, pattern: bytes, what: str, seconds: float = 60) -> Server:
+    """`server` once its log says the port (`pattern`'s group 1); stopped, and BenchError with
+    the log's end, if it exits or says nothing in time."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        found = re.search(pattern, server.log.read_bytes())
+        if found:
+            server.port = int(found.group(1))
+            return server
+        if server.process.poll() is not None:
+            break
+        time.sleep(0.05)
+    server.stop()
+    raise BenchError(f"{what} did not start: {server.log.read_text()[-800:]}")

@@ -48,9 +48,7 @@ import itertools
 import json
 import os
 import random
-import re
 import shutil
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -70,7 +68,7 @@ sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
 import msgpack  # noqa: E402
-from benchlib import BenchError, bench_main, clean_env, note, two_cores  # noqa: E402
+from benchlib import BenchError, Server, await_port, bench_main, clean_env, note, two_cores  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
 
 from mirror.catalog import CARD_FIELDS, Catalog, NewSnapshot, _list, _text  # noqa: E402
@@ -578,37 +576,6 @@ asyncio.run(main())
 """
 
 
-@dataclass
-class Server:
-    name: str
-    process: subprocess.Popen
-    port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-
-    def memory(self) -> dict[str, int]:
-        """VmRSS and VmHWM (the peak), bytes."""
-        found = {}
-        with open(f"/proc/{self.process.pid}/status") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    found[key] = int(value.split()[0]) * 1024
-        return found
-
-
 def start_server(name: str, home: Path, cpu: int, *extra: str) -> Server:
     log = home / f"{name}-server.log"
     with open(log, "wb") as err:
@@ -618,17 +585,7 @@ def start_server(name: str, home: Path, cpu: int, *extra: str) -> Server:
                                    stdout=subprocess.DEVNULL, stderr=err,
                                    env=clean_env(PYTHONPATH=str(ROOT)), start_new_session=True)
     server = Server(name, process, 0, log)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        found = re.search(rb"listening on port (\d+)", log.read_bytes())
-        if found:
-            server.port = int(found.group(1))
-            return server
-        if process.poll() is not None:
-            break
-        time.sleep(0.05)
-    server.stop()
-    raise BenchError(f"the {name} server did not start: {log.read_text()[-800:]}")
+    return await_port(server, rb"listening on port (\d+)", f"the {name} server", 120)
 
 
 def wait_first_poll(db: Path, mirrors: int, seconds: float = 120) -> None:

@@ -35,9 +35,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 # benchlib sits beside this script, whose folder Python puts on sys.path.
-from benchlib import (  # noqa: E402,I001
-    BenchError, clean_env, find_tools, free_port, note, signal_and_wait,
-    bench_main, two_cores,
+from benchlib import (  # noqa: E402
+    BenchError,
+    Server,
+    await_port,
+    bench_main,
+    clean_env,
+    find_tools,
+    free_port,
+    note,
+    signal_and_wait,
+    two_cores,
 )
 
 from mirror.config import load_config  # noqa: E402
@@ -186,27 +194,6 @@ def bench_import(plan: Plan, model: Path, weights: Path, work: Path) -> tuple[di
 # -- the servers ---------------------------------------------------------------------------------
 
 
-@dataclass
-class Server:
-    name: str
-    process: subprocess.Popen
-    port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self, timeout: float = 60) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-
-
 def start_mirror(home: Path, cpu: str, log: Path, profile_to: Path | None = None) -> Server:
     """The mirror alone (`mirror serve`: `serve` would start a tracker too, and log its port
     first) as users run it, or (`profile_to`) under PROFILED_MIRROR."""
@@ -221,18 +208,7 @@ def start_mirror(home: Path, cpu: str, log: Path, profile_to: Path | None = None
                                    stdout=subprocess.DEVNULL, stderr=err, env=clean_env(),
                                    start_new_session=True)
     server = Server("weightswarm", process, 0, log)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        found = re.search(rb"mirror listening on http://127\.0\.0\.1:(\d+)",
-                          log.read_bytes())
-        if found:
-            server.port = int(found.group(1))
-            return server
-        if process.poll() is not None:
-            break
-        time.sleep(0.05)
-    server.stop()
-    raise BenchError(f"the mirror did not start: {log.read_text()[-800:]}")
+    return await_port(server, rb"mirror listening on http://127\.0\.0\.1:(\d+)", "the mirror", 60)
 
 
 #: The mirror with cProfile switched on by SIGUSR1 and off by SIGUSR2 (so startup is left out),

@@ -49,8 +49,10 @@ from itertools import accumulate
 from pathlib import Path
 
 # benchlib sits beside this script, whose folder Python puts on sys.path.
-from benchlib import (  # noqa: E402,I001
+from benchlib import (  # noqa: E402
     BenchError,
+    Server,
+    await_port,
     bench_main,
     clean_env,
     find_tools,
@@ -483,23 +485,6 @@ def populate(w: Workload, port: int) -> None:
 # -- the trackers ---------------------------------------------------------------------------------
 
 
-@dataclass
-class Server:
-    name: str
-    process: subprocess.Popen
-    port: int
-    log: Path
-
-    def stop(self, timeout: float = 30) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-
-
 #: our tracker with cProfile switched on by SIGUSR1 and off (and written to argv[1]) by SIGUSR2,
 #: so that start-up and filling are left out; CPU time of the one thread (`thread_time`).
 PROFILED_TRACKER = """
@@ -538,18 +523,8 @@ def start_ours(work: Path, cpu: int, profile_to: Path | None = None) -> Server:
         process = subprocess.Popen(["taskset", "-c", str(cpu), *map(str, cmd)],
                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                    stderr=err, env=clean_env(), start_new_session=True)
-    server = Server("weightswarm", process, 0, log)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        found = re.search(rb"udp://127\.0\.0\.1:(\d+)", log.read_bytes())
-        if found:
-            server.port = int(found.group(1))
-            return server
-        if process.poll() is not None:
-            break
-        time.sleep(0.05)
-    server.stop()
-    raise BenchError(f"our tracker did not start: {log.read_text()[-800:]}")
+    server = Server("weightswarm", process, 0, log, signal.SIGINT)
+    return await_port(server, rb"udp://127\.0\.0\.1:(\d+)", "our tracker", 60)
 
 
 def start_opentracker(work: Path, cpu: int, w: Workload, user: str) -> Server:
@@ -572,7 +547,7 @@ def start_opentracker(work: Path, cpu: int, w: Workload, user: str) -> Server:
     with open(log, "wb") as err:
         process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
                                    start_new_session=True, cwd=root)
-    server = Server("opentracker", process, port, log)
+    server = Server("opentracker", process, port, log, signal.SIGINT)
     # It prints nothing when ready: ready is when it answers a UDP connect.
     deadline = time.monotonic() + 20
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:

@@ -12,33 +12,27 @@ import re
 import time
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import pytest
 from huggingface_hub import HfApi
 
-from helpers import make_config, make_tiny_model, start_mirror, start_service, wait_for
-from mirror.catalog import Catalog
+from helpers import (
+    import_repo,
+    index_mirrors,
+    make_config,
+    make_tiny_model,
+    start_mirror,
+    start_service,
+    wait_for,
+)
 from mirror.config import load_config
-from mirror.importer import Importer
 from peer.keys import load_or_create, public_key_text
 from peer.locate import read_located
-from peer.store import BlobStore
 from tracker import app as tracker_app
 from tracker.config import parse_sites
 
 WAIT = 30
 HF = "huggingface"
-
-
-def _import(home: Path, folder: Path, repo: str, access: str = "public") -> None:
-    config = make_config(home)
-    catalog = Catalog(config.catalog_path)
-    try:
-        Importer(catalog, BlobStore(config.store_dir)).import_path(folder, repo_id=repo,
-                                                                   access=access)
-    finally:
-        catalog.close()
 
 
 def _get(url: str, source: str | None = None) -> tuple[int, dict, bytes]:
@@ -62,15 +56,15 @@ def network(tmp_path_factory):
     seeded = make_tiny_model(tmp / "seeded", seed=5)  # a 5 MiB blob: it has a torrent
     homes = {name: tmp / name for name in ("alpha", "beta", "gamma")}
     keys = {n: public_key_text(load_or_create(make_config(h).key_path)) for n, h in homes.items()}
-    _import(homes["alpha"], tiny, "org/shared")  # alpha first: its commit is the older one
+    import_repo(homes["alpha"], tiny, "org/shared")  # alpha first: its commit is the older one
     time.sleep(0.05)
-    _import(homes["beta"], other, "org/shared")
+    import_repo(homes["beta"], other, "org/shared")
     for home in homes.values():
-        _import(home, tiny, "org/common")
-    _import(homes["alpha"], tiny, "alpha-org/solo")
-    _import(homes["alpha"], tiny, "org/secret", access="private")
-    _import(homes["beta"], seeded, "org/seeded")
-    _import(homes["gamma"], tiny, "gamma-org/solo")
+        import_repo(home, tiny, "org/common")
+    import_repo(homes["alpha"], tiny, "alpha-org/solo")
+    import_repo(homes["alpha"], tiny, "org/secret", access="private")
+    import_repo(homes["beta"], seeded, "org/seeded")
+    import_repo(homes["gamma"], tiny, "gamma-org/solo")
     key_file = tmp / "mirror_keys"
     key_file.write_text("".join(f"{keys[n]} {n}\n" for n in homes))
     config = load_config(home=tmp / "index", env={}, overrides={
@@ -85,19 +79,13 @@ def network(tmp_path_factory):
               "gamma": {"site": "paris", "region": "eu"}}
     mirrors = {n: start_mirror(make_config(homes[n], index=tracker.url, seed=False, **places[n]))
                for n in homes}
-    wait_for(lambda: len(_mirrors(tracker)) == 3 and all(
-        m["last_verified"] and m["upto"] for m in _mirrors(tracker).values()),
+    wait_for(lambda: len(index_mirrors(tracker.url)) == 3 and all(
+        m["last_verified"] and m["upto"] for m in index_mirrors(tracker.url).values()),
         WAIT, "three mirrors registered, polled and verified")
     yield tracker, mirrors, keys, key_file
     for m in mirrors.values():
         m.stop()
     tracker.stop()
-
-
-def _mirrors(tracker) -> dict[str, dict]:
-    body = json.loads(urllib.request.urlopen(f"{tracker.url}/api/weightswarm/mirrors",
-                                             timeout=10).read())
-    return {m["name"]: m for m in body["mirrors"]}
 
 
 def _index_key(tracker) -> str:
@@ -205,7 +193,7 @@ def test_a_revoked_key_leaves_search_and_locate_within_a_poll(network):
     key_file.write_text("".join(line + "\n" for line in text.splitlines()
                                 if not line.endswith(" gamma")))
     try:
-        wait_for(lambda: "gamma" not in _mirrors(tracker), WAIT, "gamma revoked")
+        wait_for(lambda: "gamma" not in index_mirrors(tracker.url), WAIT, "gamma revoked")
         assert "gamma-org/solo" not in {m.id for m in HfApi(endpoint=tracker.url)
                                         .list_models(search="solo")}
         assert mirrors["gamma"].url not in {m.base_url for m in

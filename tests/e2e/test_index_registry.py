@@ -8,37 +8,25 @@ import sqlite3
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from helpers import make_config, make_tiny_model, start_mirror, start_service, wait_for
-from mirror.catalog import Catalog
+from helpers import (
+    import_repo,
+    index_mirrors,
+    make_config,
+    make_tiny_model,
+    start_mirror,
+    start_service,
+    wait_for,
+)
 from mirror.config import load_config
-from mirror.importer import Importer
 from peer.keys import load_or_create, public_key_text
-from peer.store import BlobStore
 from tracker import app as tracker_app
 from tracker.index import build_registration
 
 WAIT = 30
-
-
-def _import(home: Path, folder: Path, repo: str, access: str = "public") -> None:
-    config = make_config(home)
-    catalog = Catalog(config.catalog_path)
-    try:
-        Importer(catalog, BlobStore(config.store_dir)).import_path(folder, repo_id=repo,
-                                                                   access=access)
-    finally:
-        catalog.close()
-
-
-def _mirrors(tracker) -> dict[str, dict]:
-    body = json.loads(urllib.request.urlopen(f"{tracker.url}/api/weightswarm/mirrors",
-                                             timeout=10).read())
-    return {m["name"]: m for m in body["mirrors"]}
 
 
 def _post(url: str, body: bytes) -> tuple[int, dict]:
@@ -56,11 +44,11 @@ def network(tmp_path):
     homes = {name: tmp_path / name for name in ("alpha", "beta", "gamma")}
     keys = {name: public_key_text(load_or_create(make_config(home).key_path))
             for name, home in homes.items()}
-    _import(homes["alpha"], tiny, "org/a1")
-    _import(homes["alpha"], tiny, "org/secret", access="private")
-    _import(homes["beta"], tiny, "org/b1")
-    _import(homes["beta"], tiny, "org/b2")
-    _import(homes["gamma"], tiny, "org/g1")
+    import_repo(homes["alpha"], tiny, "org/a1")
+    import_repo(homes["alpha"], tiny, "org/secret", access="private")
+    import_repo(homes["beta"], tiny, "org/b1")
+    import_repo(homes["beta"], tiny, "org/b2")
+    import_repo(homes["gamma"], tiny, "org/g1")
     key_file = tmp_path / "mirror_keys"
     key_file.write_text("".join(f"{keys[n]} {n}\n" for n in homes))
     tracker_config = load_config(home=tmp_path / "index", env={}, overrides={
@@ -78,19 +66,19 @@ def network(tmp_path):
 
 def test_mirrors_register_are_polled_checked_and_revoked(network, tmp_path):
     tracker, mirrors, homes, key_file, tiny = network
-    listed = wait_for(lambda: (v := _mirrors(tracker)) and len(v) == 3
+    listed = wait_for(lambda: (v := index_mirrors(tracker.url)) and len(v) == 3
                       and all(m["last_verified"] for m in v.values()) and v,
                       WAIT, "three mirrors registered, polled and verified")
     assert {n: m["repos"] for n, m in listed.items()} == {"alpha": 1, "beta": 2, "gamma": 1}
     assert listed["alpha"]["base_url"] == mirrors["alpha"].url
     assert not any(m["demoted"] for m in listed.values())
 
-    _import(homes["gamma"], tiny, "org/g2")  # published later: there after a poll
-    wait_for(lambda: _mirrors(tracker)["gamma"]["repos"] == 2, WAIT, "a new repo indexed")
+    import_repo(homes["gamma"], tiny, "org/g2")  # published later: there after a poll
+    wait_for(lambda: index_mirrors(tracker.url)["gamma"]["repos"] == 2, WAIT, "a new repo indexed")
 
     key_file.write_text("".join(line + "\n" for line in key_file.read_text().splitlines()
                                 if not line.endswith(" gamma")))
-    wait_for(lambda: "gamma" not in _mirrors(tracker), WAIT, "a revoked mirror forgotten")
+    wait_for(lambda: "gamma" not in index_mirrors(tracker.url), WAIT, "a revoked mirror forgotten")
 
     stranger = Ed25519PrivateKey.generate()
     status, body = _post(f"{tracker.url}/api/weightswarm/register",
@@ -107,8 +95,8 @@ def test_mirrors_register_are_polled_checked_and_revoked(network, tmp_path):
     for blob in (homes["beta"] / "store" / "blobs").rglob("*"):
         if blob.is_file():
             blob.unlink()  # beta still lists what it no longer serves
-    wait_for(lambda: _mirrors(tracker)["beta"]["demoted"], WAIT, "beta demoted")
-    now = _mirrors(tracker)
+    wait_for(lambda: index_mirrors(tracker.url)["beta"]["demoted"], WAIT, "beta demoted")
+    now = index_mirrors(tracker.url)
     assert "blob" in now["beta"]["demoted_reason"] or "manifest" in now["beta"]["demoted_reason"]
     assert not now["alpha"]["demoted"] and now["alpha"]["repos"] == 1, "the rest still answer"
 

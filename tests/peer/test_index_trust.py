@@ -13,7 +13,6 @@ import json
 import os
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,17 +23,16 @@ from fakeindex import FakeIndex
 
 from helpers import (
     free_port,
+    import_repo,
+    index_mirrors,
     make_config,
     make_tiny_model,
     start_mirror,
     start_service,
     wait_for,
 )
-from mirror.catalog import Catalog
 from mirror.config import load_config
-from mirror.importer import Importer
 from peer.keys import load_or_create, public_key_text
-from peer.store import BlobStore
 from peer.trust import Trust
 from tracker import app as tracker_app
 
@@ -64,17 +62,6 @@ class Network:
         return self.mirrors[name].url
 
 
-def _import(home: Path, folder: Path) -> str:
-    config = make_config(home)
-    catalog = Catalog(config.catalog_path)
-    try:
-        [result] = Importer(catalog, BlobStore(config.store_dir)).import_path(folder,
-                                                                               repo_id=REPO)
-    finally:
-        catalog.close()
-    return result.commit
-
-
 @pytest.fixture(scope="module")
 def network(tmp_path_factory) -> Iterator[Network]:
     """Two mirrors, alpha and beta, holding the same commit of REPO."""
@@ -83,7 +70,7 @@ def network(tmp_path_factory) -> Iterator[Network]:
     homes = {name: root / name for name in ("alpha", "beta")}
     keys = {name: public_key_text(load_or_create(make_config(home).key_path))
             for name, home in homes.items()}
-    commits = {_import(home, model) for home in homes.values()}
+    commits = {import_repo(home, model, REPO) for home in homes.values()}
     assert len(commits) == 1, "one folder imports as one commit"
     mirrors = {name: start_mirror(make_config(home)) for name, home in homes.items()}
     try:
@@ -205,7 +192,7 @@ def test_a_stopped_nearest_mirror_makes_the_pull_go_on_with_the_next(network, in
                                                                      tmp_path):
     home = tmp_path / "gamma"
     key = public_key_text(load_or_create(make_config(home).key_path))
-    assert _import(home, network.model) == network.commit
+    assert import_repo(home, network.model, REPO) == network.commit
     gamma = start_mirror(make_config(home))
     stopped = gamma.url
     gamma.stop()
@@ -306,12 +293,6 @@ def test_an_index_setting_naming_a_mirror_is_one_line_or_a_warning_beside_mirror
 # -- the real index (tracker/index.py) ---------------------------------------------------------
 
 
-def _listed(tracker) -> dict[str, dict]:
-    body = json.loads(urllib.request.urlopen(f"{tracker.url}/api/weightswarm/mirrors",
-                                             timeout=10).read())
-    return {m["name"]: m for m in body["mirrors"]}
-
-
 @pytest.fixture
 def real_index(network, tmp_path) -> Iterator[tuple[object, dict]]:
     """The real index, and two mirrors registered with it holding REPO: near, whose netblock
@@ -319,7 +300,7 @@ def real_index(network, tmp_path) -> Iterator[tuple[object, dict]]:
     homes = {"near": tmp_path / "near", "far": tmp_path / "far"}
     keys = {n: public_key_text(load_or_create(make_config(h).key_path)) for n, h in homes.items()}
     for home in homes.values():
-        assert _import(home, network.model) == network.commit
+        assert import_repo(home, network.model, REPO) == network.commit
     key_file = tmp_path / "mirror_keys"
     key_file.write_text("".join(f"{keys[n]} {n}\n" for n in homes))
     config = load_config(home=tmp_path / "index", env={}, overrides={
@@ -330,7 +311,7 @@ def real_index(network, tmp_path) -> Iterator[tuple[object, dict]]:
     mirrors = {n: start_mirror(make_config(homes[n], index=tracker.url, **places[n]))
                for n in homes}
     try:
-        wait_for(lambda: len(v := _listed(tracker)) == 2 and all(
+        wait_for(lambda: len(v := index_mirrors(tracker.url)) == 2 and all(
             m["last_verified"] and m["upto"] for m in v.values()), 30,
             "both mirrors registered, polled and verified")
         yield tracker, mirrors
