@@ -53,6 +53,8 @@ MAX_URL = 512
 MAX_ROWS_PER_MIRROR = 500_000
 #: feeds followed (`more`) in one poll of one mirror
 MAX_PAGES_PER_POLL = 100
+#: a poll's pages are applied in one transaction up to about this many repos
+BATCH_REPOS = 20_000
 #: seconds: one feed request, one spot-check request
 FEED_TIMEOUT = 60.0
 CHECK_TIMEOUT = 10.0
@@ -278,6 +280,10 @@ class IndexStore:
         self.conn.execute("PRAGMA cache_size = -262144")
         if self.conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
             self.conn.execute("PRAGMA journal_mode = WAL")
+        # WAL's NORMAL stays consistent through a crash and loses at most the last feeds
+        # applied, which the next poll fetches again (their cursor goes back with them); FULL's
+        # fsync a feed was a quarter of the ingest (issue 18's benchmark)
+        self.conn.execute("PRAGMA synchronous = NORMAL")
         self._migrate()
 
     def close(self) -> None:
@@ -300,13 +306,18 @@ class IndexStore:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
+        """One transaction; inside another, a savepoint (its failure undoes only its part)."""
+        begin, undo, end = ("SAVEPOINT inner", "ROLLBACK TO inner; RELEASE inner",
+                            "RELEASE inner") if self.conn.in_transaction else \
+            ("BEGIN IMMEDIATE", "ROLLBACK", "COMMIT")
+        self.conn.execute(begin)
         try:
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            for statement in undo.split("; "):
+                self.conn.execute(statement)
             raise
-        self.conn.execute("COMMIT")
+        self.conn.execute(end)
 
     # -- mirrors --
 
@@ -412,13 +423,10 @@ class IndexStore:
                 search.touch_mirror(c, key)
                 self._drop_rows(c, key)
             search.touch(c, [t.key for t in feed.removed] + [r.key for r in feed.repos])
-            for tombstone in feed.removed:
-                self._drop_rows(c, key, tombstone.key)
-            for repo in feed.repos:
-                if not feed.full:
-                    _forward(c, key, repo)
-                    self._drop_rows(c, key, repo.key)
-                _insert_repo(c, key, repo)
+            if not feed.full:
+                held = _forward(c, key, feed)
+                self._drop_many(c, key, held)
+            _insert_repos(c, key, feed.repos)
             rows = self.rows_of(key)
             if rows > self.max_rows:
                 raise IndexRefused(f"the feed would make {rows} rows for this mirror, more than "
@@ -426,27 +434,62 @@ class IndexStore:
             search.refresh(c)
             c.execute("UPDATE mirrors SET upto = ? WHERE key = ?", (feed.upto, key))
 
+    def apply_feeds(self, key: str, feeds: list, now: float) -> tuple[int, Exception | None]:
+        """Feeds in order, in one transaction (a feed's pages dirty the same index pages, so
+        one commit for a poll's pages writes each page once): each as `apply_feed`, under a
+        savepoint. A refused feed keeps those before it: (how many applied, why the next was
+        refused or None)."""
+        done, refused = 0, None
+        with self.transaction():
+            for feed in feeds:
+                try:
+                    self.apply_feed(key, feed, now)
+                except (ManifestError, IndexRefused) as e:
+                    refused = e
+                    break
+                done += 1
+        return done, refused
+
     @staticmethod
-    def _drop_rows(c: sqlite3.Connection, key: str, repo: tuple | None = None) -> None:
-        where, args = ("mirror = ?", (key,)) if repo is None else \
-            ("mirror = ? AND hub = ? AND type = ? AND repo_id = ?", (key, *repo))
+    def _drop_rows(c: sqlite3.Connection, key: str) -> None:
         for table in _TABLES:
-            c.execute(f"DELETE FROM {table} WHERE {where}", args)  # noqa: S608
+            c.execute(f"DELETE FROM {table} WHERE mirror = ?", (key,))  # noqa: S608
+
+    @staticmethod
+    def _drop_many(c: sqlite3.Connection, key: str, repos: list[tuple]) -> None:
+        for table in _TABLES:
+            c.executemany(f"DELETE FROM {table} WHERE mirror = ? AND hub = ? AND type = ?"  # noqa: S608
+                          " AND repo_id = ?", [(key, *repo) for repo in repos])
 
 
-def _forward(c: sqlite3.Connection, key: str, repo) -> None:
-    """An incremental entry must move its repo and each of its refs forward (as
-    mirror/feed.py's `apply`)."""
-    held = c.execute("SELECT seq FROM repos WHERE mirror = ? AND hub = ? AND type = ?"
-                     " AND repo_id = ?", (key, *repo.key)).fetchone()
-    if held is None:
-        return
-    if repo.seq <= held[0]:
-        raise StaleRef(f"{repo.repo_id}: sequence {repo.seq} is not after {held[0]}, "
-                       "already held")
-    refs = {(k, n): (commit, seq) for k, n, commit, seq in c.execute(
-        "SELECT kind, name, commit_id, seq FROM refs WHERE mirror = ? AND hub = ? AND type = ?"
-        " AND repo_id = ?", (key, *repo.key))}
+def _forward(c: sqlite3.Connection, key: str, feed) -> list[tuple]:
+    """An incremental feed must move each repo it carries, and each of its refs, forward (as
+    mirror/feed.py's `apply`); a repo the same feed removes is not checked. Returns the keys of
+    the touched repos the mirror holds now (those the feed replaces or removes), found in one
+    query over the touched ones, as their refs."""
+    held = {tuple(r[:3]): r[3] for r in c.execute(
+        "SELECT r.hub, r.type, r.repo_id, r.seq FROM temp.touched t CROSS JOIN repos r"
+        " ON r.mirror = ? AND r.hub = t.hub AND r.type = t.type AND r.repo_id = t.repo_id",
+        (key,))}
+    refs: dict[tuple, dict] = {}
+    if held:
+        for hub, type_, repo_id, kind, name, commit, seq in c.execute(
+                "SELECT f.hub, f.type, f.repo_id, f.kind, f.name, f.commit_id, f.seq"
+                " FROM temp.touched t CROSS JOIN refs f ON f.mirror = ? AND f.hub = t.hub"
+                " AND f.type = t.type AND f.repo_id = t.repo_id", (key,)):
+            refs.setdefault((hub, type_, repo_id), {})[kind, name] = (commit, seq)
+    removed = {t.key for t in feed.removed}
+    for repo in feed.repos:
+        if repo.key in removed or repo.key not in held:
+            continue
+        if repo.seq <= held[repo.key]:
+            raise StaleRef(f"{repo.repo_id}: sequence {repo.seq} is not after "
+                           f"{held[repo.key]}, already held")
+        _refs_forward(repo, refs.get(repo.key, {}))
+    return list(held)
+
+
+def _refs_forward(repo, refs: dict) -> None:
     for ref in repo.refs:
         old = refs.get((ref.kind, ref.name))
         if old is not None and (ref.seq < old[1] or (ref.seq == old[1] and ref.commit != old[0])):
@@ -454,16 +497,20 @@ def _forward(c: sqlite3.Connection, key: str, repo) -> None:
                            f"{old[1]}")
 
 
-def _insert_repo(c: sqlite3.Connection, key: str, repo) -> None:
-    head = (key, *repo.key)
-    c.execute("INSERT INTO repos VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-              (*head, repo.seq, int(repo.gated), repo.updated_at, json.dumps(list(repo.tags)),
-               repo.license, repo.pipeline_tag, repo.library_name))
+def _insert_repos(c: sqlite3.Connection, key: str, repos) -> None:
+    """A feed's repos into the mirror's rows: three statements for the whole feed."""
+    heads = [(key, *repo.key) for repo in repos]
+    c.executemany("INSERT INTO repos VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  [(*head, repo.seq, int(repo.gated), repo.updated_at,
+                    json.dumps(list(repo.tags)), repo.license, repo.pipeline_tag,
+                    repo.library_name) for head, repo in zip(heads, repos, strict=True)])
     c.executemany("INSERT INTO refs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                  [(*head, r.kind, r.name, r.commit, r.seq) for r in repo.refs])
+                  [(*head, r.kind, r.name, r.commit, r.seq)
+                   for head, repo in zip(heads, repos, strict=True) for r in repo.refs])
     c.executemany("INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                   [(*head, s.commit, s.manifest_sha256, s.size, s.files, s.created_at,
-                    json.dumps(list(s.torrents))) for s in repo.snapshots])
+                    json.dumps(list(s.torrents)))
+                   for head, repo in zip(heads, repos, strict=True) for s in repo.snapshots])
 
 
 def mirrors_view(rows: list[MirrorRow], counts: dict[str, int]) -> list[dict]:
@@ -519,16 +566,19 @@ class Poller:
     async def poll(self, m: MirrorRow) -> bool:
         """The mirror's feeds from its cursor until `more` is off; False if one was refused
         (the mirror's last error says why; what the index held stays)."""
-        cursor = m.upto
+        cursor, batch = m.upto, []
         try:
             for _ in range(MAX_PAGES_PER_POLL):
-                feed = await self._feed(m, cursor)
-                await self.on_store(self.store.apply_feed, m.key, feed, time.time())
-                self.metrics.feeds("applied")
-                if feed.upto != cursor:
-                    log.info("index: %s feed %d..%d applied (%d repos, %d removed)",
-                             m.base_url, cursor, feed.upto, len(feed.repos), len(feed.removed))
+                try:
+                    feed = await self._feed(m, cursor)
+                except BaseException:
+                    await self._apply(m, batch)  # the pages read before this one
+                    raise
+                batch.append(feed)
                 cursor = feed.upto
+                if not feed.more or sum(len(f.repos) for f in batch) >= BATCH_REPOS:
+                    pages, batch = batch, []
+                    await self._apply(m, pages)
                 if not feed.more:
                     break
         except (ManifestError, IndexRefused, aiohttp.ClientError, TimeoutError, OSError) as e:
@@ -539,6 +589,19 @@ class Poller:
             return False
         await self.on_store(self.store.record_poll, m.key, time.time(), None)
         return True
+
+    async def _apply(self, m: MirrorRow, feeds: list) -> None:
+        """Pages in one transaction; a refused one raises, after those before it are kept."""
+        if not feeds:
+            return
+        done, refused = await self.on_store(self.store.apply_feeds, m.key, feeds, time.time())
+        for feed in feeds[:done]:
+            self.metrics.feeds("applied")
+            if feed.repos or feed.removed:
+                log.info("index: %s feed %d..%d applied (%d repos, %d removed)",
+                         m.base_url, feed.since, feed.upto, len(feed.repos), len(feed.removed))
+        if refused is not None:
+            raise refused
 
     async def _feed(self, m: MirrorRow, cursor: int):
         url = f"{m.base_url}/api/weightswarm/catalog"

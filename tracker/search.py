@@ -109,8 +109,8 @@ def refresh(c: sqlite3.Connection) -> int:
     keys = [tuple(k) for k in c.execute("SELECT hub, type, repo_id FROM temp.touched")]
     gone = [k for k in keys if k not in held]
     c.executemany("DELETE FROM entries WHERE hub = ? AND type = ? AND repo_id = ?", gone)
-    for key, mirrors in held.items():
-        _write_entry(c, key, _entry(key, mirrors, heads, snaps))
+    _write_entries(c, {key: _entry(key, mirrors, heads, snaps)
+                       for key, mirrors in held.items()})
     c.execute("DELETE FROM temp.touched")
     return len(keys)
 
@@ -151,23 +151,38 @@ def _entry(key: RepoKey, mirrors: dict[str, tuple], heads: dict, snaps: dict) ->
                   first, any(m[0] for m in mirrors.values()), tuple(card), newest[4])
 
 
-def _write_entry(c: sqlite3.Connection, key: RepoKey, e: _Entry) -> None:
-    author = key[2].partition("/")[0] if "/" in key[2] else None
-    entry = c.execute(
-        "INSERT INTO entries (hub, type, repo_id, author, commit_id, mirrors, behind, size,"
-        " files, updated_at, created_at, gated, tags, license, pipeline_tag, library_name,"
-        " torrents) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT (hub, type, repo_id) DO UPDATE SET commit_id = excluded.commit_id,"
-        " mirrors = excluded.mirrors, behind = excluded.behind, size = excluded.size,"
-        " files = excluded.files, updated_at = excluded.updated_at,"
-        " created_at = excluded.created_at, gated = excluded.gated, tags = excluded.tags,"
-        " license = excluded.license, pipeline_tag = excluded.pipeline_tag,"
-        " library_name = excluded.library_name, torrents = excluded.torrents RETURNING id",
-        (*key, author, e.commit, e.mirrors, e.behind, e.size, e.files, e.updated_at,
-         e.created_at, int(e.gated), *e.card, e.torrents)).fetchone()[0]
-    c.execute("DELETE FROM entry_tags WHERE entry = ?", (entry,))
-    c.executemany("INSERT OR IGNORE INTO entry_tags VALUES (?, ?)",
-                  [(tag, entry) for tag in json.loads(e.card[0])])
+def _write_entries(c: sqlite3.Connection, entries: dict[RepoKey, _Entry]) -> None:
+    """The touched repos' entries, in a few statements for the lot: those held are updated in
+    place (their id, so their full-text row, stays; their tags are rewritten only if they
+    changed), the new ones inserted with the next ids (the writer is alone in its
+    transaction)."""
+    held = {tuple(r[1:4]): (r[0], r[4]) for r in c.execute(
+        "SELECT e.id, e.hub, e.type, e.repo_id, e.tags FROM temp.touched t CROSS JOIN entries e"
+        " ON e.hub = t.hub AND e.type = t.type AND e.repo_id = t.repo_id")}
+    next_id = c.execute("SELECT coalesce(max(id), 0) FROM entries").fetchone()[0] + 1
+    updates, inserts, retag, tags = [], [], [], []
+    for key, e in entries.items():
+        values = (e.commit, e.mirrors, e.behind, e.size, e.files, e.updated_at, e.created_at,
+                  int(e.gated), *e.card, e.torrents)
+        if key in held:
+            entry, old_tags = held[key]
+            updates.append((*values, entry))
+            if old_tags == e.card[0]:
+                continue
+            retag.append((entry,))
+        else:
+            entry, next_id = next_id, next_id + 1
+            author = key[2].partition("/")[0] if "/" in key[2] else None
+            inserts.append((entry, *key, author, *values))
+        tags.extend((tag, entry) for tag in json.loads(e.card[0]))
+    c.executemany(
+        "UPDATE entries SET commit_id = ?, mirrors = ?, behind = ?, size = ?, files = ?,"
+        " updated_at = ?, created_at = ?, gated = ?, tags = ?, license = ?, pipeline_tag = ?,"
+        " library_name = ?, torrents = ? WHERE id = ?", updates)
+    c.executemany(f"INSERT INTO entries (id, {_ENTRY_COLUMNS}) VALUES"  # noqa: S608
+                  f" ({', '.join('?' * 18)})", inserts)
+    c.executemany("DELETE FROM entry_tags WHERE entry = ?", retag)
+    c.executemany("INSERT OR IGNORE INTO entry_tags VALUES (?, ?)", tags)
 
 
 # -- search: the HF listing over the entries --------------------------------------------------

@@ -76,7 +76,7 @@ from peer.feed import FEED_LIMIT, MAX_ENTRIES, read_feed  # noqa: E402
 from peer.hfformat import FileEntry, derive_tags  # noqa: E402
 from peer.keys import public_key_text  # noqa: E402
 from peer.manifest import FORMAT, sign  # noqa: E402
-from tracker.index import IndexRefused, IndexStore, Registration  # noqa: E402
+from tracker.index import BATCH_REPOS, IndexRefused, IndexStore, Registration  # noqa: E402
 
 SEED = 18
 HUB = "huggingface"
@@ -357,28 +357,19 @@ def ingest(net: Network, idents: list[MirrorId], path: Path, limit: int,
             store.register(Registration(ident.text, ident.base_url, None, f"site{k % 10}",
                                         f"region{k % 3}", (ident.netblock,), now), f"m{k}", now)
         pages = max(-(-len(h) // limit) for h in net.holdings)
-        for page in range(pages):
+        per_batch = max(1, BATCH_REPOS // limit)
+        batches = -(-pages // per_batch)
+        for batch in range(batches):
             for m, ident in enumerate(idents):
-                if page * limit >= len(net.holdings[m]):
+                first = batch * per_batch
+                if first * limit >= len(net.holdings[m]):
                     continue
                 if result.seconds > budget:
                     result.stopped = True
                     break
-                started = time.perf_counter()
-                data, since, upto = feed_bytes(net, m, ident, page, limit)
-                made = time.perf_counter()
-                feed = read_feed(data, ident.text, after=since)
-                read = time.perf_counter()
-                store.apply_feed(ident.text, feed, time.time())
-                applied = time.perf_counter()
-                result.make_s += made - started
-                result.read_s += read - made
-                result.apply_s += applied - read
-                result.feeds += 1
-                result.repos += upto - since
-                result.progress.append((result.repos, result.seconds))
-                cursors[m] = upto
-            note(f"  ingest: round {page + 1}/{pages}, {result.repos:,} repos in "
+                cursors[m] = _poll(net, store, m, ident, range(first, first + per_batch),
+                                   limit, result)
+            note(f"  ingest: round {batch + 1}/{batches}, {result.repos:,} repos in "
                  f"{result.seconds:.1f} s (making the feeds: {result.make_s:.1f} s more)")
             if result.stopped:
                 note(f"  ingest stopped: past the budget of {budget:g} s")
@@ -392,6 +383,32 @@ def ingest(net: Network, idents: list[MirrorId], path: Path, limit: int,
         store.close()
     result.held = sorted({i for m, upto in enumerate(cursors) for i, _ in net.holdings[m][:upto]})
     return result
+
+
+def _poll(net: Network, store: IndexStore, m: int, ident: MirrorId, pages: range, limit: int,
+          result: Ingest) -> int:
+    """One poll of mirror m, as the poller makes it: its pages read and checked, then applied
+    in one transaction (`IndexStore.apply_feeds`). Returns its cursor after."""
+    feeds, upto = [], 0
+    for page in pages:
+        if page * limit >= len(net.holdings[m]):
+            break
+        started = time.perf_counter()
+        data, since, upto = feed_bytes(net, m, ident, page, limit)
+        made = time.perf_counter()
+        feeds.append(read_feed(data, ident.text, after=since))
+        result.make_s += made - started
+        result.read_s += time.perf_counter() - made
+    started = time.perf_counter()
+    done, refused = store.apply_feeds(ident.text, feeds, time.time())
+    if refused is not None:
+        raise refused
+    result.apply_s += time.perf_counter() - started
+    for feed in feeds:
+        result.feeds += 1
+        result.repos += feed.upto - feed.since
+        result.progress.append((result.repos, result.seconds))
+    return upto
 
 
 # -- the mirror's catalog: the same repos ---------------------------------------------------------

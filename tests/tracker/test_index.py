@@ -84,6 +84,22 @@ def test_a_refused_feed_leaves_what_the_index_held(store, mirror):
     assert store.mirror(mirror).upto == 3
 
 
+def test_a_polls_pages_apply_in_one_transaction_up_to_a_refused_one(store, mirror):
+    pages = [_feed(0, 2, [_repo("org/a", 1), _repo("org/b", 2)], more=True),
+             _feed(2, 3, [_repo("org/a", 3, "b" * 40)], more=True),
+             _feed(3, 5, [_repo("org/a", 5, "c" * 40, ref_seq=1)], more=True),  # a rollback
+             _feed(5, 6, [_repo("org/c", 6)])]
+    done, refused = store.apply_feeds(mirror, pages, NOW)
+    assert (done, type(refused)) == (2, StaleRef)
+    assert _repos(store, mirror) == {"org/a", "org/b"}, "the pages before the refused one stay"
+    assert store.conn.execute("SELECT commit_id FROM refs WHERE repo_id = 'org/a'"
+                              ).fetchall() == [("b" * 40,)], "and nothing of the refused one"
+    assert store.mirror(mirror).upto == 3
+    assert not store.conn.in_transaction
+    assert store.apply_feeds(mirror, [_feed(3, 4, [_repo("org/c", 4)])], NOW) == (1, None)
+    assert _repos(store, mirror) == {"org/a", "org/b", "org/c"}
+
+
 def test_rows_beyond_the_bound_refuse_the_feed(tmp_path, mirror):
     small = IndexStore(tmp_path / "small.sqlite", max_rows_per_mirror=5)
     key = public_key_text(Ed25519PrivateKey.generate())
