@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -26,12 +27,15 @@ from peer import hubs
 from peer.errors import (
     BadRequest,
     BlobMissing,
+    EntryNotFound,
+    GatedRepo,
     NotFound,
     RepoNotFound,
     RequestTimeout,
+    RevisionNotFound,
     WeightswarmError,
 )
-from peer.hfformat import REPO_TYPES
+from peer.hfformat import REPO_TYPES, sibling_json
 from peer.http import answer_errors, header_safe
 from peer.keys import load_or_create, public_key_text
 from peer.listing import next_link, parse_list_query
@@ -50,8 +54,10 @@ from .catalog import Catalog
 from .config import Config
 from .distribution import Distribution, magnet, peer_address, torrent_file
 from .egress import Egress
-from .hfapi import TREE_PAGE, HubService, Located, resolve_headers
-from .serving import blob_response
+from .flights import FlightResponse
+from .hfapi import TREE_PAGE, HubService, Located, paths_info_json, resolve_headers, tree_json
+from .pullthrough import PullThrough, listed_entry
+from .serving import blob_answer, blob_response
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("mirror.access")
@@ -67,6 +73,7 @@ DISTRIBUTION = web.AppKey("distribution", Distribution)
 EGRESS = web.AppKey("egress", Egress)
 SESSION = web.AppKey("session", object)
 SEEDER = web.AppKey("seeder", object)
+PULL_THROUGH = web.AppKey("pull_through", PullThrough)
 
 
 class Metrics:
@@ -100,8 +107,23 @@ class Metrics:
                                      "Blobs scrubs found corrupt", registry=self.registry)
         self.repaired = Counter("weightswarm_mirror_repaired_blobs",
                                 "Corrupt blobs mended from the swarm", registry=self.registry)
+        self.pull_through = Counter(
+            "weightswarm_mirror_pull_through",
+            "Pull-through: revisions answered from what was looked up (hit) or looked up "
+            "(miss), waits for bytes, upstream errors; bytes fetched",
+            ["event"], registry=self.registry)
+        self._pull_through = Children(self.pull_through)
+        for event in ("hit", "miss", "wait", "upstream_error", "bytes"):
+            self._pull_through(event)
+        self.pull_through_flights = Gauge("weightswarm_mirror_pull_through_in_flight",
+                                          "Files being fetched by pull-through",
+                                          registry=self.registry)
         self._requests = Children(self.requests)
         self._bytes_served = Children(self.bytes_served)
+
+    def pulled(self, event: str, n: int) -> None:
+        if n > 0:
+            self._pull_through(event).inc(n)
 
     def egress(self, sent: int, via: str) -> None:
         if sent > 0:
@@ -214,10 +236,15 @@ async def hub_api(request: web.Request) -> web.StreamResponse:
         raise web.HTTPMethodNotAllowed(request.method, list(methods))
     try:
         return await answer(request, call)
-    except RepoNotFound:
-        target = aliases.for_repo(call) if aliases and call.repo_id else None
+    except (RepoNotFound, RevisionNotFound) as e:
+        target = aliases.for_repo(call) if aliases and call.repo_id and \
+            isinstance(e, RepoNotFound) else None
         moved = aliases_redirect(call, request.raw_path, target) if target else None
         if moved is None:
+            pull_through = request.app[PULL_THROUGH]
+            if call.kind in _PULLED and pull_through is not None and pull_through.covers(call):
+                request[ROUTE] = f"pull_through_{call.kind}"
+                return await _PULLED[call.kind](request, call, pull_through)
             raise
         request[ROUTE] = "alias"
         query = request.rel_url.raw_query_string
@@ -260,15 +287,19 @@ async def _resolve(request: web.Request, call: routes.HubCall) -> web.StreamResp
                          request.app[METRICS].egress_counter("resolve"))
 
 
-async def _paths_info(request: web.Request, call: routes.HubCall) -> web.Response:
+async def _paths_form(request: web.Request) -> tuple[list[str], bool]:
     try:
         async with asyncio.timeout(request.app[LIMITS].body_timeout):
             form = await request.post()
     except TimeoutError:
         raise RequestTimeout("the request's body did not arrive in time") from None
-    paths = [str(p) for p in form.getall("paths", [])]
+    return [str(p) for p in form.getall("paths", [])], _true(str(form.get("expand", "")))
+
+
+async def _paths_info(request: web.Request, call: routes.HubCall) -> web.Response:
+    paths, expand = await _paths_form(request)
     body = await _on_catalog(request, request.app[SERVICE].paths_info, call, paths,
-                             expand=_true(str(form.get("expand", ""))))
+                             expand=expand)
     return web.json_response(body)
 
 
@@ -326,6 +357,100 @@ _HUB_CALLS = {
     "refs": (_READ, _refs),
     "commits": (_READ, _commits),
     "list": (_READ, _listing),
+}
+
+
+# -- pull-through: the same calls, for what the catalog lacks (mirror/pullthrough.py) ---------
+
+
+async def _pulled_resolve(request: web.Request, call: routes.HubCall,
+                          pull_through: PullThrough) -> web.StreamResponse:
+    revision = await pull_through.revision(call)
+    f = revision.by_path.get(call.path)
+    if f is None:
+        raise EntryNotFound(call.repo_id, revision.commit, call.path)
+    if revision.gated:
+        raise GatedRepo(call.repo_id)  # not served until access rules exist (issue 20)
+    entry = listed_entry(f)
+    pinned = call.revision == revision.commit
+    headers = resolve_headers(call, Located(revision.commit, entry, Path(), pinned),
+                              _base_url(request))
+    if not pinned:
+        return web.Response(status=307, headers=headers)
+    egress, sent = request.app[EGRESS], request.app[METRICS].egress_counter("resolve")
+    if f.lfs and f.sha256 and pull_through.store.has(f.sha256):
+        return blob_response(request, pull_through.store.path_for(f.sha256), f.size,
+                             entry.etag, headers, egress, sent)
+    if request.method == "HEAD":
+        answer = blob_answer(request, f.size, entry.etag, headers)
+        return web.Response(status=answer.status, headers={
+            **answer.headers, "Content-Length": str(answer.count)})
+    flight = pull_through.flight(revision, f)
+    pull_through.complete(revision)
+    # A client resuming after bytes that failed verification may hold wrong ones: it gets
+    # the whole file (the HF client starts over on a 200).
+    answer = blob_answer(request, f.size, entry.etag, headers,
+                         ranges=not pull_through.tainted(flight))
+    if answer.status == 304:
+        return web.Response(status=304, headers=answer.headers)
+    return FlightResponse(flight, answer.offset, answer.count, status=answer.status,
+                          headers=answer.headers, egress=egress, on_sent=sent)
+
+
+async def _pulled_info(request: web.Request, call: routes.HubCall,
+                       pull_through: PullThrough) -> web.Response:
+    revision = await pull_through.revision(call)
+    blobs = _true(_query(request).get("blobs"))
+    info = {**revision.info, "sha": revision.commit,
+            "siblings": [sibling_json(e, blobs=blobs) for e in revision.entries]}
+    return _json(_dumps(info))
+
+
+def _last_commit(revision) -> dict:
+    return {"id": revision.commit, "title": "", "date": revision.info.get("lastModified")}
+
+
+async def _pulled_tree(request: web.Request, call: routes.HubCall,
+                       pull_through: PullThrough) -> web.Response:
+    revision = await pull_through.revision(call)
+    q = _query(request)
+    try:
+        entries = tree_json(revision.entries, call.path, recursive=_true(q.get("recursive")),
+                            last_commit=_last_commit(revision) if _true(q.get("expand"))
+                            else None)
+    except LookupError:
+        raise EntryNotFound(call.repo_id, revision.commit, call.path) from None
+    return _paginated(request, entries, TREE_PAGE)
+
+
+async def _pulled_paths_info(request: web.Request, call: routes.HubCall,
+                             pull_through: PullThrough) -> web.Response:
+    revision = await pull_through.revision(call)
+    paths, expand = await _paths_form(request)
+    return web.json_response(paths_info_json(revision.entries, paths,
+                                             _last_commit(revision) if expand else None))
+
+
+async def _pulled_refs(request: web.Request, call: routes.HubCall,
+                       pull_through: PullThrough) -> web.Response:
+    return _json(_dumps(await pull_through.refs(call)))
+
+
+async def _pulled_commits(request: web.Request, call: routes.HubCall,
+                          pull_through: PullThrough) -> web.Response:
+    revision = await pull_through.revision(call)
+    return _paginated(request, [{"id": revision.commit, "authors": [], "title": "",
+                                 "message": "", "date": revision.info.get("lastModified")}], 50)
+
+
+#: the calls pull-through answers for a repo or revision the catalog lacks
+_PULLED = {
+    "resolve": _pulled_resolve,
+    "repo_info": _pulled_info,
+    "tree": _pulled_tree,
+    "paths_info": _pulled_paths_info,
+    "refs": _pulled_refs,
+    "commits": _pulled_commits,
 }
 
 
@@ -503,6 +628,8 @@ async def metrics(request: web.Request) -> web.Response:
     m.store_blobs.set(await _on_catalog(request, catalog.blob_count))
     m.store_bytes.set(await _on_catalog(request, catalog.store_bytes))
     m.corrupt_blobs.set(len(await _on_catalog(request, catalog.corrupt_blobs)))
+    pull_through = request.app[PULL_THROUGH]
+    m.pull_through_flights.set(len(pull_through.in_flight) if pull_through else 0)
     return metrics_response(m.registry)
 
 
@@ -535,6 +662,31 @@ async def _catalog(app: web.Application) -> AsyncIterator[None]:
         app[SERVICE] = HubService(catalog, BlobStore(config.store_dir))
         app[ANSWERS] = answers
         yield
+
+
+async def _pull_through(app: web.Application) -> AsyncIterator[None]:
+    """Fetch on demand (`[mirror] pull_through`): its upstream, flights and lookups."""
+    config = app[CONFIG]
+    app[PULL_THROUGH] = None
+    if not config.mirror.pull_through.enabled:
+        yield
+        return
+    service, loop = app[SERVICE], asyncio.get_running_loop()
+
+    def on_catalog(fn, *args):
+        return loop.run_in_executor(app[CATALOG_THREAD], lambda: fn(*args))
+
+    pull_through = PullThrough(config, service.store, on_catalog, service.catalog,
+                               app[LOOPS].spawn, app[METRICS].pulled)
+    app[PULL_THROUGH] = pull_through
+    log.info("pull-through on: %s, allow %s, deny %s, complete %s",
+             pull_through.upstream.endpoint, ", ".join(config.mirror.pull_through.allow),
+             ", ".join(config.mirror.pull_through.deny) or "none",
+             config.mirror.pull_through.complete)
+    try:
+        yield
+    finally:
+        await pull_through.close()
 
 
 async def _identity(app: web.Application) -> AsyncIterator[None]:
@@ -767,7 +919,7 @@ def create_app(config: Config) -> web.Application:
     app[METRICS] = Metrics()
     app.cleanup_ctx.extend([
         listening(config.mirror.host, config.mirror.port), background("mirror"), _catalog,
-        _identity, _egress, _session, _seeder, _scheduler, _access_log, _registration,
+        _pull_through, _identity, _egress, _session, _seeder, _scheduler, _access_log, _registration,
     ])
     app.router.add_get("/", index)
     app.router.add_get("/metrics", metrics)

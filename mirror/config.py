@@ -134,6 +134,29 @@ SYNCS = Tables("sync", (
 
 
 @dataclass(frozen=True)
+class PullThroughConfig:
+    """`[mirror] pull_through*`: what a client's request for a repo the catalog lacks may
+    fetch from the upstream."""
+
+    enabled: bool = False
+    allow: tuple[str, ...] = ("*",)
+    deny: tuple[str, ...] = ()
+    #: "requested": only the files clients ask for (the snapshot is published once all are
+    #: here); "snapshot": the rest too, in the background, after the first file asked for
+    complete: str = "requested"
+    #: bytes a repo's revision may total (None: any)
+    max_repo_size: int | None = None
+    #: seconds a file that failed verification (twice) is refused before it is fetched again
+    failure_ttl: float = 30.0
+
+
+def _complete(value: Any) -> str:
+    if value not in ("requested", "snapshot"):
+        raise ValueError(f'must be "requested" or "snapshot", got {value!r}')
+    return value
+
+
+@dataclass(frozen=True)
 class MirrorConfig:
     host: str
     port: int
@@ -163,6 +186,8 @@ class MirrorConfig:
     weight: float = 1.0
     #: with `index` set: a sync takes its bytes from mirrors the index locates first
     sync_from_network: bool = True
+    #: fetch what clients ask for and the catalog lacks from the upstream (mirror/pullthrough.py)
+    pull_through: PullThroughConfig = PullThroughConfig()
 
 
 def _keys(value: Any) -> list[str]:
@@ -191,6 +216,11 @@ def _mirror_config(values: Mapping[str, Any]) -> MirrorConfig:
         index=values["index"], site=values["site"], region=values["region"],
         netblocks=tuple(values["netblocks"]), weight=values["weight"],
         sync_from_network=values["sync_from_network"],
+        pull_through=PullThroughConfig(
+            enabled=values["pull_through"], allow=values["pull_through_allow"],
+            deny=values["pull_through_deny"], complete=values["pull_through_complete"],
+            max_repo_size=values["pull_through_max_repo_size"],
+            failure_ttl=values["pull_through_failure_ttl"]),
     )
 
 
@@ -253,6 +283,21 @@ MIRROR = Section("mirror", (
     Setting("sync_from_network", bool, True, "with index set: take a sync's bytes from the "
             "mirrors the index locates holding the upstream's commit, each file still checked "
             "against the upstream's hashes (the upstream then serves only the listing)"),
+    Setting("pull_through", bool, False, "fetch on demand: a request for a repo or revision "
+            "the catalog lacks is answered from its upstream (mirror.upstreams.huggingface), "
+            "every byte verified before the client can keep it, and the files land in the "
+            "store; the snapshot is published (served, seeded, in the index) once all are here"),
+    Setting("pull_through_allow", object, ["*"], "repos (globs of the id, e.g. \"google/*\") "
+            "pull-through may fetch", check=_globs),
+    Setting("pull_through_deny", object, [], "repos (globs) pull-through never fetches, even "
+            "if allowed", check=_globs),
+    Setting("pull_through_complete", str, "requested", "\"requested\": fetch only the files "
+            "clients ask for; \"snapshot\": after the first, the rest of the revision too, in "
+            "the background", check=_complete),
+    Setting("pull_through_max_repo_size", int, None, "bytes a revision fetched through "
+            "pull-through may total", check=positive("bytes"), unset="any size"),
+    Setting("pull_through_failure_ttl", str, "30s", "how long a file that failed verification "
+            "twice is answered 502 before the upstream is asked again", check=duration()),
     SYNCS,
     Subsections("upstreams", {hub: _upstream(hub) for hub in hubs.HUBS}),
 ), build=_mirror_config)

@@ -128,6 +128,19 @@ def last_commit_json(snapshot: Snapshot) -> dict:
     return {"id": snapshot.commit, "title": snapshot.title, "date": iso_z(snapshot.created_at)}
 
 
+def paths_info_json(files: list[FileEntry], paths: list[str], last: dict | None) -> list[dict]:
+    """The paths-info answer: each asked path that is a file or a folder, once."""
+    by_path = {f.path: f for f in files}
+    oids = directory_oids(files)
+    out = []
+    for p in dict.fromkeys(p.strip("/") for p in paths):
+        if p in by_path:
+            out.append(file_json(by_path[p], last_commit=last))
+        elif p in oids:
+            out.append({"type": "directory", "path": p, "oid": oids[p], "size": 0})
+    return out
+
+
 def tree_json(
     files: list[FileEntry], path: str, *, recursive: bool, last_commit: dict | None = None
 ) -> list[dict]:
@@ -247,17 +260,8 @@ class HubService:
 
     def paths_info(self, call: HubCall, paths: list[str], *, expand: bool) -> list[dict]:
         repo, snapshot = self.snapshot(call)
-        files = self.catalog.files(snapshot)
-        by_path = {f.path: f for f in files}
-        oids = directory_oids(files)
-        last = last_commit_json(snapshot) if expand else None
-        out = []
-        for p in dict.fromkeys(p.strip("/") for p in paths):
-            if p in by_path:
-                out.append(file_json(by_path[p], last_commit=last))
-            elif p in oids:
-                out.append({"type": "directory", "path": p, "oid": oids[p], "size": 0})
-        return out
+        return paths_info_json(self.catalog.files(snapshot), paths,
+                               last_commit_json(snapshot) if expand else None)
 
     def refs(self, call: HubCall, *, include_prs: bool) -> dict:
         return refs_json(self.catalog.refs(self.repo(call)), include_prs=include_prs)

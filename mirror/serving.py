@@ -179,22 +179,42 @@ class BlobResponse(web.StreamResponse):
             remaining -= len(chunk)
 
 
+@dataclass(frozen=True)
+class BlobAnswer:
+    """What a GET or HEAD of a blob is answered with: the status, the headers, and the bytes
+    (`count` from `offset`; none for a 304)."""
+
+    status: int
+    headers: dict
+    offset: int
+    count: int
+
+
+def blob_answer(request: web.BaseRequest, size: int, etag: str, extra_headers: dict, *,
+                ranges: bool = True) -> BlobAnswer:
+    """304, 206, 416 (raised) or 200 for a blob of `size` bytes with our ETag; `ranges` False
+    answers a Range with the whole file."""
+    headers = {"ETag": quoted(etag), "Accept-Ranges": "bytes", **extra_headers}
+    if etag_matches(request.headers.get("If-None-Match"), etag):
+        return BlobAnswer(304, headers, 0, 0)
+    byte_range = parse_range(request.headers.get("Range"), size) if ranges else None
+    if_range = request.headers.get("If-Range")
+    if if_range is not None and not if_range_holds(if_range, etag):
+        byte_range = None  # the client's copy is another version: send the whole file
+    if byte_range is None:
+        return BlobAnswer(200, headers, 0, size)
+    headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{size}"
+    return BlobAnswer(206, headers, byte_range.start, byte_range.length)
+
+
 def blob_response(
     request: web.BaseRequest, path: Path, size: int, etag: str, extra_headers: dict,
     egress: Egress | None = None, on_sent: Callable[[int], None] | None = None,
 ) -> web.StreamResponse:
     """The whole answer for a blob of `size` bytes (as the catalog recorded it: the store
     verified them): 304, 206, 416 (raised) or 200, with our ETag."""
-    headers = {"ETag": quoted(etag), "Accept-Ranges": "bytes", **extra_headers}
-    if etag_matches(request.headers.get("If-None-Match"), etag):
-        return web.Response(status=304, headers=headers)
-    byte_range = parse_range(request.headers.get("Range"), size)
-    if_range = request.headers.get("If-Range")
-    if if_range is not None and not if_range_holds(if_range, etag):
-        byte_range = None  # the client's copy is another version: send the whole file
-    if byte_range is None:
-        return BlobResponse(path, 0, size, status=200, headers=headers, egress=egress,
-                            on_sent=on_sent)
-    headers["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{size}"
-    return BlobResponse(path, byte_range.start, byte_range.length, status=206, headers=headers,
-                        egress=egress, on_sent=on_sent)
+    answer = blob_answer(request, size, etag, extra_headers)
+    if answer.status == 304:
+        return web.Response(status=304, headers=answer.headers)
+    return BlobResponse(path, answer.offset, answer.count, status=answer.status,
+                        headers=answer.headers, egress=egress, on_sent=on_sent)

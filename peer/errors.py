@@ -218,6 +218,13 @@ class Unavailable(RemoteError):
     may work. Never a "not found": a client would cache the absence."""
 
 
+class UpstreamTimeout(Unavailable):
+    """The upstream gave no answer in time (unreachable, or slower than the client waits): a
+    mirror fetching on demand answers 504, never a "not found" (issue 19)."""
+
+    status = 504
+
+
 class RateLimited(Unavailable):
     """The other server asks us to slow down (429), and waiting as asked did not help."""
 

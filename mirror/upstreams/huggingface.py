@@ -40,6 +40,11 @@ class HuggingFace(HttpUpstream):
         return f"{self.endpoint}/api/{TYPE_PLURAL[repo_type]}/{repo_id}"
 
     async def resolve(self, repo_type: str, repo_id: str, revision: str) -> str:
+        return (await self.info(repo_type, repo_id, revision))["sha"]
+
+    async def info(self, repo_type: str, repo_id: str, revision: str) -> dict:
+        """The repo's info at `revision`, whose `sha` is a commit; a gated repo without our
+        token is `GatedRepo`."""
         url = f"{self._api(repo_type, repo_id)}/revision/{quote(revision, safe='')}"
         info, _ = await self._json(url)
         if isinstance(info, dict) and info.get("gated") and not self.token:
@@ -48,12 +53,18 @@ class HuggingFace(HttpUpstream):
         sha = info.get("sha") if isinstance(info, dict) else None
         if not isinstance(sha, str) or not is_commit(sha):
             raise UpstreamError(f"{self.name}: {repo_id}@{revision}: no commit sha in repo info")
-        return sha
+        return info
+
+    async def refs(self, repo_type: str, repo_id: str) -> dict:
+        """The repo's refs answer (`branches`, `tags`, ...), as the upstream gives it."""
+        refs, _ = await self._json(f"{self._api(repo_type, repo_id)}/refs")
+        if not isinstance(refs, dict):
+            raise UpstreamError(f"{self.name}: {repo_id}: the refs answer is not an object")
+        return refs
 
     async def ref_kind(self, repo_type: str, repo_id: str, revision: str) -> str:
         """'tag' when the upstream's refs list `revision` among its tags, else 'branch'."""
-        refs, _ = await self._json(f"{self._api(repo_type, repo_id)}/refs")
-        tags = refs.get("tags") if isinstance(refs, dict) else None
+        tags = (await self.refs(repo_type, repo_id)).get("tags")
         if isinstance(tags, list) and any(isinstance(t, dict) and t.get("name") == revision
                                           for t in tags):
             return "tag"

@@ -1,0 +1,223 @@
+"""One upstream fetch of a file, shared by every client that asks for it while it arrives
+(issue 19; DESIGN.md section 4.2).
+
+A `Flight` fills the store's partial file for the blob (`partial/<hash>.part`, the same one a
+sync writes, so a sync and a pull-through never fetch a blob twice) and tells its readers how
+far the bytes have come. A `FlightResponse` streams a byte range of it to one client as the
+bytes arrive, and holds the last `HOLD` bytes back until the whole file verified against the
+upstream's hash: a client cannot complete a file whose bytes failed. When an attempt fails
+verification its readers' connections are cut (they had bytes that may be wrong) and the
+upstream is asked once more from zero.
+
+Another process fetching the same blob (a `mirror sync`, a second server) holds the partial
+file's lock: the flight then follows its file as it grows, and its end is the blob appearing
+in the store (only verified bytes are ever renamed there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from peer.errors import Busy, IntegrityError, WeightswarmError
+from peer.store import BlobStore, Digests
+
+from .egress import Egress
+from .upstreams import Answered, RemoteFile, Upstream
+
+log = logging.getLogger(__name__)
+
+#: bytes of a file held back until it verified (at least one, so no client completes it)
+HOLD = 64 * 1024
+#: bytes a response reads from the file at a time
+READ = 1 << 20
+#: seconds between looks at a file another process is fetching
+FOLLOW_EVERY = 0.2
+
+
+class Cut(WeightswarmError):
+    """The bytes a reader was sent belong to an attempt that failed: its connection is cut."""
+
+    status = 502
+
+
+class Flight:
+    """One file's bytes on their way into the store, and how far they have come."""
+
+    def __init__(self, f: RemoteFile, key: str):
+        self.file = f
+        self.key = key  # what its partial file is named by: the hash it must match
+        self.size = f.size
+        #: bytes of the current attempt in the partial file, readable at `path`
+        self.written = 0
+        self.path: Path | None = None
+        #: bumped at each attempt: a reader of an earlier one is cut
+        self.attempt = 0
+        #: any attempt failed verification: its readers may hold wrong bytes
+        self.failed_once = False
+        self.waits = 0
+        self.result: asyncio.Future[Digests | None] = \
+            asyncio.get_running_loop().create_future()
+        self._changed = asyncio.Event()
+
+    @property
+    def done(self) -> bool:
+        return self.result.done()
+
+    @property
+    def verified(self) -> bool:
+        return self.result.done() and self.result.exception() is None
+
+    def begin(self, path: Path | None, written: int) -> None:
+        """A new attempt (its file at `path`; None: none yet): readers of the last are cut."""
+        self.attempt += 1
+        self.path, self.written = path, written
+        self._wake()
+
+    def advance(self, n: int) -> None:
+        self.written += n
+        self._wake()
+
+    def finish(self, digests: Digests | None = None, error: BaseException | None = None, *,
+               path: Path | None = None) -> None:
+        """Verified (the blob now at `path`), or failed for good."""
+        if path is not None:
+            self.path, self.written = path, self.size
+        if not self.result.done():
+            if error is None:
+                self.result.set_result(digests)
+            else:
+                self.result.set_exception(error)
+                self.result.exception()  # retrieved: a flight nobody awaited is not an error
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def changed(self) -> None:
+        await self._changed.wait()
+
+
+async def fly(flight: Flight, store: BlobStore, upstream: Upstream, repo_type: str,
+              repo_id: str, commit: str, writer_for: Callable, transfer: Callable) -> Digests:
+    """Fill `flight` from the upstream and verify it: two attempts, the second from zero
+    after a mismatch. `writer_for()` opens the blob's resumable writer (mirror/sync.py's),
+    `transfer(writer, progress, answered)` fills it, resuming after cuts."""
+    f = flight.file
+    for attempt in range(2):
+        try:
+            writer = await asyncio.to_thread(writer_for)
+        except Busy:
+            await follow(flight, store)
+            return None
+        flight.begin(writer.tmp_path, writer.written)
+        try:
+            await transfer(writer, flight.advance, Answered())
+            digests = await asyncio.to_thread(writer.commit)
+            flight.finish(digests, path=store.path_for(digests.sha256))
+            return digests
+        except IntegrityError as e:
+            if not writer.done:
+                writer.abort()
+            flight.failed_once = True
+            flight.begin(None, 0)  # its readers are cut now, not at the retry
+            if attempt == 1:
+                raise
+            log.warning("pull-through: %s %s: %s; fetching it again from the start", repo_id,
+                        f.path, e)
+        except BaseException:
+            if not writer.done:
+                writer.pause()  # cancelled, cut for good: keep the bytes for the next try
+            raise
+    raise AssertionError("unreachable")
+
+
+async def follow(flight: Flight, store: BlobStore) -> None:
+    """Another process fetches this blob: follow its partial file until the verified blob is
+    in the store (an LFS file, named by its sha256), or it gives up (Busy no more: raises
+    Busy for the caller to try again)."""
+    partial = store.partial_dir / f"{flight.key}.part"
+    sha256 = flight.file.sha256 if flight.file.lfs else None
+    flight.begin(partial, 0)
+    while True:
+        if sha256 is not None and store.has(sha256):
+            flight.finish(None, path=store.path_for(sha256))
+            return
+        try:
+            size = partial.stat().st_size
+        except FileNotFoundError:
+            size = -1
+        if sha256 is None or size < flight.written:
+            # a plain file (no sha256 to find it by) or a restarted fetch: wait it out
+            raise Busy(f"{flight.file.path} is being fetched by another process")
+        if size > flight.written:
+            flight.advance(size - flight.written)
+        await asyncio.sleep(FOLLOW_EVERY)
+
+
+class FlightResponse(web.StreamResponse):
+    """`count` bytes of a flight's file from `offset`, sent as they arrive; the last HOLD
+    bytes of the file only once it verified. A failed attempt cuts the connection."""
+
+    def __init__(self, flight: Flight, offset: int, count: int, *, status: int, headers: dict,
+                 egress: Egress | None = None, on_sent: Callable[[int], None] | None = None):
+        super().__init__(status=status, headers=headers)
+        self._flight = flight
+        self._offset = offset
+        self._count = count
+        self._egress = egress if egress is not None and egress.limited else None
+        self._on_sent = on_sent or (lambda n: None)
+        self.content_length = count
+
+    async def prepare(self, request: web.BaseRequest):
+        writer = await super().prepare(request)
+        if request.method == "HEAD" or self._count == 0:
+            return writer
+        try:
+            await self._send()
+        except Cut:
+            transport = request.transport
+            if transport is not None:
+                transport.abort()  # an incomplete body: the client keeps nothing of it
+            raise ConnectionResetError("the file failed verification; connection cut") from None
+        await super().write_eof()
+        return writer
+
+    async def _send(self) -> None:
+        flight, position, end = self._flight, self._offset, self._offset + self._count
+        attempt, fd = None, None
+        try:
+            while position < end:
+                if flight.done and not flight.verified:
+                    raise Cut()
+                if attempt is not None and flight.attempt != attempt and not flight.verified:
+                    raise Cut()  # what it sent came from an attempt that failed
+                if fd is None:
+                    if flight.path is None:
+                        await flight.changed()
+                        continue
+                    attempt, fd = flight.attempt, os.open(flight.path, os.O_RDONLY)
+                ready = flight.size if flight.verified else \
+                    min(flight.written, flight.size - HOLD)
+                if position >= ready:
+                    flight.waits += 1
+                    await flight.changed()
+                    continue
+                n = min(READ, ready - position, end - position)
+                chunk = await asyncio.to_thread(os.pread, fd, n, position)
+                if not chunk:
+                    raise Cut()  # the file is shorter than its bytes said: never send less
+                if self._egress is not None:
+                    await self._egress.take(len(chunk))
+                await self.write(chunk)
+                self._on_sent(len(chunk))
+                position += len(chunk)
+        finally:
+            if fd is not None:
+                os.close(fd)

@@ -1,0 +1,174 @@
+"""Pull-through (issue 19): an empty mirror with `pull_through = true` answers the stock
+client for any public repo of its upstream (the fake hub, with its habits on), every byte
+verified before the client can keep it, and the repo is then an ordinary mirrored snapshot."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+)
+
+from mirror.catalog import Catalog
+from mirror.config import load_config
+from tests.fakehub import FakeHub, tiny_repo_files
+from tests.helpers import BT_TEST_SETTINGS
+
+MiB = 1024 * 1024
+SHARD = "model-00001-of-00002.safetensors"
+XET_HEADERS = ("x-xet-hash", "x-xet-refresh-route", "x-xet-cas-url", "x-xet-access-token")
+
+
+@pytest.fixture
+def hub():
+    with FakeHub(page_size=3, rate_limit_every=5, retry_after=0, cut_large_files=True,
+                 large_file=1 * MiB, xet=True) as running:
+        yield running
+
+
+def pull_config(home: Path, hub: FakeHub, **settings):
+    overrides = {("mirror", "port"): 0, ("mirror", "host"): "127.0.0.1",
+                 ("mirror", "pull_through"): True, ("mirror", "pull_through_failure_ttl"): "1s",
+                 **{("mirror", k): v for k, v in BT_TEST_SETTINGS.items()},
+                 **{("mirror", k): v for k, v in settings.items()}}
+    env = {"WEIGHTSWARM_MIRROR_UPSTREAMS_HUGGINGFACE_ENDPOINT": hub.url}
+    return load_config(home=home, env=env, overrides=overrides)
+
+
+def published(config, repo_id: str) -> list[str]:
+    catalog = Catalog(config.catalog_path)
+    try:
+        repo = catalog.repo("huggingface", "model", repo_id)
+        return [r.commit for r in catalog.refs(repo) if r.name == "main"]
+    except LookupError:
+        return []
+    finally:
+        catalog.close()
+
+
+def cached_files(cache: Path) -> list[Path]:
+    return [p for p in cache.rglob("*") if p.is_file() and "snapshots" in p.parts]
+
+
+def test_an_empty_mirror_answers_the_stock_client_first_try(hub, home, serve, tmp_path):
+    files = tiny_repo_files(seed=19, shards=2, shard_size=2 * MiB)
+    commit = hub.add_repo("org/model", files)
+    config = pull_config(home, hub)
+    mirror = serve(config)
+
+    one = hf_hub_download("org/model", "config.json", endpoint=mirror.url,
+                          cache_dir=tmp_path / "one")
+    assert Path(one).read_bytes() == files["config.json"]
+    local = Path(snapshot_download("org/model", endpoint=mirror.url, cache_dir=tmp_path / "c"))
+    for path, data in files.items():
+        assert (local / path).read_bytes() == data, path
+    assert hub.cdn_requests, "the LFS files came through the upstream's CDN redirect"
+
+    deadline = time.monotonic() + 10
+    while published(config, "org/model") != [commit] and time.monotonic() < deadline:
+        time.sleep(0.05)  # the publication follows the last file's verification
+    assert published(config, "org/model") == [commit], "every file here: published"
+
+    hub.stop()  # from now on the catalog answers alone
+    again = Path(snapshot_download("org/model", endpoint=mirror.url, cache_dir=tmp_path / "d"))
+    for path, data in files.items():
+        assert (again / path).read_bytes() == data, path
+    assert HfApi(endpoint=mirror.url).model_info("org/model").sha == commit
+
+
+def test_no_xet_signal_reaches_the_client(hub, home, serve):
+    hub.add_repo("org/model", tiny_repo_files(seed=20))
+    mirror = serve(pull_config(home, hub))
+    with httpx.Client(base_url=mirror.url, timeout=30) as http:
+        head = http.head(f"/org/model/resolve/main/{SHARD}")
+        assert head.status_code == 307 and head.headers["x-linked-size"]
+        tree = http.get("/api/models/org/model/tree/main", params={"recursive": "true"})
+        info = http.get("/api/models/org/model", params={"blobs": "true"})
+    for answer in (head, tree, info):
+        assert not any(h in answer.headers for h in XET_HEADERS), answer.headers
+        assert "xet" not in answer.headers.get("link", "").lower()
+        assert "xet" not in answer.text.lower()
+    assert {e["path"] for e in tree.json()} >= {SHARD, "config.json"}
+    assert len(info.json()["siblings"]) == len(tree.json())
+
+
+def test_a_missing_file_is_the_upstreams_own_404(hub, home, serve, tmp_path):
+    hub.add_repo("org/model", tiny_repo_files(seed=21))
+    mirror = serve(pull_config(home, hub))
+    with pytest.raises(EntryNotFoundError):
+        hf_hub_download("org/model", "nope.json", endpoint=mirror.url, cache_dir=tmp_path)
+    with pytest.raises(RepositoryNotFoundError):
+        hf_hub_download("org/absent", "config.json", endpoint=mirror.url, cache_dir=tmp_path)
+
+
+def test_an_unreachable_upstream_is_504_and_the_client_caches_no_absence(hub, home, serve,
+                                                                         tmp_path):
+    hub.add_repo("org/model", tiny_repo_files(seed=22))
+    mirror = serve(pull_config(home, hub))
+    hub.stop()
+    with httpx.Client(base_url=mirror.url, timeout=30) as http:
+        answer = http.get("/api/models/org/model")
+        assert answer.status_code == 504, answer.text
+        assert "X-Error-Code" not in answer.headers
+        assert http.head("/org/model/resolve/main/config.json").status_code == 504
+    cache = tmp_path / "cache"
+    # "could not reach it, and nothing cached": the client's word for an upstream down
+    with pytest.raises(LocalEntryNotFoundError):
+        hf_hub_download("org/model", "config.json", endpoint=mirror.url, cache_dir=cache)
+    assert not [p for p in cache.rglob("*") if ".no_exist" in p.parts], "no cached absence"
+
+
+def test_a_gated_repo_is_gated_and_the_lists_are_kept(hub, home, serve, tmp_path):
+    hub.add_repo("org/gated", tiny_repo_files(seed=23), gated=True)
+    hub.add_repo("org/open", tiny_repo_files(seed=24))
+    hub.add_repo("secret/model", tiny_repo_files(seed=25))
+    mirror = serve(pull_config(home, hub, pull_through_deny=["secret/*"]))
+    with pytest.raises(GatedRepoError):
+        hf_hub_download("org/gated", "config.json", endpoint=mirror.url, cache_dir=tmp_path)
+    with pytest.raises(RepositoryNotFoundError):
+        hf_hub_download("secret/model", "config.json", endpoint=mirror.url, cache_dir=tmp_path)
+    assert not any("secret" in path for _, path in hub.requests), "a denied repo is not asked"
+    hf_hub_download("org/open", "config.json", endpoint=mirror.url, cache_dir=tmp_path)
+
+
+def test_a_flipped_byte_upstream_never_reaches_a_clients_cache(hub, home, serve, tmp_path):
+    files = tiny_repo_files(seed=26, shards=2, shard_size=2 * MiB)
+    hub.add_repo("org/model", files)
+    hub.corrupt("org/model", SHARD)
+    # the refusal after two failed fetches outlasts the client's own retries (a second apart)
+    config = pull_config(home, hub, pull_through_failure_ttl="2s")
+    mirror = serve(config)
+    cache = tmp_path / "cache"
+    hub.reset_counts()
+    with pytest.raises(Exception):  # noqa: B017 - the cut shows as the client's own error
+        hf_hub_download("org/model", SHARD, endpoint=mirror.url, cache_dir=cache)
+    assert not cached_files(cache), "nothing of it in the client's cache"
+    size = len(files[SHARD])
+    assert hub.bytes_served <= 2 * size * 1.05, "fetched once more from zero, then refused"
+    assert published(config, "org/model") == []
+
+    hub.repair("org/model", SHARD)
+    time.sleep(2.1)  # pull_through_failure_ttl: the refusal lasts that long, then it is asked
+    path = hf_hub_download("org/model", SHARD, endpoint=mirror.url, cache_dir=cache)
+    assert Path(path).read_bytes() == files[SHARD]
+
+
+def test_a_hostile_listing_is_refused_and_nothing_is_published(hub, home, serve):
+    hub.add_repo("org/model", tiny_repo_files(seed=27))
+    hub.set_raw_tree("org/model", [{"type": "file", "path": "../escape", "size": 3,
+                                    "oid": "a" * 40}])
+    config = pull_config(home, hub)
+    mirror = serve(config)
+    with httpx.Client(base_url=mirror.url, timeout=30) as http:
+        answer = http.head("/org/model/resolve/main/config.json")
+        assert answer.status_code == 502, answer.headers
+        assert http.get("/org/model/resolve/main/../escape").status_code in (400, 404)
+    assert published(config, "org/model") == []
