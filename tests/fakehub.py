@@ -205,7 +205,8 @@ class FakeHub(LoopServers):
 
     def __init__(self, *, page_size: int = 3, rate_limit_every: int = 0, retry_after: float = 0,
                  cut_large_files: bool = False, large_file: int = 8 * 1024 * 1024,
-                 xet: bool = True, send_rate: float | None = None, redirect_lfs: bool = True):
+                 xet: bool = True, send_rate: float | None = None, redirect_lfs: bool = True,
+                 redirect_to: str | None = None):
         self.page_size = max(1, page_size)
         self.rate_limit_every = rate_limit_every
         self.retry_after = retry_after
@@ -217,6 +218,8 @@ class FakeHub(LoopServers):
         self.send_rate = send_rate
         #: False: LFS files are served by the hub itself, no 302 to the CDN (for benchmarks)
         self.redirect_lfs = redirect_lfs
+        #: a hostile hub: every LFS redirect goes here instead of the CDN (`file:///etc/passwd`)
+        self.redirect_to = redirect_to
         self.url = ""
         self.cdn_url = ""
         self.requests: list[tuple[str, str]] = []
@@ -439,7 +442,7 @@ class FakeHub(LoopServers):
             return await self._send(request, self._bytes(entry.sha256), headers, cut=False)
         sig = hashlib.sha256(b"cdn-key:" + entry.sha256.encode()).hexdigest()[:32]
         headers.update({
-            "Location": f"{self.cdn_url}/blobs/{entry.sha256}?sig={sig}",
+            "Location": self.redirect_to or f"{self.cdn_url}/blobs/{entry.sha256}?sig={sig}",
             "X-Linked-Etag": f'"{entry.sha256}"', "X-Linked-Size": str(entry.size),
             "ETag": f'"{entry.git_sha1}"',  # the pointer's oid: a client must prefer X-Linked-Etag
         })

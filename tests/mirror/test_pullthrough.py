@@ -4,7 +4,12 @@ verified before the client can keep it, and the repo is then an ordinary mirrore
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx2 as httpx
@@ -20,7 +25,8 @@ from huggingface_hub.errors import (
 from mirror.catalog import Catalog
 from mirror.config import load_config
 from tests.fakehub import FakeHub, tiny_repo_files
-from tests.helpers import BT_TEST_SETTINGS
+from tests.helpers import BT_TEST_SETTINGS, SAMPLE_REPO, hf_env, run_py, sample_model_dir
+from tests.mirror.test_transformers import LOAD
 
 MiB = 1024 * 1024
 SHARD = "model-00001-of-00002.safetensors"
@@ -172,3 +178,97 @@ def test_a_hostile_listing_is_refused_and_nothing_is_published(hub, home, serve)
         assert answer.status_code == 502, answer.headers
         assert http.get("/org/model/resolve/main/../escape").status_code in (400, 404)
     assert published(config, "org/model") == []
+
+
+def test_a_pulled_snapshot_is_seeded(hub, home, serve, tmp_path):
+    files = tiny_repo_files(seed=28, shards=1, shard_size=5 * MiB)
+    hub.add_repo("org/model", files)
+    config = pull_config(home, hub, pull_through_complete="snapshot")
+    mirror = serve(config)
+    # one file asked for; "snapshot" fetches the rest, and the whole is published and seeded
+    hf_hub_download("org/model", "config.json", endpoint=mirror.url, cache_dir=tmp_path)
+    shard = hashlib.sha256(files["model-00001-of-00001.safetensors"]).hexdigest()
+    deadline = time.monotonic() + 20
+    seeded = []
+    while not seeded and time.monotonic() < deadline:
+        torrents = httpx.get(f"{mirror.url}/api/weightswarm/torrents").json()["torrents"]
+        seeded = [t for t in torrents if t["sha256"] == shard]
+        time.sleep(0.1)
+    assert seeded, "the shard nobody asked for was fetched, published and seeded"
+    metrics = httpx.get(f"{mirror.url}/metrics").text
+    assert 'weightswarm_mirror_pull_through_total{event="bytes"}' in metrics
+
+
+def test_transformers_loads_a_model_the_mirror_lacks(home, serve, tmp_path):
+    files = {p.name: p.read_bytes() for p in sample_model_dir().iterdir() if p.is_file()}
+    with FakeHub(page_size=3, rate_limit_every=7, xet=True) as hub:
+        hub.add_repo(SAMPLE_REPO, files)
+        mirror = serve(pull_config(home, hub))
+        # the client's default timeouts (PROTOCOLS.md section 1.1), not the tests' shorter ones
+        env = hf_env(mirror.url, tmp_path / "hub", HF_HUB_ETAG_TIMEOUT="10",
+                     HF_HUB_DOWNLOAD_TIMEOUT="10")
+        run = run_py(LOAD, env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    loaded = json.loads(run.stdout.strip().splitlines()[-1])
+    assert loaded["model_type"] == "bert" and loaded["ids"] == [101, 7592, 2088, 102]
+    assert Path(loaded["weights"]).read_bytes() == files["model.safetensors"]
+
+
+def test_sizes_that_lie_and_a_redirect_to_a_file_are_refused(home, serve, tmp_path):
+    files = tiny_repo_files(seed=29, shards=1, shard_size=2 * MiB)
+    with FakeHub(page_size=3, redirect_to="file:///etc/passwd") as hub:
+        hub.add_repo("org/model", files)
+        hub.add_repo("org/liar", files)
+        tree = httpx.get(f"{hub.url}/api/models/org/liar/tree/main",
+                         params={"recursive": "true"}).json()
+        hub.set_raw_tree("org/liar", [dict(e, size=e["size"] + 7) if e["path"] == "config.json"
+                                      else e for e in tree])
+        config = pull_config(home, hub)
+        mirror = serve(config)
+        with pytest.raises(Exception):  # noqa: B017 - a 502, as the client words it
+            hf_hub_download("org/model", "model-00001-of-00001.safetensors",
+                            endpoint=mirror.url, cache_dir=tmp_path / "a")
+        with pytest.raises(Exception):  # noqa: B017 - the upstream ends short of its size
+            hf_hub_download("org/liar", "config.json", endpoint=mirror.url,
+                            cache_dir=tmp_path / "a")
+    assert not cached_files(tmp_path / "a")
+    assert published(config, "org/model") == [] and published(config, "org/liar") == []
+
+
+@pytest.mark.slow
+def test_ten_clients_share_one_upstream_fetch_and_see_bytes_before_it_ends(home, serve,
+                                                                          tmp_path):
+    size = 200 * MiB
+    data = os.urandom(size)
+    with FakeHub(page_size=3, send_rate=100 * MiB) as hub:
+        hub.add_repo("org/big", {"weights.bin": data, "config.json": b"{}"})
+        mirror = serve(pull_config(home, hub))
+        hub.reset_counts()
+        caches = [tmp_path / f"c{k}" for k in range(10)]
+        first_byte: dict[int, float] = {}
+        upstream_done: list[float] = []
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.is_set():
+                for k, cache in enumerate(caches):
+                    if k not in first_byte and any(
+                            p.stat().st_size for p in cache.rglob("*.incomplete")):
+                        first_byte[k] = time.monotonic()
+                if not upstream_done and hub.bytes_served >= size:
+                    upstream_done.append(time.monotonic())
+                time.sleep(0.01)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        with ThreadPoolExecutor(10) as pool:
+            paths = list(pool.map(lambda c: hf_hub_download(
+                "org/big", "weights.bin", endpoint=mirror.url, cache_dir=c), caches))
+        stop.set()
+        watcher.join()
+        served = hub.bytes_served
+    for path in paths:
+        assert Path(path).read_bytes() == data
+    assert served <= 1.05 * size, f"one upstream fetch: {served} bytes for a {size}-byte file"
+    assert upstream_done and len(first_byte) == 10
+    assert max(first_byte.values()) < upstream_done[0], "every client had bytes before the end"
