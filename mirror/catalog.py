@@ -810,11 +810,11 @@ class Catalog:
         with self.transaction() as c:
             c.execute("UPDATE repos SET gone_upstream_at = ? WHERE id = ?", (when, repo.id))
 
-    def start_run(self, spec: str, pid: int, now: float) -> int:
+    def start_run(self, spec: str, pid: int, now: float, sources: str | None = None) -> int:
         with self.transaction() as c:
             return c.execute(
-                "INSERT INTO sync_runs (spec, pid, started_at, status) VALUES (?, ?, ?, 'running')",
-                (spec, pid, now),
+                "INSERT INTO sync_runs (spec, pid, started_at, status, sources) "
+                "VALUES (?, ?, ?, 'running', ?)", (spec, pid, now, sources),
             ).lastrowid
 
     def finish_run(self, run_id: int, now: float, *, status: str, repo_id: str | None = None,

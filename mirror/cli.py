@@ -278,7 +278,8 @@ def mirror_status(state: State, limit: int, as_json: bool) -> None:
             f"{run['fetched'] or 0} fetched, {run['bytes'] or 0} bytes")
         if run["fetched"] and read_sources(run["sources"]):
             detail += f" ({read_sources(run['sources'])})"
-        click.echo(f"{when} {run['status']:<11} {run['spec']}{took}: {detail}")
+        via = " (pull-through)" if '"via": "pull-through"' in (run["sources"] or "") else ""
+        click.echo(f"{when} {run['status']:<11} {run['spec']}{via}{took}: {detail}")
 
 
 @mirror.command("ls")

@@ -61,6 +61,8 @@ class Flight:
         #: any attempt failed verification: its readers may hold wrong bytes
         self.failed_once = False
         self.waits = 0
+        #: bytes received, over every attempt
+        self.fetched = 0
         self.result: asyncio.Future[Digests | None] = \
             asyncio.get_running_loop().create_future()
         self._changed = asyncio.Event()
@@ -81,6 +83,12 @@ class Flight:
 
     def advance(self, n: int) -> None:
         self.written += n
+        self.fetched += n
+        self._wake()
+
+    def grown(self, written: int) -> None:
+        """Another process's fetch of it has come this far."""
+        self.written = written
         self._wake()
 
     def finish(self, digests: Digests | None = None, error: BaseException | None = None, *,
@@ -157,7 +165,7 @@ async def follow(flight: Flight, store: BlobStore) -> None:
             # a plain file (no sha256 to find it by) or a restarted fetch: wait it out
             raise Busy(f"{flight.file.path} is being fetched by another process")
         if size > flight.written:
-            flight.advance(size - flight.written)
+            flight.grown(size)
         await asyncio.sleep(FOLLOW_EVERY)
 
 

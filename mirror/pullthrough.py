@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import json
 import logging
+import os
 import shutil
 import time
 from collections import OrderedDict
@@ -157,6 +159,27 @@ def gateway_error(e: BaseException, upstream: str) -> BaseException:
     return e
 
 
+def run_spec(revision: Revision) -> str:
+    """The sync spec a pull-through's run is recorded under: the commit it fetched, as
+    `mirror sync` takes it (a scrub's repair refetches a corrupt blob from it)."""
+    prefix = "hf" if revision.repo_type == "model" else f"hf-{revision.repo_type}s"
+    return f"{prefix}:{revision.repo_id}@{revision.commit}"
+
+
+#: a pull-through run's sources until it ends (`mirror status` says "pull-through")
+PULL_THROUGH_SOURCES = json.dumps({"upstream": 0, "mirrors": {}, "dropped": {},
+                                   "via": "pull-through"})
+
+
+@dataclass
+class _Run:
+    started: asyncio.Task  # its id in sync_runs
+    flights: int = 0
+    fetched: int = 0
+    bytes: int = 0
+    error: str | None = None
+
+
 # -- the shell ---------------------------------------------------------------------------------
 
 
@@ -186,6 +209,7 @@ class PullThrough:
         self._failed: dict[str, tuple[float, BaseException]] = {}
         self._tainted: dict[str, float] = {}
         self._completing: set[str] = set()
+        self._runs: dict[str, _Run] = {}
         #: count(event, n): hit, miss, bytes, wait, upstream_error (the mirror's metrics)
         self.count = count
 
@@ -301,21 +325,10 @@ class PullThrough:
                                     reserve="mirror.min_free")
 
     async def _fly(self, revision: Revision, flight: Flight) -> None:
-        spec = SyncSpec("hf", revision.repo_type, revision.repo_id, revision.commit,
-                        hub=revision.hub)
-        syncer = Syncer(self.catalog, self.store, self.upstream)
-        f = flight.file
-        before = flight.written
+        run = await self._run_begins(revision)
+        error = None
         try:
-            digests = await fly(
-                flight, self.store, self.upstream, revision.repo_type, revision.repo_id,
-                revision.commit, lambda: syncer._writer(spec, revision.commit, f),
-                lambda writer, progress, answered: syncer._transfer(
-                    spec, revision.commit, f, writer, progress, answered, self.upstream))
-            if digests is not None:
-                await self.on_catalog(self.catalog.put_blob, digests)
-            self.count("bytes", max(0, f.size - before))
-            log.info("pull-through: %s %s verified (%d bytes)", revision.repo_id, f.path, f.size)
+            await self._fetch(revision, flight)
         except asyncio.CancelledError:
             flight.finish(error=Unavailable("the mirror is stopping"))
             raise
@@ -323,17 +336,65 @@ class PullThrough:
             error = gateway_error(e, self.upstream.name)
             flight.finish(error=error)
             self.count("upstream_error", 1)
-            if flight.failed_once:
-                self._tainted[flight.key] = time.monotonic() + TAINT_TTL
             self._failed[flight.key] = (time.monotonic() + self.settings.failure_ttl, error)
-            log.warning("pull-through: %s %s: %s", revision.repo_id, f.path, e)
+            log.warning("pull-through: %s %s: %s", revision.repo_id, flight.file.path, e)
         finally:
             self.count("wait", flight.waits)
-            if flight.failed_once and flight.verified:
+            self.count("bytes", flight.fetched)
+            run.fetched += flight.verified
+            run.bytes += flight.fetched
+            if flight.failed_once:
                 self._tainted[flight.key] = time.monotonic() + TAINT_TTL
             self._flights.pop(flight.key, None)
-        if flight.verified:
-            await self._publish_if_whole(revision)
+        published = flight.verified and await self._publish_if_whole(revision)
+        await self._run_ends(revision, run, published, error)
+
+    async def _fetch(self, revision: Revision, flight: Flight) -> None:
+        spec = SyncSpec("hf", revision.repo_type, revision.repo_id, revision.commit,
+                        hub=revision.hub)
+        syncer = Syncer(self.catalog, self.store, self.upstream)
+        f = flight.file
+        digests = await fly(
+            flight, self.store, self.upstream, revision.repo_type, revision.repo_id,
+            revision.commit, lambda: syncer._writer(spec, revision.commit, f),
+            lambda writer, progress, answered: syncer._transfer(
+                spec, revision.commit, f, writer, progress, answered, self.upstream))
+        if digests is not None:
+            await self.on_catalog(self.catalog.put_blob, digests)
+        log.info("pull-through: %s %s verified (%d bytes)", revision.repo_id, f.path, f.size)
+
+    # -- runs: what `mirror status` shows --
+
+    async def _run_begins(self, revision: Revision) -> _Run:
+        """The revision's run in the catalog's sync runs: one while any of its files is in
+        flight."""
+        run = self._runs.get(revision.commit)
+        if run is None:
+            async def start() -> int:
+                return await self.on_catalog(self.catalog.start_run, run_spec(revision),
+                                             os.getpid(), time.time(), PULL_THROUGH_SOURCES)
+
+            run = self._runs[revision.commit] = _Run(self.spawn(start(), "pull-through run"))
+        run.flights += 1
+        await asyncio.shield(run.started)
+        return run
+
+    async def _run_ends(self, revision: Revision, run: _Run, published: bool,
+                        error: BaseException | None) -> None:
+        run.flights -= 1
+        if error is not None:
+            run.error = str(error)
+        if run.flights or self._runs.get(revision.commit) is not run:
+            return
+        del self._runs[revision.commit]
+        status = "ok" if published else "failed" if run.error else "partial"
+        sources = json.dumps({"upstream": run.bytes, "mirrors": {}, "dropped": {},
+                              "via": "pull-through"})
+        await self.on_catalog(
+            lambda: self.catalog.finish_run(
+                run.started.result(), time.time(), status=status, repo_id=revision.repo_id,
+                commit=revision.commit, files=len(revision.files), fetched=run.fetched,
+                nbytes=run.bytes, error=run.error, sources=sources))
 
     def complete(self, revision: Revision) -> None:
         """With `pull_through_complete = "snapshot"`: fetch the revision's other files too."""
@@ -379,11 +440,11 @@ class PullThrough:
             entries.append(entry_for(f, known.sha256, known.git_sha1))
         return entries
 
-    async def _publish_if_whole(self, revision: Revision) -> None:
+    async def _publish_if_whole(self, revision: Revision) -> bool:
         try:
             entries = await self.on_catalog(self._whole, revision)
             if entries is None:
-                return
+                return False
             refs = []
             for name in sorted(revision.names):
                 kind = await self.upstream.ref_kind(revision.repo_type, revision.repo_id, name)
@@ -395,9 +456,11 @@ class PullThrough:
                     access="gated" if revision.gated else "public",
                     title=f"Pulled through from {self.upstream.name}",
                     verified_by={f.path: f.verified_by for f in revision.files}))
+            return True
         except asyncio.CancelledError:
             raise
         except Exception as e:  # the next file's arrival tries again
             log.warning("pull-through: %s@%s not published: %s", revision.repo_id,
                         revision.commit[:12], e)
+            return False
 

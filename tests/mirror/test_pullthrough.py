@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +26,7 @@ from huggingface_hub.errors import (
 
 from mirror.catalog import Catalog
 from mirror.config import load_config
+from peer.store import BlobStore, Expected
 from tests.fakehub import FakeHub, tiny_repo_files
 from tests.helpers import BT_TEST_SETTINGS, SAMPLE_REPO, hf_env, run_py, sample_model_dir
 from tests.mirror.test_transformers import LOAD
@@ -272,3 +275,57 @@ def test_ten_clients_share_one_upstream_fetch_and_see_bytes_before_it_ends(home,
     assert served <= 1.05 * size, f"one upstream fetch: {served} bytes for a {size}-byte file"
     assert upstream_done and len(first_byte) == 10
     assert max(first_byte.values()) < upstream_done[0], "every client had bytes before the end"
+
+
+def status(home: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mirror.cli", "--home", str(home), "mirror",
+                           "status", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_mirror_status_lists_pull_throughs_in_flight_then_done(home, serve, tmp_path):
+    data = os.urandom(12 * MiB)
+    with FakeHub(page_size=3, send_rate=4 * MiB) as hub:  # three seconds of upstream
+        commit = hub.add_repo("org/slow", {"weights.bin": data, "config.json": b"{}"})
+        config = pull_config(home, hub)
+        mirror = serve(config)
+        with ThreadPoolExecutor(1) as pool:
+            download = pool.submit(hf_hub_download, "org/slow", "weights.bin",
+                                   endpoint=mirror.url, cache_dir=tmp_path)
+            deadline = time.monotonic() + 10
+            while "running" not in (text := status(home).stdout) and \
+                    time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert f"running     hf:org/slow@{commit} (pull-through)" in text, text
+            assert Path(download.result(timeout=60)).read_bytes() == data
+    deadline = time.monotonic() + 10
+    while (runs := json.loads(status(home, "--json").stdout))[0]["status"] == "running" and \
+            time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert runs[0]["status"] == "partial" and runs[0]["fetched"] == 1, runs
+    assert runs[0]["bytes"] >= len(data)
+
+
+def test_a_blob_another_process_fetches_is_followed_not_fetched_again(home, serve, tmp_path):
+    """A sync in another process holds the blob's partial file (its lock): the pull-through
+    streams that file as it grows and ends when the verified blob lands in the store."""
+    data = os.urandom(24 * MiB)  # the client writes 10 MiB at a time: it shows some early
+    sha256 = hashlib.sha256(data).hexdigest()
+    with FakeHub(page_size=3) as hub:
+        hub.add_repo("org/shared", {"weights.bin": data, "config.json": b"{}"})
+        config = pull_config(home, hub)
+        mirror = serve(config)
+        other = BlobStore(config.store_dir).resumable_writer(
+            sha256, len(data), lfs=True, expected=Expected(len(data), sha256))
+        other.write(data[: 12 * MiB])
+        with ThreadPoolExecutor(1) as pool:
+            download = pool.submit(hf_hub_download, "org/shared", "weights.bin",
+                                   endpoint=mirror.url, cache_dir=tmp_path)
+            deadline = time.monotonic() + 10
+            while not any(p.stat().st_size for p in tmp_path.rglob("*.incomplete")) and \
+                    time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert not download.done(), "the client waits for the rest"
+            other.write(data[12 * MiB:])
+            other.commit()
+            assert Path(download.result(timeout=30)).read_bytes() == data
+        assert hub.cdn_requests == [], "the bytes came from the other fetch alone"
