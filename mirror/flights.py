@@ -28,7 +28,7 @@ from peer.errors import Busy, IntegrityError, WeightswarmError
 from peer.store import BlobStore, Digests
 
 from .egress import Egress
-from .upstreams import Answered, RemoteFile, Upstream
+from .upstreams import Answered, RemoteFile
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ class Flight:
         self.attempt = 0
         #: any attempt failed verification: its readers may hold wrong bytes
         self.failed_once = False
+        #: the whole file hashed to what it must (before it is fsynced and placed)
+        self.checked = False
         self.waits = 0
         #: bytes received, over every attempt
         self.fetched = 0
@@ -73,7 +75,17 @@ class Flight:
 
     @property
     def verified(self) -> bool:
+        return self.checked or (self.result.done() and self.result.exception() is None)
+
+    @property
+    def stored(self) -> bool:
+        """Verified and placed in the store."""
         return self.result.done() and self.result.exception() is None
+
+    def release(self) -> None:
+        """Its bytes hashed to what they must: every reader may have the tail."""
+        self.checked = True
+        self._wake()
 
     def begin(self, path: Path | None, written: int) -> None:
         """A new attempt (its file at `path`; None: none yet): readers of the last are cut."""
@@ -112,11 +124,12 @@ class Flight:
         await self._changed.wait()
 
 
-async def fly(flight: Flight, store: BlobStore, upstream: Upstream, repo_type: str,
-              repo_id: str, commit: str, writer_for: Callable, transfer: Callable) -> Digests:
+async def fly(flight: Flight, store: BlobStore, repo_id: str, writer_for: Callable,
+              transfer: Callable) -> Digests | None:
     """Fill `flight` from the upstream and verify it: two attempts, the second from zero
     after a mismatch. `writer_for()` opens the blob's resumable writer (mirror/sync.py's),
-    `transfer(writer, progress, answered)` fills it, resuming after cuts."""
+    `transfer(writer, progress, answered)` fills it, resuming after cuts. None: another
+    process fetched it (`follow`)."""
     f = flight.file
     for attempt in range(2):
         try:
@@ -127,6 +140,8 @@ async def fly(flight: Flight, store: BlobStore, upstream: Upstream, repo_type: s
         flight.begin(writer.tmp_path, writer.written)
         try:
             await transfer(writer, flight.advance, Answered())
+            await asyncio.to_thread(writer.verify)
+            flight.release()  # the tail goes out now; the fsync and the rename need not wait
             digests = await asyncio.to_thread(writer.commit)
             flight.finish(digests, path=store.path_for(digests.sha256))
             return digests
@@ -181,14 +196,17 @@ class FlightResponse(web.StreamResponse):
         self._count = count
         self._egress = egress if egress is not None and egress.limited else None
         self._on_sent = on_sent or (lambda n: None)
+        self._sendfile = True
         self.content_length = count
 
     async def prepare(self, request: web.BaseRequest):
         writer = await super().prepare(request)
         if request.method == "HEAD" or self._count == 0:
             return writer
+        if request.transport is None:
+            raise ConnectionResetError("client went away")
         try:
-            await self._send()
+            await self._send(request.transport)
         except Cut:
             transport = request.transport
             if transport is not None:
@@ -197,20 +215,24 @@ class FlightResponse(web.StreamResponse):
         await super().write_eof()
         return writer
 
-    async def _send(self) -> None:
+    async def _send(self, transport) -> None:
         flight, position, end = self._flight, self._offset, self._offset + self._count
-        attempt, fd = None, None
+        attempt, fobj = None, None
         try:
             while position < end:
                 if flight.done and not flight.verified:
                     raise Cut()
                 if attempt is not None and flight.attempt != attempt and not flight.verified:
                     raise Cut()  # what it sent came from an attempt that failed
-                if fd is None:
+                if fobj is None:
                     if flight.path is None:
                         await flight.changed()
                         continue
-                    attempt, fd = flight.attempt, os.open(flight.path, os.O_RDONLY)
+                    try:
+                        attempt, fobj = flight.attempt, open(flight.path, "rb")  # noqa: SIM115
+                    except FileNotFoundError:  # renamed into the store just now
+                        await flight.changed()
+                        continue
                 ready = flight.size if flight.verified else \
                     min(flight.written, flight.size - HOLD)
                 if position >= ready:
@@ -218,14 +240,30 @@ class FlightResponse(web.StreamResponse):
                     await flight.changed()
                     continue
                 n = min(READ, ready - position, end - position)
-                chunk = await asyncio.to_thread(os.pread, fd, n, position)
-                if not chunk:
-                    raise Cut()  # the file is shorter than its bytes said: never send less
                 if self._egress is not None:
-                    await self._egress.take(len(chunk))
-                await self.write(chunk)
-                self._on_sent(len(chunk))
-                position += len(chunk)
+                    await self._egress.take(n)
+                await self._put(transport, fobj, position, n)
+                self._on_sent(n)
+                position += n
         finally:
-            if fd is not None:
-                os.close(fd)
+            if fobj is not None:
+                fobj.close()
+
+    async def _put(self, transport, fobj, position: int, n: int) -> None:
+        """`n` bytes of the file from `position` to the client: sendfile where the transport
+        takes it (no copy through Python), else read and written."""
+        loop = asyncio.get_running_loop()
+        if self._sendfile:
+            if transport.is_closing():
+                raise ConnectionResetError("client went away")
+            try:
+                await loop.sendfile(transport, fobj, position, n, fallback=False)
+                return
+            except (NotImplementedError, RuntimeError):
+                self._sendfile = False  # TLS or a loop without it; and not mixed from here
+                if position != self._offset:
+                    raise
+        chunk = await asyncio.to_thread(os.pread, fobj.fileno(), n, position)
+        if len(chunk) != n:
+            raise Cut()  # the file is shorter than its bytes said: never send less
+        await self.write(chunk)

@@ -36,6 +36,7 @@ from typing import Any
 
 from peer import hubs
 from peer.errors import (
+    Busy,
     EntryNotFound,
     GatedRepo,
     InsufficientSpace,
@@ -81,6 +82,10 @@ class BadGateway(Unavailable):
     """The upstream answered something the mirror refuses (a hostile listing, a lie)."""
 
     status = 502
+
+
+class TooLarge(Refused):
+    """The revision is larger than `pull_through_max_repo_size`."""
 
 
 # -- the core: plain functions over data ------------------------------------------------------
@@ -143,7 +148,8 @@ def gateway_error(e: BaseException, upstream: str) -> BaseException:
     """What the client is told of an upstream failure: the upstream's own "not found" and
     "gated" as they are; no answer (or none in time) 504; any other refusal or bad answer
     502. Never a not-found for an upstream that could not say."""
-    if isinstance(e, (RepoNotFound, RevisionNotFound, EntryNotFound, GatedRepo)):
+    if isinstance(e, (RepoNotFound, RevisionNotFound, EntryNotFound, GatedRepo, TooLarge,
+                      InsufficientSpace)):
         return e
     if isinstance(e, TimeoutError):
         return UpstreamTimeout(f"pull-through: {upstream} did not answer in time; the mirror "
@@ -169,6 +175,14 @@ def run_spec(revision: Revision) -> str:
 #: a pull-through run's sources until it ends (`mirror status` says "pull-through")
 PULL_THROUGH_SOURCES = json.dumps({"upstream": 0, "mirrors": {}, "dropped": {},
                                    "via": "pull-through"})
+
+
+def _prune(until: dict, most: int = 1024) -> None:
+    """Drop what has expired (values are `until` or `(until, ...)`) once there are many."""
+    if len(until) > most:
+        now = time.monotonic()
+        for key in [k for k, v in until.items() if (v[0] if isinstance(v, tuple) else v) <= now]:
+            del until[key]
 
 
 @dataclass
@@ -229,6 +243,9 @@ class PullThrough:
     async def revision(self, call: HubCall) -> Revision:
         """The upstream's view of the call's revision: from what was looked up lately, else
         looked up (once for every client asking), waited for up to META_DEADLINE."""
+        if await self.on_catalog(self._private, call):
+            # Ours, and not to be shown: never replaced by, nor mixed with, the upstream's.
+            raise RepoNotFound(call.repo_id, call.repo_type)
         name = call.revision or "main"
         key = (call.repo_type, call.repo_id, name)
         held = self._revisions.get(key)
@@ -247,6 +264,12 @@ class PullThrough:
         if isinstance(outcome, BaseException):
             raise outcome.with_traceback(None)
         return outcome
+
+    def _private(self, call: HubCall) -> bool:
+        try:
+            return self.catalog.repo(call.hub, call.repo_type, call.repo_id).access == "private"
+        except LookupError:
+            return False
 
     async def _guarded_lookup(self, key: tuple) -> Revision | BaseException:
         """A loop of the service must not raise: the outcome is the error, for every waiter."""
@@ -274,7 +297,7 @@ class PullThrough:
                                 without_xet({k: v for k, v in info.items() if k != "siblings"}))
             cap = self.settings.max_repo_size
             if cap is not None and revision.size > cap:
-                raise Refused(f"pull-through: {repo_id}@{commit[:12]} is {revision.size} bytes, "
+                raise TooLarge(f"pull-through: {repo_id}@{commit[:12]} is {revision.size} bytes, "
                               f"more than pull_through_max_repo_size ({cap})")
             log.info("pull-through: %s@%s is %s (%d files, %d bytes)", repo_id, name,
                      commit[:12], len(files), revision.size)
@@ -336,17 +359,21 @@ class PullThrough:
             error = gateway_error(e, self.upstream.name)
             flight.finish(error=error)
             self.count("upstream_error", 1)
-            self._failed[flight.key] = (time.monotonic() + self.settings.failure_ttl, error)
+            if not isinstance(e, Busy):  # another process's fetch: not the file's fault
+                self._failed[flight.key] = (time.monotonic() + self.settings.failure_ttl,
+                                            error)
+                _prune(self._failed)
             log.warning("pull-through: %s %s: %s", revision.repo_id, flight.file.path, e)
         finally:
             self.count("wait", flight.waits)
             self.count("bytes", flight.fetched)
-            run.fetched += flight.verified
+            run.fetched += flight.stored
             run.bytes += flight.fetched
             if flight.failed_once:
                 self._tainted[flight.key] = time.monotonic() + TAINT_TTL
+                _prune(self._tainted)
             self._flights.pop(flight.key, None)
-        published = flight.verified and await self._publish_if_whole(revision)
+        published = flight.stored and await self._publish_if_whole(revision)
         await self._run_ends(revision, run, published, error)
 
     async def _fetch(self, revision: Revision, flight: Flight) -> None:
@@ -354,9 +381,9 @@ class PullThrough:
                         hub=revision.hub)
         syncer = Syncer(self.catalog, self.store, self.upstream)
         f = flight.file
+
         digests = await fly(
-            flight, self.store, self.upstream, revision.repo_type, revision.repo_id,
-            revision.commit, lambda: syncer._writer(spec, revision.commit, f),
+            flight, self.store, revision.repo_id, lambda: syncer._writer(spec, revision.commit, f),
             lambda writer, progress, answered: syncer._transfer(
                 spec, revision.commit, f, writer, progress, answered, self.upstream))
         if digests is not None:

@@ -142,6 +142,7 @@ class BlobWriter:
         self.file = os.fdopen(fd, "r+b" if self.written else "wb", buffering=0)
         self._writeback = _Writeback(fd)
         self._direct = open_direct(self.tmp_path)
+        self._verified: Digests | None = None
 
     def _open(self) -> tuple[Path, int]:
         path = self.store.tmp_dir / f"{os.getpid()}.{secrets.token_hex(8)}.part"
@@ -186,10 +187,22 @@ class BlobWriter:
             os.close(self._direct)
             self._direct = None
 
+    def verify(self) -> Digests:
+        """The bytes' digests, checked against what was expected (IntegrityError, and the
+        bytes discarded, if they differ); `commit` then makes them durable and places them."""
+        if self._verified is None:
+            try:
+                digests = self.hasher.finish()
+                self._check(digests)
+            except BaseException:
+                self.abort()
+                raise
+            self._verified = digests
+        return self._verified
+
     def commit(self) -> Digests:
         try:
-            digests = self.hasher.finish()
-            self._check(digests)
+            digests = self.verify()
             self._close_direct()
             with self._space():
                 os.fsync(self.file.fileno())

@@ -159,3 +159,26 @@ def await_port(server: Server, pattern: bytes, what: str, seconds: float = 60) -
         time.sleep(0.05)
     server.stop()
     raise BenchError(f"{what} did not start: {server.log.read_text()[-800:]}")
+
+
+def await_ready(procs: list[subprocess.Popen], what: str) -> None:
+    """Each client process (text pipes) has printed "ready": its imports are done."""
+    for p in procs:
+        if p.stdout.readline().strip() != "ready":
+            raise BenchError(f"{what} did not start")
+
+
+def go_and_collect(procs: list[subprocess.Popen], what: str, timeout: float = 600) -> list[dict]:
+    """Tell every ready client "go" at once; each one's last line, as JSON."""
+    import json
+
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    results = []
+    for p in procs:
+        out, _ = p.communicate(timeout=timeout)
+        if p.returncode != 0:
+            raise BenchError(f"{what} failed (exit {p.returncode})")
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    return results

@@ -39,10 +39,12 @@ from benchlib import (  # noqa: E402
     BenchError,
     Server,
     await_port,
+    await_ready,
     bench_main,
     clean_env,
     find_tools,
     free_port,
+    go_and_collect,
     note,
     signal_and_wait,
     two_cores,
@@ -457,19 +459,9 @@ def range_downloads(plan: Plan, server: Server, commit: str, size: int) -> Trans
                 pinned(plan.load_cpu, [sys.executable, "-c", RANGE_CLIENT, server.port, path,
                                        first, last]),
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
-        for c in clients:
-            if c.stdout.readline().strip() != "ready":
-                raise BenchError("a range client did not start")
+        await_ready(clients, "a range client")
         cpu = sum(thread_cpu(server.process.pid))
-        for c in clients:
-            c.stdin.write("go\n")
-            c.stdin.flush()
-        results = []
-        for c in clients:
-            out, _ = c.communicate(timeout=600)
-            if c.returncode != 0:
-                raise BenchError(f"a range client failed against {server.name}")
-            results.append(json.loads(out.strip().splitlines()[-1]))
+        results = go_and_collect(clients, f"a range client against {server.name}")
         cpu = sum(thread_cpu(server.process.pid)) - cpu
     finally:
         for c in clients:

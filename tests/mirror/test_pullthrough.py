@@ -28,7 +28,15 @@ from mirror.catalog import Catalog
 from mirror.config import load_config
 from peer.store import BlobStore, Expected
 from tests.fakehub import FakeHub, tiny_repo_files
-from tests.helpers import BT_TEST_SETTINGS, SAMPLE_REPO, hf_env, run_py, sample_model_dir
+from tests.helpers import (
+    BT_TEST_SETTINGS,
+    SAMPLE_REPO,
+    hf_env,
+    import_repo,
+    make_tiny_model,
+    run_py,
+    sample_model_dir,
+)
 from tests.mirror.test_transformers import LOAD
 
 MiB = 1024 * 1024
@@ -329,3 +337,21 @@ def test_a_blob_another_process_fetches_is_followed_not_fetched_again(home, serv
             other.commit()
             assert Path(download.result(timeout=30)).read_bytes() == data
         assert hub.cdn_requests == [], "the bytes came from the other fetch alone"
+
+
+def test_a_revision_over_the_size_cap_is_refused_in_words(hub, home, serve, tmp_path):
+    hub.add_repo("org/huge", tiny_repo_files(seed=30, shards=1, shard_size=2 * MiB))
+    mirror = serve(pull_config(home, hub, pull_through_max_repo_size=MiB))
+    answer = httpx.get(f"{mirror.url}/api/models/org/huge", timeout=30)
+    assert answer.status_code == 403, answer.text
+    assert "pull_through_max_repo_size" in answer.headers["X-Error-Message"]
+
+
+def test_a_private_repo_of_ours_is_never_pulled_over(hub, home, serve, tmp_path):
+    hub.add_repo("org/ours", tiny_repo_files(seed=31))
+    import_repo(home, make_tiny_model(tmp_path / "ours"), "org/ours", access="private")
+    mirror = serve(pull_config(home, hub))
+    hub.reset_counts()
+    with pytest.raises(RepositoryNotFoundError):
+        hf_hub_download("org/ours", "config.json", endpoint=mirror.url, cache_dir=tmp_path)
+    assert not any("org/ours" in path for _, path in hub.requests), hub.requests
