@@ -26,6 +26,7 @@ from huggingface_hub.errors import (
 
 from mirror.catalog import Catalog
 from mirror.config import load_config
+from peer.feed import read_feed
 from peer.store import BlobStore, Expected
 from tests.fakehub import FakeHub, tiny_repo_files
 from tests.helpers import (
@@ -206,6 +207,9 @@ def test_a_pulled_snapshot_is_seeded(hub, home, serve, tmp_path):
         seeded = [t for t in torrents if t["sha256"] == shard]
         time.sleep(0.1)
     assert seeded, "the shard nobody asked for was fetched, published and seeded"
+    key = httpx.get(f"{mirror.url}/api/weightswarm/key").json()["key"]
+    feed = read_feed(httpx.get(f"{mirror.url}/api/weightswarm/catalog").content, key, after=0)
+    assert [r.repo_id for r in feed.repos] == ["org/model"], "and in the feed for the index"
     metrics = httpx.get(f"{mirror.url}/metrics").text
     assert 'weightswarm_mirror_pull_through_total{event="bytes"}' in metrics
 
