@@ -108,9 +108,13 @@ def test_no_xet_signal_reaches_the_client(hub, home, serve):
     with httpx.Client(base_url=mirror.url, timeout=30) as http:
         head = http.head(f"/org/model/resolve/main/{SHARD}")
         assert head.status_code == 307 and head.headers["x-linked-size"]
+        pinned = http.head(head.headers["location"])
+        assert pinned.status_code == 200, pinned.headers
+        assert pinned.headers["content-length"] == head.headers["x-linked-size"]
+        assert pinned.headers["etag"] == head.headers["x-linked-etag"]
         tree = http.get("/api/models/org/model/tree/main", params={"recursive": "true"})
         info = http.get("/api/models/org/model", params={"blobs": "true"})
-    for answer in (head, tree, info):
+    for answer in (head, pinned, tree, info):
         assert not any(h in answer.headers for h in XET_HEADERS), answer.headers
         assert "xet" not in answer.headers.get("link", "").lower()
         assert "xet" not in answer.text.lower()
