@@ -118,6 +118,9 @@ class Metrics:
         self.pull_through_flights = Gauge("weightswarm_mirror_pull_through_in_flight",
                                           "Files being fetched by pull-through",
                                           registry=self.registry)
+        self.scanned = Gauge("weightswarm_mirror_scanned_blobs",
+                             "Blobs of pickle-based formats by the scanner's verdict",
+                             ["verdict"], registry=self.registry)
         self._requests = Children(self.requests)
         self._bytes_served = Children(self.bytes_served)
 
@@ -378,6 +381,9 @@ async def _pulled_resolve(request: web.Request, call: routes.HubCall,
     if not pinned:
         return web.Response(status=307, headers=headers)
     egress, sent = request.app[EGRESS], request.app[METRICS].egress_counter("resolve")
+    kept = await pull_through.kept_back(f)
+    if kept is not None:
+        raise kept
     if f.lfs and f.sha256 and pull_through.store.has(f.sha256):
         return blob_response(request, pull_through.store.path_for(f.sha256), f.size,
                              entry.etag, headers, egress, sent)
@@ -628,6 +634,9 @@ async def metrics(request: web.Request) -> web.Response:
     m.store_blobs.set(await _on_catalog(request, catalog.blob_count))
     m.store_bytes.set(await _on_catalog(request, catalog.store_bytes))
     m.corrupt_blobs.set(len(await _on_catalog(request, catalog.corrupt_blobs)))
+    counts = await _on_catalog(request, catalog.scan_counts)
+    for verdict in ("safe", "suspicious", "unscanned"):
+        m.scanned.labels(verdict).set(counts.get(verdict, 0))
     pull_through = request.app[PULL_THROUGH]
     m.pull_through_flights.set(len(pull_through.in_flight) if pull_through else 0)
     return metrics_response(m.registry)
@@ -659,7 +668,8 @@ async def _catalog(app: web.Application) -> AsyncIterator[None]:
         answers = CatalogAnswers(config.catalog_path)
         opened.callback(answers.close)
         app[CATALOG_THREAD] = thread
-        app[SERVICE] = HubService(catalog, BlobStore(config.store_dir))
+        app[SERVICE] = HubService(catalog, BlobStore(config.store_dir),
+                                  config.mirror.scan_policy)
         app[ANSWERS] = answers
         yield
 

@@ -27,6 +27,8 @@ from peer.hashing import Digests
 from peer.hfformat import REF_KINDS, FileEntry, derive_tags
 from peer.paths import is_commit
 
+from .scan import Verdict
+
 if TYPE_CHECKING:
     import sqlite_utils
 
@@ -202,8 +204,18 @@ def _m10(db: sqlite_utils.Database) -> None:
     db.execute("ALTER TABLE sync_runs ADD COLUMN sources TEXT")
 
 
+def _m11(db: sqlite_utils.Database) -> None:
+    """What the pickle scanner found in each blob of a pickle-based format (mirror/scan.py;
+    issue 20): its verdict, the dangerous globals, why, and which scanner said so."""
+    db.execute(
+        "CREATE TABLE scans (sha256 TEXT PRIMARY KEY, status TEXT NOT NULL, "
+        "found TEXT NOT NULL DEFAULT '[]', reason TEXT NOT NULL DEFAULT '', "
+        "scanner TEXT NOT NULL, scanned_at REAL NOT NULL) WITHOUT ROWID"
+    )
+
+
 #: MIGRATIONS[i] takes the schema from version i to i + 1.
-MIGRATIONS = [_m1, _m2, _m3, _m4, _m5, _m6, _m7, _m8, _m9, _m10]
+MIGRATIONS = [_m1, _m2, _m3, _m4, _m5, _m6, _m7, _m8, _m9, _m10, _m11]
 #: sort key of the listing API → column (all sorts are descending unless asked otherwise).
 SORTS = {
     "downloads": "downloads", "likes": "likes", "lastModified": "updated_at",
@@ -837,6 +849,39 @@ class Catalog:
         )
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    # -- scans (mirror/scan.py) ------------------------------------------------------------------
+
+    def put_scan(self, sha256: str, verdict: Verdict, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO scans VALUES (?, ?, ?, ?, ?, ?)",
+                      (sha256, verdict.status, json.dumps(list(verdict.found)), verdict.reason,
+                       verdict.scanner, now))
+
+    def scan_of(self, sha256: str) -> Verdict | None:
+        row = self.conn.execute("SELECT status, found, reason, scanner FROM scans "
+                                "WHERE sha256 = ?", (sha256,)).fetchone()
+        return Verdict(row[0], tuple(json.loads(row[1])), row[2], row[3]) if row else None
+
+    def scans(self, snapshot: Snapshot) -> dict[str, Verdict]:
+        """path → the verdict on its blob, for the snapshot's scanned files."""
+        return {path: Verdict(status, tuple(json.loads(found)), reason, scanner)
+                for path, status, found, reason, scanner in self.conn.execute(
+                    "SELECT f.path, s.status, s.found, s.reason, s.scanner FROM files f "
+                    "JOIN scans s ON s.sha256 = f.sha256 WHERE f.snapshot = ? ORDER BY f.path",
+                    (snapshot.id,))}
+
+    def flagged(self, repo: Repo) -> dict[str, str]:
+        """path → verdict, for the repo's files (any snapshot) whose verdict is not safe."""
+        return dict(self.conn.execute(
+            "SELECT DISTINCT f.path, c.status FROM snapshots s JOIN files f ON f.snapshot = s.id "
+            "JOIN scans c ON c.sha256 = f.sha256 WHERE s.repo = ? AND c.status != 'safe' "
+            "ORDER BY f.path", (repo.id,)).fetchall())
+
+    def scan_counts(self) -> dict[str, int]:
+        """Scanned blobs by verdict."""
+        return dict(self.conn.execute("SELECT status, count(*) FROM scans GROUP BY status"))
 
     def store_bytes(self) -> int:
         return self.conn.execute("SELECT coalesce(sum(size), 0) FROM blobs").fetchone()[0]

@@ -182,7 +182,8 @@ def mirror_import(state: State, path: Path, repo_id, hub, repo_type, revision, t
         except LookupError:
             pass
     show = sys.stderr.isatty() if progress is None else progress
-    results = Importer(catalog, store, progress=show, min_free=config.mirror.min_free).import_path(
+    results = Importer(catalog, store, progress=show, min_free=config.mirror.min_free,
+                       scan_policy=config.mirror.scan_policy).import_path(
         path, repo_id=repo_id, hub=hub, repo_type=repo_type, revision=revision, tags=tags,
         access=access,
     )
@@ -294,13 +295,17 @@ def mirror_ls(state: State, as_json: bool) -> None:
         rows.append({
             "hub": repo.hub, "type": repo.type, "id": repo.repo_id, "access": repo.access,
             "refs": {f"{r.kind}:{r.name}": r.commit for r in refs},
+            # files of a pickle-based format the scanner did not call safe (mirror/scan.py)
+            "scan": catalog.flagged(repo),
         })
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     for row in rows:
         refs = " ".join(f"{k}={v[:12]}" for k, v in row["refs"].items())
-        click.echo(f"{row['hub']:<12} {row['type']:<8} {row['id']:<48} {row['access']:<8} {refs}")
+        flags = "".join(f" [{status}: {path}]" for path, status in row["scan"].items())
+        click.echo(f"{row['hub']:<12} {row['type']:<8} {row['id']:<48} {row['access']:<8} "
+                   f"{refs}{flags}")
 
 
 def _split_ref(spec: str) -> tuple[str, str | None]:

@@ -48,6 +48,7 @@ from peer.settings import (
 from tracker.config import TRACKER, TrackerConfig
 
 from .aliases import Aliases, read_aliases
+from .scan import scan_policy
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,8 @@ class MirrorConfig:
     sync_from_network: bool = True
     #: fetch what clients ask for and the catalog lacks from the upstream (mirror/pullthrough.py)
     pull_through: PullThroughConfig = PullThroughConfig()
+    #: what a file the pickle scanner flags does to its snapshot (mirror/scan.py)
+    scan_policy: str = "flag"
 
 
 def _keys(value: Any) -> list[str]:
@@ -221,6 +224,7 @@ def _mirror_config(values: Mapping[str, Any]) -> MirrorConfig:
             deny=values["pull_through_deny"], complete=values["pull_through_complete"],
             max_repo_size=values["pull_through_max_repo_size"],
             failure_ttl=values["pull_through_failure_ttl"]),
+        scan_policy=values["scan_policy"],
     )
 
 
@@ -298,6 +302,10 @@ MIRROR = Section("mirror", (
             "pull-through may total", check=positive("bytes"), unset="any size"),
     Setting("pull_through_failure_ttl", str, "30s", "how long a file that failed verification "
             "twice is answered 502 before the upstream is asked again", check=duration()),
+    Setting("scan_policy", str, "flag", "a file of a pickle-based format that the scanner flags "
+            "(it imports what can run code when loaded): \"flag\" serves it and says so in "
+            "repo info and mirror ls; \"quarantine\" keeps it but serves it to no one; "
+            "\"refuse\" publishes none of its snapshot", check=scan_policy),
     SYNCS,
     Subsections("upstreams", {hub: _upstream(hub) for hub in hubs.HUBS}),
 ), build=_mirror_config)

@@ -62,6 +62,8 @@ class Flight:
         self.failed_once = False
         #: the whole file hashed to what it must (before it is fsynced and placed)
         self.checked = False
+        #: why its tail is kept from every reader though it verified (the scan policy)
+        self.refusal: BaseException | None = None
         self.waits = 0
         #: bytes received, over every attempt
         self.fetched = 0
@@ -125,11 +127,13 @@ class Flight:
 
 
 async def fly(flight: Flight, store: BlobStore, repo_id: str, writer_for: Callable,
-              transfer: Callable) -> Digests | None:
+              transfer: Callable, vet: Callable | None = None) -> Digests | None:
     """Fill `flight` from the upstream and verify it: two attempts, the second from zero
     after a mismatch. `writer_for()` opens the blob's resumable writer (mirror/sync.py's),
     `transfer(writer, progress, answered)` fills it, resuming after cuts. None: another
-    process fetched it (`follow`)."""
+    process fetched it (`follow`). `vet(writer)`, once the bytes verified: an error that keeps
+    the tail from every reader (the scanner's policy), or None; the blob is stored either way
+    and the error is then the flight's."""
     f = flight.file
     for attempt in range(2):
         try:
@@ -141,9 +145,12 @@ async def fly(flight: Flight, store: BlobStore, repo_id: str, writer_for: Callab
         try:
             await transfer(writer, flight.advance, Answered())
             await asyncio.to_thread(writer.verify)
-            flight.release()  # the tail goes out now; the fsync and the rename need not wait
+            refusal = await vet(writer) if vet is not None else None
+            if refusal is None:
+                flight.release()  # the tail goes out now; the fsync and rename need not wait
             digests = await asyncio.to_thread(writer.commit)
-            flight.finish(digests, path=store.path_for(digests.sha256))
+            flight.refusal = refusal
+            flight.finish(digests, path=store.path_for(digests.sha256), error=refusal)
             return digests
         except IntegrityError as e:
             if not writer.done:

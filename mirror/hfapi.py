@@ -34,6 +34,7 @@ from peer.store import BlobStore
 
 from .catalog import Catalog, Ref, Repo, Snapshot
 from .routes import HubCall
+from .scan import SUSPICIOUS, Quarantined, Verdict
 
 TREE_PAGE = 1000
 
@@ -51,7 +52,7 @@ class Located:
 
 
 def repo_info_json(repo: Repo, snapshot: Snapshot, files: list[FileEntry], *, blobs: bool,
-                   verified_by: dict | None = None) -> dict:
+                   verified_by: dict | None = None, scans: dict | None = None) -> dict:
     card = snapshot.card_data or {}
     info = {
         "id": repo.repo_id,
@@ -84,6 +85,9 @@ def repo_info_json(repo: Repo, snapshot: Snapshot, files: list[FileEntry], *, bl
         # What each file's bytes were checked against before they were published: the
         # upstream's sha256 or git sha1, an MD5 from storage (Kaggle), or none.
         ours["verifiedBy"] = verified_by
+    if scans:
+        # What the pickle scanner said of each file of a pickle-based format (mirror/scan.py).
+        ours["scan"] = {path: v.json() for path, v in scans.items()}
     if ours:
         info["weightswarm"] = ours
     if snapshot.invalid_safetensors:
@@ -228,9 +232,17 @@ def resolve_headers(call: HubCall, located: Located, base: str) -> dict:
 class HubService:
     """The lookups behind the HF API calls. Not thread-safe: one thread (the catalog's)."""
 
-    def __init__(self, catalog: Catalog, store: BlobStore):
+    def __init__(self, catalog: Catalog, store: BlobStore, scan_policy: str = "flag"):
         self.catalog = catalog
         self.store = store
+        self.scan_policy = scan_policy
+
+    def quarantined(self, sha256: str) -> Verdict | None:
+        """The verdict that keeps this blob from everyone (`scan_policy = "quarantine"`)."""
+        if self.scan_policy != "quarantine":
+            return None
+        verdict = self.catalog.scan_of(sha256)
+        return verdict if verdict is not None and verdict.status == SUSPICIOUS else None
 
     def repo(self, call: HubCall) -> Repo:
         repo = self.catalog.repo(call.hub, call.repo_type, call.repo_id)
@@ -247,7 +259,8 @@ class HubService:
     def repo_info(self, call: HubCall, *, blobs: bool) -> dict:
         repo, snapshot = self.snapshot(call)
         return repo_info_json(repo, snapshot, self.catalog.files(snapshot), blobs=blobs,
-                              verified_by=self.catalog.verified_by(snapshot))
+                              verified_by=self.catalog.verified_by(snapshot),
+                              scans=self.catalog.scans(snapshot))
 
     def tree(self, call: HubCall, *, recursive: bool, expand: bool) -> list[dict]:
         repo, snapshot = self.snapshot(call)
@@ -288,6 +301,8 @@ class HubService:
         entry = self.catalog.file(snapshot, call.path)
         if entry is None:
             raise EntryNotFound(call.repo_id, snapshot.commit, call.path)
+        if self.quarantined(entry.sha256):
+            raise Quarantined(call.path)
         blob = self.store.path_for(entry.sha256)
         if not blob.is_file():
             raise BlobMissing(entry.sha256)
@@ -316,6 +331,8 @@ class HubService:
         """A blob's file and size, only if a published public snapshot references it."""
         if not self.catalog.blob_is_public(sha256):
             raise NotFound(f"no blob {sha256}")
+        if self.quarantined(sha256):
+            raise Quarantined(sha256)
         path = self.store.path_for(sha256)
         try:
             return path, path.stat().st_size

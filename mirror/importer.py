@@ -139,11 +139,12 @@ def is_cache_repo(path: Path) -> bool:
 
 class Importer:
     def __init__(self, catalog: Catalog, store: BlobStore, *, progress: bool = False,
-                 min_free: int = 0):
+                 min_free: int = 0, scan_policy: str = "flag"):
         self.catalog = catalog
         self.store = store
         self.progress = progress
         self.min_free = min_free
+        self.scan_policy = scan_policy
 
     def import_path(
         self,
@@ -325,5 +326,5 @@ class Importer:
     def _publish(self, hub, repo_type, repo_id, commit, files, refs, access, *, title, parent=None):
         return publish(self.catalog, self.store, hub=hub, repo_type=repo_type, repo_id=repo_id,
                        commit=commit, files=files, refs=refs, access=access, title=title,
-                       parent=parent)
+                       parent=parent, scan_policy=self.scan_policy)
 

@@ -55,6 +55,7 @@ from .catalog import BlobRecord, Catalog
 from .config import Config, PullThroughConfig
 from .flights import Flight, fly
 from .routes import HubCall
+from .scan import SUSPICIOUS, Quarantined, needs_scan, scan
 from .snapshots import publish
 from .sync import Syncer, SyncSpec, entry_for, partial_key, validate
 from .upstreams import RemoteFile
@@ -149,7 +150,7 @@ def gateway_error(e: BaseException, upstream: str) -> BaseException:
     "gated" as they are; no answer (or none in time) 504; any other refusal or bad answer
     502. Never a not-found for an upstream that could not say."""
     if isinstance(e, (RepoNotFound, RevisionNotFound, EntryNotFound, GatedRepo, TooLarge,
-                      InsufficientSpace)):
+                      InsufficientSpace, Quarantined)):
         return e
     if isinstance(e, TimeoutError):
         return UpstreamTimeout(f"pull-through: {upstream} did not answer in time; the mirror "
@@ -214,6 +215,7 @@ class PullThrough:
                                     bandwidth=up.bandwidth, retries=min(up.retries, RETRIES))
         self.store = store
         self.min_free = config.mirror.min_free
+        self.scan_policy = config.mirror.scan_policy
         self.on_catalog = on_catalog
         self.catalog = catalog
         self.spawn = spawn
@@ -373,7 +375,8 @@ class PullThrough:
                 self._tainted[flight.key] = time.monotonic() + TAINT_TTL
                 _prune(self._tainted)
             self._flights.pop(flight.key, None)
-        published = flight.stored and await self._publish_if_whole(revision)
+        kept = flight.stored or flight.refusal is not None  # in the store either way
+        published = kept and await self._publish_if_whole(revision)
         await self._run_ends(revision, run, published, error)
 
     async def _fetch(self, revision: Revision, flight: Flight) -> None:
@@ -385,10 +388,29 @@ class PullThrough:
         digests = await fly(
             flight, self.store, revision.repo_id, lambda: syncer._writer(spec, revision.commit, f),
             lambda writer, progress, answered: syncer._transfer(
-                spec, revision.commit, f, writer, progress, answered, self.upstream))
+                spec, revision.commit, f, writer, progress, answered, self.upstream),
+            vet=lambda writer: self._vet(f, writer))
         if digests is not None:
             await self.on_catalog(self.catalog.put_blob, digests)
+        if flight.refusal is not None:
+            raise flight.refusal
         log.info("pull-through: %s %s verified (%d bytes)", revision.repo_id, f.path, f.size)
+
+    async def _vet(self, f: RemoteFile, writer) -> BaseException | None:
+        """With a scan policy other than "flag": a pickle-based file the scanner flags is not
+        given to the client (its verdict is recorded; publication applies the policy)."""
+        if self.scan_policy == "flag" or not needs_scan(f.path):
+            return None
+        verdict = await asyncio.to_thread(scan, writer.tmp_path, f.path)
+        await self.on_catalog(self.catalog.put_scan, writer.verify().sha256, verdict)
+        return Quarantined(f.path) if verdict.status == SUSPICIOUS else None
+
+    async def kept_back(self, f: RemoteFile) -> BaseException | None:
+        """A stored file's scan verdict under a policy other than "flag": why not to serve it."""
+        if self.scan_policy == "flag" or not f.sha256:
+            return None
+        verdict = await self.on_catalog(self.catalog.scan_of, f.sha256)
+        return Quarantined(f.path) if verdict and verdict.status == SUSPICIOUS else None
 
     # -- runs: what `mirror status` shows --
 
@@ -482,7 +504,8 @@ class PullThrough:
                     repo_id=revision.repo_id, commit=revision.commit, files=entries, refs=refs,
                     access="gated" if revision.gated else "public",
                     title=f"Pulled through from {self.upstream.name}",
-                    verified_by={f.path: f.verified_by for f in revision.files}))
+                    verified_by={f.path: f.verified_by for f in revision.files},
+                    scan_policy=self.scan_policy))
             return True
         except asyncio.CancelledError:
             raise

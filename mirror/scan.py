@@ -23,6 +23,8 @@ import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 
+from peer.errors import Refused
+
 log = logging.getLogger(__name__)
 
 #: file names whose format can carry a pickle (what torch, joblib, numpy and Keras load)
@@ -30,6 +32,8 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib",
                    ".npy", ".npz", ".zip", ".mar", ".tar", ".7z", ".h5", ".keras")
 #: what a verdict can say
 SAFE, SUSPICIOUS, UNSCANNED = "safe", "suspicious", "unscanned"
+#: `[mirror] scan_policy`: what a suspicious file does to its snapshot
+POLICIES = ("flag", "quarantine", "refuse")
 SCANNER = "picklescan " + importlib.metadata.version("picklescan")
 
 
@@ -101,3 +105,30 @@ def scan(blob: Path, path: str) -> Verdict:
         return Verdict(UNSCANNED, reason="not a pickle the scanner could parse")
     note = f"globals the scanner does not know: {', '.join(unknown[:20])}" if unknown else ""
     return Verdict(SAFE, reason=note)
+
+
+class Quarantined(Refused):
+    """`scan_policy = "quarantine"`: a file the scanner flagged is kept, and served to no
+    one (admins, once access rules exist: issue 20)."""
+
+    def __init__(self, what: str):
+        super().__init__(f"{what} is quarantined: the pickle scanner flagged it (it imports "
+                         f"what can run code when loaded); see weightswarm.scan in repo info")
+
+
+class ScanRefused(Refused):
+    """`scan_policy = "refuse"`: a snapshot with a file the scanner flagged is not published."""
+
+    def __init__(self, repo_id: str, commit: str, flagged: dict[str, Verdict]):
+        listed = "; ".join(f"{path}: {', '.join(v.found)}" for path, v in list(flagged.items())[:5])
+        super().__init__(f"{repo_id}@{commit[:12]}: not published: {len(flagged)} file(s) the "
+                         f"pickle scanner flagged ({listed}); [mirror] scan_policy is "
+                         f"\"refuse\"")
+        self.flagged = flagged
+
+
+def scan_policy(value: object) -> str:
+    """The setting's check."""
+    if value not in POLICIES:
+        raise ValueError(f"must be one of {', '.join(POLICIES)}, got {value!r}")
+    return str(value)

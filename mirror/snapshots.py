@@ -14,6 +14,7 @@ from peer.store import BlobStore
 from peer.weights import parameter_counts, read_header, summarise
 
 from .catalog import Catalog, NewSnapshot, Snapshot
+from .scan import SAFE, SCANNER, SUSPICIOUS, ScanRefused, Verdict, needs_scan, scan
 
 log = logging.getLogger(__name__)
 
@@ -41,10 +42,37 @@ def describe(store: BlobStore, repo_id: str, files: list[FileEntry]) -> tuple[di
     return card, summarise(counts), invalid
 
 
+def scan_files(catalog: Catalog, store: BlobStore, repo_id: str,
+               files: list[FileEntry]) -> dict[str, Verdict]:
+    """Every file of a pickle-based format scanned (mirror/scan.py), unless this scanner has
+    a verdict on its blob already; path → verdict. A verdict that is not `safe` is logged."""
+    verdicts = {}
+    for f in files:
+        if not needs_scan(f.path):
+            continue
+        verdict = catalog.scan_of(f.sha256)
+        if verdict is None or verdict.scanner != SCANNER:
+            verdict = scan(store.path_for(f.sha256), f.path)
+            catalog.put_scan(f.sha256, verdict)
+            if verdict.status != SAFE:
+                log.warning("scan: %s %s: %s%s", repo_id, f.path, verdict.status,
+                            f" ({', '.join(verdict.found)})" if verdict.found
+                            else f" ({verdict.reason})")
+        verdicts[f.path] = verdict
+    return verdicts
+
+
 def publish(catalog: Catalog, store: BlobStore, *, hub: str, repo_type: str, repo_id: str,
             commit: str, files: list[FileEntry], refs: list[tuple[str, str]], access: str,
             title: str, parent: str | None = None, created_at: float | None = None,
-            verified_by: dict | None = None, ref_times: dict | None = None) -> Snapshot:
+            verified_by: dict | None = None, ref_times: dict | None = None,
+            scan_policy: str = "flag") -> Snapshot:
+    """Scan, describe, and make the snapshot visible. `scan_policy = "refuse"`: a suspicious
+    file is ScanRefused, and nothing is published."""
+    verdicts = scan_files(catalog, store, repo_id, files)
+    flagged = {p: v for p, v in verdicts.items() if v.status == SUSPICIOUS}
+    if flagged and scan_policy == "refuse":
+        raise ScanRefused(repo_id, commit, flagged)
     card, safetensors, invalid = describe(store, repo_id, files)
     snapshot = catalog.publish(
         NewSnapshot(

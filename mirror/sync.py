@@ -275,7 +275,8 @@ class SyncResult:
 class Syncer:
     def __init__(self, catalog: Catalog, store: BlobStore, upstream: Upstream, *,
                  parallel: int = 4, min_free: int = 0, progress: bool = False,
-                 archive: bool = False, network: Network | None = None):
+                 archive: bool = False, network: Network | None = None,
+                 scan_policy: str = "flag"):
         self.catalog = catalog
         self.store = store
         self.upstream = upstream
@@ -285,6 +286,7 @@ class Syncer:
         self.archive = archive
         #: where to ask for mirrors that already hold a commit (None: the upstream only)
         self.network = network
+        self.scan_policy = scan_policy
 
     async def sync(self, spec: SyncSpec) -> list[SyncResult]:
         if spec.every_version:
@@ -367,7 +369,8 @@ class Syncer:
         snapshot = self.catalog.snapshot(repo, held)
         publish(self.catalog, self.store, hub=spec.hub, repo_type=spec.repo_type,
                 repo_id=spec.repo_id, commit=held, files=self.catalog.files(snapshot),
-                refs=refs, access=repo.access, title=snapshot.title)
+                refs=refs, access=repo.access, title=snapshot.title,
+                scan_policy=self.scan_policy)
         return SyncResult(str(spec), spec.repo_id, held, 0, 0, 0, unchanged=False)
 
     def _points(self, repo, kind: str, name: str, commit: str) -> bool:
@@ -402,7 +405,8 @@ class Syncer:
                 repo_id=spec.repo_id, commit=commit, files=entries, refs=refs,
                 access="public", title=f"Synced from {self.upstream.name}", parent=parent,
                 created_at=when, verified_by=verified_by,
-                ref_times=dict.fromkeys(refs, when) if when else None)
+                ref_times=dict.fromkeys(refs, when) if when else None,
+                scan_policy=self.scan_policy)
         return SyncResult(str(spec), spec.repo_id, commit, len(files), len(fetched),
                           sum(d.size for d in fetched.values()), unchanged=False,
                           from_upstream=sources.from_upstream,

@@ -67,7 +67,8 @@ async def run_specs(config: Config, specs: list[SyncSpec], *, parallel: int = 4,
             try:
                 syncer = Syncer(catalog, store, upstream, parallel=parallel,
                                 min_free=config.mirror.min_free, progress=progress,
-                                archive=config.mirror.archive, network=network)
+                                archive=config.mirror.archive, network=network,
+                                scan_policy=config.mirror.scan_policy)
                 results = await syncer.sync(spec)
             except WeightswarmError as e:
                 # Recorded even on a full disk (the catalog gives up its reserve for it).

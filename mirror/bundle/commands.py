@@ -163,7 +163,8 @@ def import_bundle(state, folders, trust, allow_rollback, progress) -> None:
     catalog, store = _open(config)
     importer = BundleImporter(catalog, store, _trusted(config, trust),
                               allow_rollback=allow_rollback, progress=_show(progress),
-                              min_free=config.mirror.min_free)
+                              min_free=config.mirror.min_free,
+                              scan_policy=config.mirror.scan_policy)
     report = importer.import_bundles(list(folders))
     for name in report.published:
         click.echo(f"published {name}")

@@ -99,7 +99,8 @@ class _Ready:
 
 class BundleImporter:
     def __init__(self, catalog: Catalog, store: BlobStore, trusted: frozenset[str], *,
-                 allow_rollback: bool = False, progress: bool = False, min_free: int = 0):
+                 allow_rollback: bool = False, progress: bool = False, min_free: int = 0,
+                 scan_policy: str = "flag"):
         if not trusted:
             raise BadRequest("no key to check bundles against: set mirror.bundle_keys or "
                              "give --trust ed25519:<hex>")
@@ -109,6 +110,7 @@ class BundleImporter:
         self.allow_rollback = allow_rollback
         self.progress = progress
         self.min_free = min_free
+        self.scan_policy = scan_policy
         self.staging = Staging(store.partial_dir / "bundle-parts")
         self.repairs = Repairs()
 
@@ -336,7 +338,8 @@ class BundleImporter:
         publish(self.catalog, self.store, hub=entry.hub, repo_type=entry.type,
                 repo_id=entry.repo, commit=entry.commit, files=files,
                 refs=[ref_of(s.ref) for s, _ in refs], access=entry.access,
-                title=entry.title or "Imported from a bundle", parent=entry.parent)
+                title=entry.title or "Imported from a bundle", parent=entry.parent,
+                scan_policy=self.scan_policy)
         for s, key in refs:
             self.catalog.note_bundle_ref(key, s.hub, s.type, s.repo, s.ref, s.seq, s.commit)
             report.moved.append(f"{entry.repo}@{s.ref} -> {s.commit[:12]}")
