@@ -879,6 +879,14 @@ class Catalog:
             "JOIN scans c ON c.sha256 = f.sha256 WHERE s.repo = ? AND c.status != 'safe' "
             "ORDER BY f.path", (repo.id,)).fetchall())
 
+    def scannable(self) -> list[tuple[str, str, str]]:
+        """(sha256, a path it is published under, the scanner of its verdict or '') for every
+        published blob, one path each: what `mirror scan` looks at."""
+        return self.conn.execute(
+            "SELECT f.sha256, min(f.path), coalesce(c.scanner, '') FROM files f "
+            "LEFT JOIN scans c ON c.sha256 = f.sha256 GROUP BY f.sha256 ORDER BY f.sha256"
+        ).fetchall()
+
     def scan_counts(self) -> dict[str, int]:
         """Scanned blobs by verdict."""
         return dict(self.conn.execute("SELECT status, count(*) FROM scans GROUP BY status"))

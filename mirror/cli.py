@@ -283,6 +283,30 @@ def mirror_status(state: State, limit: int, as_json: bool) -> None:
         click.echo(f"{when} {run['status']:<11} {run['spec']}{via}{took}: {detail}")
 
 
+@mirror.command("scan")
+@click.option("--all", "everything", is_flag=True,
+              help="scan every blob again, not only those this scanner has not seen")
+@click.pass_obj
+def mirror_scan(state: State, everything: bool) -> None:
+    """Scan the published files of pickle-based formats (after a scanner upgrade, or for blobs
+    published before scanning existed) and print what is not safe."""
+    from .scan import SAFE, SCANNER, needs_scan, scan
+
+    catalog, store = _open(state.config())
+    counts: dict[str, int] = {}
+    for sha256, path, scanner in catalog.scannable():
+        if not needs_scan(path) or (scanner == SCANNER and not everything):
+            continue
+        verdict = scan(store.path_for(sha256), path)
+        catalog.put_scan(sha256, verdict)
+        counts[verdict.status] = counts.get(verdict.status, 0) + 1
+        if verdict.status != SAFE:
+            detail = ", ".join(verdict.found) or verdict.reason
+            click.echo(f"{verdict.status}: {path} ({sha256[:12]}): {detail}")
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    click.echo(f"scanned {sum(counts.values())} blobs with {SCANNER}: {summary or 'nothing new'}")
+
+
 @mirror.command("ls")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.pass_obj

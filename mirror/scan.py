@@ -55,6 +55,43 @@ class Verdict:
         return out
 
 
+#: a read larger than this (a tensor's bytes inside a raw pickle) is skipped, not read
+SKIP_OVER = 1 << 20
+
+
+class _Skipped:
+    """What a skipped read returns: as long as the bytes were, holding none of them. The
+    scanner looks only at the opcodes that import, whose arguments are short strings."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class _Skimming:
+    """A file whose large reads are skipped over (seek), so that scanning a raw pickle of
+    many GiB costs neither their memory nor reading them."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def read(self, n: int = -1):
+        if n is not None and n > SKIP_OVER:
+            start = self._f.tell()
+            end = self._f.seek(n, 1)
+            size = self._f.seek(0, 2)
+            self._f.seek(min(end, size))
+            return _Skipped(min(n, size - start))
+        return self._f.read(n)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
 class _Unparsed(logging.Handler):
     """Sees picklescan say it could not parse a file (it then reports it clean)."""
 
@@ -88,7 +125,7 @@ def scan(blob: Path, path: str) -> Verdict:
     scanner_log.addHandler(unparsed)
     try:
         with open(blob, "rb") as f:
-            result = scan_bytes(f, file_id, extension)
+            result = scan_bytes(_Skimming(f), file_id, extension)
     except Exception as e:  # a scanner's bug or a file it chokes on is a verdict, not a crash
         log.warning("scan: %s: %s could not scan it: %s", path, SCANNER, e)
         return Verdict(UNSCANNED, reason=f"{SCANNER} failed on it: {type(e).__name__}: {e}"[:300])

@@ -134,3 +134,45 @@ def test_pull_through_never_hands_a_quarantined_file_to_the_client(home, serve, 
         answer = httpx.get(f"{mirror.url}/{REPO}/resolve/main/model.pt", timeout=30,
                            follow_redirects=True)
         assert answer.status_code == 403 and "quarantined" in answer.headers["X-Error-Message"]
+
+
+def test_mirror_scan_catches_up_on_blobs_published_before_scanning(home, corpus, tmp_path):
+    config = make_config(home)
+    import_with(config, repo_folder(tmp_path / "r", corpus, "getattr-import"), "flag")
+    catalog = Catalog(config.catalog_path)
+    catalog.conn.execute("DELETE FROM scans")  # as a catalog from before scanning holds them
+    catalog.close()
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "mirror.cli", "--home", str(home),
+                               "mirror", *args], capture_output=True, text=True, timeout=60)
+
+    first = cli("scan")
+    assert first.returncode == 0, first.stderr
+    assert "suspicious: model.bin" in first.stdout and "getattr" in first.stdout
+    assert "scanned 1 blobs" in first.stdout and "1 suspicious" in first.stdout
+    assert "nothing new" in cli("scan").stdout, "a blob this scanner saw is not scanned again"
+    assert "scanned 1 blobs" in cli("scan", "--all").stdout
+
+
+def test_a_sync_under_refuse_fails_with_the_report_and_publishes_nothing(home, corpus):
+    import asyncio
+
+    from mirror.sync import parse_spec
+    from mirror.syncjobs import run_specs
+
+    with FakeHub(page_size=3) as hub:
+        hub.add_repo(REPO, {"config.json": b"{}",
+                            "model.pkl": corpus["os-system-p5"].path.read_bytes()})
+        config = load_config(home=home, overrides={("mirror", "scan_policy"): "refuse"}, env={
+            "WEIGHTSWARM_MIRROR_UPSTREAMS_HUGGINGFACE_ENDPOINT": hub.url})
+        outcome = asyncio.run(run_specs(config, [parse_spec(f"hf:{REPO}")], parallel=1))
+    [(_, error)] = outcome.failures
+    assert isinstance(error, ScanRefused) and "model.pkl" in str(error)
+    catalog = Catalog(config.catalog_path)
+    try:
+        assert catalog.repos() == []
+        [run] = catalog.runs()
+        assert run["status"] == "failed" and "pickle scanner flagged" in run["error"]
+    finally:
+        catalog.close()
