@@ -704,7 +704,7 @@ async def _identity(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     key = load_or_create(config.key_path)
     app[PUBLIC_KEY] = public_key_text(key)
-    app[DISTRIBUTION] = Distribution(app[SERVICE].catalog, key)
+    app[DISTRIBUTION] = Distribution(app[SERVICE].catalog, key, config.mirror.scan_policy)
     log.info("mirror home %s, key %s", config.home, app[PUBLIC_KEY])
     yield
 
@@ -753,7 +753,8 @@ async def _seeder(app: web.Application) -> AsyncIterator[None]:
         egress=app[EGRESS], trackers=list(config.mirror.trackers), on_catalog=on_catalog,
         catalog=catalog, catalog_version=app[ANSWERS].version, loops=app[LOOPS],
         scrub_interval=config.mirror.scrub_interval, metrics=app[METRICS],
-        refetch=lambda sha256: refetch_blob(config, sha256))
+        refetch=lambda sha256: refetch_blob(config, sha256),
+        quarantine=config.mirror.scan_policy == "quarantine")
     await seeder.start()
     app[SEEDER] = seeder
     try:

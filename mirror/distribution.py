@@ -19,6 +19,7 @@ from peer.manifest import Manifest, ManifestFile, RefStatement, sign_manifest, s
 from peer.torrent import info_dict, info_hash
 
 from .catalog import DEFAULT_BRANCHES, BlobRecord, Catalog, Repo, Snapshot, ref_of
+from .scan import Quarantined
 
 
 def blob_info(record: BlobRecord, *, private: bool) -> dict | None:
@@ -57,9 +58,10 @@ def peer_address(base_url: str, port: int) -> str:
 class Distribution:
     """The lookups behind /api/weightswarm/{snapshots,manifests,torrents}; one thread."""
 
-    def __init__(self, catalog: Catalog, key: Ed25519PrivateKey):
+    def __init__(self, catalog: Catalog, key: Ed25519PrivateKey, scan_policy: str = "flag"):
         self.catalog = catalog
         self.key = key
+        self.scan_policy = scan_policy
 
     def _private(self, sha256: str) -> bool:
         """A blob is private content when no public repo holds it: bytes that any public repo
@@ -116,6 +118,10 @@ class Distribution:
             # Private content needs a per-user tracker key (a later issue); until then its
             # torrent is not handed out.
             raise NotFound(f"no blob {sha256}")
+        if self.scan_policy == "quarantine":
+            verdict = self.catalog.scan_of(sha256)
+            if verdict is not None and verdict.status == "suspicious":
+                raise Quarantined(sha256)
         info = blob_info(record, private=False)
         if info is None:
             raise NotFound(f"blob {sha256} travels over HTTP only (no torrent)")

@@ -41,7 +41,7 @@ class Seeder:
                  trackers: list[str], on_catalog: Callable[..., Awaitable[Any]],
                  catalog: Catalog, catalog_version: Callable[[], int], loops: Loops,
                  scrub_interval: float = 0, metrics=None,
-                 refetch: Callable[[str], bool] | None = None):
+                 refetch: Callable[[str], bool] | None = None, quarantine: bool = False):
         self.session = session
         self.store = store
         self.repair_dir = repair_dir
@@ -50,6 +50,8 @@ class Seeder:
         self._on_catalog = on_catalog
         self.catalog = catalog
         self._catalog_version = catalog_version
+        #: `scan_policy = "quarantine"`: what the pickle scanner flagged is not seeded
+        self.quarantine = quarantine
         #: the service's background loops: ours run there
         self.loops = loops
         self.scrub_interval = scrub_interval
@@ -94,7 +96,7 @@ class Seeder:
         corrupt."""
         async with self._reconciling:
             self._followed = self._catalog_version()
-            wanted = await self._on_catalog(self.catalog.seedable_blobs)
+            wanted = await self._on_catalog(self.catalog.seedable_blobs, self.quarantine)
             corrupt = await self._on_catalog(self.catalog.corrupt_blobs)
             wanted_by_sha = {r.sha256: r for r in wanted}
             for sha256 in [s for s in self.seeding if s not in wanted_by_sha]:

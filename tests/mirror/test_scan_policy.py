@@ -176,3 +176,29 @@ def test_a_sync_under_refuse_fails_with_the_report_and_publishes_nothing(home, c
         assert run["status"] == "failed" and "pickle scanner flagged" in run["error"]
     finally:
         catalog.close()
+
+
+def test_quarantine_keeps_a_large_flagged_blob_out_of_the_swarm(home, serve, tmp_path):
+    import hashlib
+    import os
+    import pickle
+
+    # Large enough to have piece hashes (a torrent); it runs a command when loaded.
+    evil = pickle.dumps([scancorpus._Call(os.system, "true"), os.urandom(5 << 20)], protocol=4)
+    folder = tmp_path / "r"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.bin").write_bytes(evil)
+    benign = pickle.dumps({"w": os.urandom(5 << 20)}, protocol=4)
+    (folder / "other.bin").write_bytes(benign)
+    sha256 = hashlib.sha256(evil).hexdigest()
+    config = make_config(home, scan_policy="quarantine")
+    import_with(config, folder, "quarantine")
+    mirror = serve(config)
+    torrents = httpx.get(f"{mirror.url}/api/weightswarm/torrents").json()["torrents"]
+    seeded = {t["sha256"] for t in torrents}
+    assert hashlib.sha256(benign).hexdigest() in seeded, "the safe one is seeded"
+    assert sha256 not in seeded, "the flagged one is not"
+    for query in ("", "?format=magnet"):
+        answer = httpx.get(f"{mirror.url}/api/weightswarm/torrents/{sha256}.torrent{query}")
+        assert answer.status_code == 403 and "quarantined" in answer.headers["X-Error-Message"]
