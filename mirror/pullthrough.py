@@ -289,6 +289,9 @@ class PullThrough:
     async def _look_up(self, repo_type: str, repo_id: str, name: str) -> Revision:
         info = await self.upstream.info(repo_type, repo_id, name)
         commit = info["sha"]
+        if is_commit(name) and commit != name:
+            raise BadGateway(f"pull-through: {self.upstream.name} answered {repo_id}@{name[:12]}"
+                             f" with another commit, {commit[:12]}")
         held = self._revisions.get((repo_type, repo_id, commit))
         if held is not None:
             revision = held[1]
@@ -305,7 +308,7 @@ class PullThrough:
                      commit[:12], len(files), revision.size)
         now = time.monotonic()
         self._keep((repo_type, repo_id, commit), revision, now + COMMIT_TTL)
-        if not is_commit(name) or name != commit:
+        if not is_commit(name):
             revision.names.add(name)
             self._keep((repo_type, repo_id, name), revision, now + NAMED_TTL)
         return revision
