@@ -1,0 +1,269 @@
+"""Who may read what (issue 20, items 1 and 2): the access file, its tokens, and the one
+decision every path a byte can leave by asks.
+
+`[mirror] access_file` (TOML, or YAML by its suffix):
+
+    [groups.research]
+    read = ["org/*"]                  # repo globs its members may read
+
+    [users.alice]
+    groups = ["research"]
+
+    [[tokens]]
+    user = "alice"
+    sha256 = "<hex>"                  # of the token; `mirror token add` prints the token once
+    expires = 2027-06-30T00:00:00Z    # optional
+    read = ["team/fine-tune-*"]       # on top of the user's groups
+    admin = []                        # the management routes, and quarantined files
+
+    [repos]
+    "org/secret-*" = "private"        # a repo's access, by glob; the last that matches wins
+    "meta-llama/*" = "gated"
+
+Tokens are stored hashed and found by their hash: the file never holds one that works. The
+decision is a plain function (`decide`) of the repo's access, the token and the time, so that
+the HF API, the web seed, torrents, the tracker and the index all answer alike.
+"""
+
+from __future__ import annotations
+
+import datetime
+import fnmatch
+import hashlib
+import hmac
+import re
+import secrets
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from peer.errors import ConfigError
+
+#: the largest access file read (a bigger one is refused, not parsed)
+MAX_FILE = 1 << 20
+MAX_TOKENS = 100_000
+MAX_GLOBS = 1000
+ACCESS = ("public", "gated", "private")
+#: what a token looks like: a prefix (so that a leaked one is recognised) and 43 url-safe
+TOKEN_PREFIX = "ws_"
+_TOKEN = re.compile(r"ws_[A-Za-z0-9_-]{43}")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class Token:
+    sha256: str
+    user: str
+    expires: float | None
+    read: tuple[str, ...]
+    admin: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Rules:
+    #: user → the globs it may read through its groups
+    users: dict[str, tuple[str, ...]]
+    #: sha256 of the token → the token
+    tokens: dict[str, Token]
+    #: (glob, access), in the file's order: the last that matches a repo wins
+    repos: tuple[tuple[str, str], ...] = ()
+
+    def access_of(self, repo_id: str, stored: str) -> str:
+        """A repo's access: the last `[repos]` glob that matches, else what the catalog holds."""
+        for glob, access in reversed(self.repos):
+            if fnmatch.fnmatchcase(repo_id, glob):
+                return access
+        return stored
+
+    def token(self, presented: str | None, now: float) -> Token | None:
+        """The token presented (`Authorization: Bearer ...`), if it is one of ours and live."""
+        if not presented or not _TOKEN.fullmatch(presented):
+            return None
+        digest = token_sha256(presented)
+        found = self.tokens.get(digest)
+        if found is None or not hmac.compare_digest(found.sha256, digest):
+            return None
+        if found.expires is not None and found.expires <= now:
+            return None
+        return found
+
+    def may_read(self, token: Token | None, repo_id: str) -> bool:
+        if token is None:
+            return False
+        globs = token.read + token.admin + self.users.get(token.user, ())
+        return any(fnmatch.fnmatchcase(repo_id, glob) for glob in globs)
+
+    def is_admin(self, token: Token | None, repo_id: str = "*") -> bool:
+        return token is not None and any(fnmatch.fnmatchcase(repo_id, glob)
+                                         for glob in token.admin)
+
+
+#: the rules of a mirror without an access file: no tokens, the catalog's access as it is
+NONE = Rules({}, {})
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Allowed, or the HF answer that refuses: status and X-Error-Code."""
+
+    allowed: bool
+    status: int = 200
+    error_code: str | None = None
+    reason: str = ""
+
+
+def decide(access: str, repo_id: str, token: Token | None, rules: Rules) -> Decision:
+    """Whether a request with `token` (None: none, or not a live one) may read a repo of this
+    access (PROTOCOLS.md's contract): public to all; gated without a token 401 GatedRepo,
+    with one that lacks the right 403 GatedRepo; private without the right 401 RepoNotFound,
+    so that its existence is not revealed."""
+    if access == "public" or rules.may_read(token, repo_id):
+        return Decision(True)
+    if access == "gated":
+        if token is None:
+            return Decision(False, 401, "GatedRepo", f"{repo_id} is gated: a token is needed")
+        return Decision(False, 403, "GatedRepo",
+                        f"{repo_id} is gated: this token may not read it")
+    return Decision(False, 401, "RepoNotFound", f"no repo {repo_id}")
+
+
+# -- tokens ------------------------------------------------------------------------------------
+
+
+def new_token() -> str:
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def token_sha256(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+# -- the file ----------------------------------------------------------------------------------
+
+
+def load(path: Path) -> Rules:
+    """The rules in an access file; ConfigError saying what is wrong and where, for any
+    flaw (the mirror does not start on a file it cannot trust)."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE:
+            raise ConfigError(f"{path}: {size} bytes, more than an access file may be "
+                              f"({MAX_FILE})")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot be read: {e}") from None
+    try:
+        body = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
+        kind = "YAML" if path.suffix in (".yaml", ".yml") else "TOML"
+        raise ConfigError(f"{path}: not valid {kind}: "
+                          f"{' '.join(str(e).split())[:300]}") from None
+    try:
+        return parse(body or {})
+    except ValueError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def parse(body: Any) -> Rules:
+    """The rules in a parsed access file; ValueError naming the first flaw."""
+    _keys(body, {"groups", "users", "tokens", "repos"}, "the file")
+    groups = {name: _globs(_keys(g, {"read"}, f"group {name}").get("read", []),
+                           f"group {name}: read")
+              for name, g in _table(body.get("groups", {}), "groups").items()}
+    users = {}
+    for name, user in _table(body.get("users", {}), "users").items():
+        member_of = _list(_keys(user, {"groups"}, f"user {name}").get("groups", []),
+                          f"user {name}: groups")
+        for group in member_of:
+            if group not in groups:
+                raise ValueError(f"user {name}: no group {group!r}")
+        users[name] = tuple(glob for group in member_of for glob in groups[group])
+    tokens = {}
+    raw = _list(body.get("tokens", []), "tokens")
+    if len(raw) > MAX_TOKENS:
+        raise ValueError(f"{len(raw)} tokens, more than {MAX_TOKENS}")
+    for k, entry in enumerate(raw, 1):
+        token = _token(entry, k, users)
+        if token.sha256 in tokens:
+            raise ValueError(f"token {k}: the same token is listed twice")
+        tokens[token.sha256] = token
+    repos = []
+    for glob, access in _table(body.get("repos", {}), "repos").items():
+        if access not in ACCESS:
+            raise ValueError(f"repos: {glob!r} = {access!r}: access is one of "
+                             f"{', '.join(ACCESS)}")
+        repos.append((_glob(glob, "repos"), access))
+    return Rules(users, tokens, tuple(repos))
+
+
+def _token(entry: Any, k: int, users: dict) -> Token:
+    what = f"token {k}"
+    _keys(entry, {"user", "sha256", "expires", "read", "admin"}, what)
+    user, digest = entry.get("user"), entry.get("sha256")
+    if not isinstance(user, str) or user not in users:
+        raise ValueError(f"{what}: user {user!r} is not one of [users]")
+    if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+        raise ValueError(f"{what}: sha256 must be 64 lowercase hex (the token's hash, never "
+                         f"the token)")
+    return Token(digest, user, _expiry(entry.get("expires"), what),
+                 _globs(entry.get("read", []), f"{what}: read"),
+                 _globs(entry.get("admin", []), f"{what}: admin"))
+
+
+def _expiry(value: Any, what: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"{what}: expires {value!r} is not a date and time") from None
+    if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
+        value = datetime.datetime.combine(value, datetime.time(), datetime.UTC)
+    if not isinstance(value, datetime.datetime):
+        raise ValueError(f"{what}: expires must be a date and time, got {value!r}")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=datetime.UTC)
+    return value.timestamp()
+
+
+def _keys(value: Any, allowed: set[str], what: str) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a table")
+    unknown = sorted(set(map(str, value)) - allowed)
+    if unknown:
+        raise ValueError(f"{what}: unknown key {unknown[0]!r} (known: "
+                         f"{', '.join(sorted(allowed))})")
+    return value
+
+
+def _table(value: Any, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} must be a table")
+    for name in value:
+        if not isinstance(name, str) or not (_NAME.fullmatch(name) or what == "repos"):
+            raise ValueError(f"{what}: {name!r} is not a name (letters, digits, . _ @ -)")
+    return value
+
+
+def _list(value: Any, what: str) -> list:
+    if not isinstance(value, list):
+        raise ValueError(f"{what} must be a list")
+    return value
+
+
+def _globs(value: Any, what: str) -> tuple[str, ...]:
+    items = _list(value, what)
+    if len(items) > MAX_GLOBS:
+        raise ValueError(f"{what}: more than {MAX_GLOBS} globs")
+    return tuple(_glob(g, what) for g in items)
+
+
+def _glob(value: Any, what: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > 200 or "\0" in value:
+        raise ValueError(f"{what}: {value!r} is not a repo glob")
+    return value
