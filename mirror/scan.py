@@ -26,6 +26,9 @@ from pathlib import Path
 from peer.errors import Refused
 
 log = logging.getLogger(__name__)
+# picklescan's own lines (one per odd file, at WARNING) stay out of the mirror's log: the
+# verdict says what it found, in one line of ours (`snapshots.scan_files`).
+logging.getLogger("picklescan").propagate = False
 
 #: file names whose format can carry a pickle (what torch, joblib, numpy and Keras load)
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib", ".dill",
