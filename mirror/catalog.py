@@ -27,7 +27,7 @@ from peer.hashing import Digests
 from peer.hfformat import REF_KINDS, FileEntry, derive_tags
 from peer.paths import is_commit
 
-from .scan import Verdict
+from .scan import SUSPICIOUS, Verdict
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -863,6 +863,11 @@ class Catalog:
         row = self.conn.execute("SELECT status, found, reason, scanner FROM scans "
                                 "WHERE sha256 = ?", (sha256,)).fetchone()
         return Verdict(row[0], tuple(json.loads(row[1])), row[2], row[3]) if row else None
+
+    def suspicious(self, sha256: str) -> bool:
+        """The pickle scanner flagged this blob (what quarantine keeps from everyone)."""
+        return self.conn.execute("SELECT 1 FROM scans WHERE sha256 = ? AND status = ?",
+                                 (sha256, SUSPICIOUS)).fetchone() is not None
 
     def scans(self, snapshot: Snapshot) -> dict[str, Verdict]:
         """path → the verdict on its blob, for the snapshot's scanned files."""

@@ -118,10 +118,8 @@ class Distribution:
             # Private content needs a per-user tracker key (a later issue); until then its
             # torrent is not handed out.
             raise NotFound(f"no blob {sha256}")
-        if self.scan_policy == "quarantine":
-            verdict = self.catalog.scan_of(sha256)
-            if verdict is not None and verdict.status == "suspicious":
-                raise Quarantined(sha256)
+        if self.scan_policy == "quarantine" and self.catalog.suspicious(sha256):
+            raise Quarantined(sha256)
         info = blob_info(record, private=False)
         if info is None:
             raise NotFound(f"blob {sha256} travels over HTTP only (no torrent)")

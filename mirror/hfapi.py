@@ -34,7 +34,7 @@ from peer.store import BlobStore
 
 from .catalog import Catalog, Ref, Repo, Snapshot
 from .routes import HubCall
-from .scan import SUSPICIOUS, Quarantined, Verdict
+from .scan import Quarantined
 
 TREE_PAGE = 1000
 
@@ -237,12 +237,9 @@ class HubService:
         self.store = store
         self.scan_policy = scan_policy
 
-    def quarantined(self, sha256: str) -> Verdict | None:
-        """The verdict that keeps this blob from everyone (`scan_policy = "quarantine"`)."""
-        if self.scan_policy != "quarantine":
-            return None
-        verdict = self.catalog.scan_of(sha256)
-        return verdict if verdict is not None and verdict.status == SUSPICIOUS else None
+    def quarantined(self, sha256: str) -> bool:
+        """`scan_policy = "quarantine"` keeps this blob from everyone."""
+        return self.scan_policy == "quarantine" and self.catalog.suspicious(sha256)
 
     def repo(self, call: HubCall) -> Repo:
         repo = self.catalog.repo(call.hub, call.repo_type, call.repo_id)

@@ -412,8 +412,8 @@ class PullThrough:
         """A stored file's scan verdict under a policy other than "flag": why not to serve it."""
         if self.scan_policy == "flag" or not f.sha256:
             return None
-        verdict = await self.on_catalog(self.catalog.scan_of, f.sha256)
-        return Quarantined(f.path) if verdict and verdict.status == SUSPICIOUS else None
+        flagged = await self.on_catalog(self.catalog.suspicious, f.sha256)
+        return Quarantined(f.path) if flagged else None
 
     # -- runs: what `mirror status` shows --
 
