@@ -11,18 +11,24 @@ decision every path a byte can leave by asks.
 
     [[tokens]]
     user = "alice"
+    name = "laptop"                   # optional: what `whoami` and `token list` call it
+    created = 2026-12-03T10:00:00Z    # optional, for people
     sha256 = "<hex>"                  # of the token; `mirror token add` prints the token once
     expires = 2027-06-30T00:00:00Z    # optional
     read = ["team/fine-tune-*"]       # on top of the user's groups
     admin = []                        # the management routes, and quarantined files
 
-    [repos]
-    "org/secret-*" = "private"        # a repo's access, by glob; the last that matches wins
-    "meta-llama/*" = "gated"
-
 Tokens are stored hashed and found by their hash: the file never holds one that works. The
 decision is a plain function (`decide`) of the repo's access, the token and the time, so that
 the HF API, the web seed, torrents, the tracker and the index all answer alike.
+
+A repo's access (public, gated, private) is not here but in the catalog, where the feed, the
+torrents and the seeder read it too: `weightswarm mirror access REPO|GLOB LEVEL` sets it
+(Catalog.set_access), for the repos a glob matches now and for those published later.
+
+The mirror reads the file again whenever it changes (`AccessFile`, a stat per look), so a token
+revoked is refused at its next request. A file that cannot be read refuses every token (public
+repos are still served) and says why in the log.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ import datetime
 import fnmatch
 import hashlib
 import hmac
+import logging
+import os
 import re
 import secrets
 import tomllib
@@ -42,11 +50,13 @@ import yaml
 
 from peer.errors import ConfigError
 
+#: not `mirror.access`: that is the HTTP access log (mirror/app.py)
+log = logging.getLogger("mirror.audit")
+
 #: the largest access file read (a bigger one is refused, not parsed)
 MAX_FILE = 1 << 20
 MAX_TOKENS = 100_000
 MAX_GLOBS = 1000
-ACCESS = ("public", "gated", "private")
 #: what a token looks like: a prefix (so that a leaked one is recognised) and 43 url-safe
 TOKEN_PREFIX = "ws_"
 _TOKEN = re.compile(r"ws_[A-Za-z0-9_-]{43}")
@@ -61,6 +71,7 @@ class Token:
     expires: float | None
     read: tuple[str, ...]
     admin: tuple[str, ...]
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -69,15 +80,6 @@ class Rules:
     users: dict[str, tuple[str, ...]]
     #: sha256 of the token → the token
     tokens: dict[str, Token]
-    #: (glob, access), in the file's order: the last that matches a repo wins
-    repos: tuple[tuple[str, str], ...] = ()
-
-    def access_of(self, repo_id: str, stored: str) -> str:
-        """A repo's access: the last `[repos]` glob that matches, else what the catalog holds."""
-        for glob, access in reversed(self.repos):
-            if fnmatch.fnmatchcase(repo_id, glob):
-                return access
-        return stored
 
     def token(self, presented: str | None, now: float) -> Token | None:
         """The token presented (`Authorization: Bearer ...`), if it is one of ours and live."""
@@ -102,7 +104,7 @@ class Rules:
                                          for glob in token.admin)
 
 
-#: the rules of a mirror without an access file: no tokens, the catalog's access as it is
+#: the rules of a mirror without an access file: no tokens
 NONE = Rules({}, {})
 
 
@@ -119,8 +121,9 @@ class Decision:
 def decide(access: str, repo_id: str, token: Token | None, rules: Rules) -> Decision:
     """Whether a request with `token` (None: none, or not a live one) may read a repo of this
     access (PROTOCOLS.md's contract): public to all; gated without a token 401 GatedRepo,
-    with one that lacks the right 403 GatedRepo; private without the right 401 RepoNotFound,
-    so that its existence is not revealed."""
+    with one that lacks the right 403 GatedRepo; private without the right RepoNotFound,
+    answered as a missing repo is (401 without a token, 404 with one, as the Hub does), so
+    that its existence is not revealed."""
     if access == "public" or rules.may_read(token, repo_id):
         return Decision(True)
     if access == "gated":
@@ -128,7 +131,7 @@ def decide(access: str, repo_id: str, token: Token | None, rules: Rules) -> Deci
             return Decision(False, 401, "GatedRepo", f"{repo_id} is gated: a token is needed")
         return Decision(False, 403, "GatedRepo",
                         f"{repo_id} is gated: this token may not read it")
-    return Decision(False, 401, "RepoNotFound", f"no repo {repo_id}")
+    return Decision(False, 401 if token is None else 404, "RepoNotFound", f"no repo {repo_id}")
 
 
 # -- tokens ------------------------------------------------------------------------------------
@@ -140,6 +143,14 @@ def new_token() -> str:
 
 def token_sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The token in an `Authorization: Bearer <token>` header, as huggingface_hub sends it."""
+    if not authorization or len(authorization) > 256:
+        return None
+    scheme, _, value = authorization.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else None
 
 
 # -- the file ----------------------------------------------------------------------------------
@@ -170,7 +181,7 @@ def load(path: Path) -> Rules:
 
 def parse(body: Any) -> Rules:
     """The rules in a parsed access file; ValueError naming the first flaw."""
-    _keys(body, {"groups", "users", "tokens", "repos"}, "the file")
+    _keys(body, {"groups", "users", "tokens"}, "the file")
     groups = {name: _globs(_keys(g, {"read"}, f"group {name}").get("read", []),
                            f"group {name}: read")
               for name, g in _table(body.get("groups", {}), "groups").items()}
@@ -191,27 +202,23 @@ def parse(body: Any) -> Rules:
         if token.sha256 in tokens:
             raise ValueError(f"token {k}: the same token is listed twice")
         tokens[token.sha256] = token
-    repos = []
-    for glob, access in _table(body.get("repos", {}), "repos").items():
-        if access not in ACCESS:
-            raise ValueError(f"repos: {glob!r} = {access!r}: access is one of "
-                             f"{', '.join(ACCESS)}")
-        repos.append((_glob(glob, "repos"), access))
-    return Rules(users, tokens, tuple(repos))
+    return Rules(users, tokens)
 
 
 def _token(entry: Any, k: int, users: dict) -> Token:
     what = f"token {k}"
-    _keys(entry, {"user", "sha256", "expires", "read", "admin"}, what)
-    user, digest = entry.get("user"), entry.get("sha256")
+    _keys(entry, {"user", "name", "sha256", "created", "expires", "read", "admin"}, what)
+    user, digest, name = entry.get("user"), entry.get("sha256"), entry.get("name", "")
     if not isinstance(user, str) or user not in users:
         raise ValueError(f"{what}: user {user!r} is not one of [users]")
     if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
         raise ValueError(f"{what}: sha256 must be 64 lowercase hex (the token's hash, never "
                          f"the token)")
+    if not isinstance(name, str) or len(name) > 100 or not name.isprintable():
+        raise ValueError(f"{what}: name must be a line of at most 100 characters")
     return Token(digest, user, _expiry(entry.get("expires"), what),
                  _globs(entry.get("read", []), f"{what}: read"),
-                 _globs(entry.get("admin", []), f"{what}: admin"))
+                 _globs(entry.get("admin", []), f"{what}: admin"), name)
 
 
 def _expiry(value: Any, what: str) -> float | None:
@@ -245,7 +252,7 @@ def _table(value: Any, what: str) -> dict:
     if not isinstance(value, dict):
         raise ValueError(f"{what} must be a table")
     for name in value:
-        if not isinstance(name, str) or not (_NAME.fullmatch(name) or what == "repos"):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ValueError(f"{what}: {name!r} is not a name (letters, digits, . _ @ -)")
     return value
 
@@ -267,3 +274,46 @@ def _glob(value: Any, what: str) -> str:
     if not isinstance(value, str) or not value or len(value) > 200 or "\0" in value:
         raise ValueError(f"{what}: {value!r} is not a repo glob")
     return value
+
+
+class AccessFile:
+    """The access file as the mirror reads it: looked at again whenever it changes (its stat's
+    inode, size and mtime), so a token revoked or added counts at the next request, with no
+    restart. A file that fails to load refuses every token (`UNREADABLE`) until it is fixed,
+    and says so in the log once per change; without a file there are no tokens (`NONE`)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._stamp: tuple | None = None
+        self._rules = NONE if path is None else UNREADABLE
+        #: why the file was last refused ("" while it loads)
+        self.error = ""
+
+    def rules(self) -> Rules:
+        if self.path is None:
+            return NONE
+        try:
+            st = os.stat(self.path)
+            stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        except OSError as e:
+            stamp = ("missing", str(e))
+        if stamp != self._stamp:
+            self._stamp = stamp
+            self._load()
+        return self._rules
+
+    def _load(self) -> None:
+        try:
+            rules = load(self.path)
+        except ConfigError as e:
+            self._rules, self.error = UNREADABLE, str(e)
+            log.error("access file refused, every token with it (public repos are still "
+                      "served): %s", e)
+        else:
+            self._rules, self.error = rules, ""
+            log.info("access file %s: %d users, %d tokens", self.path, len(rules.users),
+                     len(rules.tokens))
+
+
+#: the rules while the access file cannot be read: no token is anyone's
+UNREADABLE = Rules({}, {})

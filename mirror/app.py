@@ -28,7 +28,9 @@ from peer.errors import (
     BadRequest,
     BlobMissing,
     EntryNotFound,
+    GatedNeedsToken,
     GatedRepo,
+    Hidden,
     NotFound,
     RepoNotFound,
     RequestTimeout,
@@ -48,6 +50,7 @@ from peer.settings import MIRROR_FINGERPRINT
 from peer.store import BlobStore
 
 from . import feed, msapi, routes
+from .access import AccessFile, Rules, Token, bearer, decide
 from .aliases import redirected as aliases_redirect
 from .answers import CatalogAnswers
 from .catalog import Catalog
@@ -55,12 +58,23 @@ from .config import Config
 from .distribution import Distribution, magnet, peer_address, torrent_file
 from .egress import Egress
 from .flights import FlightResponse
-from .hfapi import TREE_PAGE, HubService, Located, paths_info_json, resolve_headers, tree_json
+from .hfapi import (
+    TREE_PAGE,
+    HubService,
+    Located,
+    StoredBlob,
+    paths_info_json,
+    resolve_headers,
+    tree_json,
+)
 from .pullthrough import PullThrough, listed_entry
+from .scan import Quarantined
 from .serving import blob_answer, blob_response
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("mirror.access")
+#: one line per access refused, per read of gated content, per quarantined file an admin took
+audit_log = logging.getLogger("mirror.audit")
 
 CONFIG = web.AppKey("config", Config)
 SERVICE = web.AppKey("service", HubService)
@@ -74,6 +88,8 @@ EGRESS = web.AppKey("egress", Egress)
 SESSION = web.AppKey("session", object)
 SEEDER = web.AppKey("seeder", object)
 PULL_THROUGH = web.AppKey("pull_through", PullThrough)
+ACCESS = web.AppKey("access", AccessFile)
+READER = web.RequestKey("reader", tuple)
 
 
 class Metrics:
@@ -121,8 +137,19 @@ class Metrics:
         self.scanned = Gauge("weightswarm_mirror_scanned_blobs",
                              "Blobs of pickle-based formats by the scanner's verdict",
                              ["verdict"], registry=self.registry)
+        self.audit = Counter(
+            "weightswarm_mirror_audit_events",
+            "Access refused (by what was wrong: no token, a token without the right), gated "
+            "content read with a token, quarantined files an admin took",
+            ["event"], registry=self.registry)
+        self._audit = Children(self.audit)
+        for event in ("refused_anonymous", "refused_token", "gated_read", "quarantine_read"):
+            self._audit(event)
         self._requests = Children(self.requests)
         self._bytes_served = Children(self.bytes_served)
+
+    def audited(self, event: str) -> None:
+        self._audit(event).inc()
 
     def pulled(self, event: str, n: int) -> None:
         if n > 0:
@@ -192,6 +219,107 @@ def _base_url(request: web.Request) -> str:
     return request.app[CONFIG].mirror.public_url or f"{request.scheme}://{request.host}"
 
 
+# -- access (mirror/access.py decides; here each path asks it) -------------------------------
+
+
+def _reader(request: web.Request) -> tuple[Rules, Token | None]:
+    """The access file's rules as they are now, and the request's live token (None: none)."""
+    reader = request.get(READER)
+    if reader is None:
+        rules = request.app[ACCESS].rules()
+        presented = bearer(request.headers.get("Authorization"))
+        reader = request[READER] = (
+            rules, rules.token(presented, time.time()) if presented else None)
+    return reader
+
+
+def _who(request: web.Request, token: Token | None) -> str:
+    return f"{request.remote} {token.user}/{token.sha256[:8]}" if token else \
+        f"{request.remote} anonymous"
+
+
+def _permit(request: web.Request, access: str, repo_id: str,
+            repo_type: str = "model") -> Token | None:
+    """Let a request read a repo of this access, or raise the HF answer that refuses it
+    (GatedRepo 401/403, RepoNotFound as for a missing repo); one audit line either way for
+    what is not public."""
+    if access == "public":
+        return None
+    rules, token = _reader(request)
+    decision = decide(access, repo_id, token, rules)
+    who = _who(request, token)
+    if not decision.allowed:
+        request.app[METRICS].audited("refused_token" if token else "refused_anonymous")
+        audit_log.info("refused %s %s %s: %s (%s)", who, request.method,
+                       header_safe(request.raw_path[:300]), decision.reason, decision.status)
+        if decision.error_code == "GatedRepo":
+            raise (GatedRepo if token else GatedNeedsToken)(repo_id, message=decision.reason)
+        raise _hidden(request, Hidden(repo_id, repo_type))
+    if access == "gated":
+        request.app[METRICS].audited("gated_read")
+        audit_log.info("gated read %s %s %s", who, request.method,
+                       header_safe(request.raw_path[:300]))
+    return token
+
+
+async def _guard(request: web.Request, call: routes.HubCall) -> None:
+    """Refuse a HF API call on a repo this request may not read (RepoNotFound when the
+    catalog has no such repo: pull-through and aliases may still answer)."""
+    access = await _answer(request, ("access", call.hub, call.repo_type, call.repo_id),
+                           request.app[SERVICE].access, call)
+    _permit(request, access, call.repo_id, call.repo_type)
+
+
+def _unquarantined(request: web.Request, quarantined: bool, repo_id: str, what: str) -> None:
+    """A quarantined file is served to the admins of its repo only."""
+    if not quarantined:
+        return
+    rules, token = _reader(request)
+    if not rules.is_admin(token, repo_id):
+        raise Quarantined(what)
+    request.app[METRICS].audited("quarantine_read")
+    audit_log.info("quarantined file read by admin %s: %s %s", _who(request, token),
+                   repo_id, what)
+
+
+def _hidden(request: web.Request, error: NotFound) -> NotFound:
+    """A repo or blob missing, or one this request may not know of, answered alike: on a
+    mirror with accounts 401 without a live token and 404 with one (as the Hub answers); 404
+    on one without."""
+    if request.app[ACCESS].path is None:
+        error.status = 404
+    else:
+        error.status = 404 if _reader(request)[1] else 401
+    return error
+
+
+def _not_found(request: web.Request, call: routes.HubCall, error: RepoNotFound) -> Exception:
+    if isinstance(error, Hidden):
+        return error
+    return _hidden(request, Hidden(call.repo_id, call.repo_type, message=str(error)))
+
+
+async def whoami(request: web.Request) -> web.Response:
+    """`/api/whoami-v2` (`HfApi.whoami`, `hf auth login`): the token's user; 401 without a
+    live one."""
+    request[ROUTE] = "whoami"
+    rules, token = _reader(request)
+    if token is None:
+        return web.json_response(
+            {"error": "Invalid credentials in Authorization header"}, status=401,
+            headers={"X-Error-Message": "Invalid credentials in Authorization header"})
+    role = "admin" if token.admin else "read"
+    return web.json_response({
+        "type": "user", "id": token.user, "name": token.user, "fullname": token.user,
+        "email": None, "emailVerified": False, "isPro": False, "orgs": [],
+        "auth": {"type": "access_token", "accessToken": {
+            "displayName": token.name or f"{token.user}-{token.sha256[:8]}", "role": role}},
+        "weightswarm": {"read": sorted({*token.read, *token.admin,
+                                        *rules.users.get(token.user, ())}),
+                        "admin": list(token.admin), "expires": token.expires},
+    })
+
+
 @web.middleware
 async def observe(request: web.Request, handler):
     """Errors to HF-style answers (peer/http.py); one access-log line and metrics per
@@ -238,7 +366,11 @@ async def hub_api(request: web.Request) -> web.StreamResponse:
     if request.method not in methods:
         raise web.HTTPMethodNotAllowed(request.method, list(methods))
     try:
+        if call.repo_id:
+            await _guard(request, call)
         return await answer(request, call)
+    except Hidden:
+        raise  # refused: neither an alias nor the upstream may answer for it
     except (RepoNotFound, RevisionNotFound) as e:
         target = aliases.for_repo(call) if aliases and call.repo_id and \
             isinstance(e, RepoNotFound) else None
@@ -248,6 +380,8 @@ async def hub_api(request: web.Request) -> web.StreamResponse:
             if call.kind in _PULLED and pull_through is not None and pull_through.covers(call):
                 request[ROUTE] = f"pull_through_{call.kind}"
                 return await _PULLED[call.kind](request, call, pull_through)
+            if isinstance(e, RepoNotFound):
+                raise _not_found(request, call, e) from None
             raise
         request[ROUTE] = "alias"
         query = request.rel_url.raw_query_string
@@ -279,6 +413,7 @@ def _query(request: web.Request) -> MultiDict[str]:
 
 async def _resolve(request: web.Request, call: routes.HubCall) -> web.StreamResponse:
     located: Located = await _answer(request, call, request.app[SERVICE].locate, call)
+    _unquarantined(request, located.quarantined, call.repo_id, call.path)
     base = _base_url(request)
     headers = located.headers.get(base)
     if headers is None:
@@ -342,7 +477,9 @@ async def _commits(request: web.Request, call: routes.HubCall) -> web.Response:
 
 async def _listing(request: web.Request, call: routes.HubCall) -> web.Response:
     query = parse_list_query(_query(request))
-    items = await _on_catalog(request, request.app[SERVICE].listing, call, query)
+    rules, token = _reader(request)
+    readable = (lambda repo_id: rules.may_read(token, repo_id)) if token else None
+    items = await _on_catalog(request, request.app[SERVICE].listing, call, query, readable)
     headers = {}
     if len(items) > query.limit:
         items = items[: query.limit]
@@ -373,7 +510,7 @@ async def _pulled_resolve(request: web.Request, call: routes.HubCall,
     if f is None:
         raise EntryNotFound(call.repo_id, revision.commit, call.path)
     if revision.gated:
-        raise GatedRepo(call.repo_id)  # not served until access rules exist (issue 20)
+        _permit(request, "gated", call.repo_id, call.repo_type)
     entry = listed_entry(f)
     pinned = call.revision == revision.commit
     headers = resolve_headers(call, Located(revision.commit, entry, Path(), pinned),
@@ -383,7 +520,9 @@ async def _pulled_resolve(request: web.Request, call: routes.HubCall,
     egress, sent = request.app[EGRESS], request.app[METRICS].egress_counter("resolve")
     kept = await pull_through.kept_back(f)
     if kept is not None:
-        raise kept
+        if pull_through.scan_policy != "quarantine":
+            raise kept
+        _unquarantined(request, True, call.repo_id, call.path)
     if f.lfs and f.sha256 and pull_through.store.has(f.sha256):
         return blob_response(request, pull_through.store.path_for(f.sha256), f.size,
                              entry.etag, headers, egress, sent)
@@ -492,6 +631,8 @@ async def ms_api(request: web.Request) -> web.StreamResponse:
         methods = msapi.METHODS[call.kind]
         if request.method not in methods:
             raise msapi.MethodNotAllowed(request.method, methods)
+        if call.repo_id:
+            await _ms_guard(request, call)
         return await _MS_CALLS[call.kind](request, call, rid)
     except WeightswarmError as e:
         return _ms_error(request, e, rid)
@@ -505,6 +646,19 @@ async def ms_api(request: web.Request) -> web.StreamResponse:
         log.exception("request %s failed: %s %s", rid, request.method,
                       header_safe(request.raw_path))
         return _ms_error(request, WeightswarmError(f"internal error (request {rid})"), rid)
+
+
+async def _ms_guard(request: web.Request, call: msapi.MsCall) -> None:
+    """The HF API's access decision, in ModelScope's statuses: a repo refused is 404 (as a
+    missing one), gated 403."""
+    try:
+        await _guard(request, msapi.hub_call(call, None))
+    except Hidden as e:
+        e.status = 404
+        raise
+    except GatedRepo as e:
+        e.status = 403
+        raise
 
 
 def _ms_error(request: web.Request, error: WeightswarmError, rid: str) -> web.Response:
@@ -613,13 +767,42 @@ async def blob(request: web.Request) -> web.StreamResponse:
     sha256 = request.match_info["sha256"]
     if not is_sha256(sha256):
         raise BadRequest("a blob is named by 64 lower-case hex characters")
-    path, size = await _answer(request, ("blob", sha256), request.app[SERVICE].public_blob, sha256)
+    try:
+        stored: StoredBlob = await _answer(request, ("blob", sha256),
+                                           request.app[SERVICE].blob, sha256)
+    except NotFound as e:
+        raise _hidden(request, e) from None  # as one this request may not know of
+    what = f"blob {sha256}"
+    if not stored.public:
+        _permit_blob(request, stored, what)
+    _unquarantined(request, stored.quarantined, _blob_repo(stored), what)
+    path, size = stored.path, stored.size
     if not path.is_file():
         # The lookup is a cached answer; a web seed's or the index's HEAD must not hear 200
         # for a blob gone from the store since (a stat is cheap).
         raise BlobMissing(sha256)
     return blob_response(request, path, size, sha256, {"Content-Type": "application/octet-stream"},
                          request.app[EGRESS], request.app[METRICS].egress_counter("webseed"))
+
+
+def _permit_blob(request: web.Request, stored: StoredBlob, what: str) -> None:
+    """A blob no public repo holds goes to a reader of one of the repos that hold it; to
+    anyone else it does not exist (gated or private alike: its hash names no repo)."""
+    rules, token = _reader(request)
+    for _hub, repo_type, repo_id, access in stored.holders:
+        if decide(access, repo_id, token, rules).allowed:
+            _permit(request, access, repo_id, repo_type)  # the audit line for gated content
+            return
+    request.app[METRICS].audited("refused_token" if token else "refused_anonymous")
+    audit_log.info("refused %s %s %s: held by no repo it may read", _who(request, token),
+                   request.method, what)
+    raise _hidden(request, NotFound(f"no blob {stored.path.name}"))
+
+
+def _blob_repo(stored: StoredBlob) -> str:
+    """The repo whose admins may take a quarantined blob: any that holds it (`*` for one a
+    public repo holds: an admin of every repo)."""
+    return stored.holders[0][2] if stored.holders else "*"
 
 
 async def public_key(request: web.Request) -> web.Response:
@@ -672,6 +855,14 @@ async def _catalog(app: web.Application) -> AsyncIterator[None]:
                                   config.mirror.scan_policy)
         app[ANSWERS] = answers
         yield
+
+
+async def _access(app: web.Application) -> AsyncIterator[None]:
+    """`[mirror] access_file`, read now (a flaw is logged; public repos are served anyway)
+    and again whenever it changes."""
+    app[ACCESS] = AccessFile(app[CONFIG].access_path)
+    app[ACCESS].rules()
+    yield
 
 
 async def _pull_through(app: web.Application) -> AsyncIterator[None]:
@@ -930,11 +1121,12 @@ def create_app(config: Config) -> web.Application:
     app[METRICS] = Metrics()
     app.cleanup_ctx.extend([
         listening(config.mirror.host, config.mirror.port), background("mirror"), _catalog,
-        _pull_through, _identity, _egress, _session, _seeder, _scheduler, _access_log, _registration,
+        _access, _pull_through, _identity, _egress, _session, _seeder, _scheduler, _access_log, _registration,
     ])
     app.router.add_get("/", index)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/weightswarm/key", public_key)
+    app.router.add_get("/api/whoami-v2", whoami)
     app.router.add_get("/api/weightswarm/snapshots/{hub}/{type}/{repo:.+}", snapshot_info)
     app.router.add_get("/api/weightswarm/manifests/{hub}/{type}/{repo:.+}/{commit}", manifest)
     app.router.add_get("/api/weightswarm/torrents", torrents)

@@ -10,6 +10,7 @@ A Catalog object is used from one thread at a time (the server gives it its own 
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
 import shutil
@@ -214,8 +215,17 @@ def _m11(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m12(db: sqlite_utils.Database) -> None:
+    """Repo access set by glob (`mirror access GLOB LEVEL`; issue 20): for the repos it matched
+    when set, and for those published later. The latest rule that matches a repo wins."""
+    db.execute(
+        "CREATE TABLE access_rules (glob TEXT PRIMARY KEY, access TEXT NOT NULL, "
+        "set_at REAL NOT NULL) WITHOUT ROWID"
+    )
+
+
 #: MIGRATIONS[i] takes the schema from version i to i + 1.
-MIGRATIONS = [_m1, _m2, _m3, _m4, _m5, _m6, _m7, _m8, _m9, _m10, _m11]
+MIGRATIONS = [_m1, _m2, _m3, _m4, _m5, _m6, _m7, _m8, _m9, _m10, _m11, _m12]
 #: sort key of the listing API → column (all sorts are descending unless asked otherwise).
 SORTS = {
     "downloads": "downloads", "likes": "likes", "lastModified": "updated_at",
@@ -297,7 +307,9 @@ class NewSnapshot:
     card_data: dict = field(default_factory=dict)
     safetensors: dict | None = None
     invalid_safetensors: dict = field(default_factory=dict)
-    access: str = "public"
+    #: the repo's access; None: as it is (a new repo: public). An access rule that matches the
+    #: repo (`Catalog.set_access`) wins over both.
+    access: str | None = "public"
     #: path → one of VERIFIED_BY (files left out: not recorded)
     verified_by: dict = field(default_factory=dict)
     #: (kind, name) → when the upstream made that ref
@@ -529,7 +541,7 @@ class Catalog:
     def publish(self, new: NewSnapshot, now: float | None = None) -> Snapshot:
         """Make a snapshot, its files and its refs visible, all at once."""
         now = time.time() if now is None else now
-        if new.access not in ACCESS_LEVELS:
+        if new.access not in (*ACCESS_LEVELS, None):
             raise ValueError(f"access must be one of {ACCESS_LEVELS}")
         if any(kind not in REF_KINDS for kind, _ in new.refs):
             raise ValueError(f"ref kind must be one of {REF_KINDS}")
@@ -551,15 +563,16 @@ class Catalog:
             "SELECT id FROM repos WHERE hub = ? AND type = ? AND repo_id = ?",
             (new.hub, new.type, new.repo_id),
         ).fetchone()
+        access = _ruled_access(c, new.repo_id) or new.access
         if row:
             repo_pk = row[0]
-            c.execute("UPDATE repos SET updated_at = ?, access = ? WHERE id = ?",
-                      (now, new.access, repo_pk))
+            c.execute("UPDATE repos SET updated_at = ?, access = coalesce(?, access) "
+                      "WHERE id = ?", (now, access, repo_pk))
         else:
             repo_pk = c.execute(
                 "INSERT INTO repos (hub, type, repo_id, access, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
-                (new.hub, new.type, new.repo_id, new.access, now, now),
+                (new.hub, new.type, new.repo_id, access or "public", now, now),
             ).lastrowid
         # ModelScope's default branch is master (DEFAULT_BRANCHES)
         if any(kind == "branch" and name in DEFAULT_BRANCHES for kind, name in new.refs) \
@@ -656,6 +669,53 @@ class Catalog:
             c.execute("INSERT INTO feed_tombstones (hub, type, repo_id, seq) VALUES (?, ?, ?, ?) "
                       "ON CONFLICT DO UPDATE SET seq = excluded.seq", (*key, seq))
 
+    # -- access (mirror/access.py decides; the catalog holds each repo's) -------------------
+
+    def set_access(self, glob: str, access: str, now: float | None = None) -> list[Repo]:
+        """Set the access of every repo `glob` matches (fnmatch; an exact id is a glob), and
+        of those published later under it. Returns the repos whose access changed; each is a
+        change the feed sends (made private: a tombstone)."""
+        if access not in ACCESS_LEVELS:
+            raise ValueError(f"access must be one of {ACCESS_LEVELS}")
+        now = time.time() if now is None else now
+        changed = []
+        with self.transaction() as c:
+            c.execute("INSERT INTO access_rules (glob, access, set_at) VALUES (?, ?, ?) "
+                      "ON CONFLICT DO UPDATE SET access = excluded.access, "
+                      "set_at = excluded.set_at", (glob, access, now))
+            rows = c.execute(f"SELECT {_REPO_COLUMNS} FROM repos WHERE access != ?",
+                             (access,)).fetchall()
+            for repo in map(_repo, rows):
+                if not fnmatch.fnmatchcase(repo.repo_id, glob):
+                    continue
+                key = (repo.hub, repo.type, repo.repo_id)
+                before, seq_before = _feed_view(c, key), self._seq(c)
+                c.execute("UPDATE repos SET access = ?, updated_at = ? WHERE id = ?",
+                          (access, now, repo.id))
+                self._note_change(c, key, before, seq_before)
+                changed.append(repo)
+        return changed
+
+    def access_rules(self) -> list[tuple[str, str, float]]:
+        """(glob, access, when set), the latest last."""
+        return [tuple(r) for r in self.conn.execute(
+            "SELECT glob, access, set_at FROM access_rules ORDER BY set_at, glob")]
+
+    def private_repos(self, hub: str, type: str) -> list[tuple[int, str]]:
+        """(row id, repo id) of a hub's private repos of a type: the few a listing may show
+        to a reader with the right (`search(readable=...)`)."""
+        return [tuple(r) for r in self.conn.execute(
+            "SELECT id, repo_id FROM repos WHERE hub = ? AND type = ? AND access = 'private'",
+            (hub, type))]
+
+    def blob_access(self, sha256: str) -> list[tuple[str, str, str, str]]:
+        """(hub, type, repo id, access) of every repo a published snapshot of which holds
+        these bytes."""
+        return [tuple(r) for r in self.conn.execute(
+            "SELECT DISTINCT r.hub, r.type, r.repo_id, r.access FROM files f "
+            "JOIN snapshots s ON s.id = f.snapshot JOIN repos r ON r.id = s.repo "
+            "WHERE f.sha256 = ? LIMIT 1000", (sha256,))]
+
     # -- the catalog feed (mirror/feed.py) ------------------------------------------------------
 
     @contextmanager
@@ -702,12 +762,20 @@ class Catalog:
         ascending: bool = False,
         offset: int = 0,
         limit: int = 1000,
+        readable: tuple[int, ...] = (),
     ) -> list[Repo]:
         """Repos of one hub and type, as HF's listing finds them: `search` terms are
         case-insensitive substrings of the id (FTS5 trigram; LIKE under three characters),
-        `author` the namespace, every one of `tags` present. Private repos are never listed."""
-        where = ["r.hub = ?", "r.type = ?", "r.access != 'private'"]
+        `author` the namespace, every one of `tags` present. Private repos are listed only
+        when `readable` names them (row ids, from `private_repos`)."""
+        where = ["r.hub = ?", "r.type = ?"]
         args: list = [hub, type]
+        if readable:
+            where.append(f"(r.access != 'private' OR r.id IN "
+                         f"({', '.join('?' * len(readable))}))")
+            args.extend(readable)
+        else:
+            where.append("r.access != 'private'")
         for term in search:
             if len(term) >= 3:
                 # Always one quoted phrase: FTS5 syntax in user input is just text.
@@ -1102,6 +1170,15 @@ def _ref_key(revision: str, c: sqlite3.Connection, repo_pk: int) -> tuple[str, s
                      (repo_pk, kind, revision)).fetchone():
             return kind, revision
     return "branch", revision
+
+
+def _ruled_access(c: sqlite3.Connection, repo_id: str) -> str | None:
+    """The access the latest rule matching `repo_id` sets, if one does."""
+    for glob, access in c.execute(
+            "SELECT glob, access FROM access_rules ORDER BY set_at DESC, glob DESC"):
+        if fnmatch.fnmatchcase(repo_id, glob):
+            return access
+    return None
 
 
 def _feed_view(c: sqlite3.Connection, key: tuple[str, str, str]) -> tuple | None:

@@ -25,6 +25,7 @@ from peer.errors import WeightswarmError, out_of_space
 from peer.store import BlobStore
 from tracker.cli import tracker as tracker_group
 
+from .accounts import COMMANDS as ACCESS_COMMANDS
 from .bundle.commands import COMMANDS as BUNDLE_COMMANDS
 from .config import SECTIONS, Config, example_config, load_config
 
@@ -193,7 +194,7 @@ def mirror_import(state: State, path: Path, repo_id, hub, repo_type, revision, t
                    f"{r.new_blobs} new blobs, {r.bytes_copied} bytes copied")
 
 
-for _command in BUNDLE_COMMANDS:
+for _command in (*BUNDLE_COMMANDS, *ACCESS_COMMANDS):
     mirror.add_command(_command)
 
 

@@ -191,6 +191,8 @@ class MirrorConfig:
     pull_through: PullThroughConfig = PullThroughConfig()
     #: what a file the pickle scanner flags does to its snapshot (mirror/scan.py)
     scan_policy: str = "flag"
+    #: users, groups, tokens and repo access (mirror/access.py); None: no tokens
+    access_file: str | None = None
 
 
 def _keys(value: Any) -> list[str]:
@@ -224,7 +226,7 @@ def _mirror_config(values: Mapping[str, Any]) -> MirrorConfig:
             deny=values["pull_through_deny"], complete=values["pull_through_complete"],
             max_repo_size=values["pull_through_max_repo_size"],
             failure_ttl=values["pull_through_failure_ttl"]),
-        scan_policy=values["scan_policy"],
+        scan_policy=values["scan_policy"], access_file=values["access_file"],
     )
 
 
@@ -306,6 +308,10 @@ MIRROR = Section("mirror", (
             "(it imports what can run code when loaded): \"flag\" serves it and says so in "
             "repo info and mirror ls; \"quarantine\" keeps it but serves it to no one; "
             "\"refuse\" publishes none of its snapshot", check=scan_policy),
+    Setting("access_file", str, None, "users, groups, tokens (stored hashed) and repo access "
+            "by glob, TOML or YAML, relative to the home; read again whenever it changes "
+            "(`mirror token add` writes it)", unset="no tokens: gated and private repos are "
+            "served to no one"),
     SYNCS,
     Subsections("upstreams", {hub: _upstream(hub) for hub in hubs.HUBS}),
 ), build=_mirror_config)
@@ -352,6 +358,12 @@ class Config:
     @property
     def key_path(self) -> Path:
         return self.home / "mirror.key"
+
+    @property
+    def access_path(self) -> Path | None:
+        """`[mirror] access_file`, relative to the home."""
+        value = self.mirror.access_file
+        return None if not value else self.home / Path(value).expanduser()
 
     @property
     def repair_dir(self) -> Path:

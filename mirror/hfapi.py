@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import mimetypes
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -15,9 +16,7 @@ from urllib.parse import quote
 from peer.errors import (
     BlobMissing,
     EntryNotFound,
-    GatedRepo,
     NotFound,
-    RepoNotFound,
 )
 from peer.hfformat import (
     TYPE_URL_PREFIX,
@@ -34,7 +33,6 @@ from peer.store import BlobStore
 
 from .catalog import Catalog, Ref, Repo, Snapshot
 from .routes import HubCall
-from .scan import Quarantined
 
 TREE_PAGE = 1000
 
@@ -47,6 +45,8 @@ class Located:
     entry: FileEntry
     blob: Path
     pinned: bool  # the request named the commit itself
+    #: `scan_policy = "quarantine"` and the scanner flagged it: for admins only
+    quarantined: bool = False
     #: the answer's headers by base URL, made once (it is cached with this object)
     headers: dict = field(default_factory=dict, compare=False, hash=False)
 
@@ -242,11 +242,12 @@ class HubService:
         return self.scan_policy == "quarantine" and self.catalog.suspicious(sha256)
 
     def repo(self, call: HubCall) -> Repo:
-        repo = self.catalog.repo(call.hub, call.repo_type, call.repo_id)
-        if repo.access == "private":
-            # Until per-user access rules exist, a private repo does not exist for anyone.
-            raise RepoNotFound(call.repo_id, call.repo_type)
-        return repo
+        """The call's repo, whatever its access: the handlers ask `access` first, and the
+        request's token decides (mirror/access.py)."""
+        return self.catalog.repo(call.hub, call.repo_type, call.repo_id)
+
+    def access(self, call: HubCall) -> str:
+        return self.repo(call).access
 
     def snapshot(self, call: HubCall) -> tuple[Repo, Snapshot]:
         repo = self.repo(call)
@@ -293,24 +294,26 @@ class HubService:
 
     def locate(self, call: HubCall) -> Located:
         repo, snapshot = self.snapshot(call)
-        if repo.access == "gated":
-            raise GatedRepo(call.repo_id)
         entry = self.catalog.file(snapshot, call.path)
         if entry is None:
             raise EntryNotFound(call.repo_id, snapshot.commit, call.path)
-        if self.quarantined(entry.sha256):
-            raise Quarantined(call.path)
         blob = self.store.path_for(entry.sha256)
         if not blob.is_file():
             raise BlobMissing(entry.sha256)
         pinned = is_commit(call.revision or "") and call.revision == snapshot.commit
-        return Located(snapshot.commit, entry, blob, pinned)
+        return Located(snapshot.commit, entry, blob, pinned, self.quarantined(entry.sha256))
 
-    def listing(self, call: HubCall, query: ListQuery) -> list[dict]:
+    def listing(self, call: HubCall, query: ListQuery,
+                readable: Callable[[str], bool] | None = None) -> list[dict]:
+        """A page of the listing; private repos only those `readable(repo_id)` allows."""
+        shown = ()
+        if readable is not None:
+            shown = tuple(pk for pk, repo_id in self.catalog.private_repos(
+                call.hub, call.repo_type) if readable(repo_id))
         repos = self.catalog.search(
             call.hub, call.repo_type, search=query.search, author=query.author,
             tags=query.tags, sort=query.sort, ascending=query.ascending,
-            offset=query.offset, limit=query.limit + 1,
+            offset=query.offset, limit=query.limit + 1, readable=shown,
         )
         items = []
         for repo in repos:
@@ -324,14 +327,29 @@ class HubService:
             items.append(list_item_json(repo, main=main, files=files, card=query.card))
         return items
 
-    def public_blob(self, sha256: str) -> tuple[Path, int]:
-        """A blob's file and size, only if a published public snapshot references it."""
-        if not self.catalog.blob_is_public(sha256):
+    def blob(self, sha256: str) -> StoredBlob:
+        """A blob a published snapshot references: its file, its size, and whom it may be
+        served to (the request's token decides, mirror/app.py)."""
+        public = self.catalog.blob_is_public(sha256)
+        holders = () if public else tuple(
+            (hub, repo_type, repo_id, access)
+            for hub, repo_type, repo_id, access in self.catalog.blob_access(sha256))
+        if not public and not holders:
             raise NotFound(f"no blob {sha256}")
-        if self.quarantined(sha256):
-            raise Quarantined(sha256)
         path = self.store.path_for(sha256)
         try:
-            return path, path.stat().st_size
+            size = path.stat().st_size
         except FileNotFoundError:
             raise BlobMissing(sha256) from None
+        return StoredBlob(path, size, public, holders, self.quarantined(sha256))
+
+
+@dataclass(frozen=True)
+class StoredBlob:
+    path: Path
+    size: int
+    #: a public repo holds it: served to anyone
+    public: bool
+    #: else (hub, type, repo id, access) of the repos that hold it: a reader of one may have it
+    holders: tuple[tuple[str, str, str, str], ...]
+    quarantined: bool

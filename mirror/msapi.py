@@ -461,7 +461,7 @@ def download_headers(located: Located) -> dict[str, str]:
 # -- the lookups, on the catalog's thread ----------------------------------------------------
 
 
-def _hub_call(call: MsCall, revision: str | None, path: str = "") -> HubCall:
+def hub_call(call: MsCall, revision: str | None, path: str = "") -> HubCall:
     return HubCall(hubs.MODELSCOPE, PREFIX, "resolve" if path else "tree", call.repo_type,
                    call.repo_id, revision or DEFAULT_REVISION, path)
 
@@ -475,7 +475,7 @@ def _default_snapshot(service: HubService, repo: Repo) -> Snapshot | None:
 
 
 def files_entries(service: HubService, call: MsCall, listing: Listing) -> list[dict]:
-    _, snapshot = service.snapshot(_hub_call(call, listing.revision))
+    _, snapshot = service.snapshot(hub_call(call, listing.revision))
     try:
         return listing_json(service.catalog.files(snapshot), snapshot, listing)
     except LookupError:
@@ -487,7 +487,7 @@ def files_data(service: HubService, call: MsCall, listing: Listing) -> bytes:
 
 
 def revisions_data(service: HubService, call: MsCall, end_time: int | None) -> bytes:
-    repo = service.repo(_hub_call(call, None))
+    repo = service.repo(hub_call(call, None))
     created: dict[str, float] = {}
     dated = []
     for ref in service.catalog.refs(repo):
@@ -504,15 +504,15 @@ def revisions_data(service: HubService, call: MsCall, end_time: int | None) -> b
 
 def legacy_info_data(service: HubService, call: MsCall, revision: str | None) -> bytes:
     if revision is None:
-        repo = service.repo(_hub_call(call, None))
+        repo = service.repo(hub_call(call, None))
         snapshot = _default_snapshot(service, repo)
     else:
-        repo, snapshot = service.snapshot(_hub_call(call, revision))
+        repo, snapshot = service.snapshot(hub_call(call, revision))
     return dumps(legacy_repo_json(repo, snapshot))
 
 
 def openapi_info_data(service: HubService, call: MsCall) -> bytes:
-    repo = service.repo(_hub_call(call, None))
+    repo = service.repo(hub_call(call, None))
     snapshot = _default_snapshot(service, repo)
     files = service.catalog.files(snapshot) if snapshot else []
     return dumps(openapi_repo_json(repo, snapshot, files))
@@ -543,4 +543,4 @@ def legacy_search_data(service: HubService, repo_type: str, search: Search) -> b
 def locate(service: HubService, call: MsCall, revision: str, path: str) -> Located:
     """The file a download names (RepoNotFound, RevisionNotFound, EntryNotFound, GatedRepo,
     BlobMissing otherwise), as the HF resolve finds it."""
-    return service.locate(_hub_call(call, revision, path))
+    return service.locate(hub_call(call, revision, path))

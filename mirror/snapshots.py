@@ -63,7 +63,7 @@ def scan_files(catalog: Catalog, store: BlobStore, repo_id: str,
 
 
 def publish(catalog: Catalog, store: BlobStore, *, hub: str, repo_type: str, repo_id: str,
-            commit: str, files: list[FileEntry], refs: list[tuple[str, str]], access: str,
+            commit: str, files: list[FileEntry], refs: list[tuple[str, str]], access: str | None,
             title: str, parent: str | None = None, created_at: float | None = None,
             verified_by: dict | None = None, ref_times: dict | None = None,
             scan_policy: str = "flag") -> Snapshot:

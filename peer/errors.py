@@ -99,6 +99,19 @@ class GatedRepo(WeightswarmError):
         self.repo_id = repo_id
 
 
+class GatedNeedsToken(GatedRepo):
+    """A gated repo asked for with no token (or none that is live): HF's 401."""
+
+    status = 401
+
+
+class Hidden(RepoNotFound):
+    """A repo this request may not know of: private, or missing, answered alike so that the
+    answer does not tell which. 401 without a token, as the Hub answers; 404 with one."""
+
+    status = 401
+
+
 class Refused(WeightswarmError):
     """An operation that is not allowed: by the configuration (archive mode refuses
     removals), or by another server (401 or 403 without a code)."""

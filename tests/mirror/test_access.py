@@ -10,7 +10,9 @@ import pytest
 
 from mirror.access import (
     NONE,
+    AccessFile,
     Rules,
+    bearer,
     decide,
     load,
     new_token,
@@ -27,7 +29,6 @@ def rules_with(token: str, **entry) -> Rules:
         "groups": {"research": {"read": ["org/*"]}},
         "users": {"alice": {"groups": ["research"]}, "bob": {}},
         "tokens": [{"user": "alice", "sha256": token_sha256(token), **entry}],
-        "repos": {"org/secret-*": "private", "meta/*": "gated", "meta/open": "public"},
     })
 
 
@@ -51,17 +52,45 @@ def test_the_decision_follows_the_hf_contract():
     gated_wrong = decide("gated", "meta/llama", alice, rules)
     assert (gated_wrong.status, gated_wrong.error_code) == (403, "GatedRepo")
     private = decide("private", "team/x", alice, rules)
-    assert (private.status, private.error_code) == (401, "RepoNotFound"), "never revealed"
+    assert (private.status, private.error_code) == (404, "RepoNotFound"), "as if missing"
+    anonymous = decide("private", "team/x", None, rules)
+    assert (anonymous.status, anonymous.error_code) == (401, "RepoNotFound")
     assert decide("private", "org/secret-1", alice, rules).allowed
 
 
-def test_repo_globs_set_access_the_last_match_winning():
-    rules = rules_with(new_token())
-    assert rules.access_of("org/secret-1", "public") == "private"
-    assert rules.access_of("meta/llama", "public") == "gated"
-    assert rules.access_of("meta/open", "gated") == "public"
-    assert rules.access_of("else/where", "gated") == "gated", "the catalog's, unmatched"
-    assert NONE.access_of("a/b", "private") == "private"
+def test_the_bearer_header_as_huggingface_hub_sends_it():
+    token = new_token()
+    assert bearer(f"Bearer {token}") == token
+    assert bearer(f"bearer  {token} ") == token
+    for header in (None, "", token, f"Basic {token}", "Bearer " + "x" * 300):
+        assert bearer(header) is None, header
+
+
+def test_the_file_is_read_again_when_it_changes_and_a_broken_one_refuses_every_token(
+        tmp_path, caplog):
+    path = tmp_path / "access.toml"
+    first, second = new_token(), new_token()
+
+    def write(*tokens, extra=""):
+        entries = "".join(f'[[tokens]]\nuser = "alice"\nsha256 = "{token_sha256(t)}"\n'
+                          f'read = ["org/*"]\n' for t in tokens)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text('[users.alice]\n' + entries + extra)
+        tmp.replace(path)  # as `mirror token` writes it: whole, by rename
+
+    assert AccessFile(None).rules() is NONE
+    held = AccessFile(path)
+    assert held.rules().token(first, NOW) is None, "no file yet: nobody"
+    write(first)
+    assert held.rules().token(first, NOW).user == "alice"
+    write(second)
+    assert held.rules().token(first, NOW) is None, "revoked at once"
+    assert held.rules().token(second, NOW) is not None
+    write(second, extra="[nonsense\n")
+    assert held.rules().token(second, NOW) is None, "a broken file refuses every token"
+    assert "not valid TOML" in held.error
+    assert any("access file refused" in r.message for r in caplog.records
+               if r.name == "mirror.audit")
 
 
 def test_expired_malformed_and_unknown_tokens_are_nobody():
@@ -81,7 +110,9 @@ def test_expired_malformed_and_unknown_tokens_are_nobody():
     ({"users": {"a": {}}, "tokens": [{"user": "a", "sha256": "a" * 64, "expires": "soon"}]},
      "expires"),
     ({"users": {"a": {"groups": ["nope"]}}}, "no group"),
-    ({"repos": {"a/*": "secret"}}, "access is one of"),
+    ({"repos": {"a/*": "private"}}, "unknown key 'repos'"),
+    ({"users": {"a": {}}, "tokens": [{"user": "a", "sha256": "a" * 64, "name": "x\n"}]},
+     "name"),
     ({"users": {"a": {}}, "tokens": [{"user": "a", "sha256": "a" * 64, "rights": []}]},
      "unknown key 'rights'"),
     ({"users": {"a": {}}, "tokens": [{"user": "a", "sha256": "a" * 64}] * 2}, "twice"),

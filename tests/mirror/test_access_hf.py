@@ -1,0 +1,261 @@
+"""Access over the HF API (issue 20, items 1, 2 and 6), with the stock huggingface_hub against
+a real mirror: without a token a gated repo is GatedRepoError and a private one
+RepositoryNotFoundError (answered as a missing repo is); a read token downloads both,
+byte-identical; a token revoked from the command line fails at its next request; listings hide
+private repos from those who may not read them; `whoami` names the token's user; the web seed
+route keeps a private blob from anyone without the right; a broken access file refuses every
+token while public repos are still served; each refusal is one audit line and a count."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+from helpers import import_repo, make_config, make_tiny_model, start_mirror
+from mirror.accounts import add_token
+from mirror.catalog import Catalog
+
+OPEN, GATED, SECRET, OTHER_SECRET = "org/open", "org/gated", "team/secret", "else/hidden"
+
+
+def _cli(home: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mirror.cli", "--home", str(home), "mirror",
+                           *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """A mirror with a public, a gated and two private repos, and an access file: alice may
+    read org/* and team/*, bob only x/*."""
+    root = tmp_path_factory.mktemp("access")
+    home = root / "home"
+    # Each repo its own bytes (bytes a public repo also holds are public ones).
+    folders = {}
+    for seed, (repo, access) in enumerate(((OPEN, "public"), (GATED, "gated"),
+                                           (SECRET, "private"), (OTHER_SECRET, "private"))):
+        folders[repo] = make_tiny_model(root / f"tiny{seed}", seed=seed, big_size=1 << 20)
+        import_repo(home, folders[repo], repo, access=access)
+    (home / "weightswarm.toml").write_text('[mirror]\naccess_file = "access.toml"\n')
+    access = home / "access.toml"
+    tokens = {
+        "alice": add_token(access, "alice", read=["org/*", "team/*"], admin=[], expires=None,
+                           name="laptop"),
+        "bob": add_token(access, "bob", read=["x/*"], admin=[], expires=None),
+    }
+    config = make_config(home, access_file="access.toml")
+    mirror = start_mirror(config)
+    yield mirror, home, folders, tokens
+    mirror.stop()
+
+
+def _download(url: str, repo: str, cache: Path, token) -> Path:
+    return Path(snapshot_download(repo, endpoint=url, cache_dir=cache, token=token))
+
+
+def test_without_a_token_gated_and_private_are_the_clients_errors(site, tmp_path):
+    mirror, _, folders, _ = site
+    got = _download(mirror.url, OPEN, tmp_path / "c", token=False)
+    assert (got / "model.safetensors").read_bytes() == \
+        (folders[OPEN] / "model.safetensors").read_bytes()
+    with pytest.raises(GatedRepoError):
+        hf_hub_download(GATED, "config.json", endpoint=mirror.url, cache_dir=tmp_path / "c",
+                        token=False)
+    with pytest.raises(RepositoryNotFoundError) as private:
+        hf_hub_download(SECRET, "config.json", endpoint=mirror.url, cache_dir=tmp_path / "c",
+                        token=False)
+    assert not isinstance(private.value, GatedRepoError)
+    # Private and missing answer alike: nothing tells that team/secret exists.
+    for repo in (SECRET, "team/never-was"):
+        answer = httpx.get(f"{mirror.url}/api/models/{repo}")
+        assert (answer.status_code, answer.headers["X-Error-Code"]) == (401, "RepoNotFound")
+        assert SECRET not in answer.text or repo == SECRET
+
+
+def test_a_read_token_downloads_gated_and_private_byte_identical(site, tmp_path):
+    mirror, _, folders, tokens = site
+    for repo in (GATED, SECRET):
+        got = _download(mirror.url, repo, tmp_path / repo, token=tokens["alice"])
+        for name in ("config.json", "model.safetensors"):
+            assert (got / name).read_bytes() == (folders[repo] / name).read_bytes(), (repo, name)
+    info = HfApi(endpoint=mirror.url, token=tokens["alice"]).model_info(SECRET)
+    assert info.private is True and info.id == SECRET
+
+
+def test_a_token_without_the_right_is_refused_as_the_hub_refuses(site, tmp_path):
+    mirror, _, _, tokens = site
+    with pytest.raises(GatedRepoError) as gated:
+        hf_hub_download(GATED, "config.json", endpoint=mirror.url, cache_dir=tmp_path / "c",
+                        token=tokens["bob"])
+    assert gated.value.response.status_code == 403
+    with pytest.raises(RepositoryNotFoundError) as private:
+        hf_hub_download(SECRET, "config.json", endpoint=mirror.url, cache_dir=tmp_path / "c",
+                        token=tokens["bob"])
+    assert private.value.response.status_code == 404, "with a token: as a missing repo"
+    # alice may read team/*, not else/*
+    with pytest.raises(RepositoryNotFoundError):
+        HfApi(endpoint=mirror.url, token=tokens["alice"]).model_info(OTHER_SECRET)
+
+
+def test_listings_show_a_private_repo_only_to_its_readers(site):
+    mirror, _, _, tokens = site
+
+    def listed(token) -> set[str]:
+        return {m.id for m in HfApi(endpoint=mirror.url, token=token).list_models()}
+
+    assert listed(False) == {OPEN, GATED}
+    assert listed(tokens["bob"]) == {OPEN, GATED}
+    assert listed(tokens["alice"]) == {OPEN, GATED, SECRET}
+    found = HfApi(endpoint=mirror.url, token=tokens["alice"]).list_models(search="secret")
+    assert [m.id for m in found] == [SECRET]
+    assert list(HfApi(endpoint=mirror.url, token=False).list_models(search="secret")) == []
+
+
+def test_whoami_names_the_tokens_user(site):
+    mirror, _, _, tokens = site
+    me = HfApi(endpoint=mirror.url).whoami(token=tokens["alice"])
+    assert me["name"] == "alice"
+    assert me["auth"]["accessToken"] == {"displayName": "laptop", "role": "read"}
+    with pytest.raises(HfHubHTTPError) as refused:
+        HfApi(endpoint=mirror.url).whoami(token="ws_" + "A" * 43)
+    assert refused.value.response.status_code == 401
+
+
+def test_the_web_seed_route_gives_a_non_public_blob_only_to_a_reader(site):
+    mirror, _, folders, tokens = site
+    for repo in (SECRET, GATED):
+        info = HfApi(endpoint=mirror.url, token=tokens["alice"]).model_info(
+            repo, files_metadata=True)
+        sha256 = next(s.lfs.sha256 for s in info.siblings if s.rfilename == "model.safetensors")
+        url = f"{mirror.url}/blobs/sha256/{sha256}"
+        assert httpx.get(url).status_code == 401, "no token: as if there were no such blob"
+        assert httpx.head(url).status_code == 401
+        wrong = httpx.get(url, headers={"Authorization": f"Bearer {tokens['bob']}"})
+        assert wrong.status_code == 404 and wrong.content.find(b"PK") == -1
+        right = httpx.get(url, headers={"Authorization": f"Bearer {tokens['alice']}"})
+        assert right.status_code == 200
+        assert right.content == (folders[repo] / "model.safetensors").read_bytes()
+    missing = f"{mirror.url}/blobs/sha256/{'0' * 64}"
+    assert httpx.get(missing).status_code == 401, "a blob that is not: answered alike"
+    assert httpx.get(missing, headers={"Authorization": f"Bearer {tokens['bob']}"}
+                     ).status_code == 404
+
+
+def test_a_revoked_token_fails_at_its_next_request(site, tmp_path):
+    mirror, home, _, _ = site
+    token = add_token(home / "access.toml", "carol", read=["org/*"], admin=[], expires=None)
+    got = hf_hub_download(GATED, "config.json", endpoint=mirror.url, cache_dir=tmp_path / "a",
+                          token=token)
+    assert Path(got).is_file()
+    revoked = _cli(home, "token", "revoke", "carol")
+    assert revoked.returncode == 0 and "revoked carol" in revoked.stdout, revoked.stderr
+    with pytest.raises(GatedRepoError):
+        hf_hub_download(GATED, "config.json", endpoint=mirror.url, cache_dir=tmp_path / "b",
+                        token=token)
+
+
+def test_refusals_are_audited_one_line_and_a_count_each(site, caplog):
+    mirror, _, _, tokens = site
+    with caplog.at_level(logging.INFO, logger="mirror.audit"):
+        httpx.get(f"{mirror.url}/{GATED}/resolve/main/config.json")
+        httpx.get(f"{mirror.url}/{GATED}/resolve/main/config.json",
+                  headers={"Authorization": f"Bearer {tokens['alice']}"})
+    lines = [r.getMessage() for r in caplog.records if r.name == "mirror.audit"]
+    assert any(line.startswith("refused 127.0.0.1 anonymous GET") and GATED in line
+               for line in lines), lines
+    assert any(line.startswith("gated read 127.0.0.1 alice/") for line in lines), lines
+    assert tokens["alice"] not in "".join(lines), "a token is never logged"
+    metrics = httpx.get(f"{mirror.url}/metrics").text
+    for event in ("refused_anonymous", "gated_read"):
+        line = next(x for x in metrics.splitlines()
+                    if x.startswith(f'weightswarm_mirror_audit_events_total{{event="{event}"'))
+        assert float(line.split()[-1]) >= 1, line
+
+
+@pytest.mark.parametrize("flaw", [
+    "[users\nalice = 1",                                         # not TOML
+    '[users.alice]\n[[tokens]]\nuser = "alice"\nsha256 = "ws_not_a_hash"\n',  # a token, not a hash
+    '[users.alice]\n[[tokens]]\nuser = "alice"\nsha256 = "' + "a" * 64 + '"\nexpires = "soon"\n',
+    "# " + "x" * (2 << 20),                                     # huge
+])
+def test_a_hostile_access_file_refuses_every_token_and_public_repos_stay_served(
+        home, serve, tmp_path, flaw, caplog):
+    tiny = make_tiny_model(tmp_path / "tiny", big_size=1 << 16)
+    import_repo(home, tiny, OPEN)
+    import_repo(home, make_tiny_model(tmp_path / "g", seed=1, big_size=1 << 16), GATED,
+                access="gated")
+    access = home / "access.toml"
+    good = access.with_name("good.toml")
+    token = add_token(good, "alice", read=["org/*"], admin=[], expires=None)
+    access.write_text(flaw)
+    mirror = serve(make_config(home, access_file="access.toml"))
+    assert any("access file refused" in r.getMessage() for r in caplog.records
+               if r.name == "mirror.audit")
+    got = hf_hub_download(OPEN, "config.json", endpoint=mirror.url, cache_dir=tmp_path / "c",
+                          token=token)
+    assert Path(got).read_bytes() == (tiny / "config.json").read_bytes()
+    with pytest.raises(GatedRepoError):
+        hf_hub_download(GATED, "config.json", endpoint=mirror.url, cache_dir=tmp_path / "c",
+                        token=token)
+    good.replace(access)  # mended: read again at the next request, no restart
+    got = hf_hub_download(GATED, "config.json", endpoint=mirror.url, cache_dir=tmp_path / "d",
+                          token=token)
+    assert Path(got).is_file()
+
+
+def test_mirror_access_sets_a_glob_now_and_for_repos_published_later(home, serve, tmp_path):
+    tiny = make_tiny_model(tmp_path / "tiny", big_size=1 << 16)
+    import_repo(home, tiny, "lab/one")
+    done = _cli(home, "access", "lab/*", "private")
+    assert done.returncode == 0, done.stderr
+    assert "lab/one: public -> private" in done.stdout
+    import_repo(home, make_tiny_model(tmp_path / "two", seed=1, big_size=1 << 16), "lab/two")
+    import_repo(home, tiny, "elsewhere/three")
+    catalog = Catalog(make_config(home).catalog_path)
+    try:
+        access = {r.repo_id: r.access for r in catalog.repos()}
+    finally:
+        catalog.close()
+    assert access == {"lab/one": "private", "lab/two": "private", "elsewhere/three": "public"}
+    mirror = serve(make_config(home))
+    assert {m.id for m in HfApi(endpoint=mirror.url, token=False).list_models()} == \
+        {"elsewhere/three"}
+    assert httpx.get(f"{mirror.url}/api/models/lab/two").status_code == 404, \
+        "no access file: no tokens, and a missing repo's answer"
+    # The latest rule wins: one repo of the glob made gated again.
+    assert _cli(home, "access", "lab/two", "gated").returncode == 0
+    shown = _cli(home, "access")
+    assert shown.stdout.splitlines()[0].split()[:2] == ["lab/*", "private"], shown.stdout
+    with pytest.raises(GatedRepoError):
+        hf_hub_download("lab/two", "config.json", endpoint=mirror.url, cache_dir=tmp_path / "c",
+                        token=False)
+
+
+def test_a_quarantined_file_goes_to_its_repos_admins_only(home, serve, tmp_path):
+    import scancorpus
+
+    corpus = scancorpus.build(tmp_path / "corpus")
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "bert"}')
+    sample = corpus["torch-zip-os-system"].path
+    (folder / "pytorch_model.bin").write_bytes(sample.read_bytes())
+    import_repo(home, folder, "org/pickled")
+    access = home / "access.toml"
+    admin = add_token(access, "ops", read=[], admin=["org/*"], expires=None)
+    reader = add_token(access, "alice", read=["org/*"], admin=[], expires=None)
+    mirror = serve(make_config(home, access_file="access.toml", scan_policy="quarantine"))
+    url = f"{mirror.url}/org/pickled/resolve/main/pytorch_model.bin"
+    assert httpx.get(url, follow_redirects=True).status_code == 403
+    refused = httpx.get(url, follow_redirects=True,
+                        headers={"Authorization": f"Bearer {reader}"})
+    assert refused.status_code == 403, "reading is not administering"
+    got = hf_hub_download("org/pickled", "pytorch_model.bin", endpoint=mirror.url,
+                          cache_dir=tmp_path / "c", token=admin)
+    assert Path(got).read_bytes() == sample.read_bytes()
