@@ -262,12 +262,14 @@ def _permit(request: web.Request, access: str, repo_id: str,
     return token
 
 
-async def _guard(request: web.Request, call: routes.HubCall) -> None:
+async def _guard(request: web.Request, call: routes.HubCall, *, download: bool) -> None:
     """Refuse a HF API call on a repo this request may not read (RepoNotFound when the
-    catalog has no such repo: pull-through and aliases may still answer)."""
+    catalog has no such repo: pull-through and aliases may still answer). A gated repo's
+    metadata is anyone's, as on the Hub; its files need the right."""
     access = await _answer(request, ("access", call.hub, call.repo_type, call.repo_id),
                            request.app[SERVICE].access, call)
-    _permit(request, access, call.repo_id, call.repo_type)
+    if access == "private" or (access == "gated" and download):
+        _permit(request, access, call.repo_id, call.repo_type)
 
 
 def _unquarantined(request: web.Request, quarantined: bool, repo_id: str, what: str) -> None:
@@ -367,7 +369,7 @@ async def hub_api(request: web.Request) -> web.StreamResponse:
         raise web.HTTPMethodNotAllowed(request.method, list(methods))
     try:
         if call.repo_id:
-            await _guard(request, call)
+            await _guard(request, call, download=call.kind == "resolve")
         return await answer(request, call)
     except Hidden:
         raise  # refused: neither an alias nor the upstream may answer for it
@@ -652,7 +654,7 @@ async def _ms_guard(request: web.Request, call: msapi.MsCall) -> None:
     """The HF API's access decision, in ModelScope's statuses: a repo refused is 404 (as a
     missing one), gated 403."""
     try:
-        await _guard(request, msapi.hub_call(call, None))
+        await _guard(request, msapi.hub_call(call, None), download=call.kind == "download")
     except Hidden as e:
         e.status = 404
         raise

@@ -403,7 +403,8 @@ class Syncer:
         when = self.upstream.created_at(spec.repo_type, spec.repo_id, key)
         publish(self.catalog, self.store, hub=spec.hub, repo_type=spec.repo_type,
                 repo_id=spec.repo_id, commit=commit, files=entries, refs=refs,
-                access=None, title=f"Synced from {self.upstream.name}", parent=parent,
+                access=self.upstream.access(spec.repo_type, spec.repo_id),
+                title=f"Synced from {self.upstream.name}", parent=parent,
                 created_at=when, verified_by=verified_by,
                 ref_times=dict.fromkeys(refs, when) if when else None,
                 scan_policy=self.scan_policy)

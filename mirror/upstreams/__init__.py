@@ -67,6 +67,8 @@ class Upstream(Protocol):
 
     async def ref_kind(self, repo_type: str, repo_id: str, revision: str) -> str: ...
 
+    def access(self, repo_type: str, repo_id: str) -> str | None: ...
+
     async def refs_for(self, repo_type: str, repo_id: str, revision: str,
                        key: str) -> list[tuple[str, str]]: ...
 
@@ -98,6 +100,12 @@ class UpstreamBase:
 
     def created_at(self, repo_type: str, repo_id: str, key: str) -> float | None:
         """When the upstream made this revision (the snapshot's date), if it says."""
+        return None
+
+    def access(self, repo_type: str, repo_id: str) -> str | None:
+        """"gated" when the upstream said the repo is (it was read with our token: the
+        organisation's accepted licence), so that the mirror keeps it gated; None: as the
+        mirror holds it."""
         return None
 
     async def close(self) -> None:

@@ -31,6 +31,8 @@ class HuggingFace(HttpUpstream):
     def __init__(self, endpoint: str, *, name: str = "huggingface",
                  setting: str = "mirror.upstreams.huggingface.endpoint", **manners):
         super().__init__(endpoint, name=name, setting=setting, **manners)
+        #: (type, id) of the repos whose info said they are gated
+        self._gated: set[tuple[str, str]] = set()
 
     async def _json(self, url: str):
         body, headers = await self.json("GET", url)  # a renamed repo answers with a redirect
@@ -47,13 +49,19 @@ class HuggingFace(HttpUpstream):
         token is `GatedRepo`."""
         url = f"{self._api(repo_type, repo_id)}/revision/{quote(revision, safe='')}"
         info, _ = await self._json(url)
-        if isinstance(info, dict) and info.get("gated") and not self.token:
-            raise GatedRepo(repo_id, message=f"{self.name}: {repo_id} is gated (GatedRepo): "
-                            f"mirroring it needs a token whose user accepted its terms")
+        if isinstance(info, dict) and info.get("gated"):
+            if not self.token:
+                raise GatedRepo(repo_id, message=f"{self.name}: {repo_id} is gated "
+                                f"(GatedRepo): mirroring it needs a token whose user "
+                                f"accepted its terms")
+            self._gated.add((repo_type, repo_id))
         sha = info.get("sha") if isinstance(info, dict) else None
         if not isinstance(sha, str) or not is_commit(sha):
             raise UpstreamError(f"{self.name}: {repo_id}@{revision}: no commit sha in repo info")
         return info
+
+    def access(self, repo_type: str, repo_id: str) -> str | None:
+        return "gated" if (repo_type, repo_id) in self._gated else None
 
     async def refs(self, repo_type: str, repo_id: str) -> dict:
         """The repo's refs answer (`branches`, `tags`, ...), as the upstream gives it."""

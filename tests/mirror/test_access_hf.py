@@ -259,3 +259,62 @@ def test_a_quarantined_file_goes_to_its_repos_admins_only(home, serve, tmp_path)
     got = hf_hub_download("org/pickled", "pytorch_model.bin", endpoint=mirror.url,
                           cache_dir=tmp_path / "c", token=admin)
     assert Path(got).read_bytes() == sample.read_bytes()
+
+
+def test_a_gated_upstream_repo_synced_with_the_organisations_token_stays_gated(
+        home, serve, tmp_path):
+    from fakehub import TOKEN, FakeHub, tiny_repo_files
+
+    from helpers import run_sync
+    from mirror.upstreams.huggingface import HuggingFace
+
+    files = tiny_repo_files(seed=3)
+    files["README.md"] = (b"---\nlicense: other\nextra_gated_prompt: Accept the licence\n"
+                          b"extra_gated_fields:\n  Company: text\n---\n# Gated\n")
+    with FakeHub() as hub:
+        hub.add_repo("meta/llama-tiny", files, gated=True)
+        [result] = run_sync(make_config(home), HuggingFace(hub.url, token=TOKEN),
+                            "hf:meta/llama-tiny")
+    assert result.fetched == len(files)
+    access = home / "access.toml"
+    reader = add_token(access, "alice", read=["meta/*"], admin=[], expires=None)
+    mirror = serve(make_config(home, access_file="access.toml"))
+    with pytest.raises(GatedRepoError):
+        hf_hub_download("meta/llama-tiny", "config.json", endpoint=mirror.url,
+                        cache_dir=tmp_path / "c", token=False)
+    got = _download(mirror.url, "meta/llama-tiny", tmp_path / "d", token=reader)
+    for name, data in files.items():
+        assert (got / name).read_bytes() == data, name
+    info = HfApi(endpoint=mirror.url, token=False).model_info("meta/llama-tiny")
+    assert info.gated == "manual"
+    assert info.card_data["extra_gated_prompt"] == "Accept the licence", "gating fields kept"
+
+
+def test_pull_through_of_a_gated_repo_needs_a_mirror_token(home, serve, tmp_path):
+    from fakehub import TOKEN, FakeHub, tiny_repo_files
+
+    files = tiny_repo_files(seed=4)
+    access = home / "access.toml"
+    reader = add_token(access, "alice", read=["meta/*"], admin=[], expires=None)
+    with FakeHub() as hub:
+        hub.add_repo("meta/gated-pull", files, gated=True)
+        config = make_config(home, access_file="access.toml", pull_through=True)
+        config = config.__class__(home=config.home, mirror=_with_upstream(config, hub.url,
+                                                                          TOKEN))
+        mirror = serve(config)
+        with pytest.raises(GatedRepoError):
+            hf_hub_download("meta/gated-pull", "config.json", endpoint=mirror.url,
+                            cache_dir=tmp_path / "c", token=False)
+        got = _download(mirror.url, "meta/gated-pull", tmp_path / "d", token=reader)
+        for name, data in files.items():
+            assert (got / name).read_bytes() == data, name
+
+
+def _with_upstream(config, endpoint: str, token: str):
+    import dataclasses
+    from types import MappingProxyType
+
+    upstreams = dict(config.mirror.upstreams)
+    upstreams["huggingface"] = dataclasses.replace(upstreams["huggingface"], endpoint=endpoint,
+                                                   token=token)
+    return dataclasses.replace(config.mirror, upstreams=MappingProxyType(upstreams))
