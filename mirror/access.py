@@ -41,8 +41,9 @@ import logging
 import os
 import re
 import secrets
+import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,34 +75,59 @@ class Token:
     name: str = ""
 
 
+#: the most answers each of Rules' caches keeps before it starts over
+CACHED = 10_000
+
+
 @dataclass(frozen=True)
 class Rules:
     #: user → the globs it may read through its groups
     users: dict[str, tuple[str, ...]]
     #: sha256 of the token → the token
     tokens: dict[str, Token]
+    #: answers already worked out with these rules (they never change: a new file is new
+    #: Rules): the token presented → its sha256 or None, (sha256, repo) → may read
+    _seen: dict = field(default_factory=dict, compare=False, repr=False)
+    _reads: dict = field(default_factory=dict, compare=False, repr=False)
 
     def token(self, presented: str | None, now: float) -> Token | None:
         """The token presented (`Authorization: Bearer ...`), if it is one of ours and live."""
-        if not presented or not _TOKEN.fullmatch(presented):
+        if not presented:
             return None
-        digest = token_sha256(presented)
-        found = self.tokens.get(digest)
-        if found is None or not hmac.compare_digest(found.sha256, digest):
-            return None
-        if found.expires is not None and found.expires <= now:
+        digest = self._seen.get(presented, False)
+        if digest is False:
+            digest = None
+            if _TOKEN.fullmatch(presented):
+                candidate = token_sha256(presented)
+                found = self.tokens.get(candidate)
+                if found is not None and hmac.compare_digest(found.sha256, candidate):
+                    digest = candidate
+            _remember(self._seen, presented, digest)
+        found = self.tokens.get(digest) if digest else None
+        if found is None or (found.expires is not None and found.expires <= now):
             return None
         return found
 
     def may_read(self, token: Token | None, repo_id: str) -> bool:
         if token is None:
             return False
-        globs = token.read + token.admin + self.users.get(token.user, ())
-        return any(fnmatch.fnmatchcase(repo_id, glob) for glob in globs)
+        key = (token.sha256, repo_id)
+        allowed = self._reads.get(key)
+        if allowed is None:
+            globs = token.read + token.admin + self.users.get(token.user, ())
+            allowed = any(fnmatch.fnmatchcase(repo_id, glob) for glob in globs)
+            _remember(self._reads, key, allowed)
+        return allowed
 
     def is_admin(self, token: Token | None, repo_id: str = "*") -> bool:
         return token is not None and any(fnmatch.fnmatchcase(repo_id, glob)
                                          for glob in token.admin)
+
+
+def _remember(cache: dict, key, value) -> None:
+    if len(cache) >= CACHED:
+        cache.clear()
+    cache[key] = value
 
 
 #: the rules of a mirror without an access file: no tokens
@@ -143,6 +169,41 @@ def new_token() -> str:
 
 def token_sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+# -- private swarms: one tracker key per token (issue 20, item 4) -----------------------------
+
+#: what the mirror's own key is derived from (it seeds every private swarm it holds)
+MIRROR_SEEDER = "mirror"
+
+
+def tracker_secret(private_key_bytes: bytes) -> bytes:
+    """The secret the mirror derives tracker keys with, from its own ed25519 key: no file of
+    its own, the same after every restart, different on every mirror."""
+    return hashlib.sha256(b"weightswarm tracker keys v1\0" + private_key_bytes).digest()
+
+
+def tracker_key(secret: bytes, who: str) -> str:
+    """The private-swarm key of a token (`who`: its sha256) or of the mirror itself
+    (MIRROR_SEEDER): 40 hex, what goes in `/announce/<key>`. A revoked token's key is no
+    longer in the list the tracker is fed (`tracker_key_hashes`)."""
+    return hmac.new(secret, b"tracker key\0" + who.encode(), hashlib.sha256).hexdigest()[:40]
+
+
+def tracker_key_hashes(rules: Rules, secret: bytes, now: float) -> list[str]:
+    """sha256 of each live tracker key (every live token's, and the mirror's own), sorted:
+    what the tracker checks an announce's key against. Hashes, so the list gives no key."""
+    whos = [t.sha256 for t in rules.tokens.values()
+            if t.expires is None or t.expires > now] + [MIRROR_SEEDER]
+    return sorted(hashlib.sha256(tracker_key(secret, w).encode()).hexdigest() for w in whos)
+
+
+def private_announce(tracker: str, key: str) -> str | None:
+    """An HTTP tracker's announce URL with a private-swarm key (`/announce/<key>`); None for
+    one that takes none (UDP: private swarms are announced over HTTP only)."""
+    if not tracker.startswith(("http://", "https://")) or not tracker.endswith("/announce"):
+        return None
+    return f"{tracker}/{key}"
 
 
 def bearer(authorization: str | None) -> str | None:
@@ -282,9 +343,14 @@ class AccessFile:
     restart. A file that fails to load refuses every token (`UNREADABLE`) until it is fixed,
     and says so in the log once per change; without a file there are no tokens (`NONE`)."""
 
+    #: under load, look at the file at most this often (seconds): a revocation counts
+    #: within this
+    CHECK_EVERY = 0.05
+
     def __init__(self, path: Path | None):
         self.path = path
         self._stamp: tuple | None = None
+        self._checked = -1.0
         self._rules = NONE if path is None else UNREADABLE
         #: why the file was last refused ("" while it loads)
         self.error = ""
@@ -292,6 +358,10 @@ class AccessFile:
     def rules(self) -> Rules:
         if self.path is None:
             return NONE
+        now = time.monotonic()
+        if now - self._checked < self.CHECK_EVERY:
+            return self._rules
+        self._checked = now
         try:
             st = os.stat(self.path)
             stamp = (st.st_ino, st.st_size, st.st_mtime_ns)

@@ -50,12 +50,23 @@ from peer.settings import MIRROR_FINGERPRINT
 from peer.store import BlobStore
 
 from . import feed, msapi, routes
-from .access import AccessFile, Rules, Token, bearer, decide
+from .access import (
+    MIRROR_SEEDER,
+    AccessFile,
+    Rules,
+    Token,
+    bearer,
+    decide,
+    private_announce,
+    tracker_key,
+    tracker_key_hashes,
+    tracker_secret,
+)
 from .aliases import redirected as aliases_redirect
 from .answers import CatalogAnswers
 from .catalog import Catalog
 from .config import Config
-from .distribution import Distribution, magnet, peer_address, torrent_file
+from .distribution import Distribution, Torrent, magnet, peer_address, torrent_file
 from .egress import Egress
 from .flights import FlightResponse
 from .hfapi import (
@@ -89,6 +100,8 @@ SESSION = web.AppKey("session", object)
 SEEDER = web.AppKey("seeder", object)
 PULL_THROUGH = web.AppKey("pull_through", PullThrough)
 ACCESS = web.AppKey("access", AccessFile)
+#: what the private-swarm keys are derived from (mirror/access.py `tracker_secret`)
+TRACKER_SECRET = web.AppKey("tracker_secret", bytes)
 READER = web.RequestKey("reader", tuple)
 
 
@@ -774,10 +787,9 @@ async def blob(request: web.Request) -> web.StreamResponse:
                                            request.app[SERVICE].blob, sha256)
     except NotFound as e:
         raise _hidden(request, e) from None  # as one this request may not know of
-    what = f"blob {sha256}"
     if not stored.public:
-        _permit_blob(request, stored, what)
-    _unquarantined(request, stored.quarantined, _blob_repo(stored), what)
+        _permit_blob(request, stored.holders, sha256)
+    _unquarantined(request, stored.quarantined, _blob_repo(stored.holders), f"blob {sha256}")
     path, size = stored.path, stored.size
     if not path.is_file():
         # The lookup is a cached answer; a web seed's or the index's HEAD must not hear 200
@@ -787,24 +799,26 @@ async def blob(request: web.Request) -> web.StreamResponse:
                          request.app[EGRESS], request.app[METRICS].egress_counter("webseed"))
 
 
-def _permit_blob(request: web.Request, stored: StoredBlob, what: str) -> None:
-    """A blob no public repo holds goes to a reader of one of the repos that hold it; to
-    anyone else it does not exist (gated or private alike: its hash names no repo)."""
+def _permit_blob(request: web.Request, holders: tuple, sha256: str) -> Token:
+    """A blob no public repo holds goes to a reader of one of the repos that hold it (`holders`:
+    hub, type, id, access); to anyone else it does not exist (gated or private alike: its hash
+    names no repo). The reader's token."""
     rules, token = _reader(request)
-    for _hub, repo_type, repo_id, access in stored.holders:
-        if decide(access, repo_id, token, rules).allowed:
+    for _hub, repo_type, repo_id, access in holders:
+        if token is not None and decide(access, repo_id, token, rules).allowed:
             _permit(request, access, repo_id, repo_type)  # the audit line for gated content
-            return
+            return token
     request.app[METRICS].audited("refused_token" if token else "refused_anonymous")
-    audit_log.info("refused %s %s %s: held by no repo it may read", _who(request, token),
-                   request.method, what)
-    raise _hidden(request, NotFound(f"no blob {stored.path.name}"))
+    audit_log.info("refused %s %s %s: blob %s is held by no repo it may read",
+                   _who(request, token), request.method, header_safe(request.raw_path[:300]),
+                   sha256)
+    raise _hidden(request, NotFound(f"no blob {sha256}"))
 
 
-def _blob_repo(stored: StoredBlob) -> str:
+def _blob_repo(holders: tuple) -> str:
     """The repo whose admins may take a quarantined blob: any that holds it (`*` for one a
     public repo holds: an admin of every repo)."""
-    return stored.holders[0][2] if stored.holders else "*"
+    return holders[0][2] if holders else "*"
 
 
 async def public_key(request: web.Request) -> web.Response:
@@ -897,6 +911,7 @@ async def _identity(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     key = load_or_create(config.key_path)
     app[PUBLIC_KEY] = public_key_text(key)
+    app[TRACKER_SECRET] = tracker_secret(key.private_bytes_raw())
     app[DISTRIBUTION] = Distribution(app[SERVICE].catalog, key, config.mirror.scan_policy)
     log.info("mirror home %s, key %s", config.home, app[PUBLIC_KEY])
     yield
@@ -947,13 +962,25 @@ async def _seeder(app: web.Application) -> AsyncIterator[None]:
         catalog=catalog, catalog_version=app[ANSWERS].version, loops=app[LOOPS],
         scrub_interval=config.mirror.scrub_interval, metrics=app[METRICS],
         refetch=lambda sha256: refetch_blob(config, sha256),
-        quarantine=config.mirror.scan_policy == "quarantine")
+        quarantine=config.mirror.scan_policy == "quarantine",
+        private_trackers=_private_trackers(app))
     await seeder.start()
     app[SEEDER] = seeder
     try:
         yield
     finally:
         await seeder.close()
+
+
+def _private_trackers(app: web.Application) -> list[str] | None:
+    """The trackers this mirror announces its private swarms to, with its own key; None
+    without `[mirror] index` (nothing feeds the tracker that key: the swarms are not seeded,
+    and their blobs go over HTTP only, with a token)."""
+    config = app[CONFIG]
+    if not config.mirror.index:
+        return None
+    key = tracker_key(app[TRACKER_SECRET], MIRROR_SEEDER)
+    return [t for t in (private_announce(t, key) for t in config.mirror.trackers) if t]
 
 
 async def _scheduler(app: web.Application) -> AsyncIterator[None]:
@@ -1038,14 +1065,75 @@ async def _register_every(app: web.Application, index: str) -> None:
             await asyncio.sleep(REGISTER_EVERY)
 
 
+#: seconds between looks at the access file for a change of the private-swarm keys
+KEYS_CHECK_EVERY = 1.0
+
+
+async def _tracker_keys(app: web.Application) -> AsyncIterator[None]:
+    """With `[mirror] index` (the tracker's base URL): feed it this mirror's private-swarm
+    keys, whenever they change (a token added or revoked: within a second) and every
+    REGISTER_EVERY seconds. A failure is a log line and is tried again."""
+    config = app[CONFIG]
+    if not config.mirror.index:
+        yield
+        return
+    task = app[LOOPS].spawn(_feed_tracker_keys(app, config.mirror.index), "tracker keys")
+    try:
+        yield
+    finally:
+        await app[LOOPS].stop([task])
+
+
+async def _feed_tracker_keys(app: web.Application, index: str) -> None:
+    import aiohttp
+
+    from tracker.index import build_tracker_keys
+
+    key = load_or_create(app[CONFIG].key_path)
+    sent: list[str] | None = None
+    sent_at, failing = 0.0, False
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        while True:
+            now = time.time()
+            hashes = tracker_key_hashes(app[ACCESS].rules(), app[TRACKER_SECRET], now)
+            if hashes != sent or now - sent_at >= REGISTER_EVERY:
+                body = build_tracker_keys(key, hashes, now=now)
+                try:
+                    async with http.post(f"{index}/api/weightswarm/tracker-keys",
+                                         data=body) as answer:
+                        problem = "" if answer.status == 200 else \
+                            f"HTTP {answer.status} {(await answer.text())[:300]}"
+                except (aiohttp.ClientError, TimeoutError, OSError) as e:
+                    problem = str(e) or type(e).__name__
+                if not problem:
+                    sent, sent_at, failing = hashes, now, False
+                    log.info("fed %d private-swarm keys to %s", len(hashes), index)
+                elif not failing:  # one line per outage, tried again every second
+                    failing = True
+                    log.warning("feeding private-swarm keys to %s failed (tried again each "
+                                "second): %s", index, problem)
+            await asyncio.sleep(KEYS_CHECK_EVERY)
+
+
 def _flush_handlers(logger: logging.Logger) -> None:
     for handler in logger.handlers:
         handler.flush()
 
 
+async def _distribution_guard(request: web.Request, hub: str, repo_type: str,
+                              repo_id: str) -> None:
+    """A private repo's manifests and ref statements go to its readers only (a gated one's
+    are anyone's, as its file listing is); to others it does not exist."""
+    access = await _answer(request, ("access", hub, repo_type, repo_id),
+                           request.app[DISTRIBUTION].access, hub, repo_type, repo_id)
+    if access == "private":
+        _permit(request, access, repo_id, repo_type)
+
+
 async def snapshot_info(request: web.Request) -> web.Response:
     request[ROUTE] = "snapshot"
     hub, repo_type, repo_id = _distribution_repo(request)
+    await _distribution_guard(request, hub, repo_type, repo_id)
     revision = request.query.get("revision", "main")
     check_revision(revision)
     body = await _answer(request, ("snapshot", hub, repo_type, repo_id, revision),
@@ -1059,6 +1147,7 @@ async def manifest(request: web.Request) -> web.Response:
     commit = request.match_info["commit"]
     if not is_commit(commit):
         raise BadRequest("a manifest is named by its 40-hex commit")
+    await _distribution_guard(request, hub, repo_type, repo_id)
     body = await _answer(request, ("manifest", hub, repo_type, repo_id, commit),
                          request.app[DISTRIBUTION].manifest, hub, repo_type, repo_id, commit)
     return web.Response(body=body, content_type="application/x-msgpack",
@@ -1070,12 +1159,24 @@ async def torrent(request: web.Request) -> web.Response:
     sha256 = request.match_info["sha256"]
     if not is_sha256(sha256):
         raise BadRequest("a torrent is named by its blob's 64 lower-case hex sha256")
-    info, _ = await _answer(request, ("torrent", sha256), request.app[DISTRIBUTION].torrent,
-                            sha256)
-    trackers = list(request.app[CONFIG].mirror.trackers)
+    try:
+        found: Torrent = await _answer(request, ("torrent", sha256),
+                                       request.app[DISTRIBUTION].torrent, sha256)
+    except NotFound as e:
+        raise _hidden(request, e) from None
+    info, trackers = found.info, list(request.app[CONFIG].mirror.trackers)
+    if not found.public:
+        # Announced with the reader's own key only: the tracker knows it from this mirror.
+        token = _permit_blob(request, found.holders, sha256)
+        key = tracker_key(request.app[TRACKER_SECRET], token.sha256)
+        trackers = [t for t in (private_announce(t, key) for t in trackers) if t]
+    _unquarantined(request, found.quarantined, _blob_repo(found.holders), f"blob {sha256}")
     base = _base_url(request)
     web_seed = f"{base}/blobs/sha256/{sha256}"
     if request.query.get("format") == "magnet":
+        if not found.public:
+            raise BadRequest("a private torrent goes as a .torrent file, not a magnet (a "
+                             "magnet's metadata comes from peers, by DHT)")
         session = request.app[SESSION]
         # This mirror as a peer too: a magnet has no metadata to show a tracker how much is
         # left, and a client that takes `x.pe` needs no tracker's answer to start.
@@ -1123,7 +1224,8 @@ def create_app(config: Config) -> web.Application:
     app[METRICS] = Metrics()
     app.cleanup_ctx.extend([
         listening(config.mirror.host, config.mirror.port), background("mirror"), _catalog,
-        _access, _pull_through, _identity, _egress, _session, _seeder, _scheduler, _access_log, _registration,
+        _access, _pull_through, _identity, _egress, _session, _seeder, _scheduler, _access_log,
+        _registration, _tracker_keys,
     ])
     app.router.add_get("/", index)
     app.router.add_get("/metrics", metrics)

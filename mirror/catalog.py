@@ -988,17 +988,22 @@ class Catalog:
                 (d.sha256, d.size, d.git_sha1, d.blake3, d.piece_length, d.pieces, now, now),
             )
 
-    def seedable_blobs(self, quarantine: bool = False) -> list[BlobRecord]:
+    def seedable_blobs(self, quarantine: bool = False, *,
+                       private: bool = False) -> list[BlobRecord]:
         """Blobs that travel over BitTorrent in the public swarm: large (they have piece
         hashes), held by a public repo, and not found corrupt; with `quarantine`, not flagged
-        by the pickle scanner either."""
+        by the pickle scanner either. `private`: those of private swarms instead, held by
+        gated or private repos and by no public one."""
         flagged = ("AND NOT EXISTS (SELECT 1 FROM scans c WHERE c.sha256 = b.sha256 "
                    "AND c.status = 'suspicious')") if quarantine else ""
+        held = ("EXISTS (SELECT 1 FROM files f JOIN snapshots s ON s.id = f.snapshot "
+                "JOIN repos r ON r.id = s.repo WHERE f.sha256 = b.sha256{})")
+        where = held.format(" AND r.access = 'public'")
+        if private:
+            where = f"{held.format('')} AND NOT {where}"
         rows = self.conn.execute(
             "SELECT b.sha256, b.size, b.git_sha1, b.blake3, b.piece_length, b.pieces FROM blobs b "
-            "WHERE b.piece_length > 0 AND b.corrupt_at IS NULL AND EXISTS (SELECT 1 FROM files f "
-            "JOIN snapshots s ON s.id = f.snapshot JOIN repos r ON r.id = s.repo "
-            f"WHERE f.sha256 = b.sha256 AND r.access = 'public') {flagged}"  # noqa: S608
+            f"WHERE b.piece_length > 0 AND b.corrupt_at IS NULL AND {where} {flagged}"  # noqa: S608
         ).fetchall()
         return [BlobRecord(*row) for row in rows]
 

@@ -8,6 +8,7 @@ hub prefix: blobs are content-addressed and shared by every hub.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -19,7 +20,6 @@ from peer.manifest import Manifest, ManifestFile, RefStatement, sign_manifest, s
 from peer.torrent import info_dict, info_hash
 
 from .catalog import DEFAULT_BRANCHES, BlobRecord, Catalog, Repo, Snapshot, ref_of
-from .scan import Quarantined
 
 
 def blob_info(record: BlobRecord, *, private: bool) -> dict | None:
@@ -68,10 +68,13 @@ class Distribution:
         serves are public whatever else holds them, and share the public swarm."""
         return not self.catalog.blob_is_public(sha256)
 
+    def access(self, hub: str, repo_type: str, repo_id: str) -> str:
+        """A repo's access: the handlers let a request have its manifest and ref statements
+        only if it may read the repo (mirror/app.py)."""
+        return self.catalog.repo(hub, repo_type, repo_id).access
+
     def manifest(self, hub: str, repo_type: str, repo_id: str, commit: str) -> bytes:
         repo = self.catalog.repo(hub, repo_type, repo_id)
-        if repo.access == "private":
-            raise NotFound(f"no manifest for {repo_id}")
         snapshot = self.catalog.snapshot(repo, commit)
         # A snapshot a bundle brought is served as the mirror that verified it signed it
         # (mirror/bundle/): the trust a peer has in that mirror carries across the gap.
@@ -93,8 +96,6 @@ class Distribution:
         """A revision resolved: its commit, a signed ref statement when it is a ref, and where
         the manifest is."""
         repo = self.catalog.repo(hub, repo_type, repo_id)
-        if repo.access == "private":
-            raise NotFound(f"no repo {repo_id}")
         commit = self.catalog.resolve(repo, revision)
         answer = {"hub": hub, "type": repo_type, "repo": repo_id, "revision": revision,
                   "commit": commit,
@@ -110,17 +111,26 @@ class Distribution:
                 break
         return answer
 
-    def torrent(self, sha256: str) -> tuple[dict, BlobRecord]:
+    def torrent(self, sha256: str) -> Torrent:
+        """A blob's torrent, and whom it may go to: anyone (a public repo holds it), else a
+        reader of a repo that holds it, who announces with a key of their own (`private: 1`)."""
         record = self.catalog.blob(sha256)
         if record is None or not self.catalog.referenced(sha256):
             raise NotFound(f"no blob {sha256}")
-        if self._private(sha256):
-            # Private content needs a per-user tracker key (a later issue); until then its
-            # torrent is not handed out.
-            raise NotFound(f"no blob {sha256}")
-        if self.scan_policy == "quarantine" and self.catalog.suspicious(sha256):
-            raise Quarantined(sha256)
-        info = blob_info(record, private=False)
+        public = not self._private(sha256)
+        info = blob_info(record, private=not public)
         if info is None:
             raise NotFound(f"blob {sha256} travels over HTTP only (no torrent)")
-        return info, record
+        holders = () if public else tuple(self.catalog.blob_access(sha256))
+        quarantined = self.scan_policy == "quarantine" and self.catalog.suspicious(sha256)
+        return Torrent(info, record, public, holders, quarantined)
+
+
+@dataclass(frozen=True)
+class Torrent:
+    info: dict
+    record: BlobRecord
+    public: bool
+    #: (hub, type, repo id, access) of the repos that hold a blob no public repo holds
+    holders: tuple[tuple[str, str, str, str], ...]
+    quarantined: bool

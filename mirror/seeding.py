@@ -41,8 +41,15 @@ class Seeder:
                  trackers: list[str], on_catalog: Callable[..., Awaitable[Any]],
                  catalog: Catalog, catalog_version: Callable[[], int], loops: Loops,
                  scrub_interval: float = 0, metrics=None,
-                 refetch: Callable[[str], bool] | None = None, quarantine: bool = False):
+                 refetch: Callable[[str], bool] | None = None, quarantine: bool = False,
+                 private_trackers: list[str] | None = None):
         self.session = session
+        #: the trackers with this mirror's own private-swarm key (`/announce/<key>`): blobs
+        #: of gated and private repos are seeded in private swarms (`private: 1`, so never
+        #: over DHT, PEX or local discovery), announced there only; None: not seeded at all
+        self.private_trackers = private_trackers
+        #: sha256 of what is seeded in a private swarm
+        self.private: set[str] = set()
         self.store = store
         self.repair_dir = repair_dir
         self.egress = egress
@@ -96,17 +103,19 @@ class Seeder:
         corrupt."""
         async with self._reconciling:
             self._followed = self._catalog_version()
-            wanted = await self._on_catalog(self.catalog.seedable_blobs, self.quarantine)
+            wanted = await self._wanted()
             corrupt = await self._on_catalog(self.catalog.corrupt_blobs)
-            wanted_by_sha = {r.sha256: r for r in wanted}
-            for sha256 in [s for s in self.seeding if s not in wanted_by_sha]:
+            for sha256 in [s for s in self.seeding
+                           if wanted.get(s, (None, None))[1] != (s in self.private)]:
+                # gone, or gone from public to private (or back): another info-hash
                 if sha256 not in self.repairs:
                     self.session.remove(self.seeding.pop(sha256))
+                    self.private.discard(sha256)
             added = 0
-            for record in wanted:
+            for record, private in wanted.values():
                 if record.sha256 in self.seeding or record.sha256 in self.repairs:
                     continue
-                self._seed(record)
+                self._seed(record, private)
                 added += 1
                 if added % ADD_BATCH == 0:
                     await asyncio.sleep(0)
@@ -117,11 +126,24 @@ class Seeder:
                     self.repairs[record.sha256] = self.loops.spawn(
                         self._repair(record, reason), f"repair {record.sha256[:12]}")
 
-    def _seed(self, record: BlobRecord) -> None:
+    async def _wanted(self) -> dict[str, tuple[BlobRecord, bool]]:
+        """sha256 → (record, in a private swarm) of every blob to seed."""
+        wanted = {r.sha256: (r, False)
+                  for r in await self._on_catalog(self.catalog.seedable_blobs, self.quarantine)}
+        if self.private_trackers is not None:
+            for r in await self._on_catalog(
+                    lambda: self.catalog.seedable_blobs(self.quarantine, private=True)):
+                wanted[r.sha256] = (r, True)
+        return wanted
+
+    def _seed(self, record: BlobRecord, private: bool = False) -> None:
         path = self.store.path_for(record.sha256)
-        info = blob_info(record, private=False)
+        info = blob_info(record, private=private)
         self.seeding[record.sha256] = self.session.add(
-            info, path.parent, trackers=self.trackers, have_all=True)
+            info, path.parent, trackers=self.private_trackers if private else self.trackers,
+            have_all=True)
+        if private:
+            self.private.add(record.sha256)
 
     async def _follow(self) -> None:
         while True:

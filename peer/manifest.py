@@ -39,7 +39,9 @@ _DOMAIN = {"manifest": b"weightswarm manifest v1\0", "ref": b"weightswarm ref st
            # the index's answers: where a revision is, and the mirror keys it accepts
            # (peer/locate.py)
            "locate": b"weightswarm locate answer v1\0",
-           "keys": b"weightswarm accepted keys v1\0"}
+           "keys": b"weightswarm accepted keys v1\0",
+           # the private-swarm keys a mirror issued with its tokens, for its tracker
+           "tracker-keys": b"weightswarm tracker keys v1\0"}
 
 
 class ManifestError(WeightswarmError):

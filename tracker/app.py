@@ -116,6 +116,9 @@ class Tracker:
         self._keys_checked = 0.0
         #: seconds between looks at the keys file (a revocation takes effect within this)
         self.keys_check_every = 1.0
+        #: mirror key → (the sha256s of the private-swarm keys it fed, when it signed them)
+        self._fed: dict[str, tuple[frozenset[str], float]] = {}
+        self._fed_union: frozenset[str] = frozenset()
 
     def keys(self) -> frozenset[str]:
         """The keys file, re-read when it changes (checked at most once a second): removing a
@@ -142,20 +145,44 @@ class Tracker:
                     self._keys = frozenset()
         return self._keys
 
+    def feed_keys(self, mirror: str, hashes: frozenset[str], stamp: float, *,
+                  accepted: frozenset[str]) -> bool:
+        """A mirror's private-swarm keys (sha256 of each), replacing what it fed before unless
+        older; those of mirrors no longer accepted are dropped. True if anything changed."""
+        held = self._fed.get(mirror)
+        if held is not None and held[1] > stamp:
+            return False
+        changed = held is None or held[0] != hashes
+        self._fed[mirror] = (hashes, stamp)
+        for gone in [m for m in self._fed if m not in accepted]:
+            del self._fed[gone]
+            changed = True
+        if changed:
+            self._fed_union = frozenset().union(*(h for h, _ in self._fed.values()))
+        return changed
+
+    def key_valid(self, key: str) -> bool:
+        """A key of the keys file, or one a mirror fed (its tokens' keys: revoking a token
+        removes its key from the mirror's next feed)."""
+        if key in self.keys():
+            return True
+        return bool(self._fed_union) and \
+            hashlib.sha256(key.encode()).hexdigest() in self._fed_union
+
     def check_access(self, info_hash: bytes, key: str | None) -> None:
-        """Open announces may not touch a private swarm; private ones need a listed key."""
+        """Open announces may not touch a private swarm; private ones need a valid key."""
         if key is None:
             if info_hash in self.private:
                 raise TrackerRefused("private torrent: announce with your key (/announce/<key>)",
                                      Refusal.PRIVATE)
             return
-        if key not in self.keys():
+        if not self.key_valid(key):
             raise TrackerRefused("unknown or revoked key", Refusal.KEY)
         self.private.add(info_hash)
 
     def scrape_visible(self, hashes: list[bytes], key: str | None) -> dict:
         """Scrape; a private swarm shows zeros unless the key is valid."""
-        if key is not None and key not in self.keys():
+        if key is not None and not self.key_valid(key):
             raise TrackerRefused("unknown or revoked key", Refusal.KEY)
         return {h: (0, 0, 0) if (h in self.private and key is None) else self.table.scrape(h)
                 for h in hashes}

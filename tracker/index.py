@@ -150,6 +150,38 @@ def build_registration(key: Ed25519PrivateKey, base_url: str, *, bittorrent: str
     return sign("register", msgpack.packb(payload, use_bin_type=True), key)
 
 
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+#: the most tracker keys one mirror feeds (one per live token, and its own)
+MAX_TRACKER_KEYS = 100_000
+
+
+def build_tracker_keys(key: Ed25519PrivateKey, hashes: list[str], *, now: float) -> bytes:
+    """A mirror's signed list of its private-swarm keys (their sha256s), for its tracker."""
+    payload = {"format": FORMAT, "kind": "tracker-keys", "key": public_key_text(key),
+               "keys": list(hashes), "timestamp": now}
+    return sign("tracker-keys", msgpack.packb(payload, use_bin_type=True), key)
+
+
+def read_tracker_keys(data: bytes, accepted: set[str] | frozenset[str],
+                      now: float) -> tuple[str, frozenset[str], float]:
+    """(mirror key, key hashes, timestamp) of a fed list, checked whole as a registration
+    is: signed by an accepted mirror, fresh, each hash 64 lower-case hex."""
+    if len(data) > 64 * MAX_TRACKER_KEYS + 4096:
+        raise IndexRefused(f"a tracker-key list holds at most {MAX_TRACKER_KEYS} keys")
+    body, key = open_envelope("tracker-keys", data, accepted)
+    if set(body) != {"format", "kind", "key", "keys", "timestamp"} or body["key"] != key:
+        raise IndexRefused("a tracker-key list holds format, kind, key (the signer's), keys "
+                           "and timestamp")
+    stamp, hashes = body["timestamp"], body["keys"]
+    if isinstance(stamp, bool) or not isinstance(stamp, int | float) or \
+            not now - REGISTRATION_MAX_AGE <= stamp <= now + CLOCK_SKEW:
+        raise IndexRefused("a tracker-key list's timestamp must be now")
+    if not isinstance(hashes, list) or len(hashes) > MAX_TRACKER_KEYS or not all(
+            isinstance(h, str) and len(h) == 64 and _HEX64.fullmatch(h) for h in hashes):
+        raise IndexRefused(f"keys must be at most {MAX_TRACKER_KEYS} sha256s (64 hex)")
+    return key, frozenset(hashes), float(stamp)
+
+
 def read_registration(data: bytes, accepted: set[str] | frozenset[str],
                       now: float) -> Registration:
     """A registration checked whole: signed by an accepted key (`UnknownKey` otherwise, a

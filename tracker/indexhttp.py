@@ -45,6 +45,7 @@ from peer.service import LOOPS
 from . import search
 from .config import TrackerConfig
 from .index import (
+    MAX_TRACKER_KEYS,
     IndexRefused,
     IndexStore,
     Poller,
@@ -52,6 +53,7 @@ from .index import (
     mirrors_view,
     read_mirror_keys,
     read_registration,
+    read_tracker_keys,
 )
 
 log = logging.getLogger(__name__)
@@ -143,6 +145,18 @@ class Index:
             self.wake.set()
         return {"registered": reg.base_url, "key": reg.key, "index_key": self.public_key}
 
+    async def tracker_keys(self, data: bytes, now: float) -> dict:
+        """A mirror's private-swarm keys: the tracker beside takes them (tracker/app.py)."""
+        accepted = read_mirror_keys(self.config.mirror_keys, self.config.own_keys)
+        try:
+            key, hashes, stamp = read_tracker_keys(data, frozenset(accepted), now)
+        except ManifestError as e:
+            raise UnknownMirror(str(e)) from None
+        if self.tracker.feed_keys(key, hashes, stamp, accepted=frozenset(accepted)):
+            log.info("index: mirror %s fed %d private-swarm keys", accepted[key] or key,
+                     len(hashes))
+        return {"keys": len(hashes)}
+
     async def view(self) -> list[dict]:
         rows = await self.run(self.store.mirrors)
         counts = await self.run(self.store.repo_counts)
@@ -187,6 +201,20 @@ def _index_of(request: web.Request) -> Index:
         raise web.HTTPNotFound(text=json.dumps({"error": "this tracker runs no index"}),
                                content_type="application/json")
     return index
+
+
+async def tracker_keys(request: web.Request) -> web.Response:
+    """`POST /api/weightswarm/tracker-keys`: a mirror's signed private-swarm keys."""
+    index = _index_of(request)
+    limit = 64 * MAX_TRACKER_KEYS + 4096
+    if (request.content_length or 0) > limit:
+        return web.json_response({"error": f"at most {MAX_TRACKER_KEYS} keys"}, status=413)
+    try:
+        body = await index.tracker_keys(await request.content.read(limit + 1), time.time())
+    except IndexRefused as e:
+        log.info("index: tracker keys from %s refused: %s", request.remote, e)
+        return web.json_response({"error": str(e)}, status=e.status)
+    return web.json_response(body)
 
 
 async def register(request: web.Request) -> web.Response:
@@ -316,6 +344,7 @@ def _answered(handler: Callable) -> Callable:
 
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/weightswarm/register", register)
+    app.router.add_post("/api/weightswarm/tracker-keys", tracker_keys)
     app.router.add_get("/api/weightswarm/key", index_key)
     app.router.add_get("/api/weightswarm/keys", _answered(key_list))
     app.router.add_get("/api/weightswarm/mirrors", mirrors)

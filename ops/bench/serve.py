@@ -55,6 +55,8 @@ from peer.store import BlobStore  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 REPO = "bench/model"
+#: the same files as a private repo, read with a token (issue 20's rows)
+PRIVATE = "bench/private"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 RANGE_CLIENTS = 16
@@ -191,6 +193,38 @@ def bench_import(plan: Plan, model: Path, weights: Path, work: Path) -> tuple[di
         if i < plan.runs - 1:
             shutil.rmtree(home)
     return samples, home
+
+
+def add_private(home: Path, model: Path) -> str:
+    """The same files again as a private repo (PRIVATE), an access file whose one token may
+    read it (returned), and the mirror set to read that file: what the token rows measure."""
+    from mirror.accounts import add_token
+
+    ws = [VENV_BIN / "weightswarm", "--home", home]
+    run([*ws, "mirror", "import", model, "--repo", PRIVATE, "--access", "private",
+         "--no-progress"], timeout=600, env=clean_env())
+    (home / "weightswarm.toml").write_text('[mirror]\naccess_file = "access.toml"\n')
+    return add_token(home / "access.toml", "bench", read=["bench/*"], admin=[], expires=None)
+
+
+def with_token(plan: Plan, mirror: Server, token: str, commit: str,
+               private_commit: str, work: Path) -> tuple[dict, dict]:
+    """Repo info and HEAD of the private repo with the token on every request, against the
+    public one without (alternating; the samples keyed as `Row` pairs them)."""
+    gets: dict[str, list] = {"weightswarm": [], "nginx": []}
+    heads: dict[str, list] = {"weightswarm": [], "nginx": []}
+    for i in range(plan.runs):
+        gets["nginx"].append(wrk_get(plan, mirror, f"/api/models/{REPO}"))
+        gets["weightswarm"].append(wrk_get(plan, mirror, f"/api/models/{PRIVATE}", token))
+        heads["nginx"].append(ab_head(plan, mirror, f"/{REPO}/resolve/{commit}/{CONFIG}",
+                                      work / "ab.csv"))
+        heads["weightswarm"].append(ab_head(
+            plan, mirror, f"/{PRIVATE}/resolve/{private_commit}/{CONFIG}", work / "ab.csv",
+            token))
+        note(f"    run {i + 1}: GET {gets['weightswarm'][-1]} with a token, "
+             f"{gets['nginx'][-1]} without; HEAD {heads['weightswarm'][-1]} with, "
+             f"{heads['nginx'][-1]} without")
+    return gets, heads
 
 
 # -- the servers ---------------------------------------------------------------------------------
@@ -519,9 +553,13 @@ def _ms(value: str, unit: str) -> float:
     return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
 
 
-def wrk_get(plan: Plan, server: Server, path: str) -> Rate:
+def _header_args(token: str | None) -> list[str]:
+    return ["-H", f"Authorization: Bearer {token}"] if token else []
+
+
+def wrk_get(plan: Plan, server: Server, path: str, token: str | None = None) -> Rate:
     cmd = pinned(plan.load_cpu, ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{plan.wrk_seconds}s",
-                                 "--latency", server.url + path])
+                                 "--latency", *_header_args(token), server.url + path])
     out, main, other, wall = _under_load(server, cmd, plan.wrk_seconds + 60)
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
@@ -534,11 +572,11 @@ def wrk_get(plan: Plan, server: Server, path: str) -> Rate:
     return Rate(rps, _ms(*p99.groups()), requests, main, other, wall)
 
 
-def ab_head(plan: Plan, server: Server, path: str, csv: Path) -> Rate:
+def ab_head(plan: Plan, server: Server, path: str, csv: Path, token: str | None = None) -> Rate:
     # -t before -n: -t alone implies -n 50000, so this order bounds both count and time.
     cmd = pinned(plan.load_cpu, ["ab", "-q", "-i", "-k", "-c", CONNECTIONS,
                                  "-t", plan.ab_seconds, "-n", plan.ab_requests,
-                                 "-e", csv, server.url + path])
+                                 *_header_args(token), "-e", csv, server.url + path])
     out, main, other, wall = _under_load(server, cmd, plan.ab_seconds + 60)
     failed = int(re.search(r"Failed requests:\s+(\d+)", out).group(1))
     non2xx = re.search(r"Non-2xx responses:\s+(\d+)", out)
@@ -721,6 +759,7 @@ def bench(plan: Plan, work: Path) -> None:
     size = weights.stat().st_size
     note("import (all hashes, fsync) against openssl dgst -sha256")
     imports, home = bench_import(plan, weights.parent, weights, work)
+    token = add_private(home, weights.parent)
     os.sync()  # the imports' deleted homes and temp files: nothing left to write back
 
     servers: list[Server] = []
@@ -740,6 +779,13 @@ def bench(plan: Plan, work: Path) -> None:
         note(f"HEAD .../resolve/<commit>/{CONFIG}, ab -i -k, {CONNECTIONS} connections")
         heads = alternate(plan.runs, servers, lambda s: ab_head(
             plan, s, f"/{REPO}/resolve/{commit}/{CONFIG}", work / "ab.csv"), str)
+        note(f"the same on {PRIVATE} with a token on every request, against {REPO} without")
+        status, _, body = request(servers[0].url, "GET", f"/api/models/{PRIVATE}",
+                                  {"Authorization": f"Bearer {token}"})
+        if status != 200:
+            raise BenchError(f"the mirror answered {status} for {PRIVATE} with the token")
+        token_gets, token_heads = with_token(plan, servers[0], token, commit,
+                                             json.loads(body)["sha"], work)
         for server in servers:
             server.stop()
         profile = where_time_goes(plan, home, work, commit) if plan.profile else []
@@ -760,6 +806,10 @@ def bench(plan: Plan, work: Path) -> None:
             *_pair(heads, lambda r: r.rps), 0.2),
         Row(f"HEAD resolve/<commit>/config.json, {CONNECTIONS} conns (p99 ms)",
             *_pair(heads, lambda r: r.p99_ms), 0.2, inverse=True),
+        Row("GET repo info: private with a token / public without (req/s)",
+            *_pair(token_gets, lambda r: r.rps), 0.9),
+        Row("HEAD resolve: private with a token / public without (req/s)",
+            *_pair(token_heads, lambda r: r.rps), 0.9),
         Row(f"import {plan.size_mib} MiB, all hashes + fsync (MB/s)", imports["import"],
             imports["openssl"], 0.7),
         Row("  of which the store's ingest, in process (MB/s)", imports["ingest"],
@@ -834,7 +884,8 @@ def report(plan: Plan, rows: list[Row]) -> None:
         print(f"| {row.name:<54} | {fmt(ours):>11} | {fmt(reference):>9} | {ratio:5.2f}x "
               f"| >= {row.target:.2f}x {verdict:<6} |")
     print()
-    print("reference: nginx, except the import row (openssl dgst -sha256 of the same file). "
+    print("reference: nginx, except the token rows (the mirror itself, on the public repo "
+          "without a token) and the import row (openssl dgst -sha256 of the same file). "
           "ratio: weightswarm / reference; for p99 rows reference / weightswarm, so higher is "
           "better on every row.")
     print()

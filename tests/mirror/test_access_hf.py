@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx2 as httpx
@@ -19,6 +20,7 @@ from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
 from helpers import import_repo, make_config, make_tiny_model, start_mirror
+from mirror.access import AccessFile
 from mirror.accounts import add_token
 from mirror.catalog import Catalog
 
@@ -203,7 +205,8 @@ def test_a_hostile_access_file_refuses_every_token_and_public_repos_stay_served(
     with pytest.raises(GatedRepoError):
         hf_hub_download(GATED, "config.json", endpoint=mirror.url, cache_dir=tmp_path / "c",
                         token=token)
-    good.replace(access)  # mended: read again at the next request, no restart
+    good.replace(access)  # mended: read again within AccessFile.CHECK_EVERY, no restart
+    time.sleep(AccessFile.CHECK_EVERY * 2)
     got = hf_hub_download(GATED, "config.json", endpoint=mirror.url, cache_dir=tmp_path / "d",
                           token=token)
     assert Path(got).is_file()
