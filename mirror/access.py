@@ -33,6 +33,7 @@ repos are still served) and says why in the log.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import fnmatch
 import hashlib
@@ -207,11 +208,22 @@ def private_announce(tracker: str, key: str) -> str | None:
 
 
 def bearer(authorization: str | None) -> str | None:
-    """The token in an `Authorization: Bearer <token>` header, as huggingface_hub sends it."""
+    """The token in an `Authorization: Bearer <token>` header, as huggingface_hub sends it, or
+    as the password of HTTP Basic (`user:token`), as libtorrent sends a web seed's URL
+    credentials (and git does)."""
     if not authorization or len(authorization) > 256:
         return None
     scheme, _, value = authorization.partition(" ")
-    return value.strip() if scheme.lower() == "bearer" else None
+    scheme, value = scheme.lower(), value.strip()
+    if scheme == "bearer":
+        return value
+    if scheme == "basic":
+        try:
+            pair = base64.b64decode(value, validate=True).decode("utf-8")
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return pair.partition(":")[2] or None
+    return None
 
 
 # -- the file ----------------------------------------------------------------------------------

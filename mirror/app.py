@@ -1077,42 +1077,57 @@ async def _tracker_keys(app: web.Application) -> AsyncIterator[None]:
     if not config.mirror.index:
         yield
         return
-    task = app[LOOPS].spawn(_feed_tracker_keys(app, config.mirror.index), "tracker keys")
-    try:
-        yield
-    finally:
-        await app[LOOPS].stop([task])
-
-
-async def _feed_tracker_keys(app: web.Application, index: str) -> None:
     import aiohttp
 
-    from tracker.index import build_tracker_keys
-
-    key = load_or_create(app[CONFIG].key_path)
-    sent: list[str] | None = None
-    sent_at, failing = 0.0, False
+    feeder = _KeyFeeder(app, config.mirror.index)
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        # Once before the seeder starts, so that its first private announces are let in.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await feeder.feed(http)
+        task = app[LOOPS].spawn(feeder.run(http), "tracker keys")
+        try:
+            yield
+        finally:
+            await app[LOOPS].stop([task])
+
+
+class _KeyFeeder:
+    def __init__(self, app: web.Application, index: str):
+        self.app, self.index = app, index
+        self.key = load_or_create(app[CONFIG].key_path)
+        self.sent: list[str] | None = None
+        self.sent_at, self.failing = 0.0, False
+
+    async def run(self, http) -> None:
         while True:
-            now = time.time()
-            hashes = tracker_key_hashes(app[ACCESS].rules(), app[TRACKER_SECRET], now)
-            if hashes != sent or now - sent_at >= REGISTER_EVERY:
-                body = build_tracker_keys(key, hashes, now=now)
-                try:
-                    async with http.post(f"{index}/api/weightswarm/tracker-keys",
-                                         data=body) as answer:
-                        problem = "" if answer.status == 200 else \
-                            f"HTTP {answer.status} {(await answer.text())[:300]}"
-                except (aiohttp.ClientError, TimeoutError, OSError) as e:
-                    problem = str(e) or type(e).__name__
-                if not problem:
-                    sent, sent_at, failing = hashes, now, False
-                    log.info("fed %d private-swarm keys to %s", len(hashes), index)
-                elif not failing:  # one line per outage, tried again every second
-                    failing = True
-                    log.warning("feeding private-swarm keys to %s failed (tried again each "
-                                "second): %s", index, problem)
             await asyncio.sleep(KEYS_CHECK_EVERY)
+            await self.feed(http)
+
+    async def feed(self, http) -> None:
+        import aiohttp
+
+        from tracker.index import build_tracker_keys
+
+        now = time.time()
+        hashes = tracker_key_hashes(self.app[ACCESS].rules(), self.app[TRACKER_SECRET], now)
+        if hashes == self.sent and now - self.sent_at < REGISTER_EVERY:
+            return
+        body = build_tracker_keys(self.key, hashes, now=now)
+        try:
+            async with http.post(f"{self.index}/api/weightswarm/tracker-keys",
+                                 data=body) as answer:
+                problem = "" if answer.status == 200 else \
+                    f"HTTP {answer.status} {(await answer.text())[:300]}"
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            problem = str(e) or type(e).__name__
+        if not problem:
+            self.sent, self.sent_at, self.failing = hashes, now, False
+            log.info("fed %d private-swarm keys to %s", len(hashes), self.index)
+        elif not self.failing:  # one line per outage, tried again every second
+            self.failing = True
+            log.warning("feeding private-swarm keys to %s failed (tried again each second): "
+                        "%s", self.index, problem)
 
 
 def _flush_handlers(logger: logging.Logger) -> None:
@@ -1122,8 +1137,9 @@ def _flush_handlers(logger: logging.Logger) -> None:
 
 async def _distribution_guard(request: web.Request, hub: str, repo_type: str,
                               repo_id: str) -> None:
-    """A private repo's manifests and ref statements go to its readers only (a gated one's
-    are anyone's, as its file listing is); to others it does not exist."""
+    """A private repo's manifests and ref statements go to its readers only; to others it
+    does not exist. A gated one's are anyone's, as its file listing is (the index checks
+    them); its bytes need the right."""
     access = await _answer(request, ("access", hub, repo_type, repo_id),
                            request.app[DISTRIBUTION].access, hub, repo_type, repo_id)
     if access == "private":
@@ -1224,8 +1240,8 @@ def create_app(config: Config) -> web.Application:
     app[METRICS] = Metrics()
     app.cleanup_ctx.extend([
         listening(config.mirror.host, config.mirror.port), background("mirror"), _catalog,
-        _access, _pull_through, _identity, _egress, _session, _seeder, _scheduler, _access_log,
-        _registration, _tracker_keys,
+        _access, _pull_through, _identity, _tracker_keys, _egress, _session, _seeder,
+        _scheduler, _access_log, _registration,
     ])
     app.router.add_get("/", index)
     app.router.add_get("/metrics", metrics)

@@ -98,7 +98,7 @@ class Distribution:
         repo = self.catalog.repo(hub, repo_type, repo_id)
         commit = self.catalog.resolve(repo, revision)
         answer = {"hub": hub, "type": repo_type, "repo": repo_id, "revision": revision,
-                  "commit": commit,
+                  "commit": commit, "access": repo.access,
                   "manifest": f"/api/weightswarm/manifests/{hub}/{repo_type}/{repo_id}/{commit}"}
         kind, name = ref_of(revision)
         for ref in self.catalog.refs(repo):

@@ -220,14 +220,16 @@ class Seeder:
         check the whole blob, put it back."""
         sha256 = record.sha256
         old = self.seeding.pop(sha256, None)
+        private = sha256 in self.private
+        self.private.discard(sha256)
         if old is not None:
             self.session.remove(old)
         # Marked by another process (`mirror scrub`), or moved already: either way here.
         target = take_out(self.store, self.repair_dir, sha256)
         if record.piece_length:
             log.info("repairing blob %s (%s) from the swarm", sha256, reason)
-            key = self.session.add(blob_info(record, private=False), self.repair_dir,
-                                   trackers=self.trackers)
+            key = self.session.add(blob_info(record, private=private), self.repair_dir,
+                                   trackers=self.private_trackers if private else self.trackers)
             source = await self._mend(record, key, target)
             self.session.remove(key)
         else:  # small: no torrent, only its upstream has it

@@ -28,12 +28,14 @@ from . import hubs
 @click.option("--mirror", "mirrors", multiple=True,
               help="mirror to ask, nearest first (repeatable) [default: peer.mirrors, else "
               "the mirrors peer.index locates]")
+@click.option("--token", help="a mirror token, for gated and private repos [default: "
+              "peer.token]; sent only to the mirrors given")
 @click.option("--json", "as_json", is_flag=True, help="print the outcome as JSON")
 @click.option("--progress/--no-progress", default=None, help="progress bar [default: on a tty]")
 @click.pass_obj
 def pull(state, repo: str, hub: str, repo_type: str, include: tuple, exclude: tuple,
-         local_dir: Path | None, dry_run: bool, mirrors: tuple, as_json: bool,
-         progress: bool | None) -> None:
+         local_dir: Path | None, dry_run: bool, mirrors: tuple, token: str | None,
+         as_json: bool, progress: bool | None) -> None:
     """Fetch REPO[@REVISION] from nearby peers and the mirrors into the Hugging Face cache.
 
     Small files come over HTTP from the nearest mirror, large ones over BitTorrent; everything is
@@ -41,7 +43,7 @@ def pull(state, repo: str, hub: str, repo_type: str, include: tuple, exclude: tu
     given, the index (peer.index) says which mirrors hold it, nearest first."""
     from .pull import Pull, PullSpec
 
-    config = state.load({})
+    config = state.load({("peer", "token"): token})
     spec = PullSpec.parse(repo, hub=hub, repo_type=repo_type, include=include, exclude=exclude,
                           local_dir=local_dir, dry_run=dry_run)
     show = sys.stderr.isatty() if progress is None else progress

@@ -116,6 +116,8 @@ class PeerConfig:
     cache: str | None = None
     #: the daemon's HTTP server
     http: HttpLimits = HttpLimits()
+    #: a mirror token (`mirror token add`) a pull sends to the mirrors it is given
+    token: str | None = None
 
 
 def _peer_config(values: Mapping[str, Any]) -> PeerConfig:
@@ -128,12 +130,16 @@ def _peer_config(values: Mapping[str, Any]) -> PeerConfig:
         host=values["host"], port=values["port"],
         serve_bt=serve_bt, pull_bt=dataclasses.replace(serve_bt, listen=values["pull_listen"]),
         web_seed_grace=values["web_seed_grace"], cache=values["cache"],
-        http=http_limits(values),
+        http=http_limits(values), token=values["token"],
     )
 
 
 PEER = Section("peer", (
     Setting("mirrors", list, [], "mirror base URLs a pull asks, nearest first"),
+    Setting("token", str, None, "a mirror token (`weightswarm mirror token add`) for gated "
+            "and private repos, sent only to the mirrors named here or with --mirror (never "
+            "to the index or the mirrors it locates); what is pulled with it is not passed "
+            "on by the peer daemon", unset="public repos only"),
     Setting("trusted_keys", list, [],
             "mirror keys (ed25519:<hex>) whose manifests are believed, besides pinned ones; "
             "an index's key here is believed without pinning"),

@@ -428,15 +428,18 @@ class IndexStore:
                           (failure[:500], key))
 
     def random_snapshot(self, key: str, rng: random.Random) -> tuple | None:
-        """(hub, type, repo id, commit, manifest sha256) of one snapshot the mirror lists."""
+        """(hub, type, repo id, commit, manifest sha256, gated) of one snapshot the mirror
+        lists."""
         count = self.conn.execute("SELECT count(*) FROM snapshots WHERE mirror = ?",
                                   (key,)).fetchone()[0]
         if not count:
             return None
         return self.conn.execute(
-            "SELECT hub, type, repo_id, commit_id, manifest_sha256 FROM snapshots"
-            " WHERE mirror = ? ORDER BY hub, type, repo_id, commit_id LIMIT 1 OFFSET ?",
-            (key, rng.randrange(count))).fetchone()
+            "SELECT s.hub, s.type, s.repo_id, s.commit_id, s.manifest_sha256, "
+            "coalesce(r.gated, 0) FROM snapshots s LEFT JOIN repos r ON r.mirror = s.mirror "
+            "AND r.hub = s.hub AND r.type = s.type AND r.repo_id = s.repo_id"
+            " WHERE s.mirror = ? ORDER BY s.hub, s.type, s.repo_id, s.commit_id LIMIT 1 "
+            "OFFSET ?", (key, rng.randrange(count))).fetchone()
 
     # -- feeds --
 
@@ -661,7 +664,7 @@ class Poller:
             log.info("index: %s passed a spot-check again: no longer demoted", m.base_url)
 
     async def _check(self, m: MirrorRow, picked: tuple) -> str | None:
-        hub, type_, repo_id, commit, digest = picked
+        hub, type_, repo_id, commit, digest, gated = picked
         url = f"{m.base_url}/api/weightswarm/manifests/{hub}/{type_}/{repo_id}/{commit}"
         async with self.http.get(url) as response:
             data = await _bounded_body(response, 64 * 1024 * 1024)
@@ -672,7 +675,9 @@ class Poller:
             manifest, _ = read_manifest(data, {m.key})
         except ManifestError as e:
             return f"{where}: manifest refused: {e}"
-        files = list(manifest.files)
+        # A gated repo's bytes go to the mirror's token holders only: its manifest is checked,
+        # its blobs cannot be (the index holds no token).
+        files = [] if gated else list(manifest.files)
         for f in self.rng.sample(files, min(BLOBS_PER_CHECK, len(files))):
             async with self.http.head(f"{m.base_url}/blobs/sha256/{f.sha256}") as response:
                 size = response.headers.get("Content-Length")

@@ -29,7 +29,14 @@ from pathlib import Path
 from urllib.parse import quote
 
 from .. import atomic
-from ..errors import IntegrityError, NotFound, RemoteError, Unavailable, WeightswarmError
+from ..errors import (
+    GatedRepo,
+    IntegrityError,
+    NotFound,
+    RemoteError,
+    Unavailable,
+    WeightswarmError,
+)
 from ..manifest import Manifest, ManifestError, read_manifest, read_ref
 from ..paths import is_commit
 from ..trust import Trust
@@ -47,16 +54,20 @@ class Believed:
 
 
 async def believe(client: MirrorClient, spec: PullSpec, mirrors: list[str], trust: Trust,
-                  home: Path, *, pin: bool = True) -> Believed:
+                  home: Path, *, pin: bool = True, keep: bool = True) -> Believed:
     """The first mirror's answer that has one; what it signed is kept in `home` for the peer
-    daemon to relay. `pin`: pin each mirror's key on first use (mirrors configured, not
-    located)."""
+    daemon to relay (`keep`: not what a token brought). `pin`: pin each mirror's key on first
+    use (mirrors configured, not located)."""
     errors: list[WeightswarmError] = []
     for mirror in mirrors:
         try:
-            return await _believe_from(client, spec, mirror, trust, home, pin)
+            return await _believe_from(client, spec, mirror, trust, home, pin, keep)
         except (ManifestError, IntegrityError) as e:
             raise PullError(f"{mirror}: refused: {e}") from e
+        except GatedRepo as e:
+            hint = "this token may not read it" if client.auth(mirror + "/") else \
+                "pull with --token (or peer.token), a token of this mirror"
+            raise PullError(f"{mirror}: {spec.repo_id} is gated: {hint}") from e
         except (RemoteError, PullError) as e:
             log.info("%s: no answer for %s@%s (%s); asking the next mirror", mirror,
                      spec.repo_id, spec.revision, e)
@@ -70,7 +81,7 @@ async def believe(client: MirrorClient, spec: PullSpec, mirrors: list[str], trus
 
 
 async def _believe_from(client: MirrorClient, spec: PullSpec, mirror: str, trust: Trust,
-                        home: Path, pin: bool) -> Believed:
+                        home: Path, pin: bool, keep: bool) -> Believed:
     if pin:
         with contextlib.suppress(NotFound):  # a peer daemon relaying has no key of its own
             answer = await client.json(f"{mirror}/api/weightswarm/key")
@@ -78,6 +89,9 @@ async def _believe_from(client: MirrorClient, spec: PullSpec, mirror: str, trust
     trusted = trust.keys()
     base = f"{mirror}/api/weightswarm/snapshots/{spec.hub}/{spec.repo_type}/{spec.repo_id}"
     snap = await client.json(f"{base}?revision={quote(spec.revision, safe='')}")
+    if snap.get("access") == "gated" and not client.auth(f"{mirror}/"):
+        # Its bytes need a token: refused here, before any is asked for.
+        raise GatedRepo(spec.repo_id)
     commit = snap.get("commit")
     if not isinstance(commit, str) or not is_commit(commit):
         raise PullError(f"{mirror}: no commit in its answer")
@@ -91,7 +105,8 @@ async def _believe_from(client: MirrorClient, spec: PullSpec, mirror: str, trust
         raise ManifestError("the manifest is for another repo or commit")
     log.info("%s@%s is %s, manifest signed by %s", spec.repo_id, spec.revision, commit[:12],
              key)
-    _keep(home, spec, snap, data, commit)
+    if keep:
+        _keep(home, spec, snap, data, commit)
     return Believed(mirror, commit, manifest)
 
 

@@ -35,14 +35,24 @@ class MirrorClient:
     """The calls of a pull; `setting` is what an unreachable server's error tells to check
     (the mirrors' settings, or peer.index for the index)."""
 
-    def __init__(self, session: aiohttp.ClientSession):
+    def __init__(self, session: aiohttp.ClientSession, *, token: str | None = None,
+                 trusted: tuple[str, ...] = ()):
         self.http = session
+        #: the mirror token, sent only to `trusted` (the mirrors the user named)
+        self.token = token
+        self.trusted = tuple(f"{m.rstrip('/')}/" for m in trusted)
+
+    def auth(self, url: str) -> dict[str, str]:
+        """The Authorization header for `url`, if it is one of the mirrors the token is for."""
+        if self.token and url.startswith(self.trusted):
+            return {"Authorization": f"Bearer {self.token}"}
+        return {}
 
     @contextlib.asynccontextmanager
     async def _get(self, url: str, setting: str = MIRRORS_SETTING
                    ) -> AsyncIterator[aiohttp.ClientResponse]:
         try:
-            async with self.http.get(url) as r:
+            async with self.http.get(url, headers=self.auth(url)) as r:
                 await raise_for_status(r)
                 yield r
         except (TimeoutError, aiohttp.ClientError) as e:

@@ -44,7 +44,9 @@ class Pull:
     async def run(self) -> PullResult:
         started = time.monotonic()
         async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
-            client = MirrorClient(http)
+            # The token goes to the mirrors named only (config, --mirror), never to the index
+            # or to a mirror it locates.
+            client = MirrorClient(http, token=self.config.token, trusted=tuple(self.mirrors))
             # 1 and 2: what the revision is, believed; what of it is asked for.
             believed = await self._believe(client)
             files = select(believed.manifest.files, self.spec.include, self.spec.exclude)
@@ -72,7 +74,8 @@ class Pull:
         if self.config.index:
             self.mirrors = await consult(client, self.config.index, self.trust, self.spec,
                                          self.mirrors)
-        return await believe(client, self.spec, self.mirrors, self.trust, self.home, pin=given)
+        return await believe(client, self.spec, self.mirrors, self.trust, self.home, pin=given,
+                             keep=not self.config.token)
 
     def _list(self, files: list[ManifestFile], commit: str) -> None:
         for f in files:
@@ -89,7 +92,8 @@ class Pull:
                 group.create_task(fetch_small(client, nearest_first(result.mirror, self.mirrors),
                                               cache, small, result, bar))
                 if large:
-                    swarm = BitTorrent(self.config, self.home, self.mirrors)
+                    swarm = BitTorrent(self.config, self.home, self.mirrors,
+                                       relay=not self.config.token)
                     group.create_task(swarm.fetch(client, cache, large, result, bar))
         except* WeightswarmError as group_error:
             # The first error, out of however many task groups deep it was raised.

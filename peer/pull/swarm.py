@@ -75,6 +75,8 @@ class Large:
     trackers: list[str]
     web_seeds: list[str]
     piece_length: int
+    #: a private swarm's (its info dict says `private: 1`)
+    private: bool = False
     key: str = ""
     seeded_web: bool = False
     done: bool = False
@@ -91,10 +93,13 @@ class Large:
 class BitTorrent:
     """The large files of one pull. `mirrors`: the configured mirrors, nearest first."""
 
-    def __init__(self, config: PeerConfig, home: Path, mirrors: list[str]):
+    def __init__(self, config: PeerConfig, home: Path, mirrors: list[str], *,
+                 relay: bool = True):
         self.config = config
         self.home = home
         self.mirrors = mirrors
+        #: keep the torrents for the peer daemon to seed and relay (not what a token brought)
+        self.relay = relay
         self.resume = ResumeData(home / "resume")
 
     async def fetch(self, client: MirrorClient, cache: RepoCache, files: list[ManifestFile],
@@ -126,8 +131,16 @@ class BitTorrent:
             try:
                 data = await client.bytes(f"{mirror}/api/weightswarm/torrents/{f.sha256}.torrent")
                 item = read_torrent(data, f, self.mirrors)
-                # Kept as the mirror sent it (trackers, web seeds) for the peer daemon.
-                atomic.write_file(self.home / "torrents" / f"{f.sha256}.torrent", data)
+                if item.private:
+                    # A private swarm's (BEP 27): its trackers carry the reader's own key; the
+                    # mirrors' web seeds need the token, which libtorrent sends as HTTP Basic
+                    # from the URL (a handle cannot add a seed with headers once added, and
+                    # they are added late: peers first). Only mirrors the token is for.
+                    item.web_seeds = [with_token(url, client.token)
+                                      for url in item.web_seeds if client.auth(url)]
+                elif self.relay:
+                    # Kept as the mirror sent it (trackers, web seeds) for the peer daemon.
+                    atomic.write_file(self.home / "torrents" / f"{f.sha256}.torrent", data)
                 return item
             except (WeightswarmError, KeyError, ValueError, TypeError) as e:
                 errors.append(f"{mirror}: {e or type(e).__name__}")
@@ -179,6 +192,13 @@ class BitTorrent:
                     session.save_resume(item.key), 5))
 
 
+def with_token(url: str, token: str) -> str:
+    """`url` with the token as its password: libtorrent sends it as HTTP Basic, which the
+    mirror takes as it takes a bearer token."""
+    parts = urlsplit(url)
+    return parts._replace(netloc=f"token:{token}@{parts.netloc}").geturl()
+
+
 def read_torrent(data: bytes, f: ManifestFile, mirrors: list[str]) -> Large:
     """A torrent as a mirror sent it, for the manifest's file `f`; raises ValueError (bad
     bencoding), KeyError or TypeError (not a torrent) or IntegrityError (another torrent)."""
@@ -195,7 +215,8 @@ def read_torrent(data: bytes, f: ManifestFile, mirrors: list[str]) -> Large:
     seeds = _texts(torrent.get(b"url-list", []), "url-list")
     seeds += [f"{m}/blobs/sha256/{f.sha256}" for m in mirrors]
     return Large(f, bencode({b"info": info}), list(dict.fromkeys(trackers)),
-                 list(dict.fromkeys(seeds)), info[b"piece length"])
+                 list(dict.fromkeys(seeds)), info[b"piece length"],
+                 private=info.get(b"private") == 1)
 
 
 class ResumeData:

@@ -4,6 +4,7 @@ refused at load with what is wrong."""
 
 from __future__ import annotations
 
+import base64
 import time
 
 import pytest
@@ -62,7 +63,10 @@ def test_the_bearer_header_as_huggingface_hub_sends_it():
     token = new_token()
     assert bearer(f"Bearer {token}") == token
     assert bearer(f"bearer  {token} ") == token
-    for header in (None, "", token, f"Basic {token}", "Bearer " + "x" * 300):
+    basic = base64.b64encode(f"token:{token}".encode()).decode()
+    assert bearer(f"Basic {basic}") == token, "a web seed's URL credentials"
+    for header in (None, "", token, f"Basic {token}", "Bearer " + "x" * 300, "Basic !!",
+                   "Basic " + base64.b64encode(b"no-colon").decode()):
         assert bearer(header) is None, header
 
 
