@@ -469,6 +469,10 @@ async def _rendered(request: web.Request, call: routes.HubCall, flag: str,
 
 async def _repo_info(request: web.Request, call: routes.HubCall) -> web.Response:
     service = request.app[SERVICE]
+    if _true(_query(request).get("securityStatus")):
+        blobs = _true(_query(request).get("blobs"))
+        return _json(await _answer(request, (call, "security", blobs), lambda: _dumps(
+            service.repo_info(call, blobs=blobs, security=True))))
     return await _rendered(request, call, "blobs", lambda c, v: service.repo_info(c, blobs=v))
 
 

@@ -198,6 +198,25 @@ def commit_json(snapshot: Snapshot) -> dict:
     }
 
 
+def security_status_json(scans: dict) -> dict:
+    """HF's `securityRepoStatus` (repo info with `securityStatus=true`, which
+    `model_info(securityStatus=True)` reads into `security_repo_status`): the files the pickle
+    scanner did not call safe, with the imports it found. `unscanned` files are "caution"."""
+    issues = []
+    for path, verdict in sorted(scans.items()):
+        if verdict.status == "safe":
+            continue
+        imports = [{"module": g.rpartition(".")[0] or g, "name": g.rpartition(".")[2],
+                    "safety": "dangerous"} for g in verdict.found]
+        issues.append({
+            "path": path, "level": "unsafe" if verdict.status == "suspicious" else "caution",
+            "pickleImportScan": {
+                "highestSafetyLevel": "dangerous" if imports else "innocuous",
+                "imports": imports},
+        })
+    return {"scansDone": True, "filesWithIssues": issues}
+
+
 def resolve_url(base: str, call: HubCall, commit: str, path: str) -> str:
     """The commit-pinned resolve URL: the base clients see, the hub prefix, the repo."""
     return (
@@ -254,11 +273,14 @@ class HubService:
         commit = self.catalog.resolve(repo, call.revision or "main")
         return repo, self.catalog.snapshot(repo, commit)
 
-    def repo_info(self, call: HubCall, *, blobs: bool) -> dict:
+    def repo_info(self, call: HubCall, *, blobs: bool, security: bool = False) -> dict:
         repo, snapshot = self.snapshot(call)
-        return repo_info_json(repo, snapshot, self.catalog.files(snapshot), blobs=blobs,
-                              verified_by=self.catalog.verified_by(snapshot),
-                              scans=self.catalog.scans(snapshot))
+        scans = self.catalog.scans(snapshot)
+        info = repo_info_json(repo, snapshot, self.catalog.files(snapshot), blobs=blobs,
+                              verified_by=self.catalog.verified_by(snapshot), scans=scans)
+        if security:
+            info["securityRepoStatus"] = security_status_json(scans)
+        return info
 
     def tree(self, call: HubCall, *, recursive: bool, expand: bool) -> list[dict]:
         repo, snapshot = self.snapshot(call)

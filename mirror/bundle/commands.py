@@ -72,6 +72,8 @@ _progress = click.option("--progress/--no-progress", default=None,
 @click.option("--to", "to", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="the bundle folder (volumes vol-001, vol-002, ... go in it)")
 @click.option("--all", "everything", is_flag=True, help="every repo this mirror holds")
+@click.option("--include-private", is_flag=True,
+              help="carry private repos too (left out of --all and globs, refused by name)")
 @click.option("--state", "state_file", type=click.Path(dir_okay=False, path_type=Path),
               help="the far side's export-state file: leave out what it holds")
 @click.option("--since", type=click.Path(exists=True, path_type=Path),
@@ -84,8 +86,8 @@ _progress = click.option("--progress/--no-progress", default=None,
                    "an import repairs a volume with damaged or missing files within it")
 @_progress
 @click.pass_obj
-def export(state, specs, to, everything, state_file, since, volume_size, parity, progress,
-           ) -> None:
+def export(state, specs, to, everything, include_private, state_file, since, volume_size,
+           parity, progress) -> None:
     """Write repos to a bundle for an air-gapped mirror: blobs, signed manifests and refs, and
     an index signed by this mirror, in volumes that each stand alone.
 
@@ -105,7 +107,7 @@ def export(state, specs, to, everything, state_file, since, volume_size, parity,
     parsed = [parse_export_spec(s) for s in specs]
     holdings = read_state(state_file) if state_file else read_since(since) if since else NOTHING
     catalog, store = _open(config)
-    chosen = choose(catalog, parsed, everything=everything)
+    chosen = choose(catalog, parsed, everything=everything, include_private=include_private)
     exporter = Exporter(catalog, store, load_or_create(config.key_path), progress=_show(progress),
                         **_parity(parse_percent(parity), _show(progress)) if parity else {})
     r = exporter.export(chosen, to, volume_size=parse_size(volume_size), holdings=holdings)

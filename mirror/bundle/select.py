@@ -88,14 +88,24 @@ def _repos(catalog: Catalog, spec: ExportSpec) -> list[Repo]:
     return found
 
 
-def choose(catalog: Catalog, specs: list[ExportSpec], *, everything: bool = False) -> list[Chosen]:
-    """The snapshots to carry, in a stable order (hub, type, repo, then the catalog's)."""
+def choose(catalog: Catalog, specs: list[ExportSpec], *, everything: bool = False,
+           include_private: bool = False) -> list[Chosen]:
+    """The snapshots to carry, in a stable order (hub, type, repo, then the catalog's).
+    Private repos only with `include_private`: `--all` and globs leave them out, and one
+    named is refused (a bundle travels on media anyone may pick up)."""
     chosen: dict[tuple[int, str], Chosen] = {}
     pairs: list[tuple[Repo, str, Ref | None]] = []
     if everything:
-        pairs += [(repo, c, r) for repo in catalog.repos() for c, r in _whole(catalog, repo)]
+        pairs += [(repo, c, r) for repo in catalog.repos()
+                  if include_private or repo.access != "private"
+                  for c, r in _whole(catalog, repo)]
     for spec in specs:
         for repo in _repos(catalog, spec):
+            if repo.access == "private" and not include_private:
+                if not spec.repo_id.endswith("/*"):
+                    raise BadRequest(f"{repo.repo_id} is private: a bundle carries it only "
+                                     f"with --include-private")
+                continue
             found = (_whole(catalog, repo) if spec.revision is None
                      else _revision(catalog, repo, spec.revision))
             pairs += [(repo, c, r) for c, r in found]

@@ -325,3 +325,46 @@ def _with_upstream(config, endpoint: str, token: str):
     upstreams["huggingface"] = dataclasses.replace(upstreams["huggingface"], endpoint=endpoint,
                                                    token=token)
     return dataclasses.replace(config.mirror, upstreams=MappingProxyType(upstreams))
+
+
+def test_hf_auth_login_against_the_mirror_then_hf_download_of_a_gated_repo(site, tmp_path):
+    from helpers import VENV_BIN, hf_cli_path, hf_env
+
+    mirror, _, folders, tokens = site
+    env = hf_env(mirror.url, tmp_path / "cache")
+    del env["HF_HUB_DISABLE_IMPLICIT_TOKEN"]  # as users run it: the stored token is sent
+    login = subprocess.run([str(VENV_BIN / "hf"), "auth", "login", "--token", tokens["alice"]],
+                           capture_output=True, text=True, timeout=120, env=env)
+    assert login.returncode == 0, login.stderr[-2000:]
+    got = subprocess.run([str(VENV_BIN / "hf"), "download", GATED], capture_output=True,
+                         text=True, timeout=120, env=env)
+    assert got.returncode == 0, got.stderr[-2000:]
+    folder = hf_cli_path(got.stdout + got.stderr)
+    assert (folder / "config.json").read_bytes() == (folders[GATED] / "config.json").read_bytes()
+
+
+def test_the_token_commands_keep_the_file_valid_and_refuse_what_they_cannot_do(tmp_path):
+    from mirror.accounts import revoke
+    from peer.errors import BadRequest, ConfigError
+
+    path = tmp_path / "access.toml"
+    path.write_text("# our people, kept by hand\n[groups.research]\nread = [\"org/*\"]\n")
+    token = add_token(path, "alice", read=[], admin=[], expires=None)
+    assert path.read_text().startswith("# our people, kept by hand"), "comments stay"
+    assert token not in path.read_text(), "only its hash is written"
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    from mirror.access import load, token_sha256
+
+    digest = token_sha256(token)
+    assert load(path).token(token, time.time()).user == "alice"
+    with pytest.raises(ConfigError, match="invalid"):
+        add_token(path, "../bad", read=[], admin=[], expires=None)
+    assert load(path).token(token, time.time()) is not None, "a refused edit changes nothing"
+    with pytest.raises(BadRequest):
+        revoke(path, "short")
+    [gone] = revoke(path, digest[:12])
+    assert gone["user"] == "alice" and load(path).tokens == {}
+    yaml_file = tmp_path / "access.yaml"
+    yaml_file.write_text("users: {}\n")
+    with pytest.raises(ConfigError, match="YAML"):
+        add_token(yaml_file, "alice", read=[], admin=[], expires=None)

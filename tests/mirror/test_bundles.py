@@ -621,3 +621,26 @@ def test_gc_keeps_what_a_waiting_snapshot_took_in_until_its_last_volume_comes(
     assert collect_garbage(gapped.catalog, gapped.store, grace=0, now=later).blobs == []
     for repo_id in REPOS:
         assert gapped.files(repo_id) == connected.files(repo_id)
+
+
+def test_a_private_repo_travels_only_with_include_private(connected, tmp_path):
+    """Issue 20: a bundle is media anyone may pick up: no private repo's byte or name in it
+    unless asked for by --include-private."""
+    secret = write_repo(tmp_path / "sources" / "org/secret", "org/secret", 300 * KiB, 9)
+    Importer(connected.catalog, connected.store).import_path(secret, repo_id="org/secret",
+                                                               access="private")
+    weights = (secret / "weights.bin").read_bytes()
+    for args in (["--all"], ["hf:org/*"]):
+        bundle = tmp_path / f"b-{len(args[0])}"
+        done = mirror_cli(connected, "export", *args, "--to", str(bundle))
+        assert done.exit_code == 0, done.output
+        for f in bundle_files(bundle):
+            data = f.read_bytes()
+            assert weights[:4096] not in data and b"org/secret" not in data, f
+    named = mirror_cli(connected, "export", "hf:org/secret", "--to", str(tmp_path / "n"))
+    assert named.exit_code != 0 and "--include-private" in str(named.exception)
+    carried = tmp_path / "carried"
+    done = mirror_cli(connected, "export", "hf:org/secret", "--include-private", "--to",
+                      str(carried))
+    assert done.exit_code == 0, done.output
+    assert any(weights[:4096] in f.read_bytes() for f in bundle_files(carried))

@@ -17,7 +17,7 @@ import httpx2 as httpx
 import pytest
 import scancorpus
 from fakehub import FakeHub
-from huggingface_hub import hf_hub_download
+from huggingface_hub import HfApi, hf_hub_download
 from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
 from helpers import make_config
@@ -61,6 +61,15 @@ def test_flag_publishes_and_says_what_it_found(home, serve, corpus, tmp_path):
     assert verdict["status"] == "suspicious" and "posix.system" in verdict["globals"], verdict
     assert verdict["scanner"].startswith("picklescan ")
     assert "config.json" not in info["weightswarm"]["scan"], "a format that holds no code"
+    # HF's shape, as the stock client reads it
+    status = HfApi(endpoint=mirror.url).model_info(REPO, securityStatus=True
+                                                   ).security_repo_status
+    [issue] = status["filesWithIssues"]
+    assert status["scansDone"] and issue["path"] == "pytorch_model.bin"
+    assert issue["level"] == "unsafe"
+    assert {"module": "posix", "name": "system", "safety": "dangerous"} in \
+        issue["pickleImportScan"]["imports"]
+    assert "securityRepoStatus" not in info, "only when asked for, as on the Hub"
     path = hf_hub_download(REPO, "pytorch_model.bin", endpoint=mirror.url,
                            cache_dir=tmp_path / "c")
     assert Path(path).read_bytes() == corpus["torch-zip-os-system"].path.read_bytes()
