@@ -260,17 +260,16 @@ def _permit(request: web.Request, access: str, repo_id: str,
         return None
     rules, token = _reader(request)
     decision = decide(access, repo_id, token, rules)
-    who = _who(request, token)
     if not decision.allowed:
         request.app[METRICS].audited("refused_token" if token else "refused_anonymous")
-        audit_log.info("refused %s %s %s: %s (%s)", who, request.method,
+        audit_log.info("refused %s %s %s: %s (%s)", _who(request, token), request.method,
                        header_safe(request.raw_path[:300]), decision.reason, decision.status)
         if decision.error_code == "GatedRepo":
             raise (GatedRepo if token else GatedNeedsToken)(repo_id, message=decision.reason)
         raise _hidden(request, Hidden(repo_id, repo_type))
     if access == "gated":
         request.app[METRICS].audited("gated_read")
-        audit_log.info("gated read %s %s %s", who, request.method,
+        audit_log.info("gated read %s %s %s", _who(request, token), request.method,
                        header_safe(request.raw_path[:300]))
     return token
 

@@ -35,6 +35,7 @@ from peer.torrent import info_hash as compute_info_hash
 from tracker import app as tracker_app
 
 REPO = "meta/gated"
+OPEN = "org/open"
 BIG = "big.bin"
 MiB = 1 << 20
 
@@ -45,6 +46,8 @@ def network(tmp_path_factory):
     home = root / "mirror"
     model = make_tiny_model(root / "model", big_size=16 * MiB)
     import_repo(home, model, REPO, access="gated")
+    public = make_tiny_model(root / "public", seed=1, big_size=6 * MiB)
+    import_repo(home, public, OPEN)
     key_file = root / "mirror_keys"
     key_file.write_text(f"{public_key_text(load_or_create(make_config(home).key_path))} m\n")
     tracker = start_service(tracker_app.start, load_config(home=root / "tracker", env={},
@@ -58,7 +61,7 @@ def network(tmp_path_factory):
               for user in ("alice", "bob", "carol", "dave")}
     mirror = start_mirror(make_config(home, access_file="access.toml", index=tracker.url,
                                       trackers=[f"{tracker.url}/announce"]))
-    yield tracker, mirror, home, model, tokens
+    yield tracker, mirror, home, model, tokens, public
     mirror.stop()
     tracker.stop()
 
@@ -84,7 +87,7 @@ def _scrape(url: str, info_hash: bytes) -> dict:
 
 
 def test_every_path_keeps_the_private_swarm_to_its_readers(network):
-    tracker, mirror, home, model, tokens = network
+    tracker, mirror, home, model, tokens, _ = network
     sha256 = _sha256(model / BIG)
     assert _torrent(mirror, sha256, None).status_code == 401
     assert _torrent(mirror, sha256, tokens["dave"]).status_code == 404, "no right: no torrent"
@@ -132,7 +135,7 @@ def test_a_gated_model_pulled_with_a_token_over_bittorrent_from_the_mirror_and_a
         network, tmp_path):
     import libtorrent as lt
 
-    tracker, mirror, _, model, tokens = network
+    tracker, mirror, _, model, tokens, _ = network
     sha256 = _sha256(model / BIG)
     # A second peer that holds the file, in the private swarm under bob's key.
     data = _torrent(mirror, sha256, tokens["bob"]).content
@@ -179,3 +182,47 @@ def _pulled(root: Path, mirror_url: str, token: str, model: Path) -> dict:
     assert not list((root / "home").glob("torrents/*")), \
         "a token's pull leaves nothing for the peer daemon to relay"
     return result
+
+
+DHT = {"enable_dht": True, "enable_lsd": True, "dht_restrict_routing_ips": False,
+       "dht_restrict_search_ips": False, "dht_bootstrap_nodes": "",
+       "enable_upnp": False, "enable_natpmp": False, "enable_ip_notifier": False,
+       "listen_interfaces": "127.0.0.1:0", "enable_outgoing_utp": False,
+       "enable_incoming_utp": False, "allow_multiple_connections_per_ip": True}
+
+
+def test_dht_and_local_discovery_never_find_the_private_swarm(network, tmp_path):
+    """Two stock libtorrent sessions with DHT and local discovery on, on loopback: one holds
+    the private torrent the mirror gave a reader and, as a control, a public one; the other,
+    told of neither tracker nor peer, finds the public one by DHT and never the private one.
+    (Local discovery multicasts, which loopback does not carry: it is on, with no control.)"""
+    import libtorrent as lt
+
+    tracker, mirror, _, model, tokens, public = network
+    held = tmp_path / "held"
+    held.mkdir()
+    seeder, finder = lt.session(DHT), lt.session(DHT)
+    hashes = {}
+    for name, folder, token in (("private", model, tokens["alice"]), ("public", public, None)):
+        sha256 = _sha256(folder / BIG)
+        info = bdecode(_torrent(mirror, sha256, token).content)[b"info"]
+        assert (info.get(b"private") == 1) == (name == "private")
+        shutil.copy(folder / BIG, held / sha256)
+        params = lt.add_torrent_params()
+        params.ti = lt.torrent_info(lt.bdecode(lt.bencode({b"info": info})))
+        params.save_path = str(held)
+        handle = seeder.add_torrent(params)  # no tracker: DHT and LSD only
+        handle.force_recheck()
+        hashes[name] = compute_info_hash(info)
+    wait_for(lambda: all(h.status().is_seeding for h in seeder.get_torrents()), 30, "seeding")
+    finder.add_dht_node(("127.0.0.1", seeder.listen_port()))
+    seeder.add_dht_node(("127.0.0.1", finder.listen_port()))
+    found = {}
+    for name, digest in hashes.items():
+        params = lt.parse_magnet_uri(f"magnet:?xt=urn:btih:{digest}")
+        params.save_path = str(tmp_path / f"found-{name}")
+        found[name] = finder.add_torrent(params)
+    wait_for(lambda: found["public"].status().is_seeding, 60, "the public one found by DHT")
+    time.sleep(5)  # the private one had as long, and more
+    private = found["private"].status()
+    assert not private.has_metadata and private.num_peers == 0 and private.total_done == 0
