@@ -42,7 +42,7 @@ def site(tmp_path_factory):
     folders = {}
     for seed, (repo, access) in enumerate(((OPEN, "public"), (GATED, "gated"),
                                            (SECRET, "private"), (OTHER_SECRET, "private"))):
-        folders[repo] = make_tiny_model(root / f"tiny{seed}", seed=seed, big_size=1 << 20)
+        folders[repo] = make_tiny_model(root / f"tiny{seed}", seed=seed, big_size=5 << 20)
         import_repo(home, folders[repo], repo, access=access)
     (home / "weightswarm.toml").write_text('[mirror]\naccess_file = "access.toml"\n')
     access = home / "access.toml"
@@ -368,3 +368,27 @@ def test_the_token_commands_keep_the_file_valid_and_refuse_what_they_cannot_do(t
     yaml_file.write_text("users: {}\n")
     with pytest.raises(ConfigError, match="YAML"):
         add_token(yaml_file, "alice", read=[], admin=[], expires=None)
+
+
+def test_a_private_repos_torrents_and_manifests_go_to_its_readers_only(site):
+    from peer.bencode import bdecode
+
+    mirror, _, _, tokens = site
+    info = HfApi(endpoint=mirror.url, token=tokens["alice"]).model_info(
+        SECRET, files_metadata=True)
+    sha256 = next(s.lfs.sha256 for s in info.siblings if s.rfilename == "big.bin")
+    routes = [f"/api/weightswarm/torrents/{sha256}.torrent",
+              f"/api/weightswarm/snapshots/huggingface/model/{SECRET}?revision=main",
+              f"/api/weightswarm/manifests/huggingface/model/{SECRET}/{info.sha}"]
+    for route in routes:
+        assert httpx.get(mirror.url + route).status_code == 401, route
+        bob = {"Authorization": f"Bearer {tokens['bob']}"}
+        wrong = httpx.get(mirror.url + route, headers=bob)
+        missing = httpx.get(mirror.url + route.replace(SECRET, "team/never-was"), headers=bob)
+        assert (wrong.status_code, wrong.text.replace(SECRET, "team/never-was")) == \
+            (missing.status_code, missing.text), f"{route}: answered as a missing repo"
+        assert httpx.get(mirror.url + route, headers={
+            "Authorization": f"Bearer {tokens['alice']}"}).status_code == 200, route
+    torrent = bdecode(httpx.get(mirror.url + routes[0], headers={
+        "Authorization": f"Bearer {tokens['alice']}"}).content)
+    assert torrent[b"info"][b"private"] == 1
