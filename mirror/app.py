@@ -24,6 +24,7 @@ from multidict import MultiDict
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from peer import hubs
+from peer import pages as page_kit
 from peer.errors import (
     BadRequest,
     BlobMissing,
@@ -42,6 +43,7 @@ from peer.http import answer_errors, header_safe
 from peer.keys import load_or_create, public_key_text
 from peer.listing import next_link, parse_list_query
 from peer.metrics import Children, metrics_response
+from peer.pages import wants_html
 from peer.paths import ascii_digits, check_repo_id, check_revision, is_commit, is_sha256
 from peer.service import LIMITS, LISTENER, LOOPS, Service, background, listening
 from peer.service import serve as serve_services
@@ -49,7 +51,7 @@ from peer.service import start as start_service
 from peer.settings import MIRROR_FINGERPRINT
 from peer.store import BlobStore
 
-from . import feed, msapi, routes
+from . import feed, msapi, pages, routes
 from .access import (
     MIRROR_SEEDER,
     AccessFile,
@@ -364,7 +366,12 @@ async def observe(request: web.Request, handler):
 
 async def hub_api(request: web.Request) -> web.StreamResponse:
     """Every HF API path: parsed (routes.py), then answered by the call's own handler; an
-    old name (`[mirror] aliases`) that the catalog lacks, redirected to its new one."""
+    old name (`[mirror] aliases`) that the catalog lacks, redirected to its new one. A
+    browser asking for a page path gets the page (mirror/pages.py)."""
+    if request.method in _READ and wants_html(request.headers.get("Accept")):
+        found = _page_of(request)
+        if found is not None:
+            return await _page(request, found)
     aliases = request.app[CONFIG].mirror.aliases
     try:
         call = routes.parse(request.raw_path)
@@ -824,6 +831,79 @@ def _blob_repo(holders: tuple) -> str:
     return holders[0][2] if holders else "*"
 
 
+# -- pages (mirror/pages.py renders; peer/pages holds the templates and the sanitiser) ------
+
+
+def _page_of(request: web.Request) -> pages.Page | Exception | None:
+    """The page a browser asks for; an error to show as a page (a hostile path, or one that
+    names nothing); None for an API path, answered as the API answers it."""
+    try:
+        found = pages.parse_page(request.raw_path)
+    except (BadRequest, UnicodeDecodeError) as e:
+        return e if isinstance(e, BadRequest) else BadRequest("the path is not valid UTF-8")
+    if found is None and not _api_path(request.raw_path):
+        return NotFound("no such page")  # a browser's 404 is a page too
+    return found
+
+
+def _api_path(raw_path: str) -> bool:
+    """A path the API answers (a resolve download, say): a browser gets what the API gives."""
+    try:
+        routes.parse(raw_path)
+    except NotFound:
+        return False
+    except BadRequest:
+        return True  # the API's own answer says what is wrong
+    return True
+
+
+def _html(body: bytes, status: int = 200, *, remote_images: bool = False) -> web.Response:
+    return web.Response(body=body, status=status, content_type="text/html", charset="utf-8",
+                        headers={**page_kit.HEADERS, "Vary": "Accept", "Cache-Control": "no-cache",
+                                 "Content-Security-Policy": page_kit.csp(remote_images)})
+
+
+async def _page(request: web.Request, found) -> web.Response:
+    """A page, or an HTML page saying what is wrong (never a traceback)."""
+    request[ROUTE] = f"page_{getattr(found, 'kind', 'error')}"
+    base = _base_url(request)
+    prefix = getattr(getattr(found, "call", None), "prefix", "")
+    try:
+        if isinstance(found, Exception):
+            raise found
+        return _html(await _page_body(request, found, base),
+                     remote_images=request.app[CONFIG].mirror.remote_images)
+    except WeightswarmError as e:
+        if isinstance(e, Hidden | RepoNotFound):
+            e = _hidden(request, e)
+        title = {400: "Bad request", 401: "Not found", 403: "Forbidden",
+                 404: "Not found"}.get(e.status, "Unavailable")
+        status = 404 if e.status == 401 else e.status  # a page has no login to offer
+        return _html(await _on_catalog(request, pages.error_page, prefix, status, title,
+                                       str(e)[:300], base), status)
+
+
+async def _page_body(request: web.Request, found: pages.Page, base: str) -> bytes:
+    service, call = request.app[SERVICE], found.call
+    if found.kind == "repo":
+        await _guard(request, call, download=False)
+        return await _answer(request, ("page", request.raw_path, base), pages.repo_page,
+                             service, call, base, request.app[CONFIG].mirror.remote_images)
+    params = pages.search_params(_query(request))
+    rules, token = _reader(request)
+    if token is not None:  # what a reader sees is theirs: not kept for others
+        return await _on_catalog(request, pages.search_page, service, call, params, base,
+                                 lambda repo_id: rules.may_read(token, repo_id))
+    return await _answer(request, ("page", call.hub, call.repo_type, tuple(params.items()),
+                                   base), pages.search_page, service, call, params, base)
+
+
+async def stylesheet(request: web.Request) -> web.Response:
+    request[ROUTE] = "static"
+    return web.Response(body=page_kit.stylesheet(), content_type="text/css",
+                        headers={"Cache-Control": "public, max-age=3600"})
+
+
 async def public_key(request: web.Request) -> web.Response:
     request[ROUTE] = "key"
     return web.json_response({"key": request.app[PUBLIC_KEY]})
@@ -846,8 +926,11 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def index(request: web.Request) -> web.Response:
     request[ROUTE] = "index"
+    if wants_html(request.headers.get("Accept")):
+        return await _page(request, pages.Page("home", routes.HubCall(
+            hubs.DEFAULT, "", "page", "model")))
     session = request.app[SESSION]
-    return web.json_response({
+    return web.json_response(headers={"Vary": "Accept"}, data={
         "service": "weightswarm mirror",
         "key": request.app[PUBLIC_KEY],
         "hf_endpoint": _base_url(request),
@@ -1250,6 +1333,7 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/api/weightswarm/key", public_key)
     app.router.add_get("/api/whoami-v2", whoami)
+    app.router.add_get("/static/weightswarm.css", stylesheet)
     app.router.add_get("/api/weightswarm/snapshots/{hub}/{type}/{repo:.+}", snapshot_info)
     app.router.add_get("/api/weightswarm/manifests/{hub}/{type}/{repo:.+}/{commit}", manifest)
     app.router.add_get("/api/weightswarm/torrents", torrents)

@@ -708,6 +708,24 @@ class Catalog:
             "SELECT id, repo_id FROM repos WHERE hub = ? AND type = ? AND access = 'private'",
             (hub, type))]
 
+    def facets(self, hub: str, type: str, top: int = 30,
+               sample: int = 5000) -> dict[str, list[str]]:
+        """The most common libraries, licences and tags of a hub's repos of a type, for the
+        search page's filters; counted over the `sample` latest updated (a page asks this of
+        a large catalog too, once per change)."""
+        recent = ("SELECT library_name, license, tags FROM repos WHERE hub = ? AND type = ? "
+                  "AND access != 'private' ORDER BY updated_at DESC LIMIT ?")
+        out = {}
+        for key, expr in (("library", "library_name"), ("license", "license")):
+            out[key] = [r[0] for r in self.conn.execute(
+                f"SELECT {expr}, count(*) AS n FROM ({recent}) WHERE {expr} IS NOT NULL "  # noqa: S608
+                f"GROUP BY {expr} ORDER BY n DESC, {expr} LIMIT ?", (hub, type, sample, top))]
+        out["tag"] = [r[0] for r in self.conn.execute(
+            f"SELECT j.value, count(*) AS n FROM ({recent}) r, json_each(r.tags) j "  # noqa: S608
+            "WHERE j.value NOT LIKE '%:%' GROUP BY j.value ORDER BY n DESC, j.value LIMIT ?",
+            (hub, type, sample, top))]
+        return out
+
     def blob_access(self, sha256: str) -> list[tuple[str, str, str, str]]:
         """(hub, type, repo id, access) of every repo a published snapshot of which holds
         these bytes."""

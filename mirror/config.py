@@ -193,6 +193,9 @@ class MirrorConfig:
     scan_policy: str = "flag"
     #: users, groups, tokens and repo access (mirror/access.py); None: no tokens
     access_file: str | None = None
+    #: the pages show a model card's images from other sites (off: a page loads nothing
+    #: from elsewhere, which an air-gapped site could not anyway)
+    remote_images: bool = False
 
 
 def _keys(value: Any) -> list[str]:
@@ -227,6 +230,7 @@ def _mirror_config(values: Mapping[str, Any]) -> MirrorConfig:
             max_repo_size=values["pull_through_max_repo_size"],
             failure_ttl=values["pull_through_failure_ttl"]),
         scan_policy=values["scan_policy"], access_file=values["access_file"],
+        remote_images=values["remote_images"],
     )
 
 
@@ -312,6 +316,8 @@ MIRROR = Section("mirror", (
             "by glob, TOML or YAML, relative to the home; read again whenever it changes "
             "(`mirror token add` writes it)", unset="no tokens: gated and private repos are "
             "served to no one"),
+    Setting("remote_images", bool, False, "the web pages show a model card's images from "
+            "other sites (https only); off, a page loads nothing from anywhere else"),
     SYNCS,
     Subsections("upstreams", {hub: _upstream(hub) for hub in hubs.HUBS}),
 ), build=_mirror_config)

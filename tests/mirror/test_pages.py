@@ -1,0 +1,132 @@
+"""The mirror's pages over HTTP (issue 21), without a browser: only a request that names
+text/html gets one, every other client gets what it got before; hostile paths and queries get
+400 and 404 pages, never a traceback; a model card is cleaned of every script; search, filters
+and pages of results work. (tests/e2e/test_pages_browser.py drives them in Chromium.)"""
+
+from __future__ import annotations
+
+import logging
+
+import httpx2 as httpx
+import pytest
+
+from helpers import import_repo, make_config, make_tiny_model, start_mirror
+from peer.pages import render_card, size, wants_html
+
+HTML = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+PAGE_PATHS = ["/", "/models", "/datasets", "/models?search=tiny", "/org/tiny-0",
+              "/org/tiny-0/tree/main", "/org/tiny-0/tree/main/sub", "/datasets/org/data",
+              "/hubs/modelscope/models", "/hubs/modelscope/org/tiny-0"]
+
+
+@pytest.fixture(scope="module")
+def mirror(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pages")
+    home = root / "home"
+    for n in range(33):
+        folder = make_tiny_model(root / f"m{n}", seed=n, big_size=4096)
+        if n == 0:
+            (folder / "README.md").write_text(HOSTILE_CARD)
+        import_repo(home, folder, f"org/tiny-{n}")
+    running = start_mirror(make_config(home))
+    yield running
+    running.stop()
+
+
+HOSTILE_CARD = """---
+license: mit
+tags: [tiny]
+---
+# The tiny model
+
+<script>window.__pwned = 1; alert(1)</script>
+<img src=x onerror="window.__pwned = 2">
+<a href="javascript:window.__pwned = 3">a javascript: link</a>
+<svg><script>window.__pwned = 4</script></svg>
+<!-- <script>window.__pwned = 5</script> -->
+<p onclick="window.__pwned = 6" style="color: red">styled</p>
+[a markdown link](javascript:alert(7)) and [another](&#106;avascript:alert(8))
+![remote](https://example.com/track.png)
+<iframe src="https://example.com"></iframe>
+<form action="https://example.com"><input type="text" name="q"></form>
+"""
+
+
+def test_wants_html_only_when_text_html_is_named():
+    assert wants_html(HTML["Accept"])
+    assert wants_html("text/html")
+    for accept in (None, "", "*/*", "application/json", "text/html;q=0", "text/plain"):
+        assert not wants_html(accept), accept
+    assert size(1_400_000_000) == "1.4 GB" and size(999) == "999 B"
+
+
+def test_a_card_is_cleaned_of_every_script_and_remote_load():
+    html = render_card(HOSTILE_CARD.split("---", 2)[2])
+    lowered = html.lower().replace(" ", "")
+    for bad in ("<script", "onerror=", "onclick=", 'href="javascript', "href='javascript",
+                "<svg", "<!--", "<iframe", "style=", 'src="https://example.com', "<form",
+                "__pwned=5"):
+        assert bad not in lowered, (bad, html)
+    assert "<h1>The tiny model</h1>" in html
+    assert 'src="https://example.com' in render_card(
+        "![remote](https://example.com/a.png)", remote_images=True), "if the operator allows"
+
+
+def test_clients_that_do_not_ask_for_html_get_what_they_got_before(mirror):
+    for path in PAGE_PATHS:
+        for headers in ({}, {"Accept": "*/*"}, {"Accept": "application/json"}):
+            answer = httpx.get(mirror.url + path, headers=headers)
+            assert answer.headers["Content-Type"].startswith("application/json"), path
+            if path == "/":
+                assert answer.json()["service"] == "weightswarm mirror"
+            else:
+                assert answer.status_code == 404, (path, answer.status_code)
+    info = httpx.get(f"{mirror.url}/api/models/org/tiny-0", headers=HTML)
+    assert info.headers["Content-Type"].startswith("application/json"), "the API stays the API"
+
+
+def test_a_browser_gets_the_pages(mirror):
+    for path in PAGE_PATHS[:8]:
+        answer = httpx.get(mirror.url + path, headers=HTML)
+        if path == "/datasets/org/data":
+            assert answer.status_code == 404
+        else:
+            assert answer.status_code == 200, (path, answer.text[:300])
+        assert answer.headers["Content-Type"] == "text/html; charset=utf-8"
+        assert "script-src" not in answer.headers["Content-Security-Policy"]
+        assert "default-src 'none'" in answer.headers["Content-Security-Policy"]
+        assert answer.headers["Vary"] == "Accept"
+    page = httpx.get(f"{mirror.url}/org/tiny-0", headers=HTML).text
+    assert "HF_ENDPOINT=" + mirror.url + " hf download org/tiny-0" in page
+    assert "<h1>The tiny model</h1>" in page and "<script" not in page.lower()
+    css = httpx.get(f"{mirror.url}/static/weightswarm.css")
+    assert css.status_code == 200 and css.headers["Content-Type"].startswith("text/css")
+
+
+def test_search_filters_sorts_and_pages(mirror):
+    first = httpx.get(f"{mirror.url}/models?sort=id", headers=HTML).text
+    assert first.count('href="/org/tiny-') == 30 and 'rel="next"' in first
+    second = httpx.get(f"{mirror.url}/models?sort=id&p=1", headers=HTML).text
+    assert second.count('href="/org/tiny-') == 3 and 'rel="prev"' in second
+    found = httpx.get(f"{mirror.url}/models?search=tiny-32", headers=HTML).text
+    assert 'href="/org/tiny-32"' in found and 'href="/org/tiny-31"' not in found
+    licensed = httpx.get(f"{mirror.url}/models?license=mit&sort=id", headers=HTML).text
+    assert 'href="/org/tiny-0"' in licensed
+    none = httpx.get(f"{mirror.url}/models?license=gpl-3.0", headers=HTML).text
+    assert "No repository matches." in none
+
+
+@pytest.mark.parametrize("path", [
+    "/%2e%2e/%2e%2e/etc/passwd", "/org/tiny-0/tree/..%2f..%2fetc", "/%ff%fe", "/org/%00",
+    "/org/tiny-0/tree/main/..%2f..%2f..%2fetc%2fpasswd", "/models?sort=../../x",
+    "/models?p=-1", "/models?p=99999999999", "/models?search=%00", "/org/tiny-0/tree/nope",
+    "/org/tiny-0/tree/main/no/such/folder", "/a/b/c/d/e", "/" + "a" * 5000,
+    "/hubs/nowhere/models", "/models?search=" + "x" * 10_000,
+])
+def test_hostile_paths_and_queries_get_an_error_page_never_a_traceback(mirror, path, caplog):
+    with caplog.at_level(logging.ERROR):
+        answer = httpx.get(mirror.url + path, headers=HTML)
+    assert answer.status_code in (400, 404, 414), (path, answer.status_code)
+    assert "Traceback" not in answer.text and "internal error" not in answer.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR and
+                r.name.startswith(("mirror", "peer", "aiohttp"))], path
