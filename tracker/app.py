@@ -31,6 +31,7 @@ from peer.service import start as start_service
 
 from .config import Locality, TrackerConfig
 from .indexhttp import INDEX, add_routes, index_context
+from .indexpages import add_pages
 from .selection import select_peers
 from .swarm import Refusal, Swarm, SwarmTable, TrackerRefused, is_v6, make_peer
 from .wire import (
@@ -475,6 +476,7 @@ def create_app(config: TrackerConfig) -> web.Application:
     app.router.add_get("/api/weightswarm/sites", sites)
     app.router.add_get("/metrics", metrics)
     add_routes(app)
+    add_pages(app)
     return app
 
 
