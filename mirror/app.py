@@ -8,6 +8,7 @@ traceback only ever goes to the log, with the request id).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import gc
@@ -162,6 +163,11 @@ class Metrics:
             self._audit(event)
         self._requests = Children(self.requests)
         self._bytes_served = Children(self.bytes_served)
+        #: blob bytes sent by way since start (the operator's page charts them)
+        self.egress_totals = dict.fromkeys(pages.EGRESS_WAYS, 0)
+        #: (time, totals) every EGRESS_SAMPLE seconds, the last EGRESS_HOURS hours
+        self.egress_history: collections.deque = collections.deque(
+            maxlen=int(pages.EGRESS_HOURS * 3600 / pages.EGRESS_SAMPLE))
 
     def audited(self, event: str) -> None:
         self._audit(event).inc()
@@ -173,10 +179,16 @@ class Metrics:
     def egress(self, sent: int, via: str) -> None:
         if sent > 0:
             self._egress(via).inc(sent)
+            self.egress_totals[via] += sent
 
     def egress_counter(self, via: str) -> Callable[[int], None]:
         """For responses that count blob bytes as they hand them to the kernel."""
-        return self._egress(via).inc
+        child, totals = self._egress(via), self.egress_totals
+
+        def count(n: int) -> None:
+            child.inc(n)
+            totals[via] += n
+        return count
 
     def count(self, route: str, status: int, sent: int) -> None:
         self._requests(route, str(status)).inc()
@@ -885,6 +897,8 @@ async def _page(request: web.Request, found) -> web.Response:
 
 async def _page_body(request: web.Request, found: pages.Page, base: str) -> bytes:
     service, call = request.app[SERVICE], found.call
+    if found.kind == "operator":
+        return await _operator_page(request, base)
     if found.kind == "repo":
         await _guard(request, call, download=False)
         return await _answer(request, ("page", request.raw_path, base), pages.repo_page,
@@ -896,6 +910,16 @@ async def _page_body(request: web.Request, found: pages.Page, base: str) -> byte
                                  lambda repo_id: rules.may_read(token, repo_id))
     return await _answer(request, ("page", call.hub, call.repo_type, tuple(params.items()),
                                    base), pages.search_page, service, call, params, base)
+
+
+async def _operator_page(request: web.Request, base: str) -> bytes:
+    """The operator's page: what the mirror holds, its syncs, its egress by way."""
+    metrics, seeder = request.app[METRICS], request.app[SEEDER]
+    chart = pages.egress_chart(list(metrics.egress_history), time.time(),
+                               dict(metrics.egress_totals))
+    return await _on_catalog(request, lambda: pages.operator_page(
+        request.app[SERVICE], base, key=request.app[PUBLIC_KEY], chart=chart,
+        seeding=len(seeder.seeding) if seeder else 0, peers_share=None))
 
 
 async def stylesheet(request: web.Request) -> web.Response:
@@ -1082,6 +1106,22 @@ async def _scheduler(app: web.Application) -> AsyncIterator[None]:
             for j in config.mirror.syncs]
     log.info("scheduled syncs: %s", ", ".join(f"{j.spec} every {j.interval:.0f}s" for j in jobs))
     task = app[LOOPS].spawn(Scheduler(config, jobs).run(), "sync scheduler")
+    try:
+        yield
+    finally:
+        await app[LOOPS].stop([task])
+
+
+async def _egress_history(app: web.Application) -> AsyncIterator[None]:
+    """A sample of the egress totals every EGRESS_SAMPLE seconds, for the operator's page."""
+    metrics = app[METRICS]
+
+    async def sample() -> None:
+        while True:
+            metrics.egress_history.append((time.time(), dict(metrics.egress_totals)))
+            await asyncio.sleep(pages.EGRESS_SAMPLE)
+
+    task = app[LOOPS].spawn(sample(), "egress history")
     try:
         yield
     finally:
@@ -1327,7 +1367,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.extend([
         listening(config.mirror.host, config.mirror.port), background("mirror"), _catalog,
         _access, _pull_through, _identity, _tracker_keys, _egress, _session, _seeder,
-        _scheduler, _access_log, _registration,
+        _scheduler, _access_log, _registration, _egress_history,
     ])
     app.router.add_get("/", index)
     app.router.add_get("/metrics", metrics)

@@ -38,7 +38,7 @@ _MAX_PAGE = 10_000
 
 @dataclass(frozen=True)
 class Page:
-    kind: str  # home, search, repo
+    kind: str  # home, search, repo, operator
     call: HubCall
 
 
@@ -52,6 +52,8 @@ def parse_page(raw_path: str) -> Page | None:
         hub, prefix, segments = segments[1], hubs.prefix(segments[1]), segments[2:]
     if segments in ([], [""]):
         return Page("home", HubCall(hub, prefix, "page", "model"))
+    if segments == ["-", "status"] and not prefix:  # no repo id starts with "-"
+        return Page("operator", HubCall(hub, prefix, "page", "model"))
     if segments in (["models"], ["datasets"]):
         repo_type = "dataset" if segments[0] == "datasets" else "model"
         return Page("search", HubCall(hub, prefix, "page", repo_type))
@@ -237,3 +239,50 @@ def commands(call: HubCall, base: str, revision: str | None) -> list[tuple[str, 
 def error_page(call_prefix: str, status: int, title: str, message: str, base: str) -> bytes:
     return pages.render("error.html", **_site(base), prefix=call_prefix, repo_type="model",
                         search="", status=status, title=title, message=message)
+
+
+# -- the operator's page ----------------------------------------------------------------------
+
+#: the ways blob bytes leave (Metrics.egress_totals), charted on the operator's page
+EGRESS_WAYS = ("bittorrent", "webseed", "resolve")
+#: seconds between samples of the egress totals, and the hours charted
+EGRESS_SAMPLE = 60.0
+EGRESS_HOURS = 6
+_CHART_W, _CHART_H = 720, 160
+
+
+def egress_chart(history: list[tuple[float, dict]], now: float,
+                 totals: dict[str, int]) -> dict:
+    """The egress history as SVG polylines, one per way: bytes/s between samples over the
+    last EGRESS_HOURS hours (x: time, y: rate scaled to the highest)."""
+    points = [*history, (now, totals)]
+    start = now - EGRESS_HOURS * 3600
+    rates: dict[str, list[tuple[float, float]]] = {way: [] for way in EGRESS_WAYS}
+    for (t0, a), (t1, b) in zip(points, points[1:], strict=False):
+        if t1 <= t0 or t1 < start:
+            continue
+        for way in EGRESS_WAYS:
+            rates[way].append((t1, (b.get(way, 0) - a.get(way, 0)) / (t1 - t0)))
+    peak = max((r for series in rates.values() for _, r in series), default=0.0) or 1.0
+    lines = []
+    for way, series in rates.items():
+        xy = " ".join(f"{(t - start) / (now - start) * _CHART_W:.1f},"
+                      f"{_CHART_H - r / peak * (_CHART_H - 10):.1f}" for t, r in series)
+        lines.append({"way": way, "points": xy, "sent": totals.get(way, 0)})
+    return {"width": _CHART_W, "height": _CHART_H, "lines": lines, "peak": peak,
+            "hours": EGRESS_HOURS}
+
+
+def operator_page(service: HubService, base: str, *, key: str, chart: dict,
+                  seeding: int, peers_share: float | None) -> bytes:
+    catalog = service.catalog
+    runs = catalog.runs(limit=30)
+    counts = {"running": 0, "ok": 0, "failed": 0}
+    for run in runs:
+        status = run["status"] or "running"
+        counts[status if status in counts else "failed"] += 1
+    return pages.render(
+        "operator.html", **_site(base), prefix="", repo_type="model", search="",
+        store_bytes=catalog.store_bytes(), blobs=catalog.blob_count(),
+        repos=len(catalog.repos()), runs=runs, counts=counts, key=key, chart=chart,
+        seeding=seeding, peers_share=peers_share)

@@ -130,3 +130,16 @@ def test_hostile_paths_and_queries_get_an_error_page_never_a_traceback(mirror, p
     assert "Traceback" not in answer.text and "internal error" not in answer.text
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR and
                 r.name.startswith(("mirror", "peer", "aiohttp"))], path
+
+
+def test_the_operators_page_shows_the_store_syncs_and_egress_chart(mirror):
+    from huggingface_hub import hf_hub_download
+
+    hf_hub_download("org/tiny-1", "big.bin", endpoint=mirror.url,
+                    cache_dir=mirror.config.home.parent / "op-cache")
+    page = httpx.get(f"{mirror.url}/-/status", headers=HTML)
+    assert page.status_code == 200
+    assert "33" in page.text and mirror.service.key in page.text
+    assert '<polyline class="resolve"' in page.text and "<svg" in page.text
+    assert "resolve: 4.1 kB since start" in page.text, "the download, by its way"
+    assert httpx.get(f"{mirror.url}/-/status").status_code == 404, "a page, for browsers only"
