@@ -227,6 +227,20 @@ def with_token(plan: Plan, mirror: Server, token: str, commit: str,
     return gets, heads
 
 
+def page_rates(plan: Plan, mirror: Server) -> dict[str, dict]:
+    """The repo page and a search page (a browser's Accept), against the repo-info JSON of
+    the same repo, alternating; each keyed as `Row` pairs them."""
+    paths = {"repo": f"/{REPO}", "search": "/models?search=bench"}
+    out = {kind: {"weightswarm": [], "nginx": []} for kind in paths}
+    for i in range(plan.runs):
+        for kind, path in paths.items():
+            out[kind]["nginx"].append(wrk_get(plan, mirror, f"/api/models/{REPO}"))
+            out[kind]["weightswarm"].append(wrk_get(plan, mirror, path, extra=BROWSER))
+            note(f"    run {i + 1}: {kind} page {out[kind]['weightswarm'][-1]}, repo info "
+                 f"{out[kind]['nginx'][-1]}")
+    return out
+
+
 # -- the servers ---------------------------------------------------------------------------------
 
 
@@ -557,9 +571,14 @@ def _header_args(token: str | None) -> list[str]:
     return ["-H", f"Authorization: Bearer {token}"] if token else []
 
 
-def wrk_get(plan: Plan, server: Server, path: str, token: str | None = None) -> Rate:
+#: what a browser sends: the mirror answers a page
+BROWSER = ["-H", "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"]
+
+
+def wrk_get(plan: Plan, server: Server, path: str, token: str | None = None,
+            extra: list[str] = ()) -> Rate:
     cmd = pinned(plan.load_cpu, ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{plan.wrk_seconds}s",
-                                 "--latency", *_header_args(token), server.url + path])
+                                 "--latency", *_header_args(token), *extra, server.url + path])
     out, main, other, wall = _under_load(server, cmd, plan.wrk_seconds + 60)
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors = re.search(r"Socket errors: (.*)", out)
@@ -786,6 +805,11 @@ def bench(plan: Plan, work: Path) -> None:
             raise BenchError(f"the mirror answered {status} for {PRIVATE} with the token")
         token_gets, token_heads = with_token(plan, servers[0], token, commit,
                                              json.loads(body)["sha"], work)
+        note(f"pages: /{REPO} and a search, as a browser asks, against the repo-info JSON")
+        status, headers, _ = request(servers[0].url, "GET", f"/{REPO}", {"Accept": "text/html"})
+        if status != 200 or not headers.get("Content-Type", "").startswith("text/html"):
+            raise BenchError(f"the mirror answered {status} for the page of {REPO}")
+        page_samples = page_rates(plan, servers[0])
         for server in servers:
             server.stop()
         profile = where_time_goes(plan, home, work, commit) if plan.profile else []
@@ -810,6 +834,10 @@ def bench(plan: Plan, work: Path) -> None:
             *_pair(token_gets, lambda r: r.rps), 0.9),
         Row("HEAD resolve: private with a token / public without (req/s)",
             *_pair(token_heads, lambda r: r.rps), 0.9),
+        Row("repo page (HTML) / repo-info JSON, 64 conns (req/s)",
+            *_pair(page_samples["repo"], lambda r: r.rps), 0.5),
+        Row("search page (HTML) / repo-info JSON, 64 conns (req/s)",
+            *_pair(page_samples["search"], lambda r: r.rps), 0.5),
         Row(f"import {plan.size_mib} MiB, all hashes + fsync (MB/s)", imports["import"],
             imports["openssl"], 0.7),
         Row("  of which the store's ingest, in process (MB/s)", imports["ingest"],
@@ -885,7 +913,8 @@ def report(plan: Plan, rows: list[Row]) -> None:
               f"| >= {row.target:.2f}x {verdict:<6} |")
     print()
     print("reference: nginx, except the token rows (the mirror itself, on the public repo "
-          "without a token) and the import row (openssl dgst -sha256 of the same file). "
+          "without a token), the page rows (the mirror's repo-info JSON of the same repo) and "
+          "the import row (openssl dgst -sha256 of the same file). "
           "ratio: weightswarm / reference; for p99 rows reference / weightswarm, so higher is "
           "better on every row.")
     print()
