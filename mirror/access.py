@@ -145,6 +145,10 @@ class Decision:
     reason: str = ""
 
 
+#: the one answer that lets a request through
+ALLOWED = Decision(True)
+
+
 def decide(access: str, repo_id: str, token: Token | None, rules: Rules) -> Decision:
     """Whether a request with `token` (None: none, or not a live one) may read a repo of this
     access (PROTOCOLS.md's contract): public to all; gated without a token 401 GatedRepo,
@@ -152,7 +156,7 @@ def decide(access: str, repo_id: str, token: Token | None, rules: Rules) -> Deci
     answered as a missing repo is (401 without a token, 404 with one, as the Hub does), so
     that its existence is not revealed."""
     if access == "public" or rules.may_read(token, repo_id):
-        return Decision(True)
+        return ALLOWED
     if access == "gated":
         if token is None:
             return Decision(False, 401, "GatedRepo", f"{repo_id} is gated: a token is needed")

@@ -105,7 +105,6 @@ PULL_THROUGH = web.AppKey("pull_through", PullThrough)
 ACCESS = web.AppKey("access", AccessFile)
 #: what the private-swarm keys are derived from (mirror/access.py `tracker_secret`)
 TRACKER_SECRET = web.AppKey("tracker_secret", bytes)
-READER = web.RequestKey("reader", tuple)
 
 
 class Metrics:
@@ -250,14 +249,12 @@ def _base_url(request: web.Request) -> str:
 
 
 def _reader(request: web.Request) -> tuple[Rules, Token | None]:
-    """The access file's rules as they are now, and the request's live token (None: none)."""
-    reader = request.get(READER)
-    if reader is None:
-        rules = request.app[ACCESS].rules()
-        presented = bearer(request.headers.get("Authorization"))
-        reader = request[READER] = (
-            rules, rules.token(presented, time.time()) if presented else None)
-    return reader
+    """The access file's rules as they are now, and the request's live token (None: none).
+    Worked out again at each ask (a microsecond): keeping it on the request costs more, as
+    `request.get` of a missing key raises inside."""
+    rules = request.app[ACCESS].rules()
+    presented = bearer(request.headers.get("Authorization"))
+    return rules, rules.token(presented, time.time()) if presented else None
 
 
 def _who(request: web.Request, token: Token | None) -> str:
