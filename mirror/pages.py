@@ -151,7 +151,9 @@ def repo_page(service: HubService, call: HubCall, base: str,
     ours = info.get("weightswarm", {})
     rows = [_file_row(call, revision, e, {f.path: f for f in files}, ours, base)
             for e in sorted(entries, key=lambda e: (e["type"] != "directory", e["path"]))]
-    card_fields, card_html = _card(service, files, remote_images)
+    card_fields, card_html = _card(service, files, remote_images, f"{call.prefix}/"
+                                   f"{TYPE_URL_PREFIX[call.repo_type]}{call.repo_id}/resolve/"
+                                   f"{snapshot.commit}/")
     commits = [{"id": c["id"], "title": c.get("title", ""), "date": (c.get("date") or "")[:16]}
                for c in service.commits(lookup)[:20]]
     return pages.render(
@@ -197,8 +199,8 @@ def _file_row(call: HubCall, revision: str, entry: dict, by_path: dict, ours: di
     return row
 
 
-def _card(service: HubService, files,
-          remote_images: bool) -> tuple[list[tuple[str, str]], str]:
+def _card(service: HubService, files, remote_images: bool,
+          resolve: str) -> tuple[list[tuple[str, str]], str]:
     """The README's front matter as (field, value) rows and its body as safe HTML."""
     readme = next((f for f in files if f.path == "README.md"), None)
     if readme is None:
@@ -211,7 +213,7 @@ def _card(service: HubService, files,
         for key, value in card_data(f"---\n{header}---\n").items():
             shown = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
             fields.append((str(key), shown[:300]))
-    return fields, pages.render_card(body, remote_images=remote_images)
+    return fields, pages.render_card(body, remote_images=remote_images, files=resolve)
 
 
 def commands(call: HubCall, base: str, revision: str | None) -> list[tuple[str, str]]:

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import functools
 import math
+import posixpath
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import jinja2
 import nh3
@@ -61,25 +62,29 @@ def _markdown() -> MarkdownIt:
         ["table", "strikethrough"])
 
 
-def _attribute(remote_images: bool):
+def _attribute(remote_images: bool, files: str):
     def keep(tag: str, attribute: str, value: str) -> str | None:
         if tag == "img" and attribute == "src":
             parts = urlsplit(value)
             if parts.scheme or parts.netloc:  # remote: only if the operator allows them
                 return value if remote_images and parts.scheme == "https" else None
+            if files and not value.startswith("/"):
+                # a card's own image (`![](assets/fig.png)`): the repo's file, as on the Hub
+                return files + quote(posixpath.normpath(value).lstrip("./"))
         if tag == "input" and attribute == "type" and value != "checkbox":
             return None
         return value
     return keep
 
 
-def render_card(text: str, *, remote_images: bool = False) -> str:
-    """A model card's Markdown body as safe HTML."""
+def render_card(text: str, *, remote_images: bool = False, files: str = "") -> str:
+    """A model card's Markdown body as safe HTML; `files`: the URL its relative image paths
+    are the repo's files under (`.../resolve/<rev>/`)."""
     if len(text) > MAX_CARD:
         text = text[:MAX_CARD] + "\n\n*(the rest of this card is not shown: it is too long)*"
     html = _markdown().render(text)
     return nh3.clean(html, tags=_TAGS, attributes=_ATTRIBUTES, url_schemes=_LINKS,
-                     attribute_filter=_attribute(remote_images), strip_comments=True,
+                     attribute_filter=_attribute(remote_images, files), strip_comments=True,
                      link_rel="noopener noreferrer nofollow")
 
 
