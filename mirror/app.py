@@ -892,14 +892,23 @@ async def _page(request: web.Request, found) -> web.Response:
                                        str(e)[:300], base), status)
 
 
+#: seconds a repo page's swarm column may be behind
+SWARM_EVERY = 10
+
+
 async def _page_body(request: web.Request, found: pages.Page, base: str) -> bytes:
     service, call = request.app[SERVICE], found.call
     if found.kind == "operator":
         return await _operator_page(request, base)
     if found.kind == "repo":
         await _guard(request, call, download=False)
-        return await _answer(request, ("page", request.raw_path, base), pages.repo_page,
-                             service, call, base, request.app[CONFIG].mirror.remote_images)
+        seeder = request.app[SEEDER]
+        # The swarms change all the time: a page is rendered again at most every SWARM_EVERY
+        # seconds for them (and whenever the catalog changes).
+        when = int(time.monotonic() / SWARM_EVERY) if seeder is not None else 0
+        return await _answer(request, ("page", request.raw_path, base, when), pages.repo_page,
+                             service, call, base, request.app[CONFIG].mirror.remote_images,
+                             seeder.swarm if seeder is not None else None)
     params = pages.search_params(_query(request))
     rules, token = _reader(request)
     if token is not None:  # what a reader sees is theirs: not kept for others

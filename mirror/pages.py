@@ -138,7 +138,7 @@ def _facets(service: HubService, call: HubCall) -> list[tuple[str, str, list[str
 
 
 def repo_page(service: HubService, call: HubCall, base: str,
-              remote_images: bool = False) -> bytes:
+              remote_images: bool = False, swarm=None) -> bytes:
     """A repo at a revision (main by default), its files at a folder, card, refs, commits."""
     revision = call.revision or "main"
     lookup = HubCall(call.hub, call.prefix, "repo_info", call.repo_type, call.repo_id, revision)
@@ -150,7 +150,7 @@ def repo_page(service: HubService, call: HubCall, base: str,
     except LookupError:
         raise NotFound(f"no folder {call.path!r} in {call.repo_id} at {revision}") from None
     ours = info.get("weightswarm", {})
-    rows = [_file_row(call, revision, e, {f.path: f for f in files}, ours, base)
+    rows = [_file_row(call, revision, e, {f.path: f for f in files}, ours, swarm)
             for e in sorted(entries, key=lambda e: (e["type"] != "directory", e["path"]))]
     card_fields, card_html = _card(service, files, remote_images, f"{call.prefix}/"
                                    f"{TYPE_URL_PREFIX[call.repo_type]}{call.repo_id}/resolve/"
@@ -180,7 +180,8 @@ def _refs(service: HubService, call: HubCall, lookup: HubCall) -> list[dict]:
 
 
 def _file_row(call: HubCall, revision: str, entry: dict, by_path: dict, ours: dict,
-              base: str) -> dict[str, Any]:
+              swarm) -> dict[str, Any]:
+    """One row of the file table; `swarm(sha256)`: the seeder's view of a blob's swarm."""
     name = posixpath.basename(entry["path"])
     if entry["type"] == "directory":
         return {"folder": True, "name": name,
@@ -193,11 +194,20 @@ def _file_row(call: HubCall, revision: str, entry: dict, by_path: dict, ours: di
            "scan": scan["status"] if scan else "",
            "href": f"{call.prefix}/{TYPE_URL_PREFIX[call.repo_type]}{call.repo_id}/resolve/"
                    f"{quote(revision, safe='')}/{quote(f.path)}",
-           "torrent": None, "magnet": None}
+           "torrent": None, "magnet": None, "swarm": ""}
     if f.lfs and f.size >= 4 << 20:
         row["torrent"] = f"/api/weightswarm/torrents/{f.sha256}.torrent"
         row["magnet"] = f"/api/weightswarm/torrents/{f.sha256}.torrent?format=magnet"
+        row["swarm"] = _swarm_text(swarm(f.sha256) if swarm else None)
     return row
+
+
+def _swarm_text(swarm: tuple[int, int, int] | None) -> str:
+    if swarm is None:
+        return "not seeded here"
+    seeders, leechers, connected = swarm
+    said = f"{seeders} seeders, {leechers} leechers · " if seeders >= 0 else ""
+    return f"{said}{connected} peers here"
 
 
 def _card(service: HubService, files, remote_images: bool,

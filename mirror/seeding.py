@@ -282,6 +282,16 @@ class Seeder:
 
     # -- reporting --------------------------------------------------------------------------
 
+    def swarm(self, sha256: str) -> tuple[int, int, int] | None:
+        """(seeders, leechers as the tracker last said, -1 if not yet; peers connected to
+        this mirror) of a blob seeded, None if it is not: the repo page's Swarm column."""
+        key = self.seeding.get(sha256)
+        try:
+            s = self.session.status(key) if key else None
+        except KeyError:
+            return None
+        return (s.swarm_complete, s.swarm_incomplete, s.peers) if s else None
+
     def torrents(self) -> list[dict]:
         rows = []
         for sha256, key in sorted(self.seeding.items()):

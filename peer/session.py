@@ -193,6 +193,9 @@ class TorrentStatus:
     #: payload received twice (the same block from two connections: the end game), part of
     #: `downloaded`
     redundant: int = 0
+    #: the swarm's seeders and leechers as its tracker last said (-1: not said yet)
+    swarm_complete: int = -1
+    swarm_incomplete: int = -1
 
 
 @dataclass(frozen=True)
@@ -345,7 +348,8 @@ class Session:
             info_hash, s.name, "error" if s.errc.value() else str(s.state), s.progress,
             s.num_peers, s.num_seeds, s.total_payload_upload, s.total_payload_download,
             s.upload_payload_rate, s.download_payload_rate, s.is_seeding,
-            self.hash_failures.get(info_hash, 0), s.total_redundant_bytes)
+            self.hash_failures.get(info_hash, 0), s.total_redundant_bytes, s.num_complete,
+            s.num_incomplete)
 
     def statuses(self) -> list[TorrentStatus]:
         return [self.status(key) for key in list(self._handles)]

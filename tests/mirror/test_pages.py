@@ -28,6 +28,7 @@ def mirror(tmp_path_factory):
         if n == 0:
             (folder / "README.md").write_text(HOSTILE_CARD)
         import_repo(home, folder, f"org/tiny-{n}")
+    import_repo(home, make_tiny_model(root / "big", seed=99, big_size=5 << 20), "lab/big")
     running = start_mirror(make_config(home))
     yield running
     running.stop()
@@ -105,9 +106,10 @@ def test_a_browser_gets_the_pages(mirror):
 
 def test_search_filters_sorts_and_pages(mirror):
     first = httpx.get(f"{mirror.url}/models?sort=id", headers=HTML).text
-    assert first.count('href="/org/tiny-') == 30 and 'rel="next"' in first
+    assert first.count('href="/lab/big"') == 1 and first.count('href="/org/tiny-') == 29
+    assert 'rel="next"' in first
     second = httpx.get(f"{mirror.url}/models?sort=id&p=1", headers=HTML).text
-    assert second.count('href="/org/tiny-') == 3 and 'rel="prev"' in second
+    assert second.count('href="/org/tiny-') == 4 and 'rel="prev"' in second
     found = httpx.get(f"{mirror.url}/models?search=tiny-32", headers=HTML).text
     assert 'href="/org/tiny-32"' in found and 'href="/org/tiny-31"' not in found
     licensed = httpx.get(f"{mirror.url}/models?license=mit&sort=id", headers=HTML).text
@@ -139,7 +141,15 @@ def test_the_operators_page_shows_the_store_syncs_and_egress_chart(mirror):
                     cache_dir=mirror.config.home.parent / "op-cache")
     page = httpx.get(f"{mirror.url}/-/status", headers=HTML)
     assert page.status_code == 200
-    assert "33" in page.text and mirror.service.key in page.text
+    assert "<td>34</td>" in page.text and mirror.service.key in page.text
     assert '<polyline class="resolve"' in page.text and "<svg" in page.text
     assert "resolve: 4.1 kB since start" in page.text, "the download, by its way"
     assert httpx.get(f"{mirror.url}/-/status").status_code == 404, "a page, for browsers only"
+
+
+def test_a_large_files_swarm_and_torrent_links_on_its_repo_page(mirror):
+    page = httpx.get(f"{mirror.url}/lab/big", headers=HTML).text
+    row = page[page.index(">big.bin<"):]
+    row = row[:row.index("</tr>")]
+    assert "/api/weightswarm/torrents/" in row and "format=magnet" in row
+    assert "peers here" in row, "the seeder's view of its swarm"
