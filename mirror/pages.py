@@ -283,16 +283,18 @@ def egress_chart(history: list[tuple[float, dict]], now: float,
     for (t0, a), (t1, b) in zip(points, points[1:], strict=False):
         if t1 <= t0 or t1 < start:
             continue
-        for way in EGRESS_WAYS:
-            rates[way].append((t1, (b.get(way, 0) - a.get(way, 0)) / (t1 - t0)))
+        for way in EGRESS_WAYS:  # a step per sample: the rate held over its interval
+            rate = (b.get(way, 0) - a.get(way, 0)) / (t1 - t0)
+            rates[way] += [(max(t0, start), rate), (t1, rate)]
     peak = max((r for series in rates.values() for _, r in series), default=0.0) or 1.0
     lines = []
     for way, series in rates.items():
         xy = " ".join(f"{(t - start) / (now - start) * _CHART_W:.1f},"
                       f"{_CHART_H - r / peak * (_CHART_H - 10):.1f}" for t, r in series)
         lines.append({"way": way, "points": xy, "sent": totals.get(way, 0)})
+    empty = not any(r for series in rates.values() for _, r in series)
     return {"width": _CHART_W, "height": _CHART_H, "lines": lines, "peak": peak,
-            "hours": EGRESS_HOURS}
+            "hours": EGRESS_HOURS, "empty": empty}
 
 
 def operator_page(service: HubService, base: str, *, key: str, chart: dict,

@@ -106,6 +106,10 @@ def test_search_open_read_follow_a_branch_and_run_the_copied_command(mirror, bro
     for f in main.rglob("*"):
         if f.is_file():
             assert (got / f.relative_to(main)).read_bytes() == f.read_bytes(), f.name
+    browser.get(f"{running.url}/-/status")  # the download, charted by its way
+    assert browser.text("h1") == "This mirror" and "resolve: 66" in browser.text("main")
+    browser.screenshot("5-operator")
+    assert not browser.console_errors(), "no page of ours breaks its own policy"
 
 
 def test_a_hostile_card_opens_no_dialog_and_runs_no_script(mirror, browser):
