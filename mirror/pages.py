@@ -31,7 +31,7 @@ PAGE = 30
 HUB_NAMES = {hubs.HUGGINGFACE: "Hugging Face", hubs.MODELSCOPE: "ModelScope",
              hubs.KAGGLE: "Kaggle"}
 SORTS = (("downloads", "most downloaded"), ("lastModified", "recently updated"),
-         ("id", "name"), ("likes", "most liked"))
+         ("id", "name"), ("size", "largest"), ("likes", "most liked"))
 #: the query parameters a search page takes (others are ignored)
 SEARCH_PARAMS = ("search", "tag", "library", "license", "sort", "p")
 _MAX_PAGE = 10_000
@@ -106,9 +106,10 @@ def search_page(service: HubService, call: HubCall, params: dict[str, str], base
     tags = [f"{k}:{params[k]}" if k == "license" else params[k]
             for k in ("tag", "library", "license") if params.get(k)]
     asked = MultiDict([("search", params.get("search", "")), ("limit", str(PAGE)),
-                       ("sort", params.get("sort", "downloads")),
                        *(("filter", t) for t in tags)])
-    query = dataclasses.replace(parse_list_query(asked), offset=page * PAGE)
+    # `size` is a sort of ours, not the API's: given after the API's checks
+    query = dataclasses.replace(parse_list_query(asked), offset=page * PAGE,
+                                sort=params.get("sort", "downloads"))
     found = service.listing(call, query, readable)
     items = [{"id": r["id"], "href": _repo_href(call, r["id"]),
               "updated": (r.get("lastModified") or "")[:10], "downloads": r.get("downloads", 0),

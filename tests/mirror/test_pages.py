@@ -116,6 +116,8 @@ def test_search_filters_sorts_and_pages(mirror):
     assert 'href="/org/tiny-0"' in licensed
     none = httpx.get(f"{mirror.url}/models?license=gpl-3.0", headers=HTML).text
     assert "No repository matches." in none
+    largest = httpx.get(f"{mirror.url}/models?sort=size", headers=HTML).text
+    assert largest.index('href="/lab/big"') < largest.index('href="/org/tiny-'), "5 MB first"
 
 
 @pytest.mark.parametrize("path", [
