@@ -97,6 +97,10 @@ PUBLIC_KEY = web.AppKey("public_key", str)
 METRICS = web.AppKey("metrics", "Metrics")
 ROUTE = web.RequestKey("route", str)
 ANSWERS = web.AppKey("answers", CatalogAnswers)
+#: rendered pages, kept apart: larger than the API's answers, and a crawler's every distinct
+#: query must not push those out (PAGES_KEPT of them at most)
+PAGES = web.AppKey("pages", CatalogAnswers)
+PAGES_KEPT = 256
 DISTRIBUTION = web.AppKey("distribution", Distribution)
 EGRESS = web.AppKey("egress", Egress)
 SESSION = web.AppKey("session", object)
@@ -216,10 +220,11 @@ class _Failed:
         self.error = error
 
 
-async def _answer(request: web.Request, key, fn: Callable[..., Any], *args, **kwargs) -> Any:
+async def _answer(request: web.Request, key, fn: Callable[..., Any], *args,
+                  _kept: web.AppKey | None = None, **kwargs) -> Any:
     """`fn(*args, **kwargs)` on the catalog's thread, or its answer from when the catalog was
-    last as it is now (mirror/answers.py)."""
-    answers = request.app[ANSWERS]
+    last as it is now (mirror/answers.py; `_kept`: another such store, as PAGES)."""
+    answers = request.app[_kept or ANSWERS]
     value = answers.get(key)
     if value is None:
         version = answers.version()
@@ -906,16 +911,17 @@ async def _page_body(request: web.Request, found: pages.Page, base: str) -> byte
         # The swarms change all the time: a page is rendered again at most every SWARM_EVERY
         # seconds for them (and whenever the catalog changes).
         when = int(time.monotonic() / SWARM_EVERY) if seeder is not None else 0
-        return await _answer(request, ("page", request.raw_path, base, when), pages.repo_page,
+        return await _answer(request, ("page", call, base, when), pages.repo_page,
                              service, call, base, request.app[CONFIG].mirror.remote_images,
-                             seeder.swarm if seeder is not None else None)
+                             seeder.swarm if seeder is not None else None, _kept=PAGES)
     params = pages.search_params(_query(request))
     rules, token = _reader(request)
     if token is not None:  # what a reader sees is theirs: not kept for others
         return await _on_catalog(request, pages.search_page, service, call, params, base,
                                  lambda repo_id: rules.may_read(token, repo_id))
     return await _answer(request, ("page", call.hub, call.repo_type, tuple(params.items()),
-                                   base), pages.search_page, service, call, params, base)
+                                   base), pages.search_page, service, call, params, base,
+                         _kept=PAGES)
 
 
 async def _operator_page(request: web.Request, base: str) -> bytes:
@@ -982,6 +988,8 @@ async def _catalog(app: web.Application) -> AsyncIterator[None]:
         opened.push_async_callback(loop.run_in_executor, thread, catalog.close)
         answers = CatalogAnswers(config.catalog_path)
         opened.callback(answers.close)
+        app[PAGES] = CatalogAnswers(config.catalog_path, max_entries=PAGES_KEPT)
+        opened.callback(app[PAGES].close)
         app[CATALOG_THREAD] = thread
         app[SERVICE] = HubService(catalog, BlobStore(config.store_dir),
                                   config.mirror.scan_policy)
