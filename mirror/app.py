@@ -100,6 +100,10 @@ ANSWERS = web.AppKey("answers", CatalogAnswers)
 #: rendered pages, kept apart: larger than the API's answers, and a crawler's every distinct
 #: query must not push those out (PAGES_KEPT of them at most)
 PAGES = web.AppKey("pages", CatalogAnswers)
+#: (hub, type, repo id) → whole-file downloads not yet written to the catalog
+DOWNLOADS = web.AppKey("downloads", dict)
+#: seconds between writes of the download counts (each write makes every kept answer stale)
+DOWNLOADS_EVERY = 60.0
 PAGES_KEPT = 256
 DISTRIBUTION = web.AppKey("distribution", Distribution)
 EGRESS = web.AppKey("egress", Egress)
@@ -455,6 +459,12 @@ async def _resolve(request: web.Request, call: routes.HubCall) -> web.StreamResp
         headers = located.headers[base] = resolve_headers(call, located, base)
     if not located.pinned:
         return web.Response(status=307, headers=headers)
+    if request.method == "GET" and not request.http_range.start:
+        # A download on this mirror (the search page sorts by them): a whole file's GET,
+        # counted in memory and written every DOWNLOADS_EVERY seconds.
+        key = (call.hub, call.repo_type, call.repo_id)
+        counts = request.app[DOWNLOADS]
+        counts[key] = counts.get(key, 0) + 1
     return blob_response(request, located.blob, located.entry.size, located.entry.etag,
                          headers, request.app[EGRESS],
                          request.app[METRICS].egress_counter("resolve"))
@@ -1126,6 +1136,37 @@ async def _scheduler(app: web.Application) -> AsyncIterator[None]:
         await app[LOOPS].stop([task])
 
 
+async def _downloads(app: web.Application) -> AsyncIterator[None]:
+    """Downloads counted per repo, written to the catalog every DOWNLOADS_EVERY seconds and
+    at the end."""
+    app[DOWNLOADS] = {}
+    catalog = app[SERVICE].catalog
+
+    async def write() -> None:
+        held = app[DOWNLOADS]
+        counts = dict(held)  # on the loop's thread, as the handlers count: nothing lost
+        held.clear()
+        if counts:
+            await asyncio.get_running_loop().run_in_executor(
+                app[CATALOG_THREAD], catalog.add_downloads, counts)
+
+    async def every() -> None:
+        while True:
+            await asyncio.sleep(DOWNLOADS_EVERY)
+            try:
+                await write()
+            except Exception:
+                log.exception("writing the download counts failed; tried again later")
+
+    task = app[LOOPS].spawn(every(), "download counts")
+    try:
+        yield
+    finally:
+        await app[LOOPS].stop([task])
+        with contextlib.suppress(Exception):
+            await write()
+
+
 async def _egress_history(app: web.Application) -> AsyncIterator[None]:
     """A sample of the egress totals every EGRESS_SAMPLE seconds, for the operator's page."""
     metrics = app[METRICS]
@@ -1380,7 +1421,7 @@ def create_app(config: Config) -> web.Application:
     app[METRICS] = Metrics()
     app.cleanup_ctx.extend([
         listening(config.mirror.host, config.mirror.port), background("mirror"), _catalog,
-        _access, _pull_through, _identity, _tracker_keys, _egress, _session, _seeder,
+        _access, _downloads, _pull_through, _identity, _tracker_keys, _egress, _session, _seeder,
         _scheduler, _access_log, _registration, _egress_history,
     ])
     app.router.add_get("/", index)

@@ -713,6 +713,13 @@ class Catalog:
                 changed.append(repo)
         return changed
 
+    def add_downloads(self, counts: dict[tuple[str, str, str], int]) -> None:
+        """Whole-file downloads served, per (hub, type, repo id): the listing's `downloads`."""
+        with self.transaction() as c:
+            c.executemany("UPDATE repos SET downloads = downloads + ? WHERE hub = ? AND "
+                          "type = ? AND repo_id = ?",
+                          [(n, *key) for key, n in counts.items()])
+
     def access_rules(self) -> list[tuple[str, str, float]]:
         """(glob, access, when set), the latest last."""
         return [tuple(r) for r in self.conn.execute(

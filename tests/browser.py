@@ -23,18 +23,25 @@ PAGE_LOAD_TIMEOUT = 30
 #: seconds any one command to chromedriver may take; Selenium's default is to wait forever
 COMMAND_TIMEOUT = 60
 #: headless, no sandbox (the tests run as root), and nothing that reaches past this host
-#: (no QUIC, background networking, component updates or sync) or fills a small /dev/shm
+#: (no QUIC, background networking, component updates or sync) or fills a small /dev/shm.
+#: Without site isolation every frame runs in the page's own process: a dialog opened by a
+#: cross-site or sandboxed iframe then shows to chromedriver, which otherwise hangs on it.
 FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--window-size=1280,1000")
+         "--disable-dev-shm-usage", "--disable-site-isolation-trials", "--window-size=1280,1000")
 #: the global a hostile test input sets when a script of its own runs (see `scripts_ran`)
 MARKER = "__pwned"
+#: the most native dialogs `dialogs_seen` dismisses in one call (a page may open them in a loop)
+MAX_NATIVE_DIALOGS = 20
 
-#: Evaluated in each new document before the page's own scripts: alert, confirm and prompt
-#: record their calls in `window.__dialogs` instead of opening, and the page cannot put them
-#: back or empty the record.
+#: Evaluated in each new document before the page's own scripts: in the top frame, alert,
+#: confirm and prompt record their calls in `window.__dialogs` instead of opening (so the page
+#: runs on), and the page cannot put them back or empty the record. Frames below are left
+#: alone: a trap there would record where the top cannot read it, while their dialogs open
+#: for real and `dialogs_seen` finds them.
 DIALOG_TRAP = """
 (() => {
+  if (window !== window.top) return;
   const seen = [];
   const fix = (name, value) => Object.defineProperty(window, name, {value, writable: false,
                                                                     configurable: false});
@@ -126,15 +133,17 @@ class Browser:
 
     def dialogs_seen(self) -> list[dict]:
         """The JavaScript dialogs the current page opened, each {"kind", "message"}: those the
-        trap caught, and one that opened for real in spite of it (in a frame the trap does not
-        reach, say), which is dismissed so that the page can be read on."""
+        trap caught in the top frame, and those open for real (kind "native": from a frame
+        below it), which are dismissed. Call it before the other methods: while a native
+        dialog is open, chromedriver answers them with UnexpectedAlertPresentException."""
         seen = []
-        try:
-            alert = self.driver.switch_to.alert
+        for _ in range(MAX_NATIVE_DIALOGS):
+            try:
+                alert = self.driver.switch_to.alert
+            except NoAlertPresentException:
+                break
             seen.append({"kind": "native", "message": alert.text})
             alert.dismiss()
-        except NoAlertPresentException:
-            pass
         return seen + self.driver.execute_script("return window.__dialogs || []")
 
     def scripts_ran(self, marker: str = MARKER) -> object:

@@ -155,3 +155,28 @@ def test_a_large_files_swarm_and_torrent_links_on_its_repo_page(mirror):
     row = row[:row.index("</tr>")]
     assert "/api/weightswarm/torrents/" in row and "format=magnet" in row
     assert "peers here" in row, "the seeder's view of its swarm"
+
+
+def test_downloads_on_this_mirror_are_counted_and_sorted_by(home, serve, tmp_path, monkeypatch):
+    from huggingface_hub import hf_hub_download
+
+    from helpers import wait_for
+    from mirror import app as mirror_app
+
+    monkeypatch.setattr(mirror_app, "DOWNLOADS_EVERY", 0.2)
+    for n in range(3):
+        import_repo(home, make_tiny_model(tmp_path / f"m{n}", seed=n, big_size=4096),
+                    f"org/m{n}")
+    mirror = serve(make_config(home))
+    for n in range(3):  # org/m1 twice, org/m2 once
+        hf_hub_download("org/m1", "config.json", endpoint=mirror.url,
+                        cache_dir=tmp_path / f"c{n}")
+    hf_hub_download("org/m2", "config.json", endpoint=mirror.url, cache_dir=tmp_path / "d")
+    listed = wait_for(lambda: (items := httpx.get(
+        f"{mirror.url}/api/models?sort=downloads").json()) and items[0]["downloads"] and items,
+        10, "the counts written")
+    assert [(m["id"], m["downloads"]) for m in listed] == [
+        ("org/m1", 3), ("org/m2", 1), ("org/m0", 0)]
+    page = httpx.get(f"{mirror.url}/models?sort=downloads", headers=HTML).text
+    assert page.index('href="/org/m1"') < page.index('href="/org/m2"') < \
+        page.index('href="/org/m0"')
