@@ -459,7 +459,8 @@ async def _resolve(request: web.Request, call: routes.HubCall) -> web.StreamResp
         headers = located.headers[base] = resolve_headers(call, located, base)
     if not located.pinned:
         return web.Response(status=307, headers=headers)
-    if request.method == "GET" and not request.http_range.start:
+    if request.method == "GET" and request.headers.get("Range", "bytes=0-").replace(
+            " ", "") == "bytes=0-":
         # A download on this mirror (the search page sorts by them): a whole file's GET,
         # counted in memory and written every DOWNLOADS_EVERY seconds.
         key = (call.hub, call.repo_type, call.repo_id)
