@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import copy
 import dataclasses
 import gc
+import hashlib
 import json
 import logging
 import time
@@ -298,8 +300,17 @@ async def _guard(request: web.Request, call: routes.HubCall, *, download: bool) 
     """Refuse a HF API call on a repo this request may not read (RepoNotFound when the
     catalog has no such repo: pull-through and aliases may still answer). A gated repo's
     metadata is anyone's, as on the Hub; its files need the right."""
-    access = await _answer(request, ("access", call.hub, call.repo_type, call.repo_id),
-                           request.app[SERVICE].access, call)
+    try:
+        access = await _answer(request, ("access", call.hub, call.repo_type, call.repo_id),
+                               request.app[SERVICE].access, call)
+    except RepoNotFound:
+        # Not here (yet): what `mirror access` set for its name still holds, before
+        # pull-through may fetch it.
+        access = await _answer(request, ("ruled", call.repo_id),
+                               request.app[SERVICE].catalog.ruled_access, call.repo_id)
+        if access in ("private", "gated") and (access == "private" or download):
+            _permit(request, access, call.repo_id, call.repo_type)
+        raise
     if access == "private" or (access == "gated" and download):
         _permit(request, access, call.repo_id, call.repo_type)
 
@@ -320,6 +331,7 @@ def _hidden(request: web.Request, error: NotFound) -> NotFound:
     """A repo or blob missing, or one this request may not know of, answered alike: on a
     mirror with accounts 401 without a live token and 404 with one (as the Hub answers); 404
     on one without."""
+    error = copy.copy(error)  # a cached answer's error is every reader's: never changed
     if request.app[ACCESS].path is None:
         error.status = 404
     else:
@@ -418,7 +430,7 @@ async def hub_api(request: web.Request) -> web.StreamResponse:
             pull_through = request.app[PULL_THROUGH]
             if call.kind in _PULLED and pull_through is not None and pull_through.covers(call):
                 request[ROUTE] = f"pull_through_{call.kind}"
-                return await _PULLED[call.kind](request, call, pull_through)
+                return await _pull_through_answer(request, call, pull_through)
             if isinstance(e, RepoNotFound):
                 raise _not_found(request, call, e) from None
             raise
@@ -553,9 +565,26 @@ _HUB_CALLS = {
 # -- pull-through: the same calls, for what the catalog lacks (mirror/pullthrough.py) ---------
 
 
+async def _pull_through_answer(request: web.Request, call: routes.HubCall,
+                               pull_through: PullThrough) -> web.StreamResponse:
+    try:
+        return await _PULLED[call.kind](request, call, pull_through)
+    except RepoNotFound as missing:  # answered as a private repo is
+        raise _not_found(request, call, missing) from None
+
+
+async def _pulled(request: web.Request, call: routes.HubCall, pull_through: PullThrough):
+    """The revision pull-through looked up, if this request may know of it: an upstream repo
+    that is private (our upstream token may read it) is private here too."""
+    revision = await pull_through.revision(call)
+    if revision.info.get("private"):
+        _permit(request, "private", call.repo_id, call.repo_type)
+    return revision
+
+
 async def _pulled_resolve(request: web.Request, call: routes.HubCall,
                           pull_through: PullThrough) -> web.StreamResponse:
-    revision = await pull_through.revision(call)
+    revision = await _pulled(request, call, pull_through)
     f = revision.by_path.get(call.path)
     if f is None:
         raise EntryNotFound(call.repo_id, revision.commit, call.path)
@@ -594,7 +623,7 @@ async def _pulled_resolve(request: web.Request, call: routes.HubCall,
 
 async def _pulled_info(request: web.Request, call: routes.HubCall,
                        pull_through: PullThrough) -> web.Response:
-    revision = await pull_through.revision(call)
+    revision = await _pulled(request, call, pull_through)
     blobs = _true(_query(request).get("blobs"))
     info = {**revision.info, "sha": revision.commit,
             "siblings": [sibling_json(e, blobs=blobs) for e in revision.entries]}
@@ -607,7 +636,7 @@ def _last_commit(revision) -> dict:
 
 async def _pulled_tree(request: web.Request, call: routes.HubCall,
                        pull_through: PullThrough) -> web.Response:
-    revision = await pull_through.revision(call)
+    revision = await _pulled(request, call, pull_through)
     q = _query(request)
     try:
         entries = tree_json(revision.entries, call.path, recursive=_true(q.get("recursive")),
@@ -620,7 +649,7 @@ async def _pulled_tree(request: web.Request, call: routes.HubCall,
 
 async def _pulled_paths_info(request: web.Request, call: routes.HubCall,
                              pull_through: PullThrough) -> web.Response:
-    revision = await pull_through.revision(call)
+    revision = await _pulled(request, call, pull_through)
     paths, expand = await _paths_form(request)
     return web.json_response(paths_info_json(revision.entries, paths,
                                              _last_commit(revision) if expand else None))
@@ -633,7 +662,7 @@ async def _pulled_refs(request: web.Request, call: routes.HubCall,
 
 async def _pulled_commits(request: web.Request, call: routes.HubCall,
                           pull_through: PullThrough) -> web.Response:
-    revision = await pull_through.revision(call)
+    revision = await _pulled(request, call, pull_through)
     return _paginated(request, [{"id": revision.commit, "authors": [], "title": "",
                                  "message": "", "date": revision.info.get("lastModified")}], 50)
 
@@ -703,12 +732,10 @@ async def _ms_guard(request: web.Request, call: msapi.MsCall) -> None:
     missing one), gated 403."""
     try:
         await _guard(request, msapi.hub_call(call, None), download=call.kind == "download")
-    except Hidden as e:
-        e.status = 404
-        raise
-    except GatedRepo as e:
-        e.status = 403
-        raise
+    except (Hidden, GatedRepo) as e:
+        answer = copy.copy(e)
+        answer.status = 403 if isinstance(e, GatedRepo) else 404
+        raise answer from None
 
 
 def _ms_error(request: web.Request, error: WeightswarmError, rid: str) -> web.Response:
@@ -730,6 +757,7 @@ async def _ms_download(request: web.Request, call: msapi.MsCall, rid: str) -> we
     revision, path = msapi.parse_revision(params), msapi.parse_file_path(params)
     located: Located = await _answer(request, ("ms-file", call, revision, path), msapi.locate,
                                      request.app[SERVICE], call, revision, path)
+    _unquarantined(request, located.quarantined, call.repo_id, path)
     headers = {**msapi.download_headers(located), "X-Request-ID": rid}
     return blob_response(request, located.blob, located.entry.size, located.entry.sha256,
                          headers, request.app[EGRESS],
@@ -896,6 +924,15 @@ async def _page(request: web.Request, found) -> web.Response:
     try:
         if isinstance(found, Exception):
             raise found
+        if found.kind == "operator" and not _operator(request):
+            # It names every sync, private repos' too: on a mirror with accounts, for the
+            # admins of every repo. A browser asks for HTTP Basic (the token as password).
+            answer = _html(await _on_catalog(
+                request, pages.error_page, prefix, 401, "Sign in",
+                "The operator's page needs a token with admin on every repo (admin '*'): "
+                "give it as the password.", base), 401)
+            answer.headers["WWW-Authenticate"] = 'Basic realm="weightswarm mirror"'
+            return answer
         return _html(await _page_body(request, found, base),
                      remote_images=request.app[CONFIG].mirror.remote_images)
     except WeightswarmError as e:
@@ -933,6 +970,15 @@ async def _page_body(request: web.Request, found: pages.Page, base: str) -> byte
     return await _answer(request, ("page", call.hub, call.repo_type, tuple(params.items()),
                                    base), pages.search_page, service, call, params, base,
                          _kept=PAGES)
+
+
+def _operator(request: web.Request) -> bool:
+    """Whether this request may see the operator's page: anyone on a mirror without accounts,
+    else an admin of every repo."""
+    if request.app[ACCESS].path is None:
+        return True
+    rules, token = _reader(request)
+    return rules.is_admin(token)
 
 
 async def _operator_page(request: web.Request, base: str) -> bytes:
@@ -1249,6 +1295,8 @@ async def _register_every(app: web.Application, index: str) -> None:
 
 #: seconds between looks at the access file for a change of the private-swarm keys
 KEYS_CHECK_EVERY = 1.0
+#: seconds between feeds of unchanged keys (a tracker restarted learns them within this)
+KEYS_RESEND = 30.0
 
 
 async def _tracker_keys(app: web.Application) -> AsyncIterator[None]:
@@ -1293,9 +1341,11 @@ class _KeyFeeder:
 
         now = time.time()
         hashes = tracker_key_hashes(self.app[ACCESS].rules(), self.app[TRACKER_SECRET], now)
-        if hashes == self.sent and now - self.sent_at < REGISTER_EVERY:
+        # Again every KEYS_RESEND seconds even unchanged: a tracker that restarted knows none
+        if hashes == self.sent and now - self.sent_at < KEYS_RESEND:
             return
-        body = build_tracker_keys(self.key, hashes, now=now)
+        own = hashlib.sha256(tracker_key(self.app[TRACKER_SECRET], MIRROR_SEEDER).encode())
+        body = build_tracker_keys(self.key, hashes, now=now, seeders=[own.hexdigest()])
         try:
             async with http.post(f"{self.index}/api/weightswarm/tracker-keys",
                                  data=body) as answer:
@@ -1304,8 +1354,9 @@ class _KeyFeeder:
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             problem = str(e) or type(e).__name__
         if not problem:
+            if hashes != self.sent or self.failing:
+                log.info("fed %d private-swarm keys to %s", len(hashes), self.index)
             self.sent, self.sent_at, self.failing = hashes, now, False
-            log.info("fed %d private-swarm keys to %s", len(hashes), self.index)
         elif not self.failing:  # one line per outage, tried again every second
             self.failing = True
             log.warning("feeding private-swarm keys to %s failed (tried again each second): "
@@ -1319,13 +1370,16 @@ def _flush_handlers(logger: logging.Logger) -> None:
 
 async def _distribution_guard(request: web.Request, hub: str, repo_type: str,
                               repo_id: str) -> None:
-    """A private repo's manifests and ref statements go to its readers only; to others it
-    does not exist. A gated one's are anyone's, as its file listing is (the index checks
-    them); its bytes need the right."""
-    access = await _answer(request, ("access", hub, repo_type, repo_id),
-                           request.app[DISTRIBUTION].access, hub, repo_type, repo_id)
-    if access == "private":
-        _permit(request, access, repo_id, repo_type)
+    """A gated or private repo's manifests and ref statements go to its readers only: a
+    manifest names the private swarms' info-hashes, and a peer that knows one may ask a seed
+    for its pieces (BitTorrent checks no token). A private or missing repo is answered
+    alike."""
+    try:
+        access = await _answer(request, ("access", hub, repo_type, repo_id),
+                               request.app[DISTRIBUTION].access, hub, repo_type, repo_id)
+    except RepoNotFound as e:
+        raise _hidden(request, Hidden(repo_id, repo_type, message=str(e))) from None
+    _permit(request, access, repo_id, repo_type)
 
 
 async def snapshot_info(request: web.Request) -> web.Response:

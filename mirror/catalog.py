@@ -720,6 +720,10 @@ class Catalog:
                           "type = ? AND repo_id = ?",
                           [(n, *key) for key, n in counts.items()])
 
+    def ruled_access(self, repo_id: str) -> str | None:
+        """The access the latest rule matching `repo_id` sets (a repo not held yet), if any."""
+        return _ruled_access(self.conn, repo_id)
+
     def access_rules(self) -> list[tuple[str, str, float]]:
         """(glob, access, when set), the latest last."""
         return [tuple(r) for r in self.conn.execute(

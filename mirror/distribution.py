@@ -120,7 +120,9 @@ class Distribution:
         public = not self._private(sha256)
         info = blob_info(record, private=not public)
         if info is None:
-            raise NotFound(f"blob {sha256} travels over HTTP only (no torrent)")
+            # said only of a public blob: a private one's refusal says no more than "no blob"
+            raise NotFound(f"blob {sha256} travels over HTTP only (no torrent)" if public
+                           else f"no blob {sha256}")
         holders = () if public else tuple(self.catalog.blob_access(sha256))
         quarantined = self.scan_policy == "quarantine" and self.catalog.suspicious(sha256)
         return Torrent(info, record, public, holders, quarantined)

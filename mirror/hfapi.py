@@ -234,6 +234,10 @@ def resolve_headers(call: HubCall, located: Located, base: str) -> dict:
         "X-Repo-Commit": located.commit,
         "Content-Type": content_type,
         "Content-Disposition": f"inline; filename*=UTF-8''{quote(name)}",
+        # A repo's file shown in a browser (an .html, an .svg) runs nothing on the origin of
+        # the mirror's pages
+        "Content-Security-Policy": "sandbox",
+        "X-Content-Type-Options": "nosniff",
     }
     if located.pinned:
         headers["Cache-Control"] = "public, max-age=31536000, immutable"

@@ -95,7 +95,7 @@ def search_params(query) -> dict[str, str]:
     if params.get("sort", "downloads") not in dict(SORTS):
         raise BadRequest(f"sort is one of {', '.join(dict(SORTS))}")
     page = params.get("p", "0")
-    if not page.isdigit() or int(page) > _MAX_PAGE:
+    if not (page.isascii() and page.isdigit()) or int(page) > _MAX_PAGE:
         raise BadRequest(f"p is a page number, 0 to {_MAX_PAGE}")
     return params
 

@@ -505,7 +505,8 @@ class PullThrough:
                 lambda: publish(
                     self.catalog, self.store, hub=revision.hub, repo_type=revision.repo_type,
                     repo_id=revision.repo_id, commit=revision.commit, files=entries, refs=refs,
-                    access="gated" if revision.gated else None,
+                    access="private" if revision.info.get("private") else
+                    "gated" if revision.gated else None,
                     title=f"Pulled through from {self.upstream.name}",
                     verified_by={f.path: f.verified_by for f in revision.files},
                     scan_policy=self.scan_policy))

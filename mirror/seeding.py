@@ -295,6 +295,8 @@ class Seeder:
     def torrents(self) -> list[dict]:
         rows = []
         for sha256, key in sorted(self.seeding.items()):
+            if sha256 in self.private:
+                continue  # its info-hash is what keeps others out of a private swarm
             s = self.session.status(key)
             rows.append({"sha256": sha256, "info_hash": key, "state": s.state,
                          "peers": s.peers, "uploaded": s.uploaded,

@@ -118,8 +118,9 @@ class Tracker:
         #: seconds between looks at the keys file (a revocation takes effect within this)
         self.keys_check_every = 1.0
         #: mirror key → (the sha256s of the private-swarm keys it fed, when it signed them)
-        self._fed: dict[str, tuple[frozenset[str], float]] = {}
+        self._fed: dict[str, tuple[frozenset[str], frozenset[str], float]] = {}
         self._fed_union: frozenset[str] = frozenset()
+        self._fed_seeders: frozenset[str] = frozenset()
 
     def keys(self) -> frozenset[str]:
         """The keys file, re-read when it changes (checked at most once a second): removing a
@@ -147,39 +148,55 @@ class Tracker:
         return self._keys
 
     def feed_keys(self, mirror: str, hashes: frozenset[str], stamp: float, *,
-                  accepted: frozenset[str]) -> bool:
-        """A mirror's private-swarm keys (sha256 of each), replacing what it fed before unless
-        older; those of mirrors no longer accepted are dropped. True if anything changed."""
+                  accepted: frozenset[str], seeders: frozenset[str] = frozenset()) -> bool:
+        """A mirror's private-swarm keys (sha256 of each; `seeders`: those that may start a
+        private swarm), replacing what it fed before unless older; those of mirrors no longer
+        accepted are dropped. True if anything changed."""
         held = self._fed.get(mirror)
-        if held is not None and held[1] > stamp:
+        if held is not None and held[2] > stamp:
             return False
-        changed = held is None or held[0] != hashes
-        self._fed[mirror] = (hashes, stamp)
+        changed = held is None or held[:2] != (hashes, seeders)
+        self._fed[mirror] = (hashes, seeders, stamp)
         for gone in [m for m in self._fed if m not in accepted]:
             del self._fed[gone]
             changed = True
         if changed:
-            self._fed_union = frozenset().union(*(h for h, _ in self._fed.values()))
+            self._fed_union = frozenset().union(*(h for h, _, _ in self._fed.values()))
+            self._fed_seeders = frozenset().union(*(s for _, s, _ in self._fed.values()))
         return changed
 
-    def key_valid(self, key: str) -> bool:
-        """A key of the keys file, or one a mirror fed (its tokens' keys: revoking a token
-        removes its key from the mirror's next feed)."""
+    def key_kind(self, key: str) -> str | None:
+        """"seeder" for a key that may start a private swarm (the keys file's, a mirror's
+        own), "reader" for one that may only join one (a token's: revoking the token removes
+        it from the mirror's next feed), None for no valid key."""
         if key in self.keys():
-            return True
-        return bool(self._fed_union) and \
-            hashlib.sha256(key.encode()).hexdigest() in self._fed_union
+            return "seeder"
+        if not self._fed_union:
+            return None
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        if digest in self._fed_seeders:
+            return "seeder"
+        return "reader" if digest in self._fed_union else None
+
+    def key_valid(self, key: str) -> bool:
+        return self.key_kind(key) is not None
 
     def check_access(self, info_hash: bytes, key: str | None) -> None:
-        """Open announces may not touch a private swarm; private ones need a valid key."""
+        """Open announces may not touch a private swarm; private ones need a valid key, and
+        only a seeder's key starts one (a reader's could otherwise close a public swarm)."""
         if key is None:
             if info_hash in self.private:
                 raise TrackerRefused("private torrent: announce with your key (/announce/<key>)",
                                      Refusal.PRIVATE)
             return
-        if not self.key_valid(key):
+        kind = self.key_kind(key)
+        if kind is None:
             raise TrackerRefused("unknown or revoked key", Refusal.KEY)
-        self.private.add(info_hash)
+        if info_hash not in self.private:
+            if kind != "seeder":
+                raise TrackerRefused("no such private swarm (yet): its seeder has not "
+                                     "announced it", Refusal.KEY)
+            self.private.add(info_hash)
 
     def scrape_visible(self, hashes: list[bytes], key: str | None) -> dict:
         """Scrape; a private swarm shows zeros unless the key is valid."""

@@ -155,31 +155,37 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 MAX_TRACKER_KEYS = 100_000
 
 
-def build_tracker_keys(key: Ed25519PrivateKey, hashes: list[str], *, now: float) -> bytes:
-    """A mirror's signed list of its private-swarm keys (their sha256s), for its tracker."""
+def build_tracker_keys(key: Ed25519PrivateKey, hashes: list[str], *, now: float,
+                       seeders: list[str] = ()) -> bytes:
+    """A mirror's signed list of its private-swarm keys (their sha256s), for its tracker;
+    `seeders`: those among them that may start a private swarm (the mirror's own)."""
     payload = {"format": FORMAT, "kind": "tracker-keys", "key": public_key_text(key),
-               "keys": list(hashes), "timestamp": now}
+               "keys": list(hashes), "seeders": list(seeders), "timestamp": now}
     return sign("tracker-keys", msgpack.packb(payload, use_bin_type=True), key)
 
 
 def read_tracker_keys(data: bytes, accepted: set[str] | frozenset[str],
-                      now: float) -> tuple[str, frozenset[str], float]:
-    """(mirror key, key hashes, timestamp) of a fed list, checked whole as a registration
-    is: signed by an accepted mirror, fresh, each hash 64 lower-case hex."""
+                      now: float) -> tuple[str, frozenset[str], frozenset[str], float]:
+    """(mirror key, key hashes, seeders' hashes, timestamp) of a fed list, checked whole as
+    a registration is: signed by an accepted mirror, fresh, each hash 64 lower-case hex, the
+    seeders among the keys."""
     if len(data) > 64 * MAX_TRACKER_KEYS + 4096:
         raise IndexRefused(f"a tracker-key list holds at most {MAX_TRACKER_KEYS} keys")
     body, key = open_envelope("tracker-keys", data, accepted)
-    if set(body) != {"format", "kind", "key", "keys", "timestamp"} or body["key"] != key:
-        raise IndexRefused("a tracker-key list holds format, kind, key (the signer's), keys "
-                           "and timestamp")
-    stamp, hashes = body["timestamp"], body["keys"]
+    if set(body) != {"format", "kind", "key", "keys", "seeders", "timestamp"} or \
+            body["key"] != key:
+        raise IndexRefused("a tracker-key list holds format, kind, key (the signer's), keys, "
+                           "seeders and timestamp")
+    stamp, hashes, seeders = body["timestamp"], body["keys"], body["seeders"]
+    if not isinstance(seeders, list) or not set(map(str, seeders)) <= set(map(str, hashes)):
+        raise IndexRefused("seeders must be among the keys")
     if isinstance(stamp, bool) or not isinstance(stamp, int | float) or \
             not now - REGISTRATION_MAX_AGE <= stamp <= now + CLOCK_SKEW:
         raise IndexRefused("a tracker-key list's timestamp must be now")
     if not isinstance(hashes, list) or len(hashes) > MAX_TRACKER_KEYS or not all(
             isinstance(h, str) and len(h) == 64 and _HEX64.fullmatch(h) for h in hashes):
         raise IndexRefused(f"keys must be at most {MAX_TRACKER_KEYS} sha256s (64 hex)")
-    return key, frozenset(hashes), float(stamp)
+    return key, frozenset(hashes), frozenset(seeders), float(stamp)
 
 
 def read_registration(data: bytes, accepted: set[str] | frozenset[str],
@@ -665,6 +671,10 @@ class Poller:
 
     async def _check(self, m: MirrorRow, picked: tuple) -> str | None:
         hub, type_, repo_id, commit, digest, gated = picked
+        if gated:
+            # A gated repo's manifest and bytes go to the mirror's token holders only (its
+            # manifest names private swarms): the index, which holds no token, checks others.
+            return None
         url = f"{m.base_url}/api/weightswarm/manifests/{hub}/{type_}/{repo_id}/{commit}"
         async with self.http.get(url) as response:
             data = await _bounded_body(response, 64 * 1024 * 1024)
@@ -675,9 +685,7 @@ class Poller:
             manifest, _ = read_manifest(data, {m.key})
         except ManifestError as e:
             return f"{where}: manifest refused: {e}"
-        # A gated repo's bytes go to the mirror's token holders only: its manifest is checked,
-        # its blobs cannot be (the index holds no token).
-        files = [] if gated else list(manifest.files)
+        files = list(manifest.files)
         for f in self.rng.sample(files, min(BLOBS_PER_CHECK, len(files))):
             async with self.http.head(f"{m.base_url}/blobs/sha256/{f.sha256}") as response:
                 size = response.headers.get("Content-Length")

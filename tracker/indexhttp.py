@@ -149,10 +149,11 @@ class Index:
         """A mirror's private-swarm keys: the tracker beside takes them (tracker/app.py)."""
         accepted = read_mirror_keys(self.config.mirror_keys, self.config.own_keys)
         try:
-            key, hashes, stamp = read_tracker_keys(data, frozenset(accepted), now)
+            key, hashes, seeders, stamp = read_tracker_keys(data, frozenset(accepted), now)
         except ManifestError as e:
             raise UnknownMirror(str(e)) from None
-        if self.tracker.feed_keys(key, hashes, stamp, accepted=frozenset(accepted)):
+        if self.tracker.feed_keys(key, hashes, stamp, accepted=frozenset(accepted),
+                                  seeders=seeders):
             log.info("index: mirror %s fed %d private-swarm keys", accepted[key] or key,
                      len(hashes))
         return {"keys": len(hashes)}

@@ -56,7 +56,7 @@ def _browser_only(handler):
 def _params(request: web.Request) -> dict[str, str]:
     params = {k: request.query[k][:256] for k in ("search", "p") if request.query.get(k)}
     page = params.get("p", "0")
-    if not page.isdigit() or int(page) > 10_000:
+    if not (page.isascii() and page.isdigit()) or int(page) > 10_000:
         raise BadRequest("p is a page number, 0 to 10000")
     return params
 

@@ -33,6 +33,8 @@ class HuggingFace(HttpUpstream):
         super().__init__(endpoint, name=name, setting=setting, **manners)
         #: (type, id) of the repos whose info said they are gated
         self._gated: set[tuple[str, str]] = set()
+        #: (type, id) of the repos whose info said they are private
+        self._private: set[tuple[str, str]] = set()
 
     async def _json(self, url: str):
         body, headers = await self.json("GET", url)  # a renamed repo answers with a redirect
@@ -55,12 +57,17 @@ class HuggingFace(HttpUpstream):
                                 f"(GatedRepo): mirroring it needs a token whose user "
                                 f"accepted its terms")
             self._gated.add((repo_type, repo_id))
+        if isinstance(info, dict) and info.get("private"):
+            # Our token may read an organisation's private repo: private here too.
+            self._private.add((repo_type, repo_id))
         sha = info.get("sha") if isinstance(info, dict) else None
         if not isinstance(sha, str) or not is_commit(sha):
             raise UpstreamError(f"{self.name}: {repo_id}@{revision}: no commit sha in repo info")
         return info
 
     def access(self, repo_type: str, repo_id: str) -> str | None:
+        if (repo_type, repo_id) in self._private:
+            return "private"
         return "gated" if (repo_type, repo_id) in self._gated else None
 
     async def refs(self, repo_type: str, repo_id: str) -> dict:

@@ -185,8 +185,8 @@ class BitTorrent:
 
     async def _save_resume(self, session, larges: list[Large]) -> None:
         for item in larges:
-            if item.done:
-                continue
+            if item.done or item.private:
+                continue  # a private one's resume data would keep its web seeds: the token
             with contextlib.suppress(Exception):
                 self.resume.save(item.file, await asyncio.wait_for(
                     session.save_resume(item.key), 5))

@@ -392,3 +392,17 @@ def test_a_private_repos_torrents_and_manifests_go_to_its_readers_only(site):
     torrent = bdecode(httpx.get(mirror.url + routes[0], headers={
         "Authorization": f"Bearer {tokens['alice']}"}).content)
     assert torrent[b"info"][b"private"] == 1
+
+
+def test_the_operators_page_is_for_admins_of_every_repo(site):
+    mirror, home, _, tokens = site
+    admin = add_token(home / "access.toml", "ops", read=[], admin=["*"], expires=None)
+    time.sleep(AccessFile.CHECK_EVERY * 2)
+    html = {"Accept": "text/html"}
+    refused = httpx.get(f"{mirror.url}/-/status", headers=html)
+    assert refused.status_code == 401 and refused.headers["WWW-Authenticate"].startswith("Basic")
+    assert SECRET not in refused.text
+    assert httpx.get(f"{mirror.url}/-/status", headers=html,
+                     auth=("me", tokens["alice"])).status_code == 401, "reading is not enough"
+    page = httpx.get(f"{mirror.url}/-/status", headers=html, auth=("me", admin))
+    assert page.status_code == 200 and "This mirror" in page.text
