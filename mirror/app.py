@@ -910,12 +910,6 @@ def _api_path(raw_path: str) -> bool:
     return True
 
 
-def _html(body: bytes, status: int = 200, *, remote_images: bool = False) -> web.Response:
-    return web.Response(body=body, status=status, content_type="text/html", charset="utf-8",
-                        headers={**page_kit.HEADERS, "Vary": "Accept", "Cache-Control": "no-cache",
-                                 "Content-Security-Policy": page_kit.csp(remote_images)})
-
-
 async def _page(request: web.Request, found) -> web.Response:
     """A page, or an HTML page saying what is wrong (never a traceback)."""
     request[ROUTE] = f"page_{getattr(found, 'kind', 'error')}"
@@ -927,22 +921,23 @@ async def _page(request: web.Request, found) -> web.Response:
         if found.kind == "operator" and not _operator(request):
             # It names every sync, private repos' too: on a mirror with accounts, for the
             # admins of every repo. A browser asks for HTTP Basic (the token as password).
-            answer = _html(await _on_catalog(
+            answer = page_kit.html_response(await _on_catalog(
                 request, pages.error_page, prefix, 401, "Sign in",
                 "The operator's page needs a token with admin on every repo (admin '*'): "
                 "give it as the password.", base), 401)
             answer.headers["WWW-Authenticate"] = 'Basic realm="weightswarm mirror"'
             return answer
-        return _html(await _page_body(request, found, base),
-                     remote_images=request.app[CONFIG].mirror.remote_images)
+        return page_kit.html_response(await _page_body(request, found, base),
+                                      remote_images=request.app[CONFIG].mirror.remote_images)
     except WeightswarmError as e:
         if isinstance(e, Hidden | RepoNotFound):
             e = _hidden(request, e)
         title = {400: "Bad request", 401: "Not found", 403: "Forbidden",
                  404: "Not found"}.get(e.status, "Unavailable")
         status = 404 if e.status == 401 else e.status  # a page has no login to offer
-        return _html(await _on_catalog(request, pages.error_page, prefix, status, title,
-                                       str(e)[:300], base), status)
+        body = await _on_catalog(request, pages.error_page, prefix, status, title,
+                                 str(e)[:300], base)
+        return page_kit.html_response(body, status)
 
 
 #: seconds a repo page's swarm column may be behind
@@ -993,8 +988,7 @@ async def _operator_page(request: web.Request, base: str) -> bytes:
 
 async def stylesheet(request: web.Request) -> web.Response:
     request[ROUTE] = "static"
-    return web.Response(body=page_kit.stylesheet(), content_type="text/css",
-                        headers={"Cache-Control": "public, max-age=3600"})
+    return page_kit.stylesheet_response()
 
 
 async def public_key(request: web.Request) -> web.Response:
@@ -1374,12 +1368,11 @@ async def _distribution_guard(request: web.Request, hub: str, repo_type: str,
     manifest names the private swarms' info-hashes, and a peer that knows one may ask a seed
     for its pieces (BitTorrent checks no token). A private or missing repo is answered
     alike."""
+    call = routes.HubCall(hub, hubs.prefix(hub), "repo_info", repo_type, repo_id)
     try:
-        access = await _answer(request, ("access", hub, repo_type, repo_id),
-                               request.app[DISTRIBUTION].access, hub, repo_type, repo_id)
+        await _guard(request, call, download=True)
     except RepoNotFound as e:
-        raise _hidden(request, Hidden(repo_id, repo_type, message=str(e))) from None
-    _permit(request, access, repo_id, repo_type)
+        raise _not_found(request, call, e) from None
 
 
 async def snapshot_info(request: web.Request) -> web.Response:

@@ -68,11 +68,6 @@ class Distribution:
         serves are public whatever else holds them, and share the public swarm."""
         return not self.catalog.blob_is_public(sha256)
 
-    def access(self, hub: str, repo_type: str, repo_id: str) -> str:
-        """A repo's access: the handlers let a request have its manifest and ref statements
-        only if it may read the repo (mirror/app.py)."""
-        return self.catalog.repo(hub, repo_type, repo_id).access
-
     def manifest(self, hub: str, repo_type: str, repo_id: str, commit: str) -> bytes:
         repo = self.catalog.repo(hub, repo_type, repo_id)
         snapshot = self.catalog.snapshot(repo, commit)

@@ -28,8 +28,6 @@ from .routes import HubCall
 
 #: results on a search page
 PAGE = 30
-HUB_NAMES = {hubs.HUGGINGFACE: "Hugging Face", hubs.MODELSCOPE: "ModelScope",
-             hubs.KAGGLE: "Kaggle"}
 SORTS = (("downloads", "most downloaded"), ("lastModified", "recently updated"),
          ("id", "name"), ("size", "largest"), ("likes", "most liked"))
 #: the query parameters a search page takes (others are ignored)
@@ -117,11 +115,11 @@ def search_page(service: HubService, call: HubCall, params: dict[str, str], base
               "private": bool(r.get("private"))} for r in found[:PAGE]]
     return pages.render(
         "search.html", **_site(base), prefix=call.prefix, repo_type=call.repo_type,
-        hub_name=HUB_NAMES[call.hub] if call.hub != hubs.DEFAULT else "",
+        hub_name=pages.HUB_NAMES[call.hub] if call.hub != hubs.DEFAULT else "",
         search=params.get("search", ""), params=params, sort=params.get("sort", "downloads"),
         sorts=SORTS, facets=_facets(service, call), items=items, page=page,
         previous=page - 1 if page else None, more=len(found) > PAGE,
-        hubs=[(h, HUB_NAMES[h], f"{hubs.prefix(h)}/{_plural(call)}") for h in hubs.HUBS])
+        hubs=[(h, pages.HUB_NAMES[h], f"{hubs.prefix(h)}/{_plural(call)}") for h in hubs.HUBS])
 
 
 def _plural(call: HubCall) -> str:
@@ -160,7 +158,7 @@ def repo_page(service: HubService, call: HubCall, base: str,
                for c in service.commits(lookup)[:20]]
     return pages.render(
         "repo.html", **_site(base), prefix=call.prefix, repo_type=call.repo_type,
-        search="", repo_id=call.repo_id, hub_name=HUB_NAMES[call.hub],
+        search="", repo_id=call.repo_id, hub_name=pages.HUB_NAMES[call.hub],
         gated=repo.access == "gated", private=repo.access == "private",
         commit=snapshot.commit, updated=(info.get("lastModified") or "")[:16],
         tags=info.get("tags", []), refs=_refs(service, call, lookup), path=call.path,

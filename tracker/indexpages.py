@@ -21,17 +21,9 @@ from . import search
 from .indexhttp import INDEX, STALE_ROUNDS
 
 PAGE = 30
-HUB_NAMES = {hubs.HUGGINGFACE: "Hugging Face", hubs.MODELSCOPE: "ModelScope",
-             hubs.KAGGLE: "Kaggle"}
 SITE = {"site": "weightswarm index"}
 #: the most repos a mirror's page lists
 HOLDS = 500
-
-
-def _html(body: bytes, status: int = 200) -> web.Response:
-    return web.Response(body=body, status=status, content_type="text/html", charset="utf-8",
-                        headers={**pages.HEADERS, "Content-Security-Policy": pages.csp(),
-                                 "Vary": "Accept", "Cache-Control": "no-cache"})
 
 
 def _browser_only(handler):
@@ -43,13 +35,13 @@ def _browser_only(handler):
         try:
             if index is None:
                 raise NotFound("this tracker runs no index")
-            return _html(await handler(request, index))
+            return pages.html_response(await handler(request, index))
         except WeightswarmError as e:
             status = e.status if e.status in (400, 404) else 503
-            return _html(pages.render("error.html", **SITE, prefix="", repo_type="model",
-                                      search="", status=status, title="Not found"
-                                      if status == 404 else "Bad request", message=str(e)[:300]),
-                         status)
+            title = "Not found" if status == 404 else "Bad request"
+            return pages.html_response(pages.render(
+                "error.html", **SITE, prefix="", repo_type="model", search="", status=status,
+                title=title, message=str(e)[:300]), status)
     return page
 
 
@@ -80,7 +72,7 @@ async def search_page(request: web.Request, index) -> bytes:
         holders = await index.read(search.holders, hub, repo_type, row.repo_id, "main",
                                    time.time() - STALE_ROUNDS * index.config.poll_interval)
         items.append({
-            "id": row.repo_id, "hub": HUB_NAMES[row.hub], "size": row.size,
+            "id": row.repo_id, "hub": pages.HUB_NAMES[row.hub], "size": row.size,
             "mirrors": row.mirrors, "behind": row.behind, "gated": row.gated,
             "seeders": index.seeders(row.torrents), "updated": pages.when(row.updated_at),
             "holders": [(names.get(h.key, (h.base_url,))[0],
@@ -91,7 +83,7 @@ async def search_page(request: web.Request, index) -> bytes:
         search=params.get("search", ""), params=params, items=items, page=page,
         previous=page - 1 if page else None, more=len(rows) > PAGE,
         mirror_count=len(mirrors),
-        hubs=[(h, HUB_NAMES[h], f"{hubs.prefix(h)}/{plural}") for h in hubs.HUBS])
+        hubs=[(h, pages.HUB_NAMES[h], f"{hubs.prefix(h)}/{plural}") for h in hubs.HUBS])
 
 
 def _slug(m: dict) -> str:
@@ -131,5 +123,4 @@ def add_pages(app: web.Application) -> None:
 
 
 async def _stylesheet(request: web.Request) -> web.Response:
-    return web.Response(body=pages.stylesheet(), content_type="text/css",
-                        headers={"Cache-Control": "public, max-age=3600"})
+    return pages.stylesheet_response()

@@ -26,6 +26,8 @@ import nh3
 from markdown_it import MarkdownIt
 
 HERE = Path(__file__).parent
+#: the hubs by the names their users know
+HUB_NAMES = {"huggingface": "Hugging Face", "modelscope": "ModelScope", "kaggle": "Kaggle"}
 #: the pages run no script, load nothing from elsewhere, and may not be framed
 CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:{images}; "
        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
@@ -139,3 +141,19 @@ def render(template: str, **context: Any) -> bytes:
 
 def stylesheet() -> bytes:
     return (HERE / "style.css").read_bytes()
+
+
+def html_response(body: bytes, status: int = 200, *, remote_images: bool = False):
+    """A page as every page is answered: its policy, never cached stale, varying on Accept."""
+    from aiohttp import web
+
+    return web.Response(body=body, status=status, content_type="text/html", charset="utf-8",
+                        headers={**HEADERS, "Vary": "Accept", "Cache-Control": "no-cache",
+                                 "Content-Security-Policy": csp(remote_images)})
+
+
+def stylesheet_response():
+    from aiohttp import web
+
+    return web.Response(body=stylesheet(), content_type="text/css",
+                        headers={"Cache-Control": "public, max-age=3600"})
