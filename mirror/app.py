@@ -1177,6 +1177,16 @@ async def _scheduler(app: web.Application) -> AsyncIterator[None]:
         await app[LOOPS].stop([task])
 
 
+async def _templates(app: web.Application) -> AsyncIterator[None]:
+    """The pages' templates compiled off the loop as the mirror starts: not by a first page."""
+    compiled = asyncio.get_running_loop().run_in_executor(None, page_kit.compile_templates)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(Exception):
+            await compiled
+
+
 async def _downloads(app: web.Application) -> AsyncIterator[None]:
     """Downloads counted per repo, written to the catalog every DOWNLOADS_EVERY seconds and
     at the end."""
@@ -1470,7 +1480,7 @@ def create_app(config: Config) -> web.Application:
     app.cleanup_ctx.extend([
         listening(config.mirror.host, config.mirror.port), background("mirror"), _catalog,
         _access, _downloads, _pull_through, _identity, _tracker_keys, _egress, _session, _seeder,
-        _scheduler, _access_log, _registration, _egress_history,
+        _scheduler, _access_log, _registration, _egress_history, _templates,
     ])
     app.router.add_get("/", index)
     app.router.add_get("/metrics", metrics)

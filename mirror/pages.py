@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import posixpath
+import sqlite3
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote
@@ -18,13 +20,15 @@ from urllib.parse import quote, unquote
 from multidict import MultiDict
 
 from peer import hubs, pages
-from peer.errors import BadRequest, NotFound
-from peer.hfformat import TYPE_URL_PREFIX, card_data
+from peer.errors import BadRequest, NotFound, WeightswarmError
+from peer.hfformat import TYPE_URL_PREFIX
 from peer.listing import parse_list_query
 from peer.paths import check_repo_id, check_repo_path, check_revision
 
 from .hfapi import HubService, tree_json
 from .routes import HubCall
+
+log = logging.getLogger(__name__)
 
 #: results on a search page
 PAGE = 30
@@ -151,7 +155,7 @@ def repo_page(service: HubService, call: HubCall, base: str,
     ours = info.get("weightswarm", {})
     rows = [_file_row(call, revision, e, {f.path: f for f in files}, ours, swarm)
             for e in sorted(entries, key=lambda e: (e["type"] != "directory", e["path"]))]
-    card_fields, card_html = _card(service, files, remote_images, f"{call.prefix}/"
+    card_fields, card_html = _card(service, snapshot, files, remote_images, f"{call.prefix}/"
                                    f"{TYPE_URL_PREFIX[call.repo_type]}{call.repo_id}/resolve/"
                                    f"{snapshot.commit}/")
     commits = [{"id": c["id"], "title": c.get("title", ""), "date": (c.get("date") or "")[:16]}
@@ -209,30 +213,34 @@ def _swarm_text(swarm: tuple[int, int, int] | None) -> str:
     return f"{said}{connected} peers here"
 
 
-def _card(service: HubService, files, remote_images: bool,
+def _card(service: HubService, snapshot, files, remote_images: bool,
           resolve: str) -> tuple[list[tuple[str, str]], str]:
     """The README's front matter as (field, value) rows and its body as safe HTML."""
     readme = next((f for f in files if f.path == "README.md"), None)
     if readme is None:
         return [], ""
-    return _rendered_card(service.store, readme.sha256, remote_images, resolve)
+    fields = []
+    for key, value in snapshot.card_data.items():  # as read when it was published
+        shown = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+        fields.append((str(key), shown[:300]))
+    return fields, _card_body(service.catalog, service.store, readme.sha256, remote_images,
+                              resolve)
 
 
 @functools.lru_cache(maxsize=256)
-def _rendered_card(store, sha256: str, remote_images: bool,
-                   resolve: str) -> tuple[list[tuple[str, str]], str]:
-    """A card rendered once per blob (its bytes never change): Markdown is most of a repo
-    page's time (about 15 ms for a 13 kB card), and a page is rendered again after every
-    change of the catalog."""
-    with store.open(sha256) as fh:
-        text = fh.read(pages.MAX_CARD + 1).decode("utf-8", "replace")
-    header, body = pages.split_card(text)
-    fields = []
-    if header:
-        for key, value in card_data(f"---\n{header}---\n").items():
-            shown = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
-            fields.append((str(key), shown[:300]))
-    return fields, pages.render_card(body, remote_images=remote_images, files=resolve)
+def _card_body(catalog, store, sha256: str, remote_images: bool, resolve: str) -> str:
+    """A card's body once per blob and place (its bytes never change), from the render kept
+    when its snapshot was published: Markdown is most of a page's time (about 15 ms for a
+    13 kB card), and a page is rendered again after every change of the catalog."""
+    html = catalog.card(sha256, pages.RENDERER)
+    if html is None:  # published before cards were kept, or by an older renderer
+        with store.open(sha256) as fh:
+            html = pages.readme_markdown(fh.read(1 << 20))
+        try:
+            catalog.put_card(sha256, pages.RENDERER, html)
+        except (sqlite3.Error, WeightswarmError) as e:  # a busy or full disk: next time
+            log.debug("card of %s not kept: %s", sha256[:12], e)
+    return pages.clean_card(html, remote_images=remote_images, files=resolve)
 
 
 def commands(call: HubCall, base: str, revision: str | None) -> list[tuple[str, str]]:

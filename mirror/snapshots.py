@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from peer import pages
 from peer.errors import InvalidSafetensors
 from peer.hfformat import FileEntry, read_card
 from peer.store import BlobStore
@@ -19,17 +20,22 @@ from .scan import SAFE, SCANNER, SUSPICIOUS, ScanRefused, Verdict, needs_scan, s
 log = logging.getLogger(__name__)
 
 
-def describe(store: BlobStore, repo_id: str, files: list[FileEntry]) -> tuple[dict, dict | None, dict]:
-    """(card data, safetensors summary, invalid safetensors by path) of a snapshot's files."""
+def describe(store: BlobStore, repo_id: str,
+             files: list[FileEntry]) -> tuple[dict, dict | None, dict, tuple | None]:
+    """(card data, safetensors summary, invalid safetensors by path, the card rendered as
+    NewSnapshot.card_html has it) of a snapshot's files."""
     card: dict = {}
     counts = []
     invalid = {}
+    rendered = None
     for f in files:
         if f.path == "README.md":
             with store.open(f.sha256) as fh:
-                card, problem = read_card(fh.read(1 << 20))
+                text = fh.read(1 << 20)
+            card, problem = read_card(text)
             if problem:
                 log.warning("%s: README.md: %s; kept with empty metadata", repo_id, problem)
+            rendered = (f.sha256, pages.RENDERER, pages.readme_markdown(text))
         if f.path.endswith(".safetensors"):
             # A file whose header does not validate is still the upstream's file: it is
             # served as it is, flagged, and left out of the parameter counts.
@@ -39,7 +45,7 @@ def describe(store: BlobStore, repo_id: str, files: list[FileEntry]) -> tuple[di
             except InvalidSafetensors as e:
                 log.warning("%s: %s", repo_id, e)
                 invalid[f.path] = e.reason
-    return card, summarise(counts), invalid
+    return card, summarise(counts), invalid, rendered
 
 
 def scan_files(catalog: Catalog, store: BlobStore, repo_id: str,
@@ -73,12 +79,13 @@ def publish(catalog: Catalog, store: BlobStore, *, hub: str, repo_type: str, rep
     flagged = {p: v for p, v in verdicts.items() if v.status == SUSPICIOUS}
     if flagged and scan_policy == "refuse":
         raise ScanRefused(repo_id, commit, flagged)
-    card, safetensors, invalid = describe(store, repo_id, files)
+    card, safetensors, invalid, card_html = describe(store, repo_id, files)
     snapshot = catalog.publish(
         NewSnapshot(
             hub=hub, type=repo_type, repo_id=repo_id, commit=commit, files=files, refs=refs,
             title=title, parent=parent if parent != commit else None, card_data=card,
             safetensors=safetensors, invalid_safetensors=invalid, access=access,
+            card_html=card_html,
             created_at=created_at, verified_by=verified_by or {}, ref_times=ref_times or {},
         )
     )

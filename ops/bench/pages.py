@@ -29,6 +29,7 @@ from mirror.catalog import Catalog  # noqa: E402
 from mirror.hfapi import HubService  # noqa: E402
 from mirror.importer import Importer  # noqa: E402
 from mirror.routes import HubCall  # noqa: E402
+from peer import pages as page_kit  # noqa: E402
 from peer.store import BlobStore  # noqa: E402
 
 REPO = "bench/thousand-files"
@@ -89,9 +90,15 @@ def bench(args, work: Path) -> None:
             ("search page, page 100", lambda: pages.search_page(
                 service, model, {"p": "100"}, base)),
         ]
-        first = timed(1, lambda: pages.repo_page(service, HubCall(
-            "huggingface", "", "page", "model", REPO, "main"), base))[0]
-        rows = [(f"repo page, first view of its card ({len(CARD) // 1024} kB)", first, first)]
+        page_kit.compile_templates()  # as the mirror does when it starts
+        main = HubCall("huggingface", "", "page", "model", REPO, "main")
+        first = timed(1, lambda: pages.repo_page(service, main, base))[0]
+        kb = len(CARD) // 1024
+        rows = [(f"repo page, first view ({kb} kB card, kept at publish)", first, first)]
+        catalog.conn.execute("DELETE FROM cards")  # as one published before cards were kept
+        pages._card_body.cache_clear()
+        unkept = timed(1, lambda: pages.repo_page(service, main, base))[0]
+        rows.append(("  for reference: the same card not kept", unkept, unkept))
         for name, render in cases:
             render()  # warm: templates compiled, pages of the catalog in memory
             samples = timed(args.runs, render)
@@ -102,11 +109,11 @@ def bench(args, work: Path) -> None:
     print(f"page renders in process, uncached, {args.runs} runs each, catalog of {args.repos:,} "
           f"repos (plus {REPO})")
     print()
-    print(f"| {'page':<46} | median ms | p90 ms | target        |")
-    print(f"|{'-' * 48}|-----------|--------|---------------|")
+    print(f"| {'page':<52} | median ms | p90 ms | target        |")
+    print(f"|{'-' * 54}|-----------|--------|---------------|")
     for name, median, p90 in rows:
-        verdict = "met" if median < TARGET_MS else "MISSED"
-        print(f"| {name:<46} | {median:9.1f} | {p90:6.1f} | < {TARGET_MS:.0f} ms {verdict:<6} |")
+        verdict = "" if name.startswith(" ") else "met" if median < TARGET_MS else "MISSED"
+        print(f"| {name:<52} | {median:9.1f} | {p90:6.1f} | < {TARGET_MS:.0f} ms {verdict:<6} |")
 
 
 def main() -> None:

@@ -80,15 +80,35 @@ def _attribute(remote_images: bool, files: str):
     return keep
 
 
-def render_card(text: str, *, remote_images: bool = False, files: str = "") -> str:
-    """A model card's Markdown body as safe HTML; `files`: the URL its relative image paths
+def card_markdown(body: str) -> str:
+    """A card's Markdown body as markdown-it-py renders it: NOT safe to serve (raw HTML kept),
+    only ever passed through `clean_card`. The costly step (about 15 ms for a 13 kB card), so a
+    mirror renders it when it publishes the snapshot and keeps it (RENDERER names its output)."""
+    if len(body) > MAX_CARD:
+        body = body[:MAX_CARD] + "\n\n*(the rest of this card is not shown: it is too long)*"
+    return _markdown().render(body)
+
+
+def readme_markdown(readme: bytes) -> str:
+    """`card_markdown` of a README's body (after its YAML front matter)."""
+    return card_markdown(split_card(readme.decode("utf-8", "replace"))[1])
+
+
+#: bump when `card_markdown`'s output for the same text changes: kept renders are then redone
+RENDERER = 1
+
+
+def clean_card(html: str, *, remote_images: bool = False, files: str = "") -> str:
+    """`card_markdown`'s HTML made safe (about 1 ms); `files`: the URL its relative image paths
     are the repo's files under (`.../resolve/<rev>/`)."""
-    if len(text) > MAX_CARD:
-        text = text[:MAX_CARD] + "\n\n*(the rest of this card is not shown: it is too long)*"
-    html = _markdown().render(text)
     return nh3.clean(html, tags=_TAGS, attributes=_ATTRIBUTES, url_schemes=_LINKS,
                      attribute_filter=_attribute(remote_images, files), strip_comments=True,
                      link_rel="noopener noreferrer nofollow")
+
+
+def render_card(text: str, *, remote_images: bool = False, files: str = "") -> str:
+    """A model card's Markdown body as safe HTML."""
+    return clean_card(card_markdown(text), remote_images=remote_images, files=files)
 
 
 def split_card(readme: str) -> tuple[str, str]:
@@ -133,6 +153,14 @@ def environment() -> jinja2.Environment:
     env.filters.update(size=size, when=when)
     env.globals.update(query=query)
     return env
+
+
+def compile_templates() -> None:
+    """Every template compiled now (about 30 ms in all), so that no first page pays it: a
+    service calls this off its loop once it starts."""
+    env = environment()
+    for name in env.list_templates(extensions=["html"]):
+        env.get_template(name)
 
 
 def render(template: str, **context: Any) -> bytes:

@@ -368,7 +368,8 @@ def test_a_catalog_from_before_the_feed_is_migrated_with_every_repo_in_its_first
     # The schema as it was before the feed (version 8), and what later versions added.
     for statement in ("DROP INDEX repos_seq", "ALTER TABLE repos DROP COLUMN seq",
                       "DROP TABLE feed_tombstones", "ALTER TABLE sync_runs DROP COLUMN sources",
-                      "DROP TABLE scans", "DROP TABLE access_rules", "DROP INDEX repos_by_size",
+                      "DROP TABLE scans", "DROP TABLE access_rules", "DROP TABLE cards",
+                      "DROP INDEX repos_by_size",
                       "ALTER TABLE repos DROP COLUMN size",
                       "PRAGMA user_version = 8"):
         catalog.conn.execute(statement)

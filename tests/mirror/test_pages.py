@@ -180,3 +180,36 @@ def test_downloads_on_this_mirror_are_counted_and_sorted_by(home, serve, tmp_pat
     page = httpx.get(f"{mirror.url}/models?sort=downloads", headers=HTML).text
     assert page.index('href="/org/m1"') < page.index('href="/org/m2"') < \
         page.index('href="/org/m0"')
+
+
+def test_a_card_is_rendered_when_published_and_kept_and_still_cleaned_when_shown(
+        home, serve, tmp_path):
+    """Markdown is most of a first view's time, so publishing renders the card and the catalog
+    keeps it (by the README's blob); a page shows the kept render, cleaned as any card. One
+    published before cards were kept (or by an older renderer) is rendered on its first view."""
+    import hashlib
+
+    from mirror.catalog import Catalog
+    from peer.pages import RENDERER
+
+    for n, name in enumerate(("kept", "older")):
+        folder = make_tiny_model(tmp_path / name, seed=n, big_size=4096)
+        (folder / "README.md").write_text(f"---\nlicense: mit\n---\n# The {name} card\n")
+        import_repo(home, folder, f"org/{name}")
+    shas = {name: hashlib.sha256(f"---\nlicense: mit\n---\n# The {name} card\n".encode())
+            .hexdigest() for name in ("kept", "older")}
+    catalog = Catalog(make_config(home).catalog_path)
+    try:
+        assert "<h1>The kept card</h1>" in catalog.card(shas["kept"], RENDERER)
+        # What the page shows is the kept render (this one made up), and it is cleaned.
+        catalog.put_card(shas["kept"], RENDERER, "<h2>from the catalog</h2><script>x()</script>")
+        catalog.put_card(shas["older"], RENDERER - 1, "<h2>an older renderer's</h2>")
+        mirror = serve(make_config(home))
+        kept = httpx.get(f"{mirror.url}/org/kept", headers=HTML).text
+        assert "<h2>from the catalog</h2>" in kept and "x()" not in kept
+        assert "<td>mit</td>" in kept.replace(" ", ""), "the front matter, as published"
+        older = httpx.get(f"{mirror.url}/org/older", headers=HTML).text
+        assert "<h1>The older card</h1>" in older and "older renderer" not in older
+        assert "<h1>The older card</h1>" in catalog.card(shas["older"], RENDERER), "kept now"
+    finally:
+        catalog.close()
