@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -102,6 +103,8 @@ ANSWERS = web.AppKey("answers", CatalogAnswers)
 #: rendered pages, kept apart: larger than the API's answers, and a crawler's every distinct
 #: query must not push those out (PAGES_KEPT of them at most)
 PAGES = web.AppKey("pages", CatalogAnswers)
+#: the client the egress sampler and the operator's page ask the tracker with
+CARRIED_HTTP = web.AppKey("carried_http", object)
 #: (hub, type, repo id) → whole-file downloads not yet written to the catalog
 DOWNLOADS = web.AppKey("downloads", dict)
 #: seconds between writes of the download counts (each write makes every kept answer stale)
@@ -979,11 +982,14 @@ def _operator(request: web.Request) -> bool:
 async def _operator_page(request: web.Request, base: str) -> bytes:
     """The operator's page: what the mirror holds, its syncs, its egress by way."""
     metrics, seeder = request.app[METRICS], request.app[SEEDER]
-    chart = pages.egress_chart(list(metrics.egress_history), time.time(),
-                               dict(metrics.egress_totals))
+    totals = dict(metrics.egress_totals)
+    carried = await _peers_carried(request.app, request.app[CARRIED_HTTP])
+    if carried is not None:
+        totals["peers"] = carried
+    chart = pages.egress_chart(list(metrics.egress_history), time.time(), totals)
     return await _on_catalog(request, lambda: pages.operator_page(
         request.app[SERVICE], base, key=request.app[PUBLIC_KEY], chart=chart,
-        seeding=len(seeder.seeding) if seeder else 0, peers_share=None))
+        seeding=len(seeder.seeding) if seeder else 0))
 
 
 async def stylesheet(request: web.Request) -> web.Response:
@@ -1219,19 +1225,60 @@ async def _downloads(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _egress_history(app: web.Application) -> AsyncIterator[None]:
-    """A sample of the egress totals every EGRESS_SAMPLE seconds, for the operator's page."""
+    """A sample of the egress totals every EGRESS_SAMPLE seconds, for the operator's page,
+    with what the peers of this mirror's swarms carried by its tracker's count."""
+    import aiohttp
+
     metrics = app[METRICS]
 
-    async def sample() -> None:
+    async def sample(http) -> None:
         while True:
-            metrics.egress_history.append((time.time(), dict(metrics.egress_totals)))
+            totals = dict(metrics.egress_totals)
+            carried = await _peers_carried(app, http)
+            if carried is not None:
+                totals["peers"] = carried
+            metrics.egress_history.append((time.time(), totals))
             await asyncio.sleep(pages.EGRESS_SAMPLE)
 
-    task = app[LOOPS].spawn(sample(), "egress history")
-    try:
-        yield
-    finally:
-        await app[LOOPS].stop([task])
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+        app[CARRIED_HTTP] = http
+        task = app[LOOPS].spawn(sample(http), "egress history")
+        try:
+            yield
+        finally:
+            await app[LOOPS].stop([task])
+
+
+def tracker_base(announce: str) -> str | None:
+    """The HTTP base of a tracker from an announce URL: its HTTP and BEP 15 UDP share a port
+    number (tracker/app.py), so `udp://host:port` has its HTTP at `http://host:port`."""
+    parts = urllib.parse.urlsplit(announce)
+    if parts.scheme not in ("http", "https", "udp") or not parts.netloc:
+        return None
+    return f"{'http' if parts.scheme == 'udp' else parts.scheme}://{parts.netloc}"
+
+
+async def _peers_carried(app: web.Application, http) -> int | None:
+    """The bytes the other peers of this mirror's swarms say they sent, since the tracker
+    started (tracker/carried.py), from the first tracker that answers; None if none does."""
+    import aiohttp
+
+    session = app[SESSION]
+    if session is None:
+        return None
+    for announce in app[CONFIG].mirror.trackers:
+        base = tracker_base(announce)
+        if base is None:
+            continue
+        try:
+            async with http.get(f"{base}/api/weightswarm/carried",
+                                params={"port": str(session.port)}) as answer:
+                if answer.status == 200:
+                    return int((await answer.json())["peers_sent"])
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError, KeyError,
+                TypeError) as e:
+            log.debug("what the peers carried, from %s: %s", base, e)
+    return None
 
 
 async def _access_log(app: web.Application) -> AsyncIterator[None]:

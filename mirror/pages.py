@@ -272,27 +272,43 @@ def error_page(call_prefix: str, status: int, title: str, message: str, base: st
 
 # -- the operator's page ----------------------------------------------------------------------
 
-#: the ways blob bytes leave (Metrics.egress_totals), charted on the operator's page
+#: the ways blob bytes leave (Metrics.egress_totals), charted on the operator's page; and
+#: what the other peers of its swarms sent each other instead (by its tracker's count)
 EGRESS_WAYS = ("bittorrent", "webseed", "resolve")
+PEERS = "peers"
 #: seconds between samples of the egress totals, and the hours charted
 EGRESS_SAMPLE = 60.0
 EGRESS_HOURS = 6
 _CHART_W, _CHART_H = 720, 160
 
 
+def _grown(a: dict, b: dict, way: str) -> float:
+    """Bytes sent that way between two samples: a running total that went back (the tracker
+    restarted, a swarm emptied) counts nothing for that interval."""
+    return max(0, b.get(way, 0) - a.get(way, 0))
+
+
 def egress_chart(history: list[tuple[float, dict]], now: float,
                  totals: dict[str, int]) -> dict:
     """The egress history as SVG polylines, one per way: bytes/s between samples over the
-    last EGRESS_HOURS hours (x: time, y: rate scaled to the highest)."""
+    last EGRESS_HOURS hours (x: time, y: rate scaled to the highest). `peers_share`: of the
+    bytes the mirror's swarms carried in these hours (its BitTorrent and web seed bytes and
+    the other peers'), the peers' part; None while the tracker has not said."""
     points = [*history, (now, totals)]
     start = now - EGRESS_HOURS * 3600
-    rates: dict[str, list[tuple[float, float]]] = {way: [] for way in EGRESS_WAYS}
+    ways = (*EGRESS_WAYS, PEERS) if any(PEERS in p for _, p in points) else EGRESS_WAYS
+    rates: dict[str, list[tuple[float, float]]] = {way: [] for way in ways}
+    peers = swarm = 0.0
     for (t0, a), (t1, b) in zip(points, points[1:], strict=False):
         if t1 <= t0 or t1 < start:
             continue
-        for way in EGRESS_WAYS:  # a step per sample: the rate held over its interval
-            rate = (b.get(way, 0) - a.get(way, 0)) / (t1 - t0)
+        known = PEERS in a and PEERS in b
+        for way in ways:  # a step per sample: the rate held over its interval
+            rate = _grown(a, b, way) / (t1 - t0) if way != PEERS or known else 0.0
             rates[way] += [(max(t0, start), rate), (t1, rate)]
+        if known:
+            peers += _grown(a, b, PEERS)
+            swarm += _grown(a, b, "bittorrent") + _grown(a, b, "webseed")
     peak = max((r for series in rates.values() for _, r in series), default=0.0) or 1.0
     lines = []
     for way, series in rates.items():
@@ -300,12 +316,14 @@ def egress_chart(history: list[tuple[float, dict]], now: float,
                       f"{_CHART_H - r / peak * (_CHART_H - 10):.1f}" for t, r in series)
         lines.append({"way": way, "points": xy, "sent": totals.get(way, 0)})
     empty = not any(r for series in rates.values() for _, r in series)
+    share = peers / (peers + swarm) if peers + swarm else None
     return {"width": _CHART_W, "height": _CHART_H, "lines": lines, "peak": peak,
-            "hours": EGRESS_HOURS, "empty": empty}
+            "hours": EGRESS_HOURS, "empty": empty, "peers_share": share,
+            "peers_known": PEERS in totals}
 
 
 def operator_page(service: HubService, base: str, *, key: str, chart: dict,
-                  seeding: int, peers_share: float | None) -> bytes:
+                  seeding: int) -> bytes:
     catalog = service.catalog
     runs = catalog.runs(limit=30)
     counts = {"running": 0, "ok": 0, "failed": 0}
@@ -316,4 +334,4 @@ def operator_page(service: HubService, base: str, *, key: str, chart: dict,
         "operator.html", **_site(base), prefix="", repo_type="model", search="",
         store_bytes=catalog.store_bytes(), blobs=catalog.blob_count(),
         repos=len(catalog.repos()), runs=runs, counts=counts, key=key, chart=chart,
-        seeding=seeding, peers_share=peers_share)
+        seeding=seeding)

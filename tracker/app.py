@@ -29,6 +29,7 @@ from peer.service import LIMITS, LOOPS, Service, background, listening, port_of
 from peer.service import serve as serve_services
 from peer.service import start as start_service
 
+from .carried import Carried
 from .config import Locality, TrackerConfig
 from .indexhttp import INDEX, add_routes, index_context
 from .indexpages import add_pages
@@ -103,6 +104,10 @@ class Tracker:
         self.peers_gauge = Gauge("weightswarm_tracker_peers", "Peers held", registry=self.registry)
         self.seeders_gauge = Gauge("weightswarm_tracker_seeders", "Complete peers held",
                                    registry=self.registry)
+        self.carried = Carried()
+        self.carried_gauge = Gauge("weightswarm_tracker_carried_bytes", "Bytes the peers say "
+                                   "they sent, by mirrors and by the rest, since the start",
+                                   ["by"], registry=self.registry)
         #: (protocol, kind, reason) -> (when its last line was logged, refusals since): keyed
         #: by the fixed vocabularies only, so it holds a few dozen entries at most
         self._refusals_logged: dict[tuple[Protocol, Kind, Refusal], tuple[float, int]] = {}
@@ -221,7 +226,14 @@ class Tracker:
         peer = make_peer(a.peer_id, a.ip, a.port, a.left,
                          mirror=bool(config.mirrors) and f"{a.ip}:{a.port}" in config.mirrors,
                          place=self.locality.place(a.ip) if config.sites else 0)
+        endpoint = f"{a.ip}:{a.port}"
+        if a.event == "stopped" and (leaving := self.table.swarms.get(a.info_hash)):
+            # what it sent since its last announce, before it leaves
+            self.carried.note(leaving, leaving.find_id(a.peer_id), a.info_hash, a.peer_id,
+                              endpoint, a.uploaded, a.event)
         swarm, slot = self.table.announce(a.info_hash, peer, a.event, now)
+        if a.event != "stopped":
+            self.carried.note(swarm, slot, a.info_hash, a.peer_id, endpoint, a.uploaded, a.event)
         complete, incomplete = swarm.counts()
         if slot < 0:
             return swarm, [], complete, incomplete
@@ -318,6 +330,19 @@ async def stats(request: web.Request) -> web.Response:
                               "seeders": table.seeders})
 
 
+async def carried(request: web.Request) -> web.Response:
+    """What the peers of the asking mirror's swarms sent, and what it sent (tracker/carried.py):
+    `?port=` its BitTorrent port; the address is the one it asks from (or `ip=` from a
+    trusted proxy, as for the sites)."""
+    tracker = request.app[TRACKER]
+    remote = request.remote or ""
+    port = request.query.get("port", "")
+    if not (port.isdigit() and 0 < int(port) < 65536):
+        return web.json_response({"error": "port: the mirror's BitTorrent port"}, status=400)
+    ip = (request.query.get("ip", "") if tracker.ip_trusted(remote) else "") or remote
+    return web.json_response(tracker.carried.of(f"{ip}:{int(port)}", tracker.table.swarms))
+
+
 async def sites(request: web.Request) -> web.Response:
     """Where the asker is by the CIDR map, and the networks of its own site and region: what a
     pull needs to tell its site's peers (near, asked first) from the rest (far, shared out
@@ -343,6 +368,8 @@ async def metrics(request: web.Request) -> web.Response:
     tracker.swarms_gauge.set(len(table.swarms))
     tracker.peers_gauge.set(table.peer_count)
     tracker.seeders_gauge.set(table.seeders)
+    tracker.carried_gauge.labels("peers").set(tracker.carried.peers_total)
+    tracker.carried_gauge.labels("mirrors").set(tracker.carried.mirrors_total)
     if request.app.get(INDEX) is not None:
         await request.app[INDEX].view()  # sets the index's gauges
     return metrics_response(tracker.registry)
@@ -491,6 +518,7 @@ def create_app(config: TrackerConfig) -> web.Application:
     app.router.add_get("/scrape/{key}", http_scrape)
     app.router.add_get("/api/weightswarm/stats", stats)
     app.router.add_get("/api/weightswarm/sites", sites)
+    app.router.add_get("/api/weightswarm/carried", carried)
     app.router.add_get("/metrics", metrics)
     add_routes(app)
     add_pages(app)

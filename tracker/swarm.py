@@ -80,6 +80,8 @@ _V4_MAPPED = bytes(10) + b"\xff\xff"
 
 #: a swarm of more peers than this keeps an index; one of fewer than half as many drops it
 INDEXED = 32
+#: a peer's `uploaded` before its first announce in the swarm
+UNSEEN = 2**64 - 1
 
 
 class Peer(NamedTuple):
@@ -123,7 +125,7 @@ class PeerView(NamedTuple):
 
 class Swarm:
     __slots__ = ("rows", "width", "traits", "index", "used", "complete", "downloaded",
-                 "mirrors")
+                 "mirrors", "sent", "peers_sent")
 
     def __init__(self) -> None:
         self.rows = bytearray()
@@ -140,6 +142,10 @@ class Swarm:
         self.downloaded = 0  # completed events seen
         #: the slots of the mirrors among the peers (few): every answer considers them
         self.mirrors: tuple[int, ...] = ()
+        #: per slot: the `uploaded` the peer last announced (UNSEEN before its first)
+        self.sent = array("Q")
+        #: bytes the peers that are not mirrors say they sent (tracker/carried.py)
+        self.peers_sent = 0
 
     def __len__(self) -> int:
         return len(self.traits)
@@ -219,6 +225,7 @@ class Swarm:
         self.rows += peer.peer_id
         self.rows += endpoint
         self.traits.append(peer.traits | seen << SEEN_SHIFT)
+        self.sent.append(UNSEEN)
         self.complete += peer.traits & COMPLETE
         if peer.traits & MIRROR:
             self.mirrors += (slot,)
@@ -238,6 +245,16 @@ class Swarm:
             self.mirrors = tuple(s for s in self.mirrors if s != slot) + (
                 (slot,) if traits & MIRROR else ())
 
+    def note_uploaded(self, slot: int, uploaded: int, started: bool) -> int:
+        """The bytes the peer at `slot` sent since its last announce, by its `uploaded`
+        (counted from the client's `started`). Its first announce here counts only if it
+        is its `started` one: after an expiry or a restart of the tracker it is a baseline."""
+        before = self.sent[slot]
+        self.sent[slot] = uploaded
+        if before == UNSEEN:
+            return uploaded if started else 0
+        return uploaded - before if uploaded >= before else uploaded  # went back: restarted
+
     def remove(self, slot: int) -> None:
         """Remove the peer at `slot`; the last peer moves into it."""
         last, width = len(self.traits) - 1, self.width
@@ -255,8 +272,10 @@ class Swarm:
                 self.mirrors = tuple(slot if s == last else s for s in self.mirrors)
             self.rows[slot * width : slot * width + width] = self.rows[last * width :]
             self.traits[slot] = moved
+            self.sent[slot] = self.sent[last]
         del self.rows[last * width :]
         self.traits.pop()
+        self.sent.pop()
         if self.index is not None and len(self.traits) < INDEXED // 2:
             self.index, self.used = None, 0
 

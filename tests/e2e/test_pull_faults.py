@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import quote
 
+import httpx2 as httpx
 import pytest
 
 from helpers import VENV_BIN, fetch, flip_a_byte, make_config, start_mirror, start_tracker, wait_for
@@ -304,6 +305,7 @@ def test_three_peers_pulling_at_once_get_half_their_bytes_from_each_other_and_sa
     assert abs(from_mirror - mirror_sent) <= 2 * PIECE, (
         f"the pulls say {from_mirror / MiB:.1f} MiB came from the mirror, which sent "
         f"{mirror_sent / MiB:.1f} MiB: {report}")
+    assert_carried_shown(tracker, mirror, sum(r["from_peers"] for r in results), from_mirror)
     # Issue 7's floor: each peer gets at least half of its payload from the other peers
     # (libtorrent's block alerts, each naming its sender, as the pull reports them). The pulls split the
     # mirror's pieces between them (peer/steering.py): measured 0.57-0.69 each, the mirror
@@ -312,6 +314,24 @@ def test_three_peers_pulling_at_once_get_half_their_bytes_from_each_other_and_sa
         bt = r["from_peers"] + r["from_mirrors"] + r["from_web_seeds"]
         assert r["from_peers"] >= 0.5 * bt, f"peer{i} got under half from peers: {report}"
     assert mirror_sent < 1.5 * SWARM_SIZE, report
+
+
+def assert_carried_shown(tracker, mirror, from_peers: int, from_mirror: int) -> None:
+    """Issue 21: what the pulls sent each other, by their announces to the tracker (each
+    announce's `uploaded`; the last as a pull stops), is the share the operator's page shows."""
+    port = json.loads(fetch(f"{mirror.url}/"))["bittorrent_port"]
+    carried = wait_for(lambda: (c := json.loads(fetch(
+        f"{tracker.url}/api/weightswarm/carried?port={port}")))["peers_sent"] >= from_peers
+        - 2 * PIECE and c, 15, "the pulls' last announces")
+    print(f"the tracker says the peers sent {carried['peers_sent'] / MiB:.1f} MiB, the mirror "
+          f"{carried['mirror_sent'] / MiB:.1f} MiB; the pulls got {from_peers / MiB:.1f} MiB "
+          f"from peers")
+    assert carried["peers_sent"] <= from_peers + 2 * PIECE, carried
+    page = httpx.get(f"{mirror.url}/-/status", headers={"Accept": "text/html"}).text
+    shown = re.search(r"Peers carried (\d+) %", page)
+    assert shown, page[page.find("<h2>Egress"):][:1500]
+    expected = 100 * carried["peers_sent"] / (carried["peers_sent"] + from_mirror)
+    assert abs(int(shown.group(1)) - expected) <= 5, (shown.group(0), expected)
 
 
 # -- 1b. a pull that owns pieces freezes --------------------------------------------------------

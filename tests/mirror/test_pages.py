@@ -149,6 +149,29 @@ def test_the_operators_page_shows_the_store_syncs_and_egress_chart(mirror):
     assert httpx.get(f"{mirror.url}/-/status").status_code == 404, "a page, for browsers only"
 
 
+def test_the_share_peers_carried_is_theirs_of_the_swarms_bytes_in_the_charted_hours():
+    from mirror.pages import egress_chart
+
+    def at(minute, bt, webseed, peers=None, resolve=0):
+        totals = {"bittorrent": bt, "webseed": webseed, "resolve": resolve}
+        return (minute * 60.0, totals if peers is None else {**totals, "peers": peers})
+
+    now = 24 * 60
+    history = [at(now - 400, 0, 0, 0), at(now - 380, 500, 0, 9000),  # ended before the hours
+               at(now - 30, 1000, 0, 10_000),  # this interval ends inside them: +1000, +500
+               at(now - 20, 2000, 1000, 16_000),  # +6000, +2000
+               at(now - 10, 2000, 1000, 2000),  # the tracker restarted: nothing
+               at(now - 5, 2000, 1500)]  # the tracker did not answer: nor the intervals by it
+    chart = egress_chart(history, now * 60.0, at(now, 2000, 2000, 5000)[1])
+    assert chart["peers_share"] == 7000 / (7000 + 2500)
+    assert [line["way"] for line in chart["lines"]][-1] == "peers"
+    unknown = egress_chart([at(now - 1, 5, 0)], now * 60.0, at(now, 9, 0)[1])
+    assert unknown["peers_share"] is None and not unknown["peers_known"]
+    assert [line["way"] for line in unknown["lines"]][-1] == "resolve", "no peers' line"
+    quiet = egress_chart([at(now - 1, 0, 0, 7)], now * 60.0, at(now, 0, 0, 7)[1])
+    assert quiet["peers_share"] is None and quiet["peers_known"]
+
+
 def test_a_large_files_swarm_and_torrent_links_on_its_repo_page(mirror):
     page = httpx.get(f"{mirror.url}/lab/big", headers=HTML).text
     row = page[page.index(">big.bin<"):]

@@ -38,9 +38,9 @@ def get(port: int, target: bytes | str) -> tuple[int, dict]:
 
 
 def announce(port: int, info_hash: bytes, peer_id: bytes, peer_port: int, *, left: int = 100,
-             event: str = "", extra: str = "") -> dict:
+             event: str = "", extra: str = "", uploaded: int = 0) -> dict:
     query = (f"info_hash={quote_from_bytes(info_hash)}&peer_id={quote_from_bytes(peer_id)}"
-             f"&port={peer_port}&uploaded=0&downloaded=0&left={left}&compact=1")
+             f"&port={peer_port}&uploaded={uploaded}&downloaded=0&left={left}&compact=1")
     if event:
         query += f"&event={event}"
     status, body = get(port, f"/announce?{query}{extra}")
@@ -295,3 +295,44 @@ def test_stats_and_metrics(tracker):
         text = r.read().decode()
     assert 'weightswarm_tracker_requests_total{kind="announce",protocol="http",result="ok"}' in text
     assert "weightswarm_tracker_peers" in text
+
+
+def test_what_a_mirrors_peers_carried_is_summed_over_its_swarms_from_their_announces(tracker):
+    """Issue 21's share of bytes peers carried: each announce adds what its peer uploaded since
+    its previous one; the mirror (peer id `-WM`) asks, by its port, from its own address."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    port = tracker.port
+    h1, h2, h3 = b"\x31" * 20, b"\x32" * 20, b"\x33" * 20
+    mirror = b"-WM0100-" + b"%012d" % 1
+    for h in (h1, h2):
+        announce(port, h, mirror, 7100, left=0, event="started")
+    announce(port, h1, pid(901), 7201, event="started")
+    announce(port, h1, pid(901), 7201, uploaded=1000)  # +1000
+    announce(port, h1, pid(902), 7202, event="started", uploaded=500)  # +500
+    announce(port, h1, pid(902), 7202, uploaded=800)  # +300
+    announce(port, h2, pid(903), 7203, uploaded=7777)  # its first, not `started`: a baseline
+    announce(port, h2, pid(903), 7203, uploaded=100)  # went back (restarted): +100
+    announce(port, h3, pid(904), 7204, event="started", uploaded=9999)  # not the mirror's
+    announce(port, h1, mirror, 7100, left=0, uploaded=4000)
+
+    def carried(query: str) -> dict:
+        with urllib.request.urlopen(f"{tracker.url}/api/weightswarm/carried?{query}") as r:
+            return json.loads(r.read())
+
+    got = carried("port=7100")
+    assert (got["swarms"], got["peers_sent"], got["mirror_sent"]) == (2, 1900, 4000), got
+    assert got["endpoint"] == "127.0.0.1:7100"
+    announce(port, h1, pid(901), 7201, event="stopped", uploaded=1250)  # +250 as it leaves
+    assert carried("port=7100")["peers_sent"] == 2150
+    announce(port, h2, mirror, 7100, left=0, event="stopped")
+    assert carried("port=7100")["swarms"] == 1 and carried("port=7100")["peers_sent"] == 2050
+    assert carried("port=7199")["swarms"] == 0, "another mirror's"
+    for bad in ("port=x", "port=0", "port=70000", ""):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            carried(bad)
+        assert e.value.code == 400
+    with urllib.request.urlopen(f"{tracker.url}/metrics") as r:
+        assert 'weightswarm_tracker_carried_bytes{by="mirrors"}' in r.read().decode()

@@ -74,6 +74,11 @@ operations = st.lists(st.tuples(
 ), max_size=400)
 
 
+def uploaded(pid: bytes, ep_n: int) -> int:
+    """What a peer says it uploaded: a figure of its own, changed by each move."""
+    return int(pid[-12:]) * 1000 + ep_n
+
+
 def check(table: SwarmTable, model: Model, indexed: int) -> None:
     assert set(table.swarms) == set(model.swarms)
     assert table.peer_count == sum(map(len, model.swarms.values()))
@@ -95,6 +100,8 @@ def check(table: SwarmTable, model: Model, indexed: int) -> None:
         for pid, (e, _, _) in peers.items():
             p = make_peer(pid, *endpoint(e), 1)
             assert swarm.find_id(p.peer_id) == swarm.find_endpoint(p.endpoint) >= 0
+            assert swarm.sent[swarm.find_id(p.peer_id)] == uploaded(pid, e)
+        assert len(swarm.sent) == len(swarm)
         if len(swarm) > indexed:
             assert swarm.index is not None, "a swarm of more than INDEXED peers has an index"
         if len(swarm) < indexed // 2:
@@ -119,7 +126,10 @@ def test_the_packed_table_holds_what_a_plain_model_holds(indexed, ops):
             model.expire(now)
         else:
             pid = b"-WS0001-%012d" % pid_n
-            table.announce(h, make_peer(pid, *endpoint(ep_n), 0 if complete else 7), event, now)
+            swarm, slot = table.announce(h, make_peer(pid, *endpoint(ep_n), 0 if complete else 7),
+                                         event, now)
+            if slot >= 0:  # what it says it uploaded follows it as slots move (`sent`)
+                swarm.note_uploaded(slot, uploaded(pid, ep_n), event == "started")
             model.announce(h, pid, ep_n, complete, event, now)
         check(table, model, indexed)
 
