@@ -20,6 +20,7 @@ daemon (STYLE.md, "the shape of a module").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import signal
@@ -239,6 +240,8 @@ async def start(app: web.Application, name: str) -> Service:
     # closes the connection if no whole request head came meanwhile: the bound on slow heads
     # and on idle connections at once.
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=limits.idle_timeout)
+    app[CLOSING] = closing = {}
+    app.cleanup_ctx[:] = [_traced(resource, closing) for resource in app.cleanup_ctx]
     try:
         await runner.setup()
         await web.SockSite(runner, app[LISTENER]).start()
@@ -290,6 +293,57 @@ async def serve(*services: Service) -> None:
     finally:
         for service in reversed(services):
             try:
-                await service.stop()
+                await _stop_saying_what_waits(service)
             except Exception:
                 log.exception("stopping %s failed", service.name)
+
+
+#: seconds a service may take to stop before the log says what it is waiting on
+STOP_REPORT_AFTER = 10.0
+
+
+async def _stop_saying_what_waits(service: Service) -> None:
+    """`service.stop()`; should it take long, one line saying which resource is closing and
+    where it waits (its await chain), and where every other task waits, once: a stop that
+    hangs then says where."""
+    stopping = asyncio.ensure_future(service.stop())
+    done, _ = await asyncio.wait([stopping], timeout=STOP_REPORT_AFTER)
+    if not done:
+        name, closing = service.app[CLOSING].get("now", ("nothing", None))
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()
+                  and t is not stopping]
+        log.warning("stopping %s: still waiting after %.0f s, closing %s at %s; tasks: %s",
+                    service.name, STOP_REPORT_AFTER, name, _chain(closing),
+                    " | ".join(f"{t.get_name()}: {_chain(t.get_coro())}" for t in others))
+    await stopping
+
+
+def _chain(awaiting) -> str:
+    """Where a coroutine (or an async generator) waits: the frames of its await chain."""
+    frames = []
+    while awaiting is not None and len(frames) < 16:
+        frame = next((getattr(awaiting, a) for a in ("cr_frame", "ag_frame", "gi_frame")
+                      if getattr(awaiting, a, None) is not None), None)
+        if frame is not None:
+            code = frame.f_code
+            frames.append(f"{code.co_name} ({code.co_filename.rsplit('/', 1)[-1]}:"
+                          f"{frame.f_lineno})")
+        awaiting = next((getattr(awaiting, a) for a in ("cr_await", "ag_await", "gi_yieldfrom")
+                         if getattr(awaiting, a, None) is not None), None)
+    return " > ".join(frames) or "-"
+
+
+#: "now": (the name of the resource being closed, its async generator), as a service stops
+CLOSING = web.AppKey("closing", dict)
+
+
+def _traced(resource: CleanupContext, closing: dict) -> CleanupContext:
+    """A cleanup_ctx entry that notes, as it closes, that it is the one closing."""
+    async def traced(app: web.Application) -> AsyncIterator[None]:
+        it = resource(app)
+        await it.__anext__()
+        yield
+        closing["now"] = (getattr(resource, "__qualname__", repr(resource)), it)
+        with contextlib.suppress(StopAsyncIteration):
+            await it.__anext__()
+    return traced
