@@ -128,7 +128,7 @@ class BlobWriter:
     checks them against what was expected and renames them into place."""
 
     def __init__(self, store: BlobStore, size: int, *, lfs: bool, expected: Expected | None,
-                 md5: bool = False):
+                 md5: bool = False, direct: bool = True):
         self.store = store
         self.size = size
         self.expected = expected or Expected()
@@ -141,7 +141,9 @@ class BlobWriter:
             self.tmp_path, fd = self._open()
         self.file = os.fdopen(fd, "r+b" if self.written else "wb", buffering=0)
         self._writeback = _Writeback(fd)
-        self._direct = open_direct(self.tmp_path)
+        # Around the page cache, unless the bytes are read again as they arrive (a pull-through
+        # streams them to its clients from this file: from the cache, not the disk).
+        self._direct = open_direct(self.tmp_path) if direct else None
         self._verified: Digests | None = None
 
     def _open(self) -> tuple[Path, int]:
@@ -248,11 +250,11 @@ class ResumableWriter(BlobWriter):
     fetches of one blob apart; `pause` keeps the bytes for later, `abort` discards them."""
 
     def __init__(self, store: BlobStore, key: str, size: int, *, lfs: bool, expected: Expected,
-                 md5: bool = False):
+                 md5: bool = False, direct: bool = True):
         if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", key):
             raise ValueError(f"a partial blob is named by its expected hash, not {key!r}")
         self._key = key
-        super().__init__(store, size, lfs=lfs, expected=expected, md5=md5)
+        super().__init__(store, size, lfs=lfs, expected=expected, md5=md5, direct=direct)
 
     def _open(self) -> tuple[Path, int]:
         path = self.store.partial_dir / f"{self._key}.part"
@@ -328,8 +330,9 @@ class BlobStore:
         return BlobWriter(self, size, lfs=lfs, expected=expected)
 
     def resumable_writer(self, key: str, size: int, *, lfs: bool, expected: Expected,
-                         md5: bool = False) -> ResumableWriter:
-        return ResumableWriter(self, key, size, lfs=lfs, expected=expected, md5=md5)
+                         md5: bool = False, direct: bool = True) -> ResumableWriter:
+        return ResumableWriter(self, key, size, lfs=lfs, expected=expected, md5=md5,
+                               direct=direct)
 
     def ingest_file(
         self,
