@@ -388,11 +388,10 @@ class PullThrough:
         syncer = Syncer(self.catalog, self.store, self.upstream)
         f = flight.file
 
-        # Through the page cache: its clients read the file as it arrives (O_DIRECT writes
-        # sent every byte they read from the disk again: 0.70-0.78x of a direct download)
+        # Streamed: its clients read the file as it arrives, and wait only for its check
         digests = await fly(
             flight, self.store, revision.repo_id,
-            lambda: syncer._writer(spec, revision.commit, f, direct=False),
+            lambda: syncer._writer(spec, revision.commit, f, streamed=True),
             lambda writer, progress, answered: syncer._transfer(
                 spec, revision.commit, f, writer, progress, answered, self.upstream),
             vet=lambda writer: self._vet(f, writer))

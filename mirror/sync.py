@@ -489,13 +489,13 @@ class Syncer:
             raise SyncFailed(spec.repo_id, sorted(failures, key=lambda e: e.path))
         return done, verified_by
 
-    def _writer(self, spec: SyncSpec, key: str, f: RemoteFile, *, direct: bool = True):
-        """`direct` False: through the page cache (for a file read as it arrives)."""
+    def _writer(self, spec: SyncSpec, key: str, f: RemoteFile, *, streamed: bool = False):
+        """`streamed`: read by clients as it arrives (peer/store.py's BlobWriter)."""
         expected = Expected(size=f.size, sha256=f.sha256,
                             git_sha1=None if f.lfs else f.git_sha1)
         return self.store.resumable_writer(
             partial_key(self.upstream.name, spec.repo_id, key, f), f.size, lfs=f.lfs,
-            expected=expected, md5=self.upstream.md5_in_answers, direct=direct)
+            expected=expected, md5=self.upstream.md5_in_answers, streamed=streamed)
 
     async def _fetch(self, spec: SyncSpec, key: str, f: RemoteFile,
                      progress: Callable[[int], None], sources: Sources | None = None

@@ -128,11 +128,15 @@ class BlobWriter:
     checks them against what was expected and renames them into place."""
 
     def __init__(self, store: BlobStore, size: int, *, lfs: bool, expected: Expected | None,
-                 md5: bool = False, direct: bool = True):
+                 md5: bool = False, streamed: bool = False):
         self.store = store
         self.size = size
         self.expected = expected or Expected()
-        self.hasher = Hasher(size, lfs=lfs, md5=md5)
+        #: read by clients as it arrives (a pull-through's): written through the page cache,
+        #: which they read from, and only the checking digests taken on the way (`verify`),
+        #: the rest once they have it all (`commit`)
+        self.streamed = streamed
+        self.hasher = Hasher(size, lfs=lfs, md5=md5, late=streamed)
         self.done = False
         #: after commit: True when these bytes were new to the store, False when deduplicated.
         self.created = False
@@ -141,9 +145,9 @@ class BlobWriter:
             self.tmp_path, fd = self._open()
         self.file = os.fdopen(fd, "r+b" if self.written else "wb", buffering=0)
         self._writeback = _Writeback(fd)
-        # Around the page cache, unless the bytes are read again as they arrive (a pull-through
-        # streams them to its clients from this file: from the cache, not the disk).
-        self._direct = open_direct(self.tmp_path) if direct else None
+        # Around the page cache, unless clients read the bytes from this file as they arrive:
+        # written around it, each byte they read was a read from the disk again.
+        self._direct = None if streamed else open_direct(self.tmp_path)
         self._verified: Digests | None = None
 
     def _open(self) -> tuple[Path, int]:
@@ -204,7 +208,7 @@ class BlobWriter:
 
     def commit(self) -> Digests:
         try:
-            digests = self.verify()
+            digests = self._verified = self.hasher.catch_up(self.verify(), self.tmp_path)
             self._close_direct()
             with self._space():
                 os.fsync(self.file.fileno())
@@ -250,11 +254,11 @@ class ResumableWriter(BlobWriter):
     fetches of one blob apart; `pause` keeps the bytes for later, `abort` discards them."""
 
     def __init__(self, store: BlobStore, key: str, size: int, *, lfs: bool, expected: Expected,
-                 md5: bool = False, direct: bool = True):
+                 md5: bool = False, streamed: bool = False):
         if not re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", key):
             raise ValueError(f"a partial blob is named by its expected hash, not {key!r}")
         self._key = key
-        super().__init__(store, size, lfs=lfs, expected=expected, md5=md5, direct=direct)
+        super().__init__(store, size, lfs=lfs, expected=expected, md5=md5, streamed=streamed)
 
     def _open(self) -> tuple[Path, int]:
         path = self.store.partial_dir / f"{self._key}.part"
@@ -286,7 +290,8 @@ class ResumableWriter(BlobWriter):
         """Drop what was written and start from zero (after a hash mismatch, say)."""
         os.ftruncate(self.file.fileno(), 0)
         self.written = 0
-        self.hasher = Hasher(self.size, lfs=self.hasher.lfs, md5=self.hasher.md5)
+        self.hasher = Hasher(self.size, lfs=self.hasher.lfs, md5=self.hasher.md5,
+                             late=self.streamed)
 
 
 
@@ -330,9 +335,9 @@ class BlobStore:
         return BlobWriter(self, size, lfs=lfs, expected=expected)
 
     def resumable_writer(self, key: str, size: int, *, lfs: bool, expected: Expected,
-                         md5: bool = False, direct: bool = True) -> ResumableWriter:
+                         md5: bool = False, streamed: bool = False) -> ResumableWriter:
         return ResumableWriter(self, key, size, lfs=lfs, expected=expected, md5=md5,
-                               direct=direct)
+                               streamed=streamed)
 
     def ingest_file(
         self,

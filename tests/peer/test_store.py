@@ -186,6 +186,33 @@ def test_blob_writer_commit_publishes(store):
         assert f.read() == data
 
 
+@pytest.mark.parametrize("lfs", [True, False])
+def test_a_streamed_writer_checks_on_the_way_and_takes_the_other_digests_at_commit(
+        store, tmp_path, lfs):
+    """A pull-through's writer takes only the checking digests as bytes come (its clients wait
+    for those), blake3 and the pieces from the file at commit: the same digests in the end."""
+    from peer.hashing import hash_file
+
+    data = random.Random(7).randbytes(9 * 1024 * 1024 + 17)  # pieces, and a short last one
+    (tmp_path / "src").write_bytes(data)
+    whole = hash_file(tmp_path / "src", lfs=lfs)
+    expected = Expected(size=len(data), sha256=whole.sha256, git_sha1=whole.git_sha1)
+    w = store.resumable_writer(whole.sha256, len(data), lfs=lfs, expected=expected,
+                               streamed=True)
+    for at in range(0, len(data), 1 << 20):
+        w.write(data[at:at + (1 << 20)])
+    checked = w.verify()
+    assert checked.sha256 == whole.sha256 and checked.blake3 == "" and checked.pieces == b""
+    assert w.commit() == whole and w.verify() == whole
+    with store.open(whole.sha256) as f:
+        assert f.read() == data
+    bad = store.resumable_writer(whole.sha256, len(data), lfs=lfs, expected=expected,
+                                 streamed=True)
+    bad.write(data[:-1] + b"!")
+    with pytest.raises(IntegrityError):
+        bad.verify()
+
+
 def test_open_of_a_missing_blob_raises_blob_missing(store):
     with pytest.raises(BlobMissing):
         store.open("b" * 64)
