@@ -351,6 +351,8 @@ RESERVE = 1 << 20
 class Catalog:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        #: `facets` answers, with the sequence they were counted at
+        self._facets: dict[tuple, tuple[int, dict]] = {}
         self.reserve_path = self.path.with_name(self.path.name + ".reserve")
         with self._space():
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -763,8 +765,12 @@ class Catalog:
     def facets(self, hub: str, type: str, top: int = 30,
                sample: int = 1000) -> dict[str, list[str]]:
         """The most common libraries, licences and tags of a hub's repos of a type, for the
-        search page's filters; counted over the `sample` latest updated (a page asks this of
-        a large catalog too, once per change)."""
+        search page's filters; counted over the `sample` latest updated, and kept until the
+        catalog's sequence moves (every search page asks: 14 ms a time at 100,000 repos)."""
+        seq, asked = self.sequence(), (hub, type, top, sample)
+        kept = self._facets.get(asked)
+        if kept is not None and kept[0] == seq:
+            return kept[1]
         recent = ("SELECT library_name, license, tags FROM repos WHERE hub = ? AND type = ? "
                   "AND access != 'private' ORDER BY updated_at DESC LIMIT ?")
         out = {}
@@ -776,6 +782,9 @@ class Catalog:
             f"SELECT j.value, count(*) AS n FROM ({recent}) r, json_each(r.tags) j "  # noqa: S608
             "WHERE j.value NOT LIKE '%:%' GROUP BY j.value ORDER BY n DESC, j.value LIMIT ?",
             (hub, type, sample, top))]
+        if len(self._facets) > 64:
+            self._facets.clear()
+        self._facets[asked] = (seq, out)
         return out
 
     def blob_access(self, sha256: str) -> list[tuple[str, str, str, str]]:

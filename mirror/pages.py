@@ -152,8 +152,8 @@ def repo_page(service: HubService, call: HubCall, base: str,
         entries = tree_json(files, call.path, recursive=False, last_commit=None)
     except LookupError:
         raise NotFound(f"no folder {call.path!r} in {call.repo_id} at {revision}") from None
-    ours = info.get("weightswarm", {})
-    rows = [_file_row(call, revision, e, {f.path: f for f in files}, ours, swarm)
+    ours, by_path = info.get("weightswarm", {}), {f.path: f for f in files}
+    rows = [_file_row(call, revision, e, by_path, ours, swarm)
             for e in sorted(entries, key=lambda e: (e["type"] != "directory", e["path"]))]
     card_fields, card_html = _card(service, snapshot, files, remote_images, f"{call.prefix}/"
                                    f"{TYPE_URL_PREFIX[call.repo_type]}{call.repo_id}/resolve/"

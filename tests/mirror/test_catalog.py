@@ -99,3 +99,25 @@ def test_a_cli_import_while_the_server_runs_is_served_at_once(config, serve, tmp
     )
     assert done.returncode == 0, done.stderr
     assert api.model_info("org/live").sha in done.stdout
+
+
+def test_the_search_pages_facets_are_kept_until_the_catalog_changes(config, catalog):
+    """Every search page asks for the filters' values: counted once per change of the
+    catalog, whichever connection made it (another process's import too)."""
+    def new(repo_id: str, library: str) -> NewSnapshot:
+        snapshot = _new(("%x" % (hash(repo_id) & 0xFFFF)).rjust(40, "0"), repo_id=repo_id)
+        snapshot.card_data = {"library_name": library}
+        return snapshot
+
+    catalog.publish(new("org/a", "transformers"))
+    assert catalog.facets("huggingface", "model")["library"] == ["transformers"]
+    assert catalog.facets("huggingface", "model") is catalog.facets("huggingface", "model")
+    other = Catalog(config.catalog_path)
+    try:
+        other.publish(new("org/b", "diffusers"))
+    finally:
+        other.close()
+    assert sorted(catalog.facets("huggingface", "model")["library"]) == [
+        "diffusers", "transformers"]
+    catalog.set_access("org/b", "private")
+    assert catalog.facets("huggingface", "model")["library"] == ["transformers"]
