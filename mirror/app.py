@@ -983,7 +983,10 @@ async def _operator_page(request: web.Request, base: str) -> bytes:
     """The operator's page: what the mirror holds, its syncs, its egress by way."""
     metrics, seeder = request.app[METRICS], request.app[SEEDER]
     totals = dict(metrics.egress_totals)
-    carried = await _peers_carried(request.app, request.app[CARRIED_HTTP])
+    carried = None
+    with contextlib.suppress(TimeoutError):  # a tracker that does not answer delays no page
+        async with asyncio.timeout(1):
+            carried = await _peers_carried(request.app, request.app[CARRIED_HTTP])
     if carried is not None:
         totals["peers"] = carried
     chart = pages.egress_chart(list(metrics.egress_history), time.time(), totals)
