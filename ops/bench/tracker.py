@@ -6,7 +6,7 @@ Run: .venv/bin/python ops/bench/tracker.py [--quick] [--seconds 8] [--runs 3] [-
      [--no-memory | --memory-only] [--mem-torrents 100000] [--mem-peers 1000000]
 Needs opentracker (Debian package opentracker), taskset and setpriv (util-linux), two cores, and
 root: opentracker refuses to run as root, so it runs as the unprivileged user `--ot-user`
-(default wsbench; create it with `useradd --system --no-create-home wsbench`). The Debian build
+(default wsbench, made with `useradd --system` if it is missing). The Debian build
 is whitelist-only: its whitelist holds the workload's info-hashes.
 
 Each tracker runs single-process pinned to the first core; the load generators (`--procs`
@@ -865,10 +865,15 @@ def main() -> None:
         if os.geteuid() == 0:
             try:
                 pwd.getpwnam(args.ot_user)
-            except KeyError:
-                raise BenchError(f"opentracker refuses to run as root and user {args.ot_user} "
-                                 f"does not exist; create it: useradd --system "
-                                 f"--no-create-home {args.ot_user}") from None
+            except KeyError:  # a fresh machine: the bench makes its user (it runs as root)
+                note(f"creating the system user {args.ot_user} for opentracker")
+                made = subprocess.run(["useradd", "--system", "--no-create-home", "--shell",
+                                       "/usr/sbin/nologin", args.ot_user],
+                                      capture_output=True, text=True)
+                if made.returncode:
+                    raise BenchError(f"opentracker refuses to run as root and user "
+                                     f"{args.ot_user} could not be made: "
+                                     f"{made.stderr.strip()}") from None
         plan = Plan(
             seconds=args.seconds or (3 if args.quick else 8),
             runs=max(1, args.runs or (1 if args.quick else 3)),
