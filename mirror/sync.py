@@ -272,6 +272,54 @@ class SyncResult:
     dropped_mirrors: dict[str, str] = field(default_factory=dict)
 
 
+class _Batches:
+    """Network chunks handed to a blob writer WRITE_BATCH bytes at a time, in a thread.
+
+    Copied into a ring of three page-aligned buffers: no allocation per batch (fresh buffers
+    cost a page fault per 4 KiB, most of the sync's system time), aligned writes can go around
+    the page cache, and the hasher's threads still hold the previous buffer while the next one
+    fills (see `read_chunks`). A streamed writer's (a pull-through's: through the page cache)
+    wants no alignment, so it gets the chunks themselves, uncopied."""
+
+    def __init__(self, writer, progress: Callable[[int], None]):
+        self.writer, self.progress = writer, progress
+        self.fill = 0  # bytes gathered, not yet written
+        self._held: list[bytes] = []
+        self._ring = None if getattr(writer, "streamed", False) else [
+            mmap.mmap(-1, WRITE_BATCH) for _ in range(3)]
+        self._turn = 0
+        self._buffer = memoryview(self._ring[0]) if self._ring else None
+
+    async def add(self, chunk: bytes) -> None:
+        if self._ring is None:
+            self._held.append(chunk)
+            self.fill += len(chunk)
+            if self.fill >= WRITE_BATCH:
+                await self.flush()
+            return
+        position = 0
+        while position < len(chunk):
+            take = min(len(chunk) - position, WRITE_BATCH - self.fill)
+            self._buffer[self.fill : self.fill + take] = chunk[position : position + take]
+            self.fill += take
+            position += take
+            if self.fill == WRITE_BATCH:
+                await self.flush()
+
+    async def flush(self) -> None:
+        if not self.fill:
+            return
+        if self._ring is None:
+            held, self._held = self._held, []
+            await asyncio.to_thread(lambda: [self.writer.write(chunk) for chunk in held])
+        else:
+            await asyncio.to_thread(self.writer.write, self._buffer[: self.fill])
+            self._turn += 1
+            self._buffer = memoryview(self._ring[self._turn % 3])
+        self.progress(self.fill)
+        self.fill = 0
+
+
 class Syncer:
     def __init__(self, catalog: Catalog, store: BlobStore, upstream: Upstream, *,
                  parallel: int = 4, min_free: int = 0, progress: bool = False,
@@ -569,50 +617,26 @@ class Syncer:
     async def _transfer(self, spec: SyncSpec, commit: str, f: RemoteFile, writer,
                         progress: Callable[[int], None], answered: Answered, source: Upstream,
                         stalls: int = STALLS) -> None:
-        """Fill the writer up to the file's size, resuming with Range after every cut.
-
-        Network chunks are copied into a ring of three page-aligned buffers and handed to the
-        writer (in a thread) a buffer at a time: no allocation per batch (fresh buffers cost a
-        page fault per 4 KiB, most of the sync's system time), aligned writes can go around the
-        page cache, and the hasher's threads still hold the previous buffer while the next
-        one fills (see `read_chunks`)."""
-        ring = [mmap.mmap(-1, WRITE_BATCH) for _ in range(3)]
-        turn = 0
+        """Fill the writer up to the file's size, resuming with Range after every cut; the
+        network's chunks reach it in batches (`_Batches`)."""
+        batches = _Batches(writer, progress)
         patience, stalls = stalls, 0
         while writer.written < f.size or (f.size == 0 and stalls == 0):
             before = writer.written
-            buffer, fill = memoryview(ring[turn % 3]), 0
-
-            async def hand_over() -> None:
-                nonlocal turn, buffer, fill
-                await asyncio.to_thread(writer.write, buffer[:fill])
-                progress(fill)
-                turn += 1
-                buffer, fill = memoryview(ring[turn % 3]), 0
-
             try:
                 async for chunk in source.open(spec.repo_type, spec.repo_id, commit, f.path,
                                                writer.written, expect=f, answered=answered):
-                    if writer.written + fill + len(chunk) > f.size:
+                    if writer.written + batches.fill + len(chunk) > f.size:
                         raise IntegrityError("size", str(f.size),
                                              f"more than {f.size} bytes from {source.name}")
-                    position = 0
-                    while position < len(chunk):
-                        take = min(len(chunk) - position, WRITE_BATCH - fill)
-                        buffer[fill : fill + take] = chunk[position : position + take]
-                        fill += take
-                        position += take
-                        if fill == WRITE_BATCH:
-                            await hand_over()
-                if fill:
-                    await hand_over()
+                    await batches.add(chunk)
+                await batches.flush()
                 if f.size == 0 or writer.written == f.size:
                     return
                 raise UpstreamError(f"{f.path}: {source.name} ended the file at "
                                     f"{writer.written} of {f.size} bytes")
             except Unavailable:
-                if fill:
-                    await hand_over()
+                await batches.flush()
                 stalls = 0 if writer.written > before else stalls + 1
                 if stalls >= patience:
                     raise
