@@ -230,10 +230,11 @@ class Tracker:
         if a.event == "stopped" and (leaving := self.table.swarms.get(a.info_hash)):
             # what it sent since its last announce, before it leaves
             self.carried.note(leaving, leaving.find_id(a.peer_id), a.info_hash, a.peer_id,
-                              endpoint, a.uploaded, a.event)
+                              endpoint, a.uploaded, a.event, now)
         swarm, slot = self.table.announce(a.info_hash, peer, a.event, now)
         if a.event != "stopped":
-            self.carried.note(swarm, slot, a.info_hash, a.peer_id, endpoint, a.uploaded, a.event)
+            self.carried.note(swarm, slot, a.info_hash, a.peer_id, endpoint, a.uploaded, a.event,
+                              now)
         complete, incomplete = swarm.counts()
         if slot < 0:
             return swarm, [], complete, incomplete
@@ -246,6 +247,7 @@ class Tracker:
 
     def expire(self, now: float) -> int:
         dropped = self.table.expire(now)
+        self.carried.expire(now, self.config.peer_ttl)
         table = self.table
         if table.peer_count < table.max_peers and len(table.swarms) < table.max_swarms:
             self._full_logged = False  # the next refusal for a bound is news again

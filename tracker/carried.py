@@ -11,7 +11,8 @@ over its swarms: running totals since this tracker started (a swarm that empties
 figures with it), which the mirror samples and turns into rates.
 
 The figures are the peers' own word, as every tracker's are; they are a picture for an operator,
-not a bill. Bounded: MAX_MIRRORS endpoints are followed, the first that announce.
+not a bill. Bounded: MAX_MIRRORS endpoints are followed, the first that announce, and an
+endpoint not heard from within the peers' ttl (so gone from every swarm) is forgotten.
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ class Carried:
         self.swarms: dict[str, set[bytes]] = {}
         #: a mirror's endpoint → the bytes it says it sent
         self.mirror_sent: dict[str, int] = {}
+        #: a mirror's endpoint → when it last announced
+        self.heard: dict[str, float] = {}
         self.peers_total = 0  # every swarm's, for /metrics
         self.mirrors_total = 0
 
     def note(self, swarm: Swarm, slot: int, info_hash: bytes, peer_id: bytes, endpoint: str,
-             uploaded: int, event: str) -> None:
+             uploaded: int, event: str, now: float) -> None:
         """One announce, of the peer at `slot` of `swarm` (-1: none); a `stopped` one is
         noted before its peer leaves, for the bytes it sent since its last."""
         mirror = peer_id.startswith(MIRROR_PREFIX)
@@ -62,6 +65,15 @@ class Carried:
                 return
             held = self.swarms[endpoint] = set()
         held.add(info_hash)
+        self.heard[endpoint] = now
+
+    def expire(self, now: float, ttl: float) -> None:
+        """Forget the mirrors not heard from within `ttl`: they left every swarm (a mirror
+        restarted on another port is another endpoint)."""
+        for endpoint in [e for e, when in self.heard.items() if when < now - ttl]:
+            del self.heard[endpoint]
+            self.swarms.pop(endpoint, None)
+            self.mirror_sent.pop(endpoint, None)
 
     def of(self, endpoint: str, swarms: dict[bytes, Swarm]) -> dict:
         """The sums over the swarms of the mirror at `endpoint`."""

@@ -336,3 +336,20 @@ def test_what_a_mirrors_peers_carried_is_summed_over_its_swarms_from_their_annou
         assert e.value.code == 400
     with urllib.request.urlopen(f"{tracker.url}/metrics") as r:
         assert 'weightswarm_tracker_carried_bytes{by="mirrors"}' in r.read().decode()
+
+
+def test_a_mirror_not_heard_from_within_the_ttl_is_forgotten_by_the_count():
+    """A mirror restarted on another port is another endpoint: the old one's swarms must not
+    pile up (tracker/carried.py)."""
+    from tracker.app import Tracker
+    from tracker.wire import Announce
+
+    tracker = Tracker(TrackerConfig(peer_ttl=300))
+    mirror = b"-WM0100-" + b"%012d" % 7
+    for port, now in ((7301, 1000.0), (7302, 1200.0)):
+        tracker.announce(Announce(H1, mirror, port, 0, 0, 0, "started", 30, True, True,
+                                  "127.0.0.1", None), now)
+    assert set(tracker.carried.swarms) == {"127.0.0.1:7301", "127.0.0.1:7302"}
+    tracker.expire(1350.0)
+    assert set(tracker.carried.swarms) == {"127.0.0.1:7302"}
+    assert set(tracker.carried.heard) == {"127.0.0.1:7302"}
