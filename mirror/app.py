@@ -17,7 +17,6 @@ import hashlib
 import json
 import logging
 import time
-import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -54,6 +53,7 @@ from peer.service import serve as serve_services
 from peer.service import start as start_service
 from peer.settings import MIRROR_FINGERPRINT
 from peer.store import BlobStore
+from peer.torrent import tracker_http
 
 from . import feed, msapi, pages, routes
 from .access import (
@@ -982,13 +982,8 @@ def _operator(request: web.Request) -> bool:
 async def _operator_page(request: web.Request, base: str) -> bytes:
     """The operator's page: what the mirror holds, its syncs, its egress by way."""
     metrics, seeder = request.app[METRICS], request.app[SEEDER]
-    totals = dict(metrics.egress_totals)
-    carried = None
-    with contextlib.suppress(TimeoutError):  # a tracker that does not answer delays no page
-        async with asyncio.timeout(1):
-            carried = await _peers_carried(request.app, request.app[CARRIED_HTTP])
-    if carried is not None:
-        totals["peers"] = carried
+    # a tracker that does not answer delays no page by more than a second
+    totals = await _egress_now(request.app, request.app[CARRIED_HTTP], patience=1)
     chart = pages.egress_chart(list(metrics.egress_history), time.time(), totals)
     return await _on_catalog(request, lambda: pages.operator_page(
         request.app[SERVICE], base, key=request.app[PUBLIC_KEY], chart=chart,
@@ -1236,11 +1231,7 @@ async def _egress_history(app: web.Application) -> AsyncIterator[None]:
 
     async def sample(http) -> None:
         while True:
-            totals = dict(metrics.egress_totals)
-            carried = await _peers_carried(app, http)
-            if carried is not None:
-                totals["peers"] = carried
-            metrics.egress_history.append((time.time(), totals))
+            metrics.egress_history.append((time.time(), await _egress_now(app, http)))
             await asyncio.sleep(pages.EGRESS_SAMPLE)
 
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
@@ -1252,13 +1243,16 @@ async def _egress_history(app: web.Application) -> AsyncIterator[None]:
             await app[LOOPS].stop([task])
 
 
-def tracker_base(announce: str) -> str | None:
-    """The HTTP base of a tracker from an announce URL: its HTTP and BEP 15 UDP share a port
-    number (tracker/app.py), so `udp://host:port` has its HTTP at `http://host:port`."""
-    parts = urllib.parse.urlsplit(announce)
-    if parts.scheme not in ("http", "https", "udp") or not parts.netloc:
-        return None
-    return f"{'http' if parts.scheme == 'udp' else parts.scheme}://{parts.netloc}"
+async def _egress_now(app: web.Application, http, patience: float | None = None) -> dict:
+    """The egress totals by way, and `peers`: what the tracker says the other peers of this
+    mirror's swarms carried, if it answers (within `patience` seconds)."""
+    totals = dict(app[METRICS].egress_totals)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(patience):
+            carried = await _peers_carried(app, http)
+            if carried is not None:
+                totals["peers"] = carried
+    return totals
 
 
 async def _peers_carried(app: web.Application, http) -> int | None:
@@ -1270,7 +1264,7 @@ async def _peers_carried(app: web.Application, http) -> int | None:
     if session is None:
         return None
     for announce in app[CONFIG].mirror.trackers:
-        base = tracker_base(announce)
+        base = tracker_http(announce)
         if base is None:
             continue
         try:

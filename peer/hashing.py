@@ -154,26 +154,19 @@ class Hasher:
             return digests
         self._streams, self.late, self.received = self._late_streams(), False, 0
         self._parallel = False
-        done: list = []
 
-        def work() -> None:
+        def work() -> Digests:
             with contextlib.suppress(OSError, AttributeError):  # Linux: a thread's own nice
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-            try:
-                with open(path, "rb") as f:
-                    for chunk in read_chunks(f, self.size):
-                        self.update(chunk)
-                done.append(self.finish())
-            except BaseException as e:
-                done.append(e)
+            with open(path, "rb") as f:
+                for chunk in read_chunks(f, self.size):
+                    self.update(chunk)
+            return self.finish()
 
-        worker = threading.Thread(target=work, name="digests catching up", daemon=True)
-        worker.start()
-        worker.join()
-        if isinstance(done[0], BaseException):
-            raise done[0]
-        return dataclasses.replace(digests, blake3=done[0].blake3,
-                                   piece_length=done[0].piece_length, pieces=done[0].pieces)
+        with ThreadPoolExecutor(1, thread_name_prefix="digests catching up") as worker:
+            done = worker.submit(work).result()
+        return dataclasses.replace(digests, blake3=done.blake3, piece_length=done.piece_length,
+                                   pieces=done.pieces)
 
     def update(self, data: bytes) -> None:
         if not data:

@@ -9,6 +9,7 @@ the same swarm. Trackers and web seeds live outside the info dict.
 from __future__ import annotations
 
 import hashlib
+from urllib.parse import urlsplit
 
 from .bencode import bencode
 from .hashing import TORRENT_MIN_SIZE, piece_length_for
@@ -34,3 +35,18 @@ def info_dict(sha256: str, size: int, piece_length: int, pieces: bytes, *, priva
 def info_hash(info: dict) -> str:
     """The v1 info-hash: SHA-1 of the bencoded info dict, lower-case hex."""
     return hashlib.sha1(bencode(info)).hexdigest()
+
+
+def tracker_http(announce: str) -> str | None:
+    """The HTTP base of the tracker of an announce URL: our tracker serves HTTP and UDP on
+    one port, so a `udp://` tracker is asked over HTTP there."""
+    try:
+        parts = urlsplit(announce)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https", "udp") or not parts.hostname:
+        return None
+    scheme = "http" if parts.scheme == "udp" else parts.scheme
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{scheme}://{host}{f':{port}' if port else ''}"

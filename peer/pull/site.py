@@ -14,9 +14,9 @@ import asyncio
 import ipaddress
 import logging
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 from ..errors import WeightswarmError
+from ..torrent import tracker_http
 from .http import MirrorClient
 
 log = logging.getLogger(__name__)
@@ -48,18 +48,9 @@ class Site:
 
 
 def sites_url(announce: str) -> str | None:
-    """Where the tracker of an announce URL answers `/api/weightswarm/sites`: our tracker
-    serves HTTP and UDP on one port, so a `udp://` tracker is asked over HTTP there."""
-    try:
-        parts = urlsplit(announce)
-        port = parts.port
-    except ValueError:
-        return None
-    if parts.scheme not in ("http", "https", "udp") or not parts.hostname:
-        return None
-    scheme = "http" if parts.scheme == "udp" else parts.scheme
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return f"{scheme}://{host}{f':{port}' if port else ''}/api/weightswarm/sites"
+    """Where the tracker of an announce URL answers `/api/weightswarm/sites`."""
+    base = tracker_http(announce)
+    return None if base is None else f"{base}/api/weightswarm/sites"
 
 
 async def learn_site(client: MirrorClient, trackers: list[str]) -> Site:
