@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from peer import hubs
 from peer import pages as page_kit
+from peer.answers import KeptAnswers
 from peer.errors import (
     BadRequest,
     BlobMissing,
@@ -69,7 +70,6 @@ from .access import (
     tracker_secret,
 )
 from .aliases import redirected as aliases_redirect
-from .answers import CatalogAnswers
 from .catalog import Catalog
 from .config import Config
 from .distribution import Distribution, Torrent, magnet, peer_address, torrent_file
@@ -99,10 +99,10 @@ CATALOG_THREAD = web.AppKey("catalog_thread", ThreadPoolExecutor)
 PUBLIC_KEY = web.AppKey("public_key", str)
 METRICS = web.AppKey("metrics", "Metrics")
 ROUTE = web.RequestKey("route", str)
-ANSWERS = web.AppKey("answers", CatalogAnswers)
+ANSWERS = web.AppKey("answers", KeptAnswers)
 #: rendered pages, kept apart: larger than the API's answers, and a crawler's every distinct
 #: query must not push those out (PAGES_KEPT of them at most)
-PAGES = web.AppKey("pages", CatalogAnswers)
+PAGES = web.AppKey("pages", KeptAnswers)
 #: the client the egress sampler and the operator's page ask the tracker with
 CARRIED_HTTP = web.AppKey("carried_http", object)
 #: (hub, type, repo id) → whole-file downloads not yet written to the catalog
@@ -232,7 +232,7 @@ class _Failed:
 async def _answer(request: web.Request, key, fn: Callable[..., Any], *args,
                   _kept: web.AppKey | None = None, **kwargs) -> Any:
     """`fn(*args, **kwargs)` on the catalog's thread, or its answer from when the catalog was
-    last as it is now (mirror/answers.py; `_kept`: another such store, as PAGES)."""
+    last as it is now (peer/answers.py; `_kept`: another such store, as PAGES)."""
     answers = request.app[_kept or ANSWERS]
     value = answers.get(key)
     if value is None:
@@ -1041,9 +1041,9 @@ async def _catalog(app: web.Application) -> AsyncIterator[None]:
         opened.callback(thread.shutdown, wait=True)
         catalog = await loop.run_in_executor(thread, Catalog, config.catalog_path)
         opened.push_async_callback(loop.run_in_executor, thread, catalog.close)
-        answers = CatalogAnswers(config.catalog_path)
+        answers = KeptAnswers(config.catalog_path)
         opened.callback(answers.close)
-        app[PAGES] = CatalogAnswers(config.catalog_path, max_entries=PAGES_KEPT)
+        app[PAGES] = KeptAnswers(config.catalog_path, max_entries=PAGES_KEPT)
         opened.callback(app[PAGES].close)
         app[CATALOG_THREAD] = thread
         app[SERVICE] = HubService(catalog, BlobStore(config.store_dir),

@@ -18,8 +18,26 @@ from .errors import ConfigError
 PREFIX = "ed25519:"
 
 
+#: a private key's public text by the key's id, the key kept beside it (so the id is not
+#: reused): a signer (an index signing each locate) asks for it with every signature
+_TEXTS: dict[int, tuple[Ed25519PrivateKey, str]] = {}
+_TEXTS_KEPT = 64
+
+
 def public_key_text(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
-    public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    if isinstance(key, Ed25519PrivateKey):
+        kept = _TEXTS.get(id(key))
+        if kept is not None and kept[0] is key:
+            return kept[1]
+        if len(_TEXTS) >= _TEXTS_KEPT:
+            _TEXTS.clear()
+        text = _public_text(key.public_key())
+        _TEXTS[id(key)] = (key, text)
+        return text
+    return _public_text(key)
+
+
+def _public_text(public: Ed25519PublicKey) -> str:
     raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return PREFIX + raw.hex()
 

@@ -27,10 +27,11 @@ from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
 
 from peer import hubs
+from peer.answers import KeptAnswers
 from peer.errors import NotFound
 from peer.http import answer_errors
 from peer.keys import load_or_create, public_key_text
-from peer.listing import next_link, parse_list_query
+from peer.listing import ListQuery, next_link, parse_list_query
 from peer.locate import (
     MAX_LOCATED,
     AcceptedKey,
@@ -65,6 +66,11 @@ MSGPACK = "application/msgpack"
 #: threads answering searches and locates, each with its own connection (sqlite runs a query
 #: without the GIL, so two use both cores of a small machine)
 READERS = 2
+#: searches and locates answered from what the index held, kept until it changes (peer/answers.py)
+KEPT_ANSWERS = 8192
+#: a kept listing's seeders (the tracker's swarm table, which changes without the index) are at
+#: most this old (seconds); announces come every few minutes
+SEEDERS_AGE = 10.0
 
 
 class Index:
@@ -77,6 +83,7 @@ class Index:
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="index")
         self.reads = ThreadPoolExecutor(max_workers=READERS, thread_name_prefix="index-read")
         self.store: IndexStore | None = None
+        self.kept: KeptAnswers | None = None
         #: each reading thread's own read-only connection, opened on its first read
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
@@ -100,6 +107,13 @@ class Index:
                                  "Time to answer a search or a locate", ["kind"],
                                  buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5),
                                  registry=registry)
+        kept_answers = Counter("weightswarm_index_kept_answers",
+                               "Searches and locates, by whether a kept answer served",
+                               ["kind", "result"], registry=registry)
+        #: the labelled children, looked up once (a lookup is a few percent of a locate)
+        self.kept_answers = {(kind, result): kept_answers.labels(kind, result)
+                             for kind in ("search", "locate") for result in ("hit", "miss")}
+        self.answer_seconds = {kind: self.answers.labels(kind) for kind in ("search", "locate")}
 
     def feeds(self, result: str) -> None:
         self.feed_results.labels(result).inc()
@@ -123,8 +137,11 @@ class Index:
 
     async def open(self) -> None:
         self.store = await self.run(IndexStore, self.config.home / "index.sqlite")
+        self.kept = KeptAnswers(self.config.home / "index.sqlite", max_entries=KEPT_ANSWERS)
 
     async def close(self) -> None:
+        if self.kept is not None:
+            self.kept.close()
         self.reads.shutdown(wait=True)
         for conn in self._readers:
             conn.close()
@@ -179,10 +196,36 @@ class Index:
         keys = [AcceptedKey(k, name, urls.get(k)) for k, name in sorted(accepted.items())]
         return sign_key_list(keys, self.key, now)
 
+    async def listing(self, hub: str, type_: str, query: ListQuery) -> tuple[bytes, bool]:
+        """A listing's JSON, and whether more follow; kept until the index changes, with its
+        seeders at most SEEDERS_AGE old."""
+        key = ("search", hub, type_, _query_key(query))
+        kept = self.kept.get(key)
+        if kept is not None and time.monotonic() - kept[2] < SEEDERS_AGE:
+            self.kept_answers["search", "hit"].inc()
+            return kept[0], kept[1]
+        self.kept_answers["search", "miss"].inc()
+        version = self.kept.version()
+        rows = await self.read(search.search, hub, type_, query)
+        body = json.dumps([search.entry_json(r, seeders=self.seeders(r.torrents),
+                                             full=query.full, card=query.card)
+                           for r in rows[:query.limit]]).encode()
+        more = len(rows) > query.limit
+        self.kept.put(key, (body, more, time.monotonic()), version)
+        return body, more
+
     async def locate(self, hub: str, type_: str, repo_id: str, revision: str,
                      address: str | None, now: float) -> bytes:
-        stale_before = now - STALE_ROUNDS * self.config.poll_interval
-        found = await self.read(search.holders, hub, type_, repo_id, revision, stale_before)
+        """Signed for this asker and this moment; who holds it is kept until the index
+        changes (whether each is stale is decided now)."""
+        key = ("locate", hub, type_, repo_id, revision)
+        rows = self.kept.get(key)
+        self.kept_answers["locate", "miss" if rows is None else "hit"].inc()
+        if rows is None:
+            version = self.kept.version()
+            rows = await self.read(search.holder_rows, hub, type_, repo_id, revision)
+            self.kept.put(key, rows, version)
+        found = search.holders_at(rows, now - STALE_ROUNDS * self.config.poll_interval)
         where = self.tracker.locality.where(address) if address else (None, None)
         mirrors = search.order(found, address, where, self.rng)
         newest = next((m.commit for m in mirrors if not m.behind), None)
@@ -190,6 +233,11 @@ class Index:
         located = Located(self.public_key, hub, type_, repo_id, revision, newest, address, now,
                           tuple(mirrors))
         return sign_located(located, self.key)
+
+
+def _query_key(q: ListQuery) -> tuple:
+    return (tuple(q.search), q.author, tuple(q.tags), q.sort, q.ascending, q.offset, q.limit,
+            q.full, q.card)
 
 
 def _count_entries(conn: sqlite3.Connection) -> int:
@@ -261,15 +309,13 @@ async def listing(request: web.Request) -> web.Response:
     hub = _hub_of(request)
     type_ = "model" if request.path.endswith("/models") else "dataset"
     query = parse_list_query(request.query)
-    rows = await index.read(search.search, hub, type_, query)
-    items = [search.entry_json(r, seeders=index.seeders(r.torrents), full=query.full,
-                               card=query.card) for r in rows[:query.limit]]
+    body, more = await index.listing(hub, type_, query)
     headers = {}
-    if len(rows) > query.limit:
+    if more:
         headers["Link"] = next_link(f"{request.scheme}://{request.host}", request.url,
                                     query.offset + query.limit)
-    index.answers.labels("search").observe(time.perf_counter() - started)
-    return web.json_response(items, headers=headers)
+    index.answer_seconds["search"].observe(time.perf_counter() - started)
+    return web.Response(body=body, headers=headers, content_type="application/json")
 
 
 async def locate(request: web.Request) -> web.Response:
@@ -285,7 +331,7 @@ async def locate(request: web.Request) -> web.Response:
     asked = request.query.get("ip", "") if index.tracker.ip_trusted(remote) else ""
     body = await index.locate(hub, type_, repo_id, revision, _ip_or_none(asked or remote),
                               time.time())
-    index.answers.labels("locate").observe(time.perf_counter() - started)
+    index.answer_seconds["locate"].observe(time.perf_counter() - started)
     return web.Response(body=body, content_type=MSGPACK)
 
 

@@ -10,6 +10,7 @@ are plain functions.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import random
@@ -318,9 +319,17 @@ class Holder:
 
 def holders(conn: sqlite3.Connection, hub: str, type_: str, repo_id: str, revision: str,
             stale_before: float) -> list[Holder]:
-    """Every mirror holding `revision` of the repo: a commit it has a snapshot of, or a ref
-    (a branch or tag of that name; `main` and `master` stand for each other, as a mirror
-    resolves them) naming a snapshot it has."""
+    """Every mirror holding `revision` of the repo (`holder_rows`), as it stands now."""
+    return holders_at(holder_rows(conn, hub, type_, repo_id, revision), stale_before)
+
+
+def holder_rows(conn: sqlite3.Connection, hub: str, type_: str, repo_id: str, revision: str
+                ) -> list[tuple]:
+    """The rows of every mirror holding `revision` of the repo: a commit it has a snapshot of,
+    or a ref (a branch or tag of that name; `main` and `master` stand for each other, as a
+    mirror resolves them) naming a snapshot it has. They depend on the index's contents only
+    (whether a mirror is stale is `holders_at`'s, at the time of asking), so they can be kept
+    until the index changes."""
     if is_commit(revision):
         match, args = "s.commit_id = ?", [revision]
     else:
@@ -336,22 +345,38 @@ def holders(conn: sqlite3.Connection, hub: str, type_: str, repo_id: str, revisi
         " s.manifest_sha256, s.created_at FROM snapshots s JOIN mirrors m ON m.key = s.mirror"
         f" WHERE s.hub = ? AND s.type = ? AND s.repo_id = ? AND {match}",  # noqa: S608
         (hub, type_, repo_id, *args)).fetchall()
-    return [Holder(*r[:6], tuple(json.loads(r[6])), r[7], bool(r[8]),
+    return [(*r[:6], tuple(json.loads(r[6])), *r[7:]) for r in rows]
+
+
+def holders_at(rows: list[tuple], stale_before: float) -> list[Holder]:
+    """`holder_rows` as Holders: a mirror not polled since `stale_before`, or whose last poll
+    failed, is stale."""
+    return [Holder(*r[:8], bool(r[8]),
                    r[9] is None or r[9] < stale_before or r[10] is not None, *r[11:])
             for r in rows]
 
 
-def nearness(h: Holder, address: str | None, where: tuple[str | None, str | None]) -> str:
-    """Where a mirror stands for an address: in its declared netblocks, at its site, in its
-    region (by the tracker's sites map), or none of these."""
-    if address is not None:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            ip = None
-        if ip is not None and any(ip.version == n.version and ip in n
-                                  for n in map(ipaddress.ip_network, h.netblocks)):
-            return "netblock"
+@functools.lru_cache(maxsize=4096)
+def _networks(netblocks: tuple[str, ...]) -> tuple:
+    return tuple(map(ipaddress.ip_network, netblocks))
+
+
+def _address(address: str | None):
+    if address is None:
+        return None
+    try:
+        return ipaddress.ip_address(address)
+    except ValueError:
+        return None
+
+
+def nearness(h: Holder, address, where: tuple[str | None, str | None]) -> str:
+    """Where a mirror stands for an address (text, or one `ipaddress` parsed): in its declared
+    netblocks, at its site, in its region (by the tracker's sites map), or none of these."""
+    ip = _address(address) if isinstance(address, str) else address
+    if ip is not None and any(ip.version == n.version and ip in n
+                              for n in _networks(h.netblocks)):
+        return "netblock"
     site, region = where
     if site is not None and h.site == site:
         return "site"
@@ -368,9 +393,10 @@ def order(found: list[Holder], address: str | None, where: tuple[str | None, str
     if not found:
         return []
     newest = max(found, key=lambda h: (h.created_at, h.commit)).commit
+    ip = _address(address)
     ranked = []
     for h in found:
-        near = nearness(h, address, where)
+        near = nearness(h, ip, where)
         draw = rng.random() ** (1.0 / h.weight)
         ranked.append(((h.demoted or h.stale, NEARNESS.index(near), -draw), h, near))
     ranked.sort(key=lambda r: r[0])

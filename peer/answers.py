@@ -1,10 +1,12 @@
-"""Answers computed from the catalog, kept on the event loop until the catalog changes.
+"""Answers computed from an sqlite database, kept on the event loop until the database changes.
 
-Most requests a mirror serves repeat: the same repo info, the same commit-pinned resolve. Each
-costs a hop to the catalog's thread and a few queries, hundreds of microseconds in all; a hit
-here costs a dictionary lookup and one `PRAGMA data_version`, which sqlite answers from shared
-memory (no lock, no I/O) and which changes whenever any other connection commits: an import
-from the CLI, a sync, a `mirror rm`. So a cached answer is never staler than the catalog.
+Most requests a mirror serves repeat: the same repo info, the same commit-pinned resolve; most
+an index serves too: the same popular searches, the same repos located. Each costs a hop to a
+database thread and a few queries, hundreds of microseconds in all; a hit here costs a
+dictionary lookup and one `PRAGMA data_version`, which sqlite answers from shared memory (no
+lock, no I/O) and which changes whenever any other connection commits: an import from the CLI,
+a sync, a `mirror rm`, an index's poll. So a kept answer is never staler than the database.
+The mirror's catalog (mirror/app.py) and the federated index (tracker/indexhttp.py) use it.
 """
 
 from __future__ import annotations
@@ -16,15 +18,15 @@ from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
-#: Under load, look at the catalog's version at most this often (seconds): an answer is at
-#: most this much staler than the catalog.
+#: Under load, look at the database's version at most this often (seconds): an answer is at
+#: most this much staler than the database.
 CHECK_EVERY = 0.001
 
 
-class CatalogAnswers:
-    def __init__(self, catalog_path: Path, max_entries: int = 4096):
+class KeptAnswers:
+    def __init__(self, path: Path, max_entries: int = 4096):
         # Its own connection, used only on the event loop's thread and only for the version.
-        self._conn = sqlite3.connect(str(catalog_path), isolation_level=None)
+        self._conn = sqlite3.connect(str(path), isolation_level=None)
         self._version: int | None = None
         self._entries: OrderedDict[Hashable, Any] = OrderedDict()
         self._max = max_entries
@@ -48,7 +50,8 @@ class CatalogAnswers:
         return value
 
     def put(self, key: Hashable, value: Any, version: int | None) -> None:
-        """Keep `value` if the catalog is still at `version`, the one read before computing it."""
+        """Keep `value` if the database is still at `version`, the one read before computing
+        it."""
         self._fresh()
         if version != self._version:
             return
