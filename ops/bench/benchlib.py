@@ -134,6 +134,12 @@ class Server:
                 self.process.kill()
                 self.process.wait(10)
 
+    def cpu_seconds(self) -> float:
+        """The process's CPU time so far, user and system, all its threads."""
+        with open(f"/proc/{self.process.pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def memory(self) -> dict[str, int]:
         """VmRSS and VmHWM (the peak), bytes."""
         found = {}

@@ -63,10 +63,11 @@ class Watch(tqdm):
 endpoint, cache, repo, name = sys.argv[1:5]
 print("ready", flush=True)
 sys.stdin.readline()
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 hf_hub_download(repo, name, endpoint=endpoint, cache_dir=cache, tqdm_class=Watch)
 done = time.perf_counter()
-print(json.dumps({"first": (first or [done])[0] - start, "total": done - start}), flush=True)
+print(json.dumps({"first": (first or [done])[0] - start, "total": done - start,
+                  "cpu": time.process_time() - cpu}), flush=True)
 """
 
 
@@ -108,12 +109,14 @@ def one_round(hub: FakeHub, work: Path, count: int, run: int) -> dict:
     mirror = start_mirror(home, hub)
     try:
         hub.reset_counts()
+        idle = mirror.cpu_seconds()
         pulled = clients(mirror.url, work, count)
         upstream = hub.bytes_served
+        mirror_cpu = mirror.cpu_seconds() - idle
     finally:
         mirror.stop()
         shutil.rmtree(home, ignore_errors=True)
-    return {"direct": direct, "pulled": pulled, "upstream": upstream}
+    return {"direct": direct, "pulled": pulled, "upstream": upstream, "mirror_cpu": mirror_cpu}
 
 
 def medians(rounds: list[dict], side: str, what: str) -> float:
@@ -143,7 +146,19 @@ def table(results: dict[int, list[dict]], size: int, runs: int) -> str:
                      + " ".join(f"{max(c['total'] for c in r['direct']):.2f}" for r in rounds)
                      + "; pulled "
                      + " ".join(f"{max(c['total'] for c in r['pulled']):.2f}" for r in rounds))
+    gib = size / 2**30
+    for count, rounds in results.items():
+        lines.append(
+            f"CPU s a GiB, {count} client(s), medians: a client direct "
+            f"{statistics.median(_per_client_cpu(r['direct']) for r in rounds) / gib:.2f}, "
+            f"pulled {statistics.median(_per_client_cpu(r['pulled']) for r in rounds) / gib:.2f}; "
+            f"the mirror {statistics.median(r['mirror_cpu'] for r in rounds) / gib / count:.2f} "
+            "a client's copy (while the clients ran)")
     return "\n".join(lines)
+
+
+def _per_client_cpu(times: list[dict]) -> float:
+    return statistics.mean(c["cpu"] for c in times)
 
 
 def _verdict(met: bool) -> str:
