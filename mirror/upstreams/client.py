@@ -175,10 +175,14 @@ class HttpUpstream(UpstreamBase):
     async def stream(self, response: aiohttp.ClientResponse, offset: int, path: str
                      ) -> AsyncIterator[bytes]:
         """A download's bytes from `offset`, under the bandwidth cap; when the server ignored
-        our `Range` (200 rather than 206), the bytes before `offset` are dropped."""
+        our `Range` (200 rather than 206), the bytes before `offset` are dropped. The chunks
+        are the ones the connection delivered (up to asyncio's 256 KiB reads), uncopied:
+        `iter_chunked` would join and slice them, a copy of every byte in the event loop."""
         try:
             skip = offset if (offset and response.status == 200) else 0
-            async for chunk in response.content.iter_chunked(CHUNK):
+            async for chunk, _ in response.content.iter_chunks():
+                if not chunk:
+                    continue
                 if skip:
                     dropped = min(skip, len(chunk))
                     chunk, skip = chunk[dropped:], skip - dropped
