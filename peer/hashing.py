@@ -125,7 +125,6 @@ class Hasher:
         self._blake3 = blake3.blake3()
         self._git = None if lfs else hashlib.sha1(git_blob_header(size))
         self._pieces = _PieceHasher(piece_length_for(size)) if wants_pieces(size, lfs) else None
-        self._parallel = size >= PARALLEL_MIN_SIZE if parallel is None else parallel
         self._pending: list[Future] = []
         self._batch: list[bytes] = []
         self._batched = 0
@@ -137,6 +136,11 @@ class Hasher:
         self._md5 = hashlib.md5(usedforsecurity=False) if md5 else None
         if self._md5 is not None:
             self._streams.append(self._md5.update)
+        #: the streams on threads of their own, side by side: worth it for more than one (a
+        #: single one would only pay the batches' copy and the hand-offs: a late hasher's
+        #: sha256, a pull-through's, hashes in its writer's thread)
+        self._parallel = len(self._streams) > 1 and (
+            size >= PARALLEL_MIN_SIZE if parallel is None else parallel)
 
     @property
     def md5(self) -> bool:
