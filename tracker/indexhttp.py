@@ -66,8 +66,10 @@ MSGPACK = "application/msgpack"
 #: threads answering searches and locates, each with its own connection (sqlite runs a query
 #: without the GIL, so two use both cores of a small machine)
 READERS = 2
-#: searches and locates answered from what the index held, kept until it changes (peer/answers.py)
-KEPT_ANSWERS = 8192
+#: searches and locates answered from what the index held, kept until it changes (peer/answers.py);
+#: a listing's body only up to KEPT_BODY bytes (a page of 20 is a few kB): at most 128 MiB
+KEPT_ANSWERS = 4096
+KEPT_BODY = 32 * 1024
 #: a kept listing's seeders (the tracker's swarm table, which changes without the index) are at
 #: most this old (seconds); announces come every few minutes
 SEEDERS_AGE = 10.0
@@ -211,7 +213,8 @@ class Index:
                                              full=query.full, card=query.card)
                            for r in rows[:query.limit]]).encode()
         more = len(rows) > query.limit
-        self.kept.put(key, (body, more, time.monotonic()), version)
+        if len(body) <= KEPT_BODY:
+            self.kept.put(key, (body, more, time.monotonic()), version)
         return body, more
 
     async def locate(self, hub: str, type_: str, repo_id: str, revision: str,

@@ -69,7 +69,8 @@ def test_kept_searches_and_locates_last_until_the_index_changes(tmp_path):
         now = time.time()
         store.register(Registration(key, "http://127.0.0.1:1", None, None, None, (), now),
                        "m", now)
-        store.apply_feed(key, _feed(0, 1, [_repo("org/a", 1)]), now)
+        store.apply_feed(key, _feed(0, 201, [_repo("org/a", 1)] + [
+            _repo(f"big/r-{k}", k + 2) for k in range(200)]), now)
         config = TrackerConfig(host="127.0.0.1", port=0, home=home,
                                mirror_keys=str(home / "mirror_keys"), poll_interval=86400.0)
         index = start_tracker(config)
@@ -83,7 +84,7 @@ def test_kept_searches_and_locates_last_until_the_index_changes(tmp_path):
             assert ids() == ids() == ["org/a"]
             assert _kept(index.url, "search") == {"miss": 1.0, "hit": 1.0}
             # another connection commits, as the poller's does: the next answer is fresh
-            store.apply_feed(key, _feed(1, 2, [_repo("org/b", 2)]), time.time())
+            store.apply_feed(key, _feed(201, 202, [_repo("org/b", 202)]), time.time())
             assert ids() == ["org/a", "org/b"]
             assert _kept(index.url, "search")["miss"] == 2.0
 
@@ -94,6 +95,11 @@ def test_kept_searches_and_locates_last_until_the_index_changes(tmp_path):
                 _get(index.url + path) for _ in range(2)]
             assert answers[0] != answers[1]  # each signed for its moment, though kept
             assert _kept(index.url, "locate") == {"miss": 1.0, "hit": 1.0}
+
+            # a long page is answered, not kept: the kept answers stay small
+            for _ in range(2):
+                assert len(json.loads(_get(f"{index.url}/api/models?limit=300"))) == 202
+            assert _kept(index.url, "search")["miss"] == 4.0
         finally:
             index.stop()
     finally:
