@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 import stat
 from pathlib import Path
@@ -18,23 +19,17 @@ from .errors import ConfigError
 PREFIX = "ed25519:"
 
 
-#: a private key's public text by the key's id, the key kept beside it (so the id is not
-#: reused): a signer (an index signing each locate) asks for it with every signature
-_TEXTS: dict[int, tuple[Ed25519PrivateKey, str]] = {}
-_TEXTS_KEPT = 64
-
-
 def public_key_text(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
     if isinstance(key, Ed25519PrivateKey):
-        kept = _TEXTS.get(id(key))
-        if kept is not None and kept[0] is key:
-            return kept[1]
-        if len(_TEXTS) >= _TEXTS_KEPT:
-            _TEXTS.clear()
-        text = _public_text(key.public_key())
-        _TEXTS[id(key)] = (key, text)
-        return text
+        return _private_key_text(key)
     return _public_text(key)
+
+
+@functools.lru_cache(maxsize=64)
+def _private_key_text(key: Ed25519PrivateKey) -> str:
+    """Kept per key (keys hash by identity): a signer (an index signing each locate) asks for
+    it with every signature."""
+    return _public_text(key.public_key())
 
 
 def _public_text(public: Ed25519PublicKey) -> str:

@@ -18,9 +18,9 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 @dataclass(frozen=True)
 class ListQuery:
-    search: list[str]
+    search: tuple[str, ...]
     author: str | None
-    tags: list[str]
+    tags: tuple[str, ...]
     sort: str | None
     ascending: bool
     offset: int
@@ -50,11 +50,11 @@ def parse_list_query(params) -> ListQuery:
     direction = params.get("direction", "-1")
     if direction not in ("1", "-1", "asc", "desc"):
         raise BadRequest("direction must be -1 (descending) or 1 (ascending)")
-    search = [t for t in params.getall("search", []) if t]
+    search = tuple(t for t in params.getall("search", []) if t)
     if any(len(t) > 256 for t in search):
         raise BadRequest("search terms are at most 256 characters")
     author = params.get("author") or None
-    tags = [t for t in params.getall("filter", []) if t]
+    tags = tuple(t for t in params.getall("filter", []) if t)
     # No repo id, author or tag holds a control character; sqlite's full-text index refuses
     # a NUL in its query ("unterminated string": a 500 the HTTP fuzzer found).
     if any(_CONTROL.search(t) for t in (*search, *tags, author or "")):

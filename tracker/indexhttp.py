@@ -201,7 +201,7 @@ class Index:
     async def listing(self, hub: str, type_: str, query: ListQuery) -> tuple[bytes, bool]:
         """A listing's JSON, and whether more follow; kept until the index changes, with its
         seeders at most SEEDERS_AGE old."""
-        key = ("search", hub, type_, _query_key(query))
+        key = ("search", hub, type_, query)
         kept = self.kept.get(key)
         if kept is not None and time.monotonic() - kept[2] < SEEDERS_AGE:
             self.kept_answers["search", "hit"].inc()
@@ -236,11 +236,6 @@ class Index:
         located = Located(self.public_key, hub, type_, repo_id, revision, newest, address, now,
                           tuple(mirrors))
         return sign_located(located, self.key)
-
-
-def _query_key(q: ListQuery) -> tuple:
-    return (tuple(q.search), q.author, tuple(q.tags), q.sort, q.ascending, q.offset, q.limit,
-            q.full, q.card)
 
 
 def _count_entries(conn: sqlite3.Connection) -> int:
