@@ -17,6 +17,7 @@ in the store (only verified bytes are ever renamed there).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -38,6 +39,9 @@ HOLD = 64 * 1024
 READ = 1 << 20
 #: seconds between looks at a file another process is fetching
 FOLLOW_EVERY = 0.2
+#: bytes every reader has passed that are dropped from the page cache at a time
+DROP_EVERY = 16 << 20
+_PAGE = 4096
 
 
 class Cut(WeightswarmError):
@@ -67,6 +71,12 @@ class Flight:
         self.waits = 0
         #: bytes received, over every attempt
         self.fetched = 0
+        #: each reader's position in the current attempt's file, and how far from its start
+        #: that file is on disk (its pages clean): what every reader passed is dropped from
+        #: the page cache (`passed`)
+        self.readers: dict[object, int] = {}
+        self.settled: Callable[[], int] = lambda: 0
+        self.dropped = 0
         self.result: asyncio.Future[Digests | None] = \
             asyncio.get_running_loop().create_future()
         self._changed = asyncio.Event()
@@ -89,11 +99,34 @@ class Flight:
         self.checked = True
         self._wake()
 
-    def begin(self, path: Path | None, written: int) -> None:
-        """A new attempt (its file at `path`; None: none yet): readers of the last are cut."""
+    def begin(self, path: Path | None, written: int,
+              settled: Callable[[], int] = lambda: 0) -> None:
+        """A new attempt (its file at `path`; None: none yet): readers of the last are cut.
+        `settled()`: how far from its start the file is on disk."""
         self.attempt += 1
         self.path, self.written = path, written
+        self.settled, self.dropped, self.readers = settled, 0, {}
         self._wake()
+
+    def passed(self, reader: object, position: int, fd: int) -> None:
+        """`reader` has sent the file up to `position` (read through `fd`). The bytes every
+        reader has passed leave the page cache, once they are on disk: each client reads a
+        streamed file once, as it arrives, and a GiB kept cached is a GiB of memory taken
+        fresh, which costs more than the copy into it (1.7 CPU s a GiB written on this
+        machine's VM, against 0.4 s when the pages are the ones just let go; README). A later
+        reader reads them from the disk."""
+        self.readers[reader] = position
+        edge = min(min(self.readers.values()), self.settled())
+        if edge < self.size:
+            edge = edge // _PAGE * _PAGE
+        if edge - self.dropped >= DROP_EVERY or edge == self.size > self.dropped:
+            with contextlib.suppress(OSError, AttributeError):  # posix_fadvise: not on macOS
+                os.posix_fadvise(fd, self.dropped, edge - self.dropped,
+                                 os.POSIX_FADV_DONTNEED)
+            self.dropped = edge
+
+    def left(self, reader: object) -> None:
+        self.readers.pop(reader, None)
 
     def advance(self, n: int) -> None:
         self.written += n
@@ -141,7 +174,7 @@ async def fly(flight: Flight, store: BlobStore, repo_id: str, writer_for: Callab
         except Busy:
             await follow(flight, store)
             return None
-        flight.begin(writer.tmp_path, writer.written)
+        flight.begin(writer.tmp_path, writer.written, lambda w=writer: w.settled)
         try:
             await transfer(writer, flight.advance, Answered())
             await asyncio.to_thread(writer.verify)
@@ -252,7 +285,9 @@ class FlightResponse(web.StreamResponse):
                 await self._put(transport, fobj, position, n)
                 self._on_sent(n)
                 position += n
+                flight.passed(self, position, fobj.fileno())
         finally:
+            flight.left(self)
             if fobj is not None:
                 fobj.close()
 

@@ -188,6 +188,12 @@ class BlobWriter:
         self.written += len(data)
         self._writeback.advance(self.written)
 
+    @property
+    def settled(self) -> int:
+        """Bytes from the start that are on disk, their pages clean (a reader may drop them
+        from the page cache)."""
+        return self.written if self.done else self._writeback.settled
+
     def _close_direct(self) -> None:
         if self._direct is not None:
             os.close(self._direct)
