@@ -26,7 +26,7 @@ from pathlib import Path
 from aiohttp import web
 
 from peer.errors import Busy, IntegrityError, WeightswarmError
-from peer.store import BlobStore, Digests
+from peer.store import PAGE, BlobStore, Digests
 
 from .egress import Egress
 from .upstreams import Answered, RemoteFile
@@ -41,7 +41,6 @@ READ = 1 << 20
 FOLLOW_EVERY = 0.2
 #: bytes every reader has passed that are dropped from the page cache at a time
 DROP_EVERY = 16 << 20
-_PAGE = 4096
 
 
 class Cut(WeightswarmError):
@@ -118,7 +117,7 @@ class Flight:
         self.readers[reader] = position
         edge = min(min(self.readers.values()), self.settled())
         if edge < self.size:
-            edge = edge // _PAGE * _PAGE
+            edge = edge // PAGE * PAGE
         if edge - self.dropped >= DROP_EVERY or edge == self.size > self.dropped:
             with contextlib.suppress(OSError, AttributeError):  # posix_fadvise: not on macOS
                 os.posix_fadvise(fd, self.dropped, edge - self.dropped,

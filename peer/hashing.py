@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import hashlib
 import mmap
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
@@ -34,7 +33,6 @@ GiB = 1024 * MiB
 TORRENT_MIN_SIZE = 4 * MiB
 #: Read size for files; a divisor of every piece length, so chunks never straddle a piece.
 CHUNK = 4 * MiB
-_PAGE = 4096
 #: Below this, thread hand-offs cost more than they save.
 PARALLEL_MIN_SIZE = 16 * MiB
 #: Small writes are gathered to this size before being handed to the hashing threads.
@@ -151,9 +149,9 @@ class Hasher:
     def _late_streams(self) -> list[Callable[[bytes], None]]:
         return [self._blake3.update] + ([self._pieces.update] if self._pieces else [])
 
-    def catch_up(self, digests: Digests, path: str | os.PathLike) -> Digests:
-        """`digests` (this hasher's `finish`) with what a `late` one left out, from the file
-        that holds the same bytes (read around the page cache: `read_around_cache`). In a
+    def catch_up(self, digests: Digests, chunks: Iterable[memoryview]) -> Digests:
+        """`digests` (this hasher's `finish`) with what a `late` one left out, from `chunks`
+        of the file that holds the same bytes (peer/store.py `read_around_cache`). In a
         thread of its own at the lowest CPU priority: the clients that have the bytes by now
         are still writing them, on the same cores."""
         if not self.late:
@@ -164,7 +162,7 @@ class Hasher:
         def work() -> Digests:
             with contextlib.suppress(OSError, AttributeError):  # Linux: a thread's own nice
                 os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
-            for chunk in read_around_cache(path, self.size):
+            for chunk in chunks:
                 self.update(chunk)
             return self.finish()
 
@@ -242,58 +240,6 @@ def read_chunks(src: BinaryIO, size: int) -> Iterator[memoryview]:
         yield view[:got]
     if src.read(1):
         raise IntegrityError("size", str(size), f"more than {size}")
-
-
-def read_around_cache(path: str | os.PathLike, size: int) -> Iterator[memoryview]:
-    """`read_chunks` of the file at `path`, read around the page cache (O_DIRECT) where the
-    file system allows. For a file its clients streamed as it arrived, whose pages they let
-    go behind them (mirror/flights.py `passed`): read through the cache, each page read back
-    is a page of memory taken fresh and copied into, which on this machine's VM cost more CPU
-    than the hashing's own share; read around it, the disk writes into our buffers."""
-    flag = getattr(os, "O_DIRECT", 0)
-    fd = -1
-    if flag and size >= CHUNK:
-        with contextlib.suppress(OSError):  # tmpfs and some others refuse O_DIRECT
-            fd = os.open(path, os.O_RDONLY | flag)
-    if fd < 0:
-        with open(path, "rb") as f:
-            yield from read_chunks(f, size)
-        return
-    try:
-        offset = yield from _read_direct(fd, size)
-    finally:
-        os.close(fd)
-    if offset < size:  # the file system took O_DIRECT's open but not its reads
-        with open(path, "rb") as f:
-            f.seek(offset)
-            yield from read_chunks(f, size - offset)
-
-
-def _read_direct(fd: int, size: int) -> Iterator[memoryview]:
-    """Chunks of `fd` (opened O_DIRECT) from its start, in whole pages (a short read at the
-    end of the file); returns where it stopped: before `size` when a read is refused (EINVAL:
-    the caller reads the rest through the cache), else `size` (a file that ended early shows
-    as a size mismatch in `Hasher.finish`)."""
-    if os.fstat(fd).st_size > size:
-        raise IntegrityError("size", str(size), f"more than {size}")
-    ring = [mmap.mmap(-1, CHUNK) for _ in range(3)]  # page-aligned, as O_DIRECT wants
-    offset = turn = 0
-    while offset < size:
-        want = min(CHUNK, size - offset)
-        view = memoryview(ring[turn % 3])
-        try:
-            got = os.preadv(fd, [view[: -(-want // _PAGE) * _PAGE]], offset)
-        except OSError as e:
-            if e.errno != errno.EINVAL:
-                raise
-            return offset
-        if got <= 0:
-            return size
-        got = min(got, want)
-        offset += got
-        turn += 1
-        yield view[:got]
-    return offset
 
 
 def hash_file(path: str | os.PathLike, *, lfs: bool) -> Digests:

@@ -13,6 +13,7 @@ import ctypes
 import errno
 import fcntl
 import logging
+import mmap
 import os
 import re
 import secrets
@@ -24,7 +25,7 @@ from typing import BinaryIO
 
 from .atomic import pid_alive, place
 from .errors import BlobMissing, Busy, IntegrityError, out_of_space
-from .hashing import Digests, Hasher, blake3_file, read_chunks, sha256_file
+from .hashing import CHUNK, Digests, Hasher, blake3_file, read_chunks, sha256_file
 from .paths import ascii_digits, is_sha256
 
 log = logging.getLogger(__name__)
@@ -85,16 +86,18 @@ class _Writeback:
             self.settled = target
 
 
-_PAGE = 4096
+#: the memory page, and O_DIRECT's unit of offset, length and address
+PAGE = 4096
 
 
-def open_direct(path: Path) -> int | None:
-    """A second descriptor on `path` that writes around the page cache, where supported."""
+def open_direct(path: str | os.PathLike, flags: int = os.O_WRONLY) -> int | None:
+    """A second descriptor on `path` that writes (or, `flags` O_RDONLY, reads) around the
+    page cache, where supported."""
     flag = getattr(os, "O_DIRECT", 0)
     if not flag:
         return None
     try:
-        return os.open(path, os.O_WRONLY | flag)
+        return os.open(path, flags | flag)
     except OSError:
         return None  # tmpfs and some others refuse O_DIRECT
 
@@ -114,13 +117,62 @@ def pwrite_all(fd: int, data, offset: int) -> None:
 
 def direct_aligned(data, offset: int) -> bool:
     """O_DIRECT wants the file offset, the length and the memory address page-aligned."""
-    if offset % _PAGE or len(data) % _PAGE or not len(data):
+    if offset % PAGE or len(data) % PAGE or not len(data):
         return False
     try:
         address = ctypes.addressof(ctypes.c_char.from_buffer(data))
     except TypeError:  # read-only memory (bytes): address not to be had, write it buffered
         return False
-    return address % _PAGE == 0
+    return address % PAGE == 0
+
+
+def read_around_cache(path: str | os.PathLike, size: int) -> Iterator[memoryview]:
+    """`read_chunks` of the file at `path`, read around the page cache (O_DIRECT) where the
+    file system allows. For a file its clients streamed as it arrived, whose pages they let
+    go behind them (mirror/flights.py `passed`): read through the cache, each page read back
+    is a page of memory taken fresh and copied into, which on this machine's VM cost more CPU
+    than the hashing's own share; read around it, the disk writes into our buffers."""
+    fd = open_direct(path, os.O_RDONLY) if size >= CHUNK else None
+    if fd is None:
+        with open(path, "rb") as f:
+            yield from read_chunks(f, size)
+        return
+    try:
+        offset = yield from _read_direct(fd, size)
+    finally:
+        os.close(fd)
+    if offset < size:  # the file system took O_DIRECT's open but not its reads
+        with open(path, "rb") as f:
+            f.seek(offset)
+            yield from read_chunks(f, size - offset)
+
+
+def _read_direct(fd: int, size: int) -> Iterator[memoryview]:
+    """Chunks of `fd` (opened O_DIRECT) from its start, in whole pages (a short read at the
+    end of the file); returns where it stopped: before `size` when a read is refused (EINVAL:
+    the caller reads the rest through the cache), else `size` (a file that ended early shows
+    as a size mismatch in `Hasher.finish`)."""
+    if os.fstat(fd).st_size > size:
+        raise IntegrityError("size", str(size), f"more than {size}")
+    ring = [mmap.mmap(-1, CHUNK) for _ in range(3)]  # page-aligned, as O_DIRECT wants
+    offset = turn = 0
+    while offset < size:
+        want = min(CHUNK, size - offset)
+        view = memoryview(ring[turn % 3])
+        try:
+            got = os.preadv(fd, [view[: -(-want // PAGE) * PAGE]], offset)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            return offset
+        if got <= 0:
+            return size
+        got = min(got, want)
+        offset += got
+        turn += 1
+        yield view[:got]
+    return offset
+
 
 
 class BlobWriter:
@@ -214,7 +266,8 @@ class BlobWriter:
 
     def commit(self) -> Digests:
         try:
-            digests = self._verified = self.hasher.catch_up(self.verify(), self.tmp_path)
+            digests = self._verified = self.hasher.catch_up(
+                self.verify(), read_around_cache(self.tmp_path, self.size))
             self._close_direct()
             with self._space():
                 os.fsync(self.file.fileno())

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
-import os
 import random
 import shutil
 import subprocess
@@ -22,9 +20,9 @@ from peer.hashing import (
     MiB,
     hash_file,
     piece_length_for,
-    read_around_cache,
     read_chunks,
 )
+from peer.store import read_around_cache
 
 HELLO_GIT_SHA1 = "ce013625030ba8dba906f756967f9e9ca394464a"
 EMPTY_GIT_SHA1 = "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"
@@ -220,56 +218,6 @@ def test_hash_file_above_the_parallel_threshold_matches_hashlib(tmp_path):
     assert len(d.pieces) == 20 * 5
 
 
-# read_around_cache: a late hasher's second pass reads the file with O_DIRECT where it can
-
-
-@pytest.mark.parametrize("size", [0, 1, 4095, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 12345])
-def test_read_around_cache_yields_the_file_for_any_size_including_an_unaligned_tail(
-        tmp_path, size):
-    data = random.Random(size).randbytes(size)
-    path = tmp_path / "blob"
-    path.write_bytes(data)
-    assert b"".join(bytes(c) for c in read_around_cache(path, size)) == data
-
-
-def test_read_around_cache_refuses_a_file_longer_than_promised(tmp_path):
-    path = tmp_path / "blob"
-    path.write_bytes(b"x" * (CHUNK + 1))
-    with pytest.raises(IntegrityError, match=f"more than {CHUNK}"):
-        list(read_around_cache(path, CHUNK))
-
-
-def test_read_around_cache_yields_a_short_file_and_the_hasher_catches_it(tmp_path):
-    path = tmp_path / "blob"
-    path.write_bytes(b"y" * (CHUNK + 7))
-    h = Hasher(2 * CHUNK, lfs=True)
-    for chunk in read_around_cache(path, 2 * CHUNK):
-        h.update(chunk)
-    assert h.received == CHUNK + 7
-    with pytest.raises(IntegrityError):
-        h.finish()
-
-
-def test_read_around_cache_reads_the_rest_through_the_cache_when_direct_reads_are_refused(
-        tmp_path, monkeypatch):
-    """Some file systems take O_DIRECT's open and refuse its reads (EINVAL): from where they
-    were refused, the file is read the ordinary way."""
-    data = random.Random(7).randbytes(3 * CHUNK + 99)
-    path = tmp_path / "blob"
-    path.write_bytes(data)
-    calls = []
-    real = os.preadv
-
-    def preadv(fd, buffers, offset):
-        calls.append(offset)
-        if len(calls) > 1:
-            raise OSError(errno.EINVAL, "refused")
-        return real(fd, buffers, offset)
-
-    monkeypatch.setattr(os, "preadv", preadv)
-    assert b"".join(bytes(c) for c in read_around_cache(path, len(data))) == data
-
-
 def test_a_late_hasher_caught_up_from_the_file_has_every_digest(blob, tmp_path):
     path = tmp_path / "blob"
     path.write_bytes(blob)
@@ -278,4 +226,4 @@ def test_a_late_hasher_caught_up_from_the_file_has_every_digest(blob, tmp_path):
         h.update(chunk)
     first = h.finish()
     assert first.blake3 == "" and first.pieces == b"", "a late hasher leaves these for later"
-    assert h.catch_up(first, path) == hash_file(path, lfs=True)
+    assert h.catch_up(first, read_around_cache(path, len(blob))) == hash_file(path, lfs=True)

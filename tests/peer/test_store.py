@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import random
@@ -12,7 +13,8 @@ import subprocess
 import pytest
 
 from peer.errors import BlobMissing, IntegrityError
-from peer.store import BlobStore, Expected
+from peer.hashing import CHUNK, Hasher
+from peer.store import BlobStore, Expected, read_around_cache
 
 
 @pytest.fixture
@@ -227,3 +229,53 @@ def test_path_for_refuses_what_is_not_a_sha256(store, bad):
 def test_path_for_refuses_a_sha256_with_a_trailing_newline(store):
     with pytest.raises(ValueError):
         store.path_for("a" * 64 + "\n")
+
+
+# read_around_cache: a late hasher's second pass reads the file with O_DIRECT where it can
+
+
+@pytest.mark.parametrize("size", [0, 1, 4095, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 12345])
+def test_read_around_cache_yields_the_file_for_any_size_including_an_unaligned_tail(
+        tmp_path, size):
+    data = random.Random(size).randbytes(size)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    assert b"".join(bytes(c) for c in read_around_cache(path, size)) == data
+
+
+def test_read_around_cache_refuses_a_file_longer_than_promised(tmp_path):
+    path = tmp_path / "blob"
+    path.write_bytes(b"x" * (CHUNK + 1))
+    with pytest.raises(IntegrityError, match=f"more than {CHUNK}"):
+        list(read_around_cache(path, CHUNK))
+
+
+def test_read_around_cache_yields_a_short_file_and_the_hasher_catches_it(tmp_path):
+    path = tmp_path / "blob"
+    path.write_bytes(b"y" * (CHUNK + 7))
+    h = Hasher(2 * CHUNK, lfs=True)
+    for chunk in read_around_cache(path, 2 * CHUNK):
+        h.update(chunk)
+    assert h.received == CHUNK + 7
+    with pytest.raises(IntegrityError):
+        h.finish()
+
+
+def test_read_around_cache_reads_the_rest_through_the_cache_when_direct_reads_are_refused(
+        tmp_path, monkeypatch):
+    """Some file systems take O_DIRECT's open and refuse its reads (EINVAL): from where they
+    were refused, the file is read the ordinary way."""
+    data = random.Random(7).randbytes(3 * CHUNK + 99)
+    path = tmp_path / "blob"
+    path.write_bytes(data)
+    calls = []
+    real = os.preadv
+
+    def preadv(fd, buffers, offset):
+        calls.append(offset)
+        if len(calls) > 1:
+            raise OSError(errno.EINVAL, "refused")
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(os, "preadv", preadv)
+    assert b"".join(bytes(c) for c in read_around_cache(path, len(data))) == data
